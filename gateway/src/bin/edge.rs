@@ -1,0 +1,231 @@
+//! `edge`: the operator CLI. `edge up` starts a local cluster; `edge call URL` makes one
+//! HTTP/3 request.
+
+use std::io::Write;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use edge_gateway::client::{self, H3Client};
+use edge_gateway::cluster::{self, LocalCluster};
+use edge_shared::config::{self, ClusterConfig};
+
+/// The cluster file `edge up` uses unless given another.
+const DEFAULT_CLUSTER: &str = include_str!("../../../config/cluster.toml");
+
+/// Operate an edge cluster.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a local cluster (one gateway, N nodes) and deploy its functions; Ctrl-C stops it.
+    Up {
+        /// Cluster file; default: the embedded config/cluster.toml (module paths relative to
+        /// the current folder, the repository root).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Folder for certificates, configuration, caches and logs.
+        #[arg(long, default_value = ".edge")]
+        dir: PathBuf,
+    },
+    /// Make one HTTP/3 request and print status, headers and body.
+    Call {
+        /// `https://HOST[:PORT]/PATH`.
+        url: String,
+        /// Method.
+        #[arg(short = 'X', long, default_value = "GET")]
+        method: String,
+        /// Request header `NAME: VALUE` (repeatable).
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        /// Request body; `@FILE` reads a file.
+        #[arg(short = 'd', long)]
+        data: Option<String>,
+        /// CA certificate to trust; default: `.edge/certs/ca.pem` when it exists.
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// Accept any server certificate.
+        #[arg(long, conflicts_with = "ca")]
+        insecure: bool,
+        /// Connect to this address instead of resolving the URL's host.
+        #[arg(long)]
+        connect: Option<SocketAddr>,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Up { config, dir } => up(config.as_deref(), &dir),
+        Command::Call {
+            url,
+            method,
+            headers,
+            data,
+            ca,
+            insecure,
+            connect,
+        } => {
+            let runtime = tokio::runtime::Runtime::new().expect("starting the async runtime");
+            runtime.block_on(call(
+                &url,
+                &method,
+                &headers,
+                data.as_deref(),
+                ca,
+                insecure,
+                connect,
+            ))
+        }
+    };
+    if let Err(e) = result {
+        eprintln!("edge: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn up(config_file: Option<&Path>, dir: &Path) -> anyhow::Result<()> {
+    let spec: ClusterConfig = match config_file {
+        Some(file) => config::load(file)?,
+        None => config::load_str(
+            DEFAULT_CLUSTER,
+            Path::new("config/cluster.toml (embedded)"),
+            &std::env::current_dir()?,
+        )?,
+    };
+    let mut cluster = LocalCluster::start(&spec, dir, &cluster::bin_dir()?)?;
+    let addr = cluster.gateway_addr();
+    let ca = cluster.certs().ca.display().to_string();
+    println!(
+        "edge: local cluster up: 1 gateway, {} nodes, state and logs in {}",
+        spec.nodes,
+        cluster.dir().display()
+    );
+    println!("edge: users connect to https://{addr} (HTTP/3 on UDP; HTTP/1.1 and HTTP/2 on TCP)");
+    println!("edge: development CA certificate: {ca}");
+    for f in &spec.functions {
+        println!("edge:   deployed {:<8} https://{addr}/{}", f.name, f.name);
+    }
+    println!("edge: try  curl --cacert {ca} https://{addr}/hello");
+    println!("edge:  or  edge call --ca {ca} https://{addr}/hello");
+    println!("edge: Ctrl-C stops the cluster");
+    std::io::stdout().flush()?;
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for signal in [libc_signal::SIGINT, libc_signal::SIGTERM] {
+        signal_hook_flag(signal, &stop)?;
+    }
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        if let Err(which) = cluster.check_running() {
+            cluster.stop(Duration::from_secs(10));
+            bail!("{which}; see its log in {}", cluster.dir().display());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!("edge: stopping the cluster");
+    cluster.stop(Duration::from_secs(10));
+    Ok(())
+}
+
+/// Signal numbers `edge up` stops on.
+mod libc_signal {
+    pub(super) const SIGINT: i32 = 2;
+    pub(super) const SIGTERM: i32 = 15;
+}
+
+/// Sets `flag` when `signal` arrives, on a small runtime thread.
+fn signal_hook_flag(
+    signal: i32,
+    flag: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<()> {
+    let flag = std::sync::Arc::clone(flag);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::spawn(move || {
+        runtime.block_on(async move {
+            let kind = tokio::signal::unix::SignalKind::from_raw(signal);
+            if let Ok(mut s) = tokio::signal::unix::signal(kind) {
+                s.recv().await;
+                flag.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+    });
+    Ok(())
+}
+
+async fn call(
+    url: &str,
+    method: &str,
+    headers: &[String],
+    data: Option<&str>,
+    ca: Option<PathBuf>,
+    insecure: bool,
+    connect: Option<SocketAddr>,
+) -> anyhow::Result<()> {
+    let uri: http::Uri = url.parse().with_context(|| format!("URL {url:?}"))?;
+    if uri.scheme_str() != Some("https") {
+        bail!("URL {url:?}: HTTP/3 needs https://");
+    }
+    let host = uri
+        .host()
+        .context("URL without a host")?
+        .trim_matches(['[', ']'])
+        .to_string();
+    let port = uri.port_u16().unwrap_or(443);
+    let addr = match connect {
+        Some(a) => a,
+        None => (host.as_str(), port)
+            .to_socket_addrs()
+            .with_context(|| format!("resolving {host}"))?
+            .next()
+            .with_context(|| format!("{host} has no address"))?,
+    };
+    let tls = if insecure {
+        client::insecure()
+    } else {
+        let ca = ca.unwrap_or_else(|| PathBuf::from(".edge/certs/ca.pem"));
+        client::trusting(&ca).with_context(|| {
+            format!(
+                "CA certificate {} (or pass --ca FILE / --insecure)",
+                ca.display()
+            )
+        })?
+    };
+    let mut request = http::Request::builder().method(method).uri(&uri);
+    for h in headers {
+        let (name, value) = h
+            .split_once(':')
+            .with_context(|| format!("header {h:?} is not NAME: VALUE"))?;
+        request = request.header(name.trim(), value.trim());
+    }
+    let body = match data {
+        Some(d) => match d.strip_prefix('@') {
+            Some(file) => {
+                Bytes::from(std::fs::read(file).with_context(|| format!("reading {file}"))?)
+            }
+            None => Bytes::from(d.to_string()),
+        },
+        None => Bytes::new(),
+    };
+    let client = H3Client::connect(addr, &host, tls).await?;
+    let reply = client.send(request.body(())?, body).await?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "HTTP/3 {}", reply.status)?;
+    for (name, value) in &reply.headers {
+        writeln!(out, "{name}: {}", value.to_str().unwrap_or("<binary>"))?;
+    }
+    writeln!(out)?;
+    out.write_all(&reply.body)?;
+    out.flush()?;
+    client.close().await;
+    Ok(())
+}

@@ -1,0 +1,91 @@
+//! Development certificates: a cluster CA, the certificate users see (for `localhost`,
+//! `127.0.0.1` and the function domain) and the nodes' certificate (for `edge-node`), both
+//! issued by that CA. Existing files are kept, so a browser or curl that trusts the CA
+//! keeps trusting it across `edge up` runs.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use edge_shared::wire::NODE_SERVER_NAME;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+
+/// Where the development certificates are.
+#[derive(Debug, Clone)]
+pub struct DevCerts {
+    /// CA certificate (trust this to call the gateway, and the gateway trusts it for nodes).
+    pub ca: PathBuf,
+    /// Gateway certificate and key.
+    pub gateway_cert: PathBuf,
+    /// Gateway private key.
+    pub gateway_key: PathBuf,
+    /// Node certificate.
+    pub node_cert: PathBuf,
+    /// Node private key.
+    pub node_key: PathBuf,
+}
+
+impl DevCerts {
+    /// Creates the certificates in `dir` unless they are all there already.
+    pub fn ensure(dir: &Path, domain: &str) -> anyhow::Result<DevCerts> {
+        let certs = DevCerts {
+            ca: dir.join("ca.pem"),
+            gateway_cert: dir.join("gateway.pem"),
+            gateway_key: dir.join("gateway.key"),
+            node_cert: dir.join("node.pem"),
+            node_key: dir.join("node.key"),
+        };
+        let all = [
+            &certs.ca,
+            &certs.gateway_cert,
+            &certs.gateway_key,
+            &certs.node_cert,
+            &certs.node_key,
+        ];
+        if all.iter().all(|p| p.is_file()) {
+            return Ok(certs);
+        }
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let ca_key = KeyPair::generate()?;
+        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "edge development CA");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_cert = ca_params.self_signed(&ca_key)?;
+        let issuer = Issuer::new(ca_params, ca_key);
+
+        let leaf = |names: Vec<String>, cert: &Path, key: &Path| -> anyhow::Result<()> {
+            let key_pair = KeyPair::generate()?;
+            let mut params = CertificateParams::new(names)?;
+            params
+                .distinguished_name
+                .push(DnType::CommonName, "edge development");
+            let signed = params.signed_by(&key_pair, &issuer)?;
+            write(cert, &signed.pem())?;
+            write(key, &key_pair.serialize_pem())
+        };
+        leaf(
+            vec![
+                "localhost".into(),
+                "127.0.0.1".into(),
+                "::1".into(),
+                domain.to_string(),
+                format!("*.{domain}"),
+            ],
+            &certs.gateway_cert,
+            &certs.gateway_key,
+        )?;
+        leaf(
+            vec![NODE_SERVER_NAME.into()],
+            &certs.node_cert,
+            &certs.node_key,
+        )?;
+        write(&certs.ca, &ca_cert.pem())?;
+        Ok(certs)
+    }
+}
+
+fn write(path: &Path, text: &str) -> anyhow::Result<()> {
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}

@@ -1,0 +1,475 @@
+//! The gateway's request path, shared by the HTTP/3 and the TCP ingress: resolve the
+//! function, choose a node, forward, retry on the next node where that is safe, and add
+//! the headers users see (`alt-svc`, `x-edge-request-id`, `server-timing`).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::{Buf, Bytes};
+use edge_shared::config::GatewayConfig;
+use edge_shared::manifest::{ContentId, DeploymentId, FunctionManifest};
+use edge_shared::module_check::check_module;
+use edge_shared::tls;
+use edge_shared::wire::{self, Refusal, ServerTiming};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+
+use crate::nodes::{ForwardError, NodePool, NodeStream};
+use crate::routes::{RouteTable, default_routes};
+
+/// A function the gateway serves.
+pub struct Function {
+    /// Its manifest.
+    pub manifest: FunctionManifest,
+    /// Its deployment id.
+    pub deployment: DeploymentId,
+    /// Body of the deploy request nodes get (manifest and module).
+    deploy_body: Bytes,
+}
+
+/// Where a response's body comes from.
+pub enum ResponseBody {
+    /// Made by the gateway.
+    Full(Bytes),
+    /// Streamed from a node.
+    Node(Box<NodeStream>),
+}
+
+impl ResponseBody {
+    /// The next chunk; `None` at the end.
+    pub async fn next_chunk(&mut self) -> Option<Result<Bytes, String>> {
+        match self {
+            ResponseBody::Full(bytes) if bytes.is_empty() => None,
+            ResponseBody::Full(bytes) => Some(Ok(std::mem::take(bytes))),
+            ResponseBody::Node(stream) => match stream.recv_data().await {
+                Ok(Some(mut chunk)) => Some(Ok(chunk.copy_to_bytes(chunk.remaining()))),
+                Ok(None) => None,
+                Err(e) => Some(Err(e.to_string())),
+            },
+        }
+    }
+}
+
+/// A response on its way to the user.
+pub struct Forwarded {
+    /// Status and headers.
+    pub head: Response<()>,
+    /// The body.
+    pub body: ResponseBody,
+}
+
+/// Why the gateway answers by itself.
+#[derive(Debug, thiserror::Error)]
+enum GatewayError {
+    #[error("no function is routed at this host and path")]
+    NoRoute,
+    #[error("request body over the {0} byte limit")]
+    BodyTooLarge(u64),
+    #[error("no node could take the request: {0}")]
+    NoNode(String),
+    #[error("function could not be loaded on a node: {0}")]
+    DeployFailed(String),
+    #[error("no answer from the node within {0:?}")]
+    Timeout(Duration),
+}
+
+impl GatewayError {
+    fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::NoRoute => StatusCode::NOT_FOUND,
+            GatewayError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::NoNode(_) => StatusCode::BAD_GATEWAY,
+            GatewayError::DeployFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            GatewayError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// What users read; node addresses and internals stay in the log.
+    fn public_message(&self) -> String {
+        match self {
+            GatewayError::NoRoute | GatewayError::BodyTooLarge(_) => format!("{self}\n"),
+            GatewayError::NoNode(_) => "no node could take the request\n".into(),
+            GatewayError::DeployFailed(_) => "function could not be loaded\n".into(),
+            GatewayError::Timeout(_) => "the function's node did not answer in time\n".into(),
+        }
+    }
+}
+
+/// The gateway: its functions, routes and node connections.
+pub struct Gateway {
+    config: GatewayConfig,
+    functions: Vec<Function>,
+    routes: RouteTable,
+    nodes: NodePool,
+    next_node: AtomicUsize,
+    alt_svc: HeaderValue,
+}
+
+/// Most nodes one request is tried on.
+const MAX_ATTEMPTS: usize = 3;
+
+/// A request whose route has been resolved.
+pub struct Routed {
+    function: usize,
+    script_name: String,
+    /// Largest body to accept for it.
+    pub body_limit: u64,
+}
+
+impl Gateway {
+    /// Loads and checks every function module, builds the route table and the node pool.
+    /// `h3_port` is advertised in `alt-svc`.
+    pub fn new(config: GatewayConfig, h3_port: u16) -> anyhow::Result<Gateway> {
+        let mut functions = Vec::new();
+        for f in &config.functions {
+            let module = std::fs::read(&f.module).with_context(|| {
+                format!("function {:?}: reading {}", f.name, f.module.display())
+            })?;
+            check_module(&module)
+                .with_context(|| format!("function {:?}: module {}", f.name, f.module.display()))?;
+            let manifest = FunctionManifest {
+                name: f.name.clone(),
+                content_id: ContentId::of(&module),
+                routes: if f.routes.is_empty() {
+                    default_routes(&f.name, &config.domain)
+                } else {
+                    f.routes.clone()
+                },
+                env: f.env.clone(),
+                limits: f.limits.clone(),
+            };
+            if let Err(problems) = manifest.validate() {
+                let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+                anyhow::bail!("function {:?}: {}", f.name, text.join("; "));
+            }
+            let deploy_body = Bytes::from(wire::encode_deploy_body(&manifest, &module));
+            functions.push(Function {
+                deployment: manifest.deployment_id(),
+                manifest,
+                deploy_body,
+            });
+        }
+        let manifests: Vec<FunctionManifest> =
+            functions.iter().map(|f| f.manifest.clone()).collect();
+        let routes = RouteTable::new(&manifests).map_err(anyhow::Error::msg)?;
+        let nodes = NodePool::new(tls::client_config(&config.cluster_ca, &[wire::ALPN_H3])?)?;
+        let alt_svc = HeaderValue::from_str(&format!("h3=\":{h3_port}\"; ma=86400"))?;
+        Ok(Gateway {
+            config,
+            functions,
+            routes,
+            nodes,
+            next_node: AtomicUsize::new(0),
+            alt_svc,
+        })
+    }
+
+    /// The functions served.
+    pub fn functions(&self) -> &[Function] {
+        &self.functions
+    }
+
+    /// Resolves the function of a request, or answers 404.
+    pub fn route(&self, request: &Request<()>) -> Result<Routed, Forwarded> {
+        let host = request.uri().host().or_else(|| {
+            request
+                .headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+        });
+        match self.routes.resolve(host, request.uri().path()) {
+            Some(m) => {
+                let limits = &self.functions[m.function].manifest.limits;
+                Ok(Routed {
+                    function: m.function,
+                    script_name: m.script_name.to_string(),
+                    body_limit: limits
+                        .max_request_body_bytes
+                        .unwrap_or(self.config.max_request_body_bytes),
+                })
+            }
+            None => Err(self.error_response(GatewayError::NoRoute, &new_request_id())),
+        }
+    }
+
+    /// The answer to a body over `routed.body_limit`.
+    pub fn body_too_large(&self, routed: &Routed) -> Forwarded {
+        self.error_response(
+            GatewayError::BodyTooLarge(routed.body_limit),
+            &new_request_id(),
+        )
+    }
+
+    /// Forwards a routed request with its whole body to a node and returns the answer.
+    pub async fn forward(&self, routed: Routed, request: Request<()>, body: Bytes) -> Forwarded {
+        let started = Instant::now();
+        let request_id = new_request_id();
+        let function = &self.functions[routed.function];
+        let method = request.method().clone();
+        let mut cold = Duration::ZERO;
+        let mut last_error = String::from("no node configured");
+        let mut attempts = 0;
+        let mut last_refusal = None;
+        for node in self.node_order() {
+            if attempts == MAX_ATTEMPTS {
+                break;
+            }
+            attempts += 1;
+            let outcome = self
+                .send(node, function, &routed, &request, &request_id, body.clone())
+                .await;
+            let (head, stream) = match outcome {
+                Ok(answer) => answer,
+                Err(ForwardError::TimedOut { after, .. }) => {
+                    return self.error_response(GatewayError::Timeout(after), &request_id);
+                }
+                Err(e) => {
+                    tracing::warn!(%request_id, error = %e, "forwarding failed");
+                    let retry = e.retryable(&method);
+                    last_error = e.to_string();
+                    if retry { continue } else { break }
+                }
+            };
+            let refusal = head
+                .headers()
+                .get(wire::REFUSED_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(Refusal::parse);
+            match refusal {
+                Some(Refusal::NotFound) => {
+                    let deployed = Instant::now();
+                    if let Err(reason) = self.deploy(node, function).await {
+                        return self
+                            .error_response(GatewayError::DeployFailed(reason), &request_id);
+                    }
+                    cold += deployed.elapsed();
+                    match self
+                        .send(node, function, &routed, &request, &request_id, body.clone())
+                        .await
+                    {
+                        Ok((head, stream)) if head.status() != StatusCode::SERVICE_UNAVAILABLE => {
+                            return self.finish(head, stream, &request_id, cold, started);
+                        }
+                        Ok(_) => continue,
+                        Err(e) => {
+                            last_error = e.to_string();
+                            if e.retryable(&method) {
+                                continue;
+                            } else {
+                                break;
+                            }
+                        }
+                    }
+                }
+                Some(other) => {
+                    tracing::debug!(%request_id, %node, refusal = other.as_str(), "node refused, trying the next");
+                    last_refusal = Some((head, stream));
+                }
+                None => return self.finish(head, stream, &request_id, cold, started),
+            }
+        }
+        match last_refusal {
+            Some((head, stream)) => self.finish(head, stream, &request_id, cold, started),
+            None => self.error_response(GatewayError::NoNode(last_error), &request_id),
+        }
+    }
+
+    /// Nodes in the order to try: round robin from a rotating start, down nodes last.
+    fn node_order(&self) -> Vec<SocketAddr> {
+        let nodes = &self.config.nodes;
+        let start = self.next_node.fetch_add(1, Ordering::Relaxed);
+        let mut order: Vec<SocketAddr> = (0..nodes.len())
+            .map(|i| nodes[(start + i) % nodes.len()])
+            .collect();
+        order.sort_by_key(|n| self.nodes.is_down(*n));
+        order
+    }
+
+    async fn send(
+        &self,
+        node: SocketAddr,
+        function: &Function,
+        routed: &Routed,
+        request: &Request<()>,
+        request_id: &str,
+        body: Bytes,
+    ) -> Result<(Response<()>, NodeStream), ForwardError> {
+        // The user's authority travels as the request's own (h3 refuses a `host` header
+        // that differs from it); the TLS name checked is the connection's, `edge-node`.
+        let authority = request
+            .uri()
+            .authority()
+            .cloned()
+            .or_else(|| {
+                request
+                    .headers()
+                    .get(http::header::HOST)?
+                    .to_str()
+                    .ok()?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| http::uri::Authority::from_static(wire::NODE_SERVER_NAME));
+        let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+        let mut outgoing = Request::builder()
+            .method(request.method().clone())
+            .uri(format!("https://{authority}{path}"))
+            .body(())
+            .expect("a valid request");
+        let headers = outgoing.headers_mut();
+        copy_end_to_end_headers(request.headers(), headers);
+        let set = |headers: &mut HeaderMap, name: &'static str, value: &str| {
+            if let Ok(v) = HeaderValue::from_str(value) {
+                headers.insert(name, v);
+            }
+        };
+        set(headers, wire::FUNCTION_HEADER, function.deployment.as_str());
+        set(headers, wire::REQUEST_ID_HEADER, request_id);
+        set(headers, wire::SCRIPT_NAME_HEADER, &routed.script_name);
+        set(
+            headers,
+            wire::DEADLINE_HEADER,
+            &self.config.request_timeout_ms.to_string(),
+        );
+        let timeout = Duration::from_millis(self.config.request_timeout_ms);
+        match tokio::time::timeout(timeout, self.nodes.send(node, outgoing, body)).await {
+            Ok(result) => result,
+            Err(_) => Err(ForwardError::TimedOut {
+                node,
+                after: timeout,
+            }),
+        }
+    }
+
+    /// Loads `function` on `node`.
+    async fn deploy(&self, node: SocketAddr, function: &Function) -> Result<(), String> {
+        let request = Request::builder()
+            .method(Method::PUT)
+            .uri(format!(
+                "https://{}{}{}",
+                wire::NODE_SERVER_NAME,
+                wire::DEPLOY_PATH,
+                function.deployment
+            ))
+            .body(())
+            .expect("a valid request");
+        let (head, mut stream) = self
+            .nodes
+            .send(node, request, function.deploy_body.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        if head.status() == StatusCode::CREATED {
+            tracing::info!(%node, deployment = %function.deployment, "deployed on node");
+            return Ok(());
+        }
+        let mut reason = Vec::new();
+        while let Ok(Some(mut chunk)) = stream.recv_data().await {
+            reason.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
+        }
+        let reason = format!(
+            "{}: {}",
+            head.status(),
+            String::from_utf8_lossy(&reason).trim()
+        );
+        tracing::error!(%node, deployment = %function.deployment, %reason, "deploy refused by node");
+        Err(reason)
+    }
+
+    /// Deploys every function on every node, so the first requests find them warm.
+    /// Failures are logged; requests deploy again on demand.
+    pub async fn deploy_everywhere(&self) {
+        for node in &self.config.nodes {
+            for function in &self.functions {
+                if let Err(reason) = self.deploy(*node, function).await {
+                    tracing::warn!(%node, function = %function.manifest.name, %reason, "initial deploy failed");
+                }
+            }
+        }
+    }
+
+    fn finish(
+        &self,
+        mut head: Response<()>,
+        stream: NodeStream,
+        request_id: &str,
+        cold: Duration,
+        started: Instant,
+    ) -> Forwarded {
+        let headers = head.headers_mut();
+        let mut timing = ServerTiming::default();
+        timing.push("cold", cold);
+        if let Some(node_timing) = headers.get("server-timing").and_then(|v| v.to_str().ok()) {
+            timing.extend(ServerTiming::parse(node_timing));
+        }
+        timing.push("total", started.elapsed());
+        if let Ok(v) = HeaderValue::from_str(&timing.header_value()) {
+            headers.insert("server-timing", v);
+        }
+        self.decorate(headers, request_id);
+        Forwarded {
+            head,
+            body: ResponseBody::Node(Box::new(stream)),
+        }
+    }
+
+    fn error_response(&self, error: GatewayError, request_id: &str) -> Forwarded {
+        let status = error.status();
+        if status.is_server_error() {
+            tracing::warn!(%request_id, status = status.as_u16(), error = %error, "request failed at the gateway");
+        }
+        let mut head = Response::new(());
+        *head.status_mut() = status;
+        let headers = head.headers_mut();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        self.decorate(headers, request_id);
+        Forwarded {
+            head,
+            body: ResponseBody::Full(Bytes::from(error.public_message())),
+        }
+    }
+
+    fn decorate(&self, headers: &mut HeaderMap, request_id: &str) {
+        headers.insert(http::header::ALT_SVC, self.alt_svc.clone());
+        if let Ok(v) = HeaderValue::from_str(request_id) {
+            headers.insert(wire::REQUEST_ID_HEADER, v);
+        }
+    }
+
+    /// Closes the node connections.
+    pub fn close(&self) {
+        self.nodes.close();
+    }
+}
+
+/// A random request id.
+pub fn new_request_id() -> String {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).expect("the OS random source");
+    hex::encode(bytes)
+}
+
+/// Copies the headers a node may see: not hop-by-hop ones, not the cluster's own
+/// `x-edge-*` (users cannot forge them), not `host` (set separately).
+fn copy_end_to_end_headers(from: &HeaderMap, to: &mut HeaderMap) {
+    for (name, value) in from {
+        let n = name.as_str();
+        let skip = n.starts_with("x-edge-")
+            || matches!(
+                n,
+                "connection"
+                    | "keep-alive"
+                    | "te"
+                    | "transfer-encoding"
+                    | "upgrade"
+                    | "proxy-connection"
+                    | "host"
+            );
+        if !skip {
+            to.append(name.clone(), value.clone());
+        }
+    }
+}

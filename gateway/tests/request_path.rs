@@ -1,0 +1,217 @@
+//! End to end over HTTP/3: real gateway and node processes on loopback, each example
+//! function, and every bad-input case of the request path.
+
+mod support;
+
+use bytes::Bytes;
+use edge_shared::manifest::Limits;
+use http::{Request, StatusCode};
+use support::{client, client_for, function, start, url};
+
+fn limits(f: impl FnOnce(&mut Limits)) -> Limits {
+    let mut l = Limits::default();
+    f(&mut l);
+    l
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn functions_and_failures_over_http3() {
+    let (cluster, _dir) = start(
+        2,
+        vec![
+            function("hello", Limits::default()),
+            function("echo", limits(|l| l.max_request_body_bytes = Some(4 << 20))),
+            function("fib", Limits::default()),
+            function("trap", Limits::default()),
+            function("forever", limits(|l| l.timeout_ms = Some(300))),
+            function("hog", limits(|l| l.memory_limit_mib = Some(16))),
+        ],
+    );
+    let c = client(&cluster).await;
+    let port = cluster.gateway_addr().port();
+
+    // hello, with the headers every answer carries, spread over both nodes.
+    let mut nodes_seen = std::collections::BTreeSet::new();
+    for _ in 0..4 {
+        let r = c.get(&url(&cluster, "/hello")).await.unwrap();
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(r.body.starts_with(b"hello"), "{:?}", r.body);
+        assert_eq!(
+            r.header("alt-svc"),
+            Some(format!("h3=\":{port}\"; ma=86400").as_str())
+        );
+        assert!(r.header("x-edge-request-id").is_some());
+        let timing = r.header("server-timing").unwrap();
+        for metric in ["cold;", "queue;", "instantiate;", "run;", "total;"] {
+            assert!(timing.contains(metric), "{timing}");
+        }
+        nodes_seen.insert(r.header("x-edge-node").unwrap().to_string());
+    }
+    assert_eq!(
+        nodes_seen.len(),
+        2,
+        "round robin over both nodes: {nodes_seen:?}"
+    );
+
+    // Host routing: NAME.<domain> reaches the function at its root.
+    let hosted = client_for(&cluster, "hello.edge.localhost").await;
+    let r = hosted
+        .get(&format!("https://hello.edge.localhost:{port}/?name=host"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status, &r.body[..]),
+        (StatusCode::OK, &b"hello, host!\n"[..])
+    );
+
+    // echo: 1 MiB and more both ways, intact, with method, path, query and headers.
+    let body: String = (0..(1 << 20) + 4321)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let request = Request::post(url(&cluster, "/echo/some/path?x=1&y=2"))
+        .header("x-custom", "custom value")
+        .body(())
+        .unwrap();
+    let r = c.send(request, Bytes::from(body.clone())).await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    let echoed: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(echoed["method"], "POST");
+    assert_eq!(echoed["path"], "/some/path");
+    assert_eq!(echoed["query"], "x=1&y=2");
+    assert_eq!(echoed["headers"]["x-custom"], "custom value");
+    assert!(
+        echoed["headers"].get("x-edge-function").is_none(),
+        "cluster headers stay internal"
+    );
+    assert_eq!(echoed["body"].as_str().unwrap().len(), body.len());
+    assert!(echoed["body"] == body.as_str(), "the echoed body differs");
+
+    // fib: CPU-bound, and its own 400 for bad input.
+    let r = c.get(&url(&cluster, "/fib?n=25")).await.unwrap();
+    assert_eq!((r.status, &r.body[..]), (StatusCode::OK, &b"75025\n"[..]));
+    let r = c.get(&url(&cluster, "/fib?n=x")).await.unwrap();
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+
+    // Unknown route: 404 with a plain reason.
+    let r = c.get(&url(&cluster, "/nothing-here")).await.unwrap();
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(String::from_utf8_lossy(&r.body).contains("no function"));
+
+    // A body over the function's limit: 413, before any node sees it.
+    let r = c
+        .send(
+            Request::post(url(&cluster, "/echo")).body(()).unwrap(),
+            Bytes::from(vec![b'x'; 5 << 20]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+
+    // A trap: 500, the trap kind in the node's log and not in the body.
+    let r = c.get(&url(&cluster, "/trap")).await.unwrap();
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    let text = String::from_utf8_lossy(&r.body).to_string();
+    assert!(
+        !text.to_lowercase().contains("unreachable") && !text.contains("panicked"),
+        "{text}"
+    );
+    let node = r.header("x-edge-node").unwrap().to_string();
+    assert!(support::wait_for(std::time::Duration::from_secs(5), || {
+        cluster
+            .log(&node)
+            .contains("function trapped: UnreachableCodeReached")
+    }));
+    assert!(
+        cluster.log(&node).contains("trap asked to fail"),
+        "the function's stderr is logged"
+    );
+
+    // A runaway loop: stopped at its timeout, 504.
+    let r = c.get(&url(&cluster, "/forever")).await.unwrap();
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+
+    // Memory past the limit: 500, and the node says why.
+    let r = c.get(&url(&cluster, "/hog")).await.unwrap();
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    let node = r.header("x-edge-node").unwrap().to_string();
+    assert!(support::wait_for(std::time::Duration::from_secs(5), || {
+        cluster
+            .log(&node)
+            .contains("ran out of memory at its 16 MiB limit")
+    }));
+
+    // After all of that, every node still serves.
+    for _ in 0..4 {
+        let r = c.get(&url(&cluster, "/hello")).await.unwrap();
+        assert_eq!(r.status, StatusCode::OK);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_node_is_skipped_and_all_dead_is_502() {
+    let (mut cluster, _dir) = start(2, vec![function("hello", Limits::default())]);
+    let c = client(&cluster).await;
+    for _ in 0..2 {
+        assert_eq!(
+            c.get(&url(&cluster, "/hello")).await.unwrap().status,
+            StatusCode::OK
+        );
+    }
+    cluster.kill_node(0);
+    for _ in 0..6 {
+        let r = c.get(&url(&cluster, "/hello")).await.unwrap();
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+        assert_eq!(r.header("x-edge-node"), Some("node-2"));
+    }
+    cluster.kill_node(1);
+    let r = c.get(&url(&cluster, "/hello")).await.unwrap();
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert!(
+        !String::from_utf8_lossy(&r.body).contains("127.0.0.1"),
+        "node addresses stay internal"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_deserializes_instead_of_compiling() {
+    let (mut cluster, _dir) = start(1, vec![function("hello", Limits::default())]);
+    let c = client(&cluster).await;
+    assert_eq!(
+        c.get(&url(&cluster, "/hello")).await.unwrap().status,
+        StatusCode::OK
+    );
+    assert!(cluster.log("node-1").contains("module compiled"));
+
+    cluster.restart_node(0).unwrap();
+    let r = c.get(&url(&cluster, "/hello")).await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    let log = cluster.log("node-1");
+    let after_restart = &log[log.rfind("edge-node serving").unwrap()..];
+    assert!(
+        after_restart.contains("module loaded from the disk cache"),
+        "{after_restart}"
+    );
+    assert!(
+        !after_restart.contains("module compiled"),
+        "{after_restart}"
+    );
+
+    // The node's own status agrees: no compile since it started.
+    let node = edge_gateway::client::H3Client::connect(
+        cluster.node_addrs()[0],
+        edge_shared::wire::NODE_SERVER_NAME,
+        edge_gateway::client::trusting(&cluster.certs().ca).unwrap(),
+    )
+    .await
+    .unwrap();
+    let status = node
+        .get(&format!(
+            "https://edge-node{}",
+            edge_shared::wire::STATUS_PATH
+        ))
+        .await
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status.body).unwrap();
+    assert_eq!(status["compiles"], 0, "{status}");
+    assert_eq!(status["deserializations"], 1, "{status}");
+}

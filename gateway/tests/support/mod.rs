@@ -1,0 +1,85 @@
+//! Shared set-up of the integration tests: example functions built once, local clusters
+//! of real processes on loopback ports chosen by the OS, HTTP/3 clients.
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use edge_gateway::client::{self, H3Client};
+use edge_gateway::cluster::{self, LocalCluster};
+use edge_shared::config::{ClusterConfig, FunctionConfig};
+use edge_shared::manifest::Limits;
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Builds the example functions (once per test binary) and returns a module's path.
+pub fn example(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let status = std::process::Command::new(repo_root().join("scripts/build-functions.sh"))
+            .status()
+            .expect("running scripts/build-functions.sh");
+        assert!(status.success(), "building the example functions failed");
+    });
+    repo_root().join(format!(
+        "functions/target/wasm32-wasip1/release/{name}.wasm"
+    ))
+}
+
+pub fn function(name: &str, limits: Limits) -> FunctionConfig {
+    FunctionConfig {
+        name: name.into(),
+        module: example(name),
+        routes: vec![],
+        env: Default::default(),
+        limits,
+    }
+}
+
+/// A cluster of `nodes` nodes serving `functions`, state in a fresh temporary folder.
+pub fn start(nodes: usize, functions: Vec<FunctionConfig>) -> (LocalCluster, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = ClusterConfig {
+        nodes,
+        node_worker_threads: 2,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        domain: "edge.localhost".into(),
+        functions,
+    };
+    let cluster = LocalCluster::start(&spec, dir.path(), &cluster::bin_dir().unwrap()).unwrap();
+    (cluster, dir)
+}
+
+/// An HTTP/3 client to the cluster's gateway, checking its certificate for `server_name`.
+pub async fn client_for(cluster: &LocalCluster, server_name: &str) -> H3Client {
+    let tls = client::trusting(&cluster.certs().ca).unwrap();
+    H3Client::connect(cluster.gateway_addr(), server_name, tls)
+        .await
+        .unwrap()
+}
+
+pub async fn client(cluster: &LocalCluster) -> H3Client {
+    client_for(cluster, "localhost").await
+}
+
+pub fn url(cluster: &LocalCluster, path: &str) -> String {
+    format!("https://localhost:{}{path}", cluster.gateway_addr().port())
+}
+
+/// Polls `check` every 50 ms until it holds or `limit` passes.
+pub fn wait_for(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + limit;
+    while Instant::now() < until {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    check()
+}

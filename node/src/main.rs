@@ -1,0 +1,83 @@
+//! `edge-node`: runs functions for gateways. `edge-node --config node.toml`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use edge_node::{Node, server};
+use edge_shared::config::{self, LogFormat, NodeConfig};
+use edge_shared::{tls, wire};
+
+/// Runs WebAssembly functions for edge gateways over HTTP/3.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// Configuration file (TOML).
+    #[arg(long)]
+    config: PathBuf,
+    /// Once listening, write the bound address to this file.
+    #[arg(long)]
+    announce: Option<PathBuf>,
+}
+
+fn main() {
+    let args = Args::parse();
+    let config: NodeConfig = match config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("edge-node: {e}");
+            std::process::exit(2);
+        }
+    };
+    init_logging(config.log_format);
+    let runtime = tokio::runtime::Runtime::new().expect("starting the async runtime");
+    if let Err(e) = runtime.block_on(run(config, args.announce)) {
+        tracing::error!("edge-node: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn run(config: NodeConfig, announce: Option<PathBuf>) -> anyhow::Result<()> {
+    let tls = tls::server_config(&config.tls_cert, &config.tls_key, &[wire::ALPN_H3], true)?;
+    let endpoint = server::endpoint(config.listen, tls)?;
+    let addr = endpoint.local_addr()?;
+    let node = Arc::new(Node::new(config)?);
+    tracing::info!(name = node.name(), %addr, "edge-node serving HTTP/3");
+    if let Some(path) = announce {
+        std::fs::write(&path, addr.to_string())?;
+    }
+    server::serve(endpoint, node, shutdown_signal(), Duration::from_secs(10)).await;
+    tracing::info!("edge-node stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C; a second signal exits at once.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutting down: draining (a second signal exits at once)");
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        std::process::exit(130);
+    });
+}

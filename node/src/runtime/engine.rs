@@ -1,0 +1,167 @@
+//! wasmer engines: one throwaway metered compiler engine per compile, and one headless
+//! engine per memory limit that runs the compiled artifacts.
+//!
+//! Why this split: wasmer's `Metering` middleware meters exactly one module, so each
+//! compile gets a fresh cranelift + metering engine; the artifact it produces is
+//! serialized (for the disk cache anyway) and deserialized into a headless engine, where
+//! the metering instrumentation still applies. A memory limit is a property of the
+//! engine's tunables, so there is one headless engine per distinct limit; deserializing
+//! costs about 0.1 ms, far below a compile.
+//!
+//! This is the crate's one `unsafe` module: wasmer's `Tunables` trait has `unsafe` methods
+//! (they hand out memory definitions inside a VM context), and `Module::deserialize` is
+//! `unsafe` because it trusts the bytes. Our tunables only narrow the memory type and
+//! delegate to wasmer's own `BaseTunables`; artifacts are only ever ones this node wrote,
+//! under a key naming the engine and target.
+#![allow(unsafe_code)]
+
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use wasmer::sys::vm::{VMConfig, VMMemory, VMMemoryDefinition, VMTable, VMTableDefinition};
+use wasmer::sys::{BaseTunables, Cranelift, EngineBuilder, NativeEngineExt, Tunables};
+use wasmer::wasmparser::Operator;
+use wasmer::{
+    CompileError, DeserializeError, Engine, MemoryError, MemoryStyle, MemoryType, Module, Pages,
+    TableStyle, TableType,
+};
+use wasmer_middlewares::Metering;
+
+/// Identifies the compiler configuration an artifact was produced by. Part of every
+/// on-disk artifact's key: change it whenever compiling would produce different code
+/// (compiler, metering cost, wasmer release); wasmer's own header check is the backstop.
+pub const COMPILER_ID: &str = "wasmer-7.4-cranelift-metering1";
+
+/// One unit of fuel per operator.
+fn operator_cost(_: &Operator) -> u64 {
+    1
+}
+
+/// Compiles `wasm` into a serialized artifact that carries fuel metering.
+pub fn compile(wasm: &[u8]) -> Result<Vec<u8>, CompileError> {
+    let mut compiler = Cranelift::default();
+    wasmer::sys::CompilerConfig::push_middleware(
+        &mut compiler,
+        Arc::new(Metering::new(0, operator_cost)),
+    );
+    let engine: Engine = EngineBuilder::new(compiler).engine().into();
+    let module = Module::new(&engine, wasm)?;
+    let artifact = module
+        .serialize()
+        .map_err(|e| CompileError::Codegen(format!("serializing the artifact: {e}")))?;
+    Ok(artifact.to_vec())
+}
+
+/// The part of an artifact's key that names this host: compiler id, target and CPU
+/// features, so an artifact is never loaded on a host that did not write it.
+pub fn host_key() -> String {
+    let target = wasmer::sys::Target::default();
+    format!(
+        "{COMPILER_ID}-{}-{:?}",
+        target.triple(),
+        target.cpu_features()
+    )
+}
+
+/// Headless engines by memory limit (in wasm pages).
+#[derive(Default)]
+pub struct Engines {
+    by_limit: DashMap<u32, Engine>,
+}
+
+impl Engines {
+    /// The headless engine whose instances may grow memory to `limit_mib` MiB at most.
+    pub fn for_memory_limit(&self, limit_mib: u64) -> Engine {
+        let pages = u32::try_from(limit_mib.saturating_mul(16))
+            .unwrap_or(u32::MAX)
+            .min(65_536);
+        self.by_limit
+            .entry(pages)
+            .or_insert_with(|| {
+                let mut engine = <Engine as NativeEngineExt>::headless();
+                engine.set_tunables(MemoryLimit {
+                    max_pages: Pages(pages),
+                    base: BaseTunables::new(),
+                });
+                engine
+            })
+            .clone()
+    }
+}
+
+/// Loads an artifact this node wrote into `engine`.
+pub fn deserialize(engine: &Engine, artifact: &[u8]) -> Result<Module, DeserializeError> {
+    // SAFETY: the artifact was produced by `compile` on this host and stored under
+    // `host_key()`; wasmer still checks its header for version and target.
+    unsafe { Module::deserialize(engine, artifact) }
+}
+
+/// Tunables that cap every linear memory at `max_pages`, otherwise wasmer's defaults.
+struct MemoryLimit {
+    max_pages: Pages,
+    base: BaseTunables,
+}
+
+impl MemoryLimit {
+    fn narrow(&self, ty: &MemoryType) -> Result<MemoryType, MemoryError> {
+        if ty.minimum > self.max_pages {
+            return Err(MemoryError::MinimumMemoryTooLarge {
+                min_requested: ty.minimum,
+                max_allowed: self.max_pages,
+            });
+        }
+        let mut narrowed = *ty;
+        narrowed.maximum = Some(ty.maximum.map_or(self.max_pages, |m| m.min(self.max_pages)));
+        Ok(narrowed)
+    }
+}
+
+impl Tunables for MemoryLimit {
+    fn memory_style(&self, memory: &MemoryType) -> MemoryStyle {
+        self.base.memory_style(memory)
+    }
+
+    fn table_style(&self, table: &TableType) -> TableStyle {
+        self.base.table_style(table)
+    }
+
+    fn create_host_memory(
+        &self,
+        ty: &MemoryType,
+        style: &MemoryStyle,
+    ) -> Result<VMMemory, MemoryError> {
+        self.base.create_host_memory(&self.narrow(ty)?, style)
+    }
+
+    unsafe fn create_vm_memory(
+        &self,
+        ty: &MemoryType,
+        style: &MemoryStyle,
+        vm_definition_location: NonNull<VMMemoryDefinition>,
+    ) -> Result<VMMemory, MemoryError> {
+        // SAFETY: same contract as ours, passed through unchanged.
+        unsafe {
+            self.base
+                .create_vm_memory(&self.narrow(ty)?, style, vm_definition_location)
+        }
+    }
+
+    fn create_host_table(&self, ty: &TableType, style: &TableStyle) -> Result<VMTable, String> {
+        self.base.create_host_table(ty, style)
+    }
+
+    unsafe fn create_vm_table(
+        &self,
+        ty: &TableType,
+        style: &TableStyle,
+        vm_definition_location: NonNull<VMTableDefinition>,
+    ) -> Result<VMTable, String> {
+        // SAFETY: same contract as ours, passed through unchanged.
+        unsafe { self.base.create_vm_table(ty, style, vm_definition_location) }
+    }
+
+    fn vmconfig(&self) -> &VMConfig {
+        self.base.vmconfig()
+    }
+}

@@ -1,0 +1,160 @@
+//! One invocation: a fresh store and instance of a loaded function, a fuel budget, the
+//! guest's `_start`, and what came of it.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use wasmer::{Engine, FunctionEnv, Instance, Module, Store};
+use wasmer_middlewares::metering::{MeteringPoints, get_remaining_points, set_remaining_points};
+
+use super::wasi::{self, Exit, RequestIo};
+
+/// A function ready to run: its compiled module in the engine of its memory limit.
+#[derive(Clone)]
+pub struct Runnable {
+    /// The function's name (its log lines and `argv[0]`).
+    pub name: String,
+    /// Compiled module.
+    pub module: Module,
+    /// Headless engine enforcing the function's memory limit.
+    pub engine: Engine,
+    /// Memory limit in MiB, to tell a memory-limit failure from other traps.
+    pub memory_limit_mib: u64,
+}
+
+/// What one invocation gets.
+pub struct Invocation {
+    /// Request id for the function's log lines.
+    pub request_id: String,
+    /// CGI variables plus the function's own environment.
+    pub env: Vec<(String, String)>,
+    /// The request body, as stdin.
+    pub stdin: Bytes,
+    /// Most bytes the function may write to stdout.
+    pub stdout_limit: usize,
+    /// Fuel (operators) the function may use.
+    pub fuel: u64,
+}
+
+/// A successful run.
+#[derive(Debug)]
+pub struct Completed {
+    /// Everything the guest wrote to stdout.
+    pub stdout: Vec<u8>,
+    /// Time to create the instance.
+    pub instantiate: Duration,
+    /// Time in the guest.
+    pub run: Duration,
+    /// Fuel it used.
+    pub fuel_used: u64,
+}
+
+/// Why a run produced no response.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// The instance could not be created (link error, start-up trap, memory too small).
+    #[error("instantiation failed: {0}")]
+    Instantiate(String),
+    /// The guest trapped.
+    #[error("function trapped: {kind}")]
+    Trap {
+        /// The trap code, or the message where wasmer gives none.
+        kind: String,
+    },
+    /// The guest trapped with its memory at the limit: it ran out of memory.
+    #[error("function ran out of memory at its {limit_mib} MiB limit")]
+    MemoryLimit {
+        /// The limit.
+        limit_mib: u64,
+    },
+    /// The guest used its whole fuel budget.
+    #[error("function used its whole fuel budget of {fuel}")]
+    FuelExhausted {
+        /// The budget.
+        fuel: u64,
+    },
+    /// The guest called `proc_exit` with a non-zero code.
+    #[error("function exited with code {0}")]
+    Exit(i32),
+    /// The guest wrote more than the response limit.
+    #[error("function wrote more than the {limit} byte response limit")]
+    ResponseTooLarge {
+        /// The limit.
+        limit: usize,
+    },
+}
+
+/// Runs `invocation` on a fresh instance of `runnable`. Blocks: call it on a worker thread.
+pub fn run(runnable: &Runnable, invocation: Invocation) -> Result<Completed, RunError> {
+    let started = Instant::now();
+    let mut store = Store::new(runnable.engine.clone());
+    let io = RequestIo::new(
+        &runnable.name,
+        &invocation.request_id,
+        &invocation.env,
+        invocation.stdin,
+        invocation.stdout_limit,
+    );
+    let env = FunctionEnv::new(&mut store, io);
+    let imports = wasi::imports(&mut store, &env);
+    let instance = Instance::new(&mut store, &runnable.module, &imports)
+        .map_err(|e| RunError::Instantiate(e.to_string()))?;
+    let memory = instance
+        .exports
+        .get_memory("memory")
+        .map_err(|e| RunError::Instantiate(e.to_string()))?
+        .clone();
+    env.as_mut(&mut store).set_memory(memory.clone());
+    let start = instance
+        .exports
+        .get_function("_start")
+        .map_err(|e| RunError::Instantiate(e.to_string()))?
+        .clone();
+    set_remaining_points(&mut store, &instance, invocation.fuel);
+    let instantiate = started.elapsed();
+
+    let result = start.call(&mut store, &[]);
+    let run = started.elapsed() - instantiate;
+    let remaining = get_remaining_points(&mut store, &instance);
+    let (stdout, overflow) = env.as_mut(&mut store).take_stdout();
+    let fuel_used = match remaining {
+        MeteringPoints::Remaining(left) => invocation.fuel - left,
+        MeteringPoints::Exhausted => invocation.fuel,
+    };
+    if overflow {
+        return Err(RunError::ResponseTooLarge {
+            limit: invocation.stdout_limit,
+        });
+    }
+    if let Err(error) = result {
+        match error.downcast_ref::<Exit>() {
+            Some(Exit(0)) => {}
+            Some(Exit(code)) => return Err(RunError::Exit(*code)),
+            None if remaining == MeteringPoints::Exhausted => {
+                return Err(RunError::FuelExhausted {
+                    fuel: invocation.fuel,
+                });
+            }
+            None => {
+                let memory_mib = memory.view(&store).data_size() >> 20;
+                if memory_mib + 1 >= runnable.memory_limit_mib {
+                    return Err(RunError::MemoryLimit {
+                        limit_mib: runnable.memory_limit_mib,
+                    });
+                }
+                let kind = match error.clone().to_trap() {
+                    Some(code) => format!("{code:?}"),
+                    None => error.message(),
+                };
+                return Err(RunError::Trap { kind });
+            }
+        }
+    }
+    Ok(Completed {
+        stdout,
+        instantiate,
+        run,
+        fuel_used,
+    })
+}

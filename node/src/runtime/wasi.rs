@@ -1,0 +1,384 @@
+//! The WASI preview1 host a function runs against: exactly the imports in
+//! [`edge_shared::module_check::HOST_IMPORTS`], over one request's state.
+//!
+//! The sandbox grants nothing: no preopened directories (so no filesystem), no sockets;
+//! fd 0 reads the request body, fd 1 collects the CGI response (up to a limit), fd 2 is the
+//! function's log, one `tracing` event per line with the request id.
+
+use std::sync::OnceLock;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use edge_shared::module_check::WASI_MODULE;
+use wasmer::{Exports, Function, FunctionEnv, FunctionEnvMut, Imports, Memory, MemoryView, Store};
+
+/// WASI errno values used here.
+mod errno {
+    pub(super) const SUCCESS: i32 = 0;
+    pub(super) const BADF: i32 = 8;
+    pub(super) const FAULT: i32 = 21;
+    pub(super) const FBIG: i32 = 22;
+    pub(super) const INVAL: i32 = 28;
+    pub(super) const SPIPE: i32 = 70;
+}
+
+/// Most bytes of stderr kept per request; the rest is counted and dropped.
+const MAX_LOG_BYTES: usize = 64 << 10;
+
+/// `proc_exit` was called: unwinds the guest with its exit code.
+#[derive(Debug, thiserror::Error)]
+#[error("function exited with code {0}")]
+pub struct Exit(pub i32);
+
+/// One request's I/O as the guest sees it.
+pub struct RequestIo {
+    memory: Option<Memory>,
+    args: Vec<Vec<u8>>,
+    env: Vec<Vec<u8>>,
+    stdin: Bytes,
+    stdin_pos: usize,
+    stdout: Vec<u8>,
+    stdout_limit: usize,
+    stdout_overflow: bool,
+    log: FunctionLog,
+}
+
+impl RequestIo {
+    /// State for a request: `argv[0]` is the function name, `env` the CGI variables plus
+    /// the function's own, `stdin` the body; stdout may hold `stdout_limit` bytes.
+    pub fn new(
+        function: &str,
+        request_id: &str,
+        env: &[(String, String)],
+        stdin: Bytes,
+        stdout_limit: usize,
+    ) -> RequestIo {
+        RequestIo {
+            memory: None,
+            args: vec![nul_terminated(function.as_bytes())],
+            env: env
+                .iter()
+                .map(|(k, v)| nul_terminated(format!("{k}={v}").as_bytes()))
+                .collect(),
+            stdin,
+            stdin_pos: 0,
+            stdout: Vec::new(),
+            stdout_limit,
+            stdout_overflow: false,
+            log: FunctionLog {
+                function: function.to_string(),
+                request_id: request_id.to_string(),
+                line: Vec::new(),
+                kept: 0,
+                dropped: 0,
+            },
+        }
+    }
+
+    /// Gives the host functions the instance's exported memory.
+    pub fn set_memory(&mut self, memory: Memory) {
+        self.memory = Some(memory);
+    }
+
+    /// What the guest wrote to stdout, and whether it tried to write more than allowed.
+    pub fn take_stdout(&mut self) -> (Vec<u8>, bool) {
+        self.log.flush();
+        (std::mem::take(&mut self.stdout), self.stdout_overflow)
+    }
+}
+
+fn nul_terminated(bytes: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(bytes.len() + 1);
+    v.extend(bytes.iter().map(|&b| if b == 0 { b'?' } else { b }));
+    v.push(0);
+    v
+}
+
+/// Turns stderr bytes into log lines.
+struct FunctionLog {
+    function: String,
+    request_id: String,
+    line: Vec<u8>,
+    kept: usize,
+    dropped: usize,
+}
+
+impl FunctionLog {
+    fn write(&mut self, bytes: &[u8]) {
+        let room = MAX_LOG_BYTES.saturating_sub(self.kept);
+        let (keep, drop) = bytes.split_at(bytes.len().min(room));
+        self.kept += keep.len();
+        self.dropped += drop.len();
+        for &b in keep {
+            if b == b'\n' {
+                self.emit();
+            } else {
+                self.line.push(b);
+            }
+        }
+    }
+
+    fn emit(&mut self) {
+        let line = String::from_utf8_lossy(&self.line);
+        tracing::info!(target: "function", function = %self.function, request_id = %self.request_id, "{line}");
+        self.line.clear();
+    }
+
+    fn flush(&mut self) {
+        if !self.line.is_empty() {
+            self.emit();
+        }
+        if self.dropped > 0 {
+            tracing::warn!(function = %self.function, request_id = %self.request_id,
+                dropped_bytes = self.dropped, "function log over {MAX_LOG_BYTES} bytes, rest dropped");
+            self.dropped = 0;
+        }
+    }
+}
+
+type Env<'a> = FunctionEnvMut<'a, RequestIo>;
+
+/// Runs `f` with the request state and a view of the guest memory; FAULT without memory.
+fn with_memory(
+    env: &mut Env<'_>,
+    f: impl FnOnce(&mut RequestIo, &MemoryView<'_>) -> Result<i32, i32>,
+) -> i32 {
+    let (io, store) = env.data_and_store_mut();
+    let Some(memory) = io.memory.clone() else {
+        return errno::FAULT;
+    };
+    let view = memory.view(&store);
+    f(io, &view).unwrap_or_else(|e| e)
+}
+
+fn write_bytes(view: &MemoryView<'_>, ptr: u32, bytes: &[u8]) -> Result<(), i32> {
+    view.write(u64::from(ptr), bytes).map_err(|_| errno::FAULT)
+}
+
+/// The (pointer, length) pairs of an iovec array.
+fn iovecs(view: &MemoryView<'_>, iovs: u32, count: u32) -> Result<Vec<(u32, u32)>, i32> {
+    let mut raw = vec![0u8; count as usize * 8];
+    view.read(u64::from(iovs), &mut raw)
+        .map_err(|_| errno::FAULT)?;
+    Ok(raw
+        .chunks_exact(8)
+        .map(|c| {
+            (
+                u32::from_le_bytes([c[0], c[1], c[2], c[3]]),
+                u32::from_le_bytes([c[4], c[5], c[6], c[7]]),
+            )
+        })
+        .collect())
+}
+
+/// Writes a list of NUL-terminated strings as WASI `*_get` does: pointers, then bytes.
+fn write_list(view: &MemoryView<'_>, items: &[Vec<u8>], ptrs: u32, buf: u32) -> Result<i32, i32> {
+    let mut at = buf;
+    for (i, item) in items.iter().enumerate() {
+        write_bytes(view, ptrs + 4 * i as u32, &at.to_le_bytes())?;
+        write_bytes(view, at, item)?;
+        at += item.len() as u32;
+    }
+    Ok(errno::SUCCESS)
+}
+
+fn write_sizes(
+    view: &MemoryView<'_>,
+    items: &[Vec<u8>],
+    count_ptr: u32,
+    size_ptr: u32,
+) -> Result<i32, i32> {
+    let size: usize = items.iter().map(Vec::len).sum();
+    write_bytes(view, count_ptr, &(items.len() as u32).to_le_bytes())?;
+    write_bytes(view, size_ptr, &(size as u32).to_le_bytes())?;
+    Ok(errno::SUCCESS)
+}
+
+fn args_sizes_get(mut env: Env<'_>, count: u32, size: u32) -> i32 {
+    with_memory(&mut env, |io, view| {
+        write_sizes(view, &io.args, count, size)
+    })
+}
+
+fn args_get(mut env: Env<'_>, ptrs: u32, buf: u32) -> i32 {
+    with_memory(&mut env, |io, view| write_list(view, &io.args, ptrs, buf))
+}
+
+fn environ_sizes_get(mut env: Env<'_>, count: u32, size: u32) -> i32 {
+    with_memory(&mut env, |io, view| write_sizes(view, &io.env, count, size))
+}
+
+fn environ_get(mut env: Env<'_>, ptrs: u32, buf: u32) -> i32 {
+    with_memory(&mut env, |io, view| write_list(view, &io.env, ptrs, buf))
+}
+
+fn fd_read(mut env: Env<'_>, fd: u32, iovs: u32, iovs_len: u32, nread: u32) -> i32 {
+    with_memory(&mut env, |io, view| {
+        if fd != 0 {
+            return Err(errno::BADF);
+        }
+        let mut total = 0u32;
+        for (ptr, len) in iovecs(view, iovs, iovs_len)? {
+            let rest = &io.stdin[io.stdin_pos..];
+            let n = rest.len().min(len as usize);
+            write_bytes(view, ptr, &rest[..n])?;
+            io.stdin_pos += n;
+            total += n as u32;
+            if n < len as usize {
+                break;
+            }
+        }
+        write_bytes(view, nread, &total.to_le_bytes())?;
+        Ok(errno::SUCCESS)
+    })
+}
+
+fn fd_write(mut env: Env<'_>, fd: u32, iovs: u32, iovs_len: u32, nwritten: u32) -> i32 {
+    with_memory(&mut env, |io, view| {
+        if !(1..=2).contains(&fd) {
+            return Err(errno::BADF);
+        }
+        let mut total = 0u32;
+        for (ptr, len) in iovecs(view, iovs, iovs_len)? {
+            let mut chunk = vec![0u8; len as usize];
+            view.read(u64::from(ptr), &mut chunk)
+                .map_err(|_| errno::FAULT)?;
+            if fd == 1 {
+                if io.stdout.len() + chunk.len() > io.stdout_limit {
+                    io.stdout_overflow = true;
+                    return Err(errno::FBIG);
+                }
+                io.stdout.extend_from_slice(&chunk);
+            } else {
+                io.log.write(&chunk);
+            }
+            total += len;
+        }
+        write_bytes(view, nwritten, &total.to_le_bytes())?;
+        Ok(errno::SUCCESS)
+    })
+}
+
+fn fd_close(_env: Env<'_>, fd: u32) -> i32 {
+    if fd <= 2 { errno::SUCCESS } else { errno::BADF }
+}
+
+fn fd_fdstat_get(mut env: Env<'_>, fd: u32, stat: u32) -> i32 {
+    with_memory(&mut env, |_, view| {
+        if fd > 2 {
+            return Err(errno::BADF);
+        }
+        // filetype u8 = character device (2), flags u16 = 0, rights: read for 0, write for 1-2.
+        let mut buf = [0u8; 24];
+        buf[0] = 2;
+        let rights: u64 = if fd == 0 { 1 << 1 } else { 1 << 6 };
+        buf[8..16].copy_from_slice(&rights.to_le_bytes());
+        write_bytes(view, stat, &buf)?;
+        Ok(errno::SUCCESS)
+    })
+}
+
+fn fd_seek(_env: Env<'_>, fd: u32, _offset: i64, _whence: u32, _newoffset: u32) -> i32 {
+    if fd <= 2 { errno::SPIPE } else { errno::BADF }
+}
+
+fn fd_prestat_get(_env: Env<'_>, _fd: u32, _buf: u32) -> i32 {
+    errno::BADF
+}
+
+fn fd_prestat_dir_name(_env: Env<'_>, _fd: u32, _path: u32, _len: u32) -> i32 {
+    errno::BADF
+}
+
+fn proc_exit(_env: Env<'_>, code: u32) -> Result<(), Exit> {
+    Err(Exit(code as i32))
+}
+
+fn monotonic_start() -> Instant {
+    static START: OnceLock<Instant> = OnceLock::new();
+    *START.get_or_init(Instant::now)
+}
+
+fn clock_time_get(mut env: Env<'_>, id: u32, _precision: u64, time: u32) -> i32 {
+    with_memory(&mut env, |_, view| {
+        let nanos = match id {
+            0 => SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos(),
+            1..=3 => monotonic_start().elapsed().as_nanos(),
+            _ => return Err(errno::INVAL),
+        };
+        write_bytes(view, time, &(nanos as u64).to_le_bytes())?;
+        Ok(errno::SUCCESS)
+    })
+}
+
+fn clock_res_get(mut env: Env<'_>, id: u32, res: u32) -> i32 {
+    with_memory(&mut env, |_, view| {
+        if id > 3 {
+            return Err(errno::INVAL);
+        }
+        write_bytes(view, res, &1_000u64.to_le_bytes())?;
+        Ok(errno::SUCCESS)
+    })
+}
+
+fn random_get(mut env: Env<'_>, buf: u32, len: u32) -> i32 {
+    with_memory(&mut env, |_, view| {
+        let mut bytes = vec![0u8; len as usize];
+        getrandom::fill(&mut bytes).map_err(|_| errno::INVAL)?;
+        write_bytes(view, buf, &bytes)?;
+        Ok(errno::SUCCESS)
+    })
+}
+
+fn sched_yield(_env: Env<'_>) -> i32 {
+    errno::SUCCESS
+}
+
+/// The import object for one instance, bound to `env`.
+pub fn imports(store: &mut Store, env: &FunctionEnv<RequestIo>) -> Imports {
+    let mut wasi = Exports::new();
+    macro_rules! host {
+        ($($name:ident),* $(,)?) => {
+            $( wasi.insert(stringify!($name), Function::new_typed_with_env(store, env, $name)); )*
+        };
+    }
+    host!(
+        args_get,
+        args_sizes_get,
+        clock_res_get,
+        clock_time_get,
+        environ_get,
+        environ_sizes_get,
+        fd_close,
+        fd_fdstat_get,
+        fd_prestat_dir_name,
+        fd_prestat_get,
+        fd_read,
+        fd_seek,
+        fd_write,
+        proc_exit,
+        random_get,
+        sched_yield,
+    );
+    let mut imports = Imports::new();
+    imports.register_namespace(WASI_MODULE, wasi);
+    imports
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_provides_exactly_the_checked_imports() {
+        let mut store = Store::default();
+        let env = FunctionEnv::new(&mut store, RequestIo::new("f", "r", &[], Bytes::new(), 0));
+        let imports = imports(&mut store, &env);
+        let mut names: Vec<String> = imports.iter().map(|((_, name), _)| name.clone()).collect();
+        names.sort();
+        assert_eq!(names, edge_shared::module_check::HOST_IMPORTS);
+    }
+}

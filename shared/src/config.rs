@@ -1,0 +1,490 @@
+//! Configuration files of the node and the gateway.
+//!
+//! TOML, read with the `config` crate and overridable by environment variables
+//! (`EDGE_NODE_...` and `EDGE_GATEWAY_...`, `__` between nested keys, for example
+//! `EDGE_NODE_DEFAULTS__TIMEOUT_MS=500`). Unknown keys are errors; every field has a
+//! default; relative paths are taken from the file's folder; every error names the file
+//! and the key. `config/` in the repository holds a commented example of each file.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::manifest::{Limits, Route};
+
+/// A configuration file that could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("config file {}: {}", file.display(), problems.join("; "))]
+pub struct ConfigError {
+    /// The file.
+    pub file: PathBuf,
+    /// Every problem found, each naming its key.
+    pub problems: Vec<String>,
+}
+
+/// How a process writes its log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A configuration file type.
+pub trait ConfigFile: DeserializeOwned {
+    /// Prefix of environment variables that override this file's keys.
+    const ENV_PREFIX: &'static str;
+
+    /// Makes relative paths relative to `base` (the file's folder).
+    fn resolve_paths(&mut self, base: &Path);
+
+    /// Every problem with the values, each as `key: message`.
+    fn problems(&self) -> Vec<String>;
+}
+
+/// Loads and checks a configuration file, with environment overrides.
+pub fn load<T: ConfigFile>(file: &Path) -> Result<T, ConfigError> {
+    if !file.is_file() {
+        return Err(ConfigError {
+            file: file.to_path_buf(),
+            problems: vec!["file not found".into()],
+        });
+    }
+    let source = config::File::from(file).format(config::FileFormat::Toml);
+    load_source(source, file, file.parent().unwrap_or(Path::new(".")))
+}
+
+/// Loads and checks configuration text named `origin` in errors, relative paths taken
+/// from `base`, with environment overrides.
+pub fn load_str<T: ConfigFile>(text: &str, origin: &Path, base: &Path) -> Result<T, ConfigError> {
+    load_source(
+        config::File::from_str(text, config::FileFormat::Toml),
+        origin,
+        base,
+    )
+}
+
+fn load_source<T, S>(source: S, origin: &Path, base: &Path) -> Result<T, ConfigError>
+where
+    T: ConfigFile,
+    S: config::Source + Send + Sync + 'static,
+{
+    let fail = |problems: Vec<String>| ConfigError {
+        file: origin.to_path_buf(),
+        problems,
+    };
+    let mut parsed: T = config::Config::builder()
+        .add_source(source)
+        .add_source(
+            config::Environment::with_prefix(T::ENV_PREFIX)
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true),
+        )
+        .build()
+        .and_then(|c| c.try_deserialize())
+        .map_err(|e| fail(vec![e.to_string()]))?;
+    parsed.resolve_paths(base);
+    let problems = parsed.problems();
+    if problems.is_empty() {
+        Ok(parsed)
+    } else {
+        Err(fail(problems))
+    }
+}
+
+fn resolve(base: &Path, path: &mut PathBuf) {
+    if path.is_relative() && !path.as_os_str().is_empty() {
+        *path = base.join(&*path);
+    }
+}
+
+fn require_file(problems: &mut Vec<String>, key: &str, path: &Path) {
+    if path.as_os_str().is_empty() {
+        problems.push(format!("{key}: required"));
+    } else if !path.is_file() {
+        problems.push(format!("{key}: file {} not found", path.display()));
+    }
+}
+
+/// Node-wide defaults for the per-function limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitDefaults {
+    /// Longest a request may run, in milliseconds.
+    pub timeout_ms: u64,
+    /// Largest linear memory of an instance, in MiB.
+    pub memory_limit_mib: u64,
+    /// Largest request body, in bytes.
+    pub max_request_body_bytes: u64,
+    /// Largest response body, in bytes.
+    pub max_response_body_bytes: u64,
+}
+
+impl Default for LimitDefaults {
+    fn default() -> LimitDefaults {
+        LimitDefaults {
+            timeout_ms: 10_000,
+            memory_limit_mib: 128,
+            max_request_body_bytes: 16 << 20,
+            max_response_body_bytes: 16 << 20,
+        }
+    }
+}
+
+impl LimitDefaults {
+    /// The limits of a function: its own where it sets them, these otherwise.
+    pub fn apply(&self, limits: &Limits) -> LimitDefaults {
+        LimitDefaults {
+            timeout_ms: limits.timeout_ms.unwrap_or(self.timeout_ms),
+            memory_limit_mib: limits.memory_limit_mib.unwrap_or(self.memory_limit_mib),
+            max_request_body_bytes: limits
+                .max_request_body_bytes
+                .unwrap_or(self.max_request_body_bytes),
+            max_response_body_bytes: limits
+                .max_response_body_bytes
+                .unwrap_or(self.max_response_body_bytes),
+        }
+    }
+}
+
+/// `edge-node`'s configuration file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Name of this node, shown to users in `x-edge-node` and in logs.
+    pub name: String,
+    /// UDP address serving HTTP/3 to gateways; port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// PEM certificate chain of this node, issued by the cluster CA for `edge-node`.
+    pub tls_cert: PathBuf,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: PathBuf,
+    /// Folder of the on-disk caches (module blobs, compiled artifacts).
+    pub cache_dir: PathBuf,
+    /// Threads that run guest code, each one execution slot; 0 = one per CPU.
+    pub worker_threads: usize,
+    /// How long a request may wait for a free slot before `503 overloaded`, in ms.
+    pub queue_timeout_ms: u64,
+    /// Metering fuel granted per millisecond of a function's timeout (one unit per wasm
+    /// operator); bounds CPU time independently of the wall-clock deadline. Measured here:
+    /// recursive `fib` burns about 5M a millisecond, a tight loop about 11M, so the
+    /// default lets a function use roughly one to two times its timeout in CPU.
+    pub fuel_per_ms: u64,
+    /// Limits of functions that do not set their own.
+    pub defaults: LimitDefaults,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+impl Default for NodeConfig {
+    fn default() -> NodeConfig {
+        NodeConfig {
+            name: "node".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
+            cache_dir: PathBuf::from("node-cache"),
+            worker_threads: 0,
+            queue_timeout_ms: 1_000,
+            fuel_per_ms: 10_000_000,
+            defaults: LimitDefaults::default(),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+impl ConfigFile for NodeConfig {
+    const ENV_PREFIX: &'static str = "EDGE_NODE";
+
+    fn resolve_paths(&mut self, base: &Path) {
+        resolve(base, &mut self.tls_cert);
+        resolve(base, &mut self.tls_key);
+        resolve(base, &mut self.cache_dir);
+    }
+
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.name.is_empty() || self.name.contains(char::is_whitespace) {
+            problems.push("name: must be non-empty without spaces".into());
+        }
+        require_file(&mut problems, "tls_cert", &self.tls_cert);
+        require_file(&mut problems, "tls_key", &self.tls_key);
+        if self.worker_threads > 1024 {
+            problems.push("worker_threads: at most 1024".into());
+        }
+        if self.fuel_per_ms == 0 {
+            problems.push("fuel_per_ms: must be greater than zero".into());
+        }
+        let d = &self.defaults;
+        for (key, value) in [
+            ("defaults.timeout_ms", d.timeout_ms),
+            ("defaults.memory_limit_mib", d.memory_limit_mib),
+            ("defaults.max_request_body_bytes", d.max_request_body_bytes),
+            (
+                "defaults.max_response_body_bytes",
+                d.max_response_body_bytes,
+            ),
+        ] {
+            if value == 0 {
+                problems.push(format!("{key}: must be greater than zero"));
+            }
+        }
+        if d.memory_limit_mib > 4096 {
+            problems.push("defaults.memory_limit_mib: at most 4096 (wasm32)".into());
+        }
+        problems
+    }
+}
+
+/// A function the gateway deploys at start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionConfig {
+    /// The function's name.
+    pub name: String,
+    /// Path of its `.wasm` module.
+    pub module: PathBuf,
+    /// How users reach it; default: path `/NAME` and host `NAME.<domain>`.
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    /// Environment variables for the function.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Its limits; unset ones take the node's defaults.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// `edge-gateway`'s configuration file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// Address for users: HTTP/3 on UDP and HTTP/1.1 + HTTP/2 on TCP, same port; port 0
+    /// picks one free on both.
+    pub listen: SocketAddr,
+    /// Domain under which functions answer as `NAME.<domain>`.
+    pub domain: String,
+    /// PEM certificate chain users see.
+    pub tls_cert: PathBuf,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: PathBuf,
+    /// PEM CA certificate that node certificates must chain to.
+    pub cluster_ca: PathBuf,
+    /// Nodes' HTTP/3 addresses.
+    pub nodes: Vec<SocketAddr>,
+    /// Longest the gateway waits for a node's answer, in ms.
+    pub request_timeout_ms: u64,
+    /// Largest request body the gateway accepts for any function, in bytes.
+    pub max_request_body_bytes: u64,
+    /// Functions deployed at start.
+    pub functions: Vec<FunctionConfig>,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> GatewayConfig {
+        GatewayConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 4433)),
+            domain: "edge.localhost".into(),
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
+            cluster_ca: PathBuf::new(),
+            nodes: Vec::new(),
+            request_timeout_ms: 30_000,
+            max_request_body_bytes: 16 << 20,
+            functions: Vec::new(),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+impl ConfigFile for GatewayConfig {
+    const ENV_PREFIX: &'static str = "EDGE_GATEWAY";
+
+    fn resolve_paths(&mut self, base: &Path) {
+        resolve(base, &mut self.tls_cert);
+        resolve(base, &mut self.tls_key);
+        resolve(base, &mut self.cluster_ca);
+        for f in &mut self.functions {
+            resolve(base, &mut f.module);
+        }
+    }
+
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        require_file(&mut problems, "tls_cert", &self.tls_cert);
+        require_file(&mut problems, "tls_key", &self.tls_key);
+        require_file(&mut problems, "cluster_ca", &self.cluster_ca);
+        if self.nodes.is_empty() {
+            problems.push("nodes: at least one node address is required".into());
+        }
+        if self.domain.is_empty() || self.domain.contains(['/', ':', ' ']) {
+            problems.push("domain: must be a bare domain name".into());
+        }
+        if self.request_timeout_ms == 0 {
+            problems.push("request_timeout_ms: must be greater than zero".into());
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, f) in self.functions.iter().enumerate() {
+            if !names.insert(&f.name) {
+                problems.push(format!("functions[{i}].name: {:?} is listed twice", f.name));
+            }
+            if !f.module.is_file() {
+                problems.push(format!(
+                    "functions[{i}].module: file {} not found",
+                    f.module.display()
+                ));
+            }
+        }
+        problems
+    }
+}
+
+/// `edge up`'s cluster file: how many nodes, where users connect, which functions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Nodes to start.
+    pub nodes: usize,
+    /// Worker threads per node (0 = one per CPU).
+    pub node_worker_threads: usize,
+    /// The gateway's user address (UDP and TCP).
+    pub listen: SocketAddr,
+    /// Domain under which functions answer as `NAME.<domain>`.
+    pub domain: String,
+    /// Functions deployed at start.
+    pub functions: Vec<FunctionConfig>,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> ClusterConfig {
+        ClusterConfig {
+            nodes: 3,
+            node_worker_threads: 0,
+            listen: SocketAddr::from(([127, 0, 0, 1], 4433)),
+            domain: "edge.localhost".into(),
+            functions: Vec::new(),
+        }
+    }
+}
+
+impl ConfigFile for ClusterConfig {
+    const ENV_PREFIX: &'static str = "EDGE_CLUSTER";
+
+    fn resolve_paths(&mut self, base: &Path) {
+        for f in &mut self.functions {
+            resolve(base, &mut f.module);
+        }
+    }
+
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if !(1..=64).contains(&self.nodes) {
+            problems.push("nodes: from 1 to 64".into());
+        }
+        for (i, f) in self.functions.iter().enumerate() {
+            if !f.module.is_file() {
+                problems.push(format!(
+                    "functions[{i}].module: file {} not found (build the examples with scripts/build-functions.sh)",
+                    f.module.display()
+                ));
+            }
+        }
+        problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn node_config_loads_with_defaults_and_relative_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "node.pem", "x");
+        write(dir.path(), "node.key", "x");
+        let file = write(
+            dir.path(),
+            "node.toml",
+            "name = \"n1\"\ntls_cert = \"node.pem\"\ntls_key = \"node.key\"\n[defaults]\ntimeout_ms = 500\n",
+        );
+        let cfg: NodeConfig = load(&file).unwrap();
+        assert_eq!(cfg.name, "n1");
+        assert_eq!(cfg.tls_cert, dir.path().join("node.pem"));
+        assert_eq!(cfg.defaults.timeout_ms, 500);
+        assert_eq!(cfg.defaults.memory_limit_mib, 128);
+    }
+
+    #[test]
+    fn errors_name_the_file_and_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(dir.path(), "node.toml", "nmae = \"typo\"\n");
+        let err = load::<NodeConfig>(&file).unwrap_err().to_string();
+        assert!(err.contains("node.toml") && err.contains("nmae"), "{err}");
+
+        let file = write(dir.path(), "bad.toml", "worker_threads = \"many\"\n");
+        let err = load::<NodeConfig>(&file).unwrap_err().to_string();
+        assert!(
+            err.contains("bad.toml") && err.contains("worker_threads"),
+            "{err}"
+        );
+
+        let file = write(dir.path(), "empty.toml", "fuel_per_ms = 0\n");
+        let err = load::<NodeConfig>(&file).unwrap_err();
+        assert_eq!(err.problems.len(), 3, "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("tls_cert: required") && text.contains("fuel_per_ms"),
+            "{text}"
+        );
+
+        let err = load::<NodeConfig>(&dir.path().join("missing.toml")).unwrap_err();
+        assert!(err.to_string().contains("missing.toml: file not found"));
+    }
+
+    #[test]
+    fn gateway_config_checks_functions() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["c.pem", "c.key", "ca.pem"] {
+            write(dir.path(), f, "x");
+        }
+        let file = write(
+            dir.path(),
+            "gateway.toml",
+            r#"
+tls_cert = "c.pem"
+tls_key = "c.key"
+cluster_ca = "ca.pem"
+nodes = ["127.0.0.1:5000"]
+[[functions]]
+name = "hello"
+module = "hello.wasm"
+routes = [{ path = "/hi" }, { host = "hi.example.com" }]
+[[functions]]
+name = "hello"
+module = "hello.wasm"
+"#,
+        );
+        let err = load::<GatewayConfig>(&file).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("functions[0].module"), "{text}");
+        assert!(text.contains("functions[1].name"), "{text}");
+        write(dir.path(), "hello.wasm", "x");
+        let text = load::<GatewayConfig>(&file).unwrap_err().to_string();
+        assert!(!text.contains("module"), "{text}");
+    }
+}

@@ -1,0 +1,182 @@
+//! What the gateway and the node say to each other over HTTP/3, and what users see of it.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+/// Request header: the [`crate::manifest::DeploymentId`] to run.
+pub const FUNCTION_HEADER: &str = "x-edge-function";
+/// Request header: the request id, carried into the node's and the function's logs.
+pub const REQUEST_ID_HEADER: &str = "x-edge-request-id";
+/// Request header: milliseconds the node has left to answer.
+pub const DEADLINE_HEADER: &str = "x-edge-deadline-ms";
+/// Response header: why a node refused a request before running it.
+pub const REFUSED_HEADER: &str = "x-edge-refused";
+/// Response header: which node served the request.
+pub const NODE_HEADER: &str = "x-edge-node";
+/// Request header: the route prefix that matched (CGI `SCRIPT_NAME`), empty for a host route.
+pub const SCRIPT_NAME_HEADER: &str = "x-edge-script-name";
+/// Path prefix of the node's deploy endpoint: `PUT /_edge/v1/deployments/{deployment id}`;
+/// the body is the [`crate::manifest::FunctionManifest`] as one line of JSON, a newline,
+/// then the module's bytes (see [`encode_deploy_body`]).
+pub const DEPLOY_PATH: &str = "/_edge/v1/deployments/";
+/// Path of the node's status endpoint (JSON).
+pub const STATUS_PATH: &str = "/_edge/v1/status";
+/// TLS server name in node certificates, checked by the gateway.
+pub const NODE_SERVER_NAME: &str = "edge-node";
+/// ALPN protocol id of HTTP/3.
+pub const ALPN_H3: &[u8] = b"h3";
+
+/// The body of a deploy request.
+pub fn encode_deploy_body(manifest: &crate::manifest::FunctionManifest, module: &[u8]) -> Vec<u8> {
+    let mut body = serde_json::to_vec(manifest).expect("a manifest always encodes");
+    body.push(b'\n');
+    body.extend_from_slice(module);
+    body
+}
+
+/// Splits a deploy request body into its manifest and module.
+pub fn decode_deploy_body(
+    body: &[u8],
+) -> Result<(crate::manifest::FunctionManifest, &[u8]), String> {
+    let newline = body
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or("deploy body has no manifest line")?;
+    let manifest =
+        serde_json::from_slice(&body[..newline]).map_err(|e| format!("deploy manifest: {e}"))?;
+    Ok((manifest, &body[newline + 1..]))
+}
+
+/// Why a node refused a request before the function started. Always safe to retry
+/// elsewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// No free slot came up within the queue timeout.
+    Overloaded,
+    /// The node does not have this deployment loaded.
+    NotFound,
+    /// The node is shutting down.
+    Draining,
+}
+
+impl Refusal {
+    /// The value of [`REFUSED_HEADER`].
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Overloaded => "overloaded",
+            Refusal::NotFound => "not-found",
+            Refusal::Draining => "draining",
+        }
+    }
+
+    /// Parses a [`REFUSED_HEADER`] value.
+    pub fn parse(value: &str) -> Option<Refusal> {
+        match value {
+            "overloaded" => Some(Refusal::Overloaded),
+            "not-found" => Some(Refusal::NotFound),
+            "draining" => Some(Refusal::Draining),
+            _ => None,
+        }
+    }
+}
+
+/// A `server-timing` header value: named durations in milliseconds.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ServerTiming {
+    entries: Vec<(String, f64)>,
+}
+
+impl ServerTiming {
+    /// Adds a metric.
+    pub fn push(&mut self, name: &str, duration: Duration) {
+        self.entries
+            .push((name.to_string(), duration.as_secs_f64() * 1000.0));
+    }
+
+    /// Parses a header value, skipping entries it cannot read.
+    pub fn parse(value: &str) -> ServerTiming {
+        let entries = value
+            .split(',')
+            .filter_map(|entry| {
+                let mut parts = entry.trim().split(';');
+                let name = parts.next()?.trim();
+                let dur = parts.find_map(|p| p.trim().strip_prefix("dur="))?;
+                Some((name.to_string(), dur.parse().ok()?))
+            })
+            .collect();
+        ServerTiming { entries }
+    }
+
+    /// Appends the entries of `other`.
+    pub fn extend(&mut self, other: ServerTiming) {
+        self.entries.extend(other.entries);
+    }
+
+    /// The duration of metric `name` in milliseconds.
+    pub fn get_ms(&self, name: &str) -> Option<f64> {
+        self.entries
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, d)| *d)
+    }
+
+    /// The header value.
+    pub fn header_value(&self) -> String {
+        let mut out = String::new();
+        for (i, (name, ms)) in self.entries.iter().enumerate() {
+            if i > 0 {
+                out.push_str(", ");
+            }
+            let _ = write!(out, "{name};dur={ms:.3}");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_timing_round_trips() {
+        let mut t = ServerTiming::default();
+        t.push("queue", Duration::from_micros(1500));
+        t.push("run", Duration::from_millis(2));
+        let text = t.header_value();
+        assert_eq!(text, "queue;dur=1.500, run;dur=2.000");
+        let parsed = ServerTiming::parse(&text);
+        assert_eq!(parsed.get_ms("queue"), Some(1.5));
+        assert_eq!(parsed.get_ms("run"), Some(2.0));
+        assert_eq!(parsed.get_ms("cold"), None);
+        assert_eq!(ServerTiming::parse("junk, a;dur=x").get_ms("a"), None);
+    }
+
+    #[test]
+    fn deploy_body_round_trips() {
+        let manifest = crate::manifest::FunctionManifest {
+            name: "f".into(),
+            content_id: crate::manifest::ContentId::of(b"m\n"),
+            routes: vec![],
+            env: [("K".to_string(), "line1\nline2".to_string())].into(),
+            limits: Default::default(),
+        };
+        let body = encode_deploy_body(&manifest, b"m\n");
+        let (decoded, module) = decode_deploy_body(&body).unwrap();
+        assert_eq!(decoded, manifest);
+        assert_eq!(module, b"m\n");
+        assert!(decode_deploy_body(b"no newline").is_err());
+        assert!(
+            decode_deploy_body(b"{}\nmodule")
+                .unwrap_err()
+                .contains("manifest")
+        );
+    }
+
+    #[test]
+    fn refusal_round_trips() {
+        for r in [Refusal::Overloaded, Refusal::NotFound, Refusal::Draining] {
+            assert_eq!(Refusal::parse(r.as_str()), Some(r));
+        }
+        assert_eq!(Refusal::parse("bored"), None);
+    }
+}
