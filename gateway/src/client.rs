@@ -49,7 +49,11 @@ impl H3Client {
             "0.0.0.0:0".parse()?
         };
         let mut endpoint = quinn::Endpoint::client(local)?;
-        endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        let mut transport = quinn::TransportConfig::default();
+        transport.max_idle_timeout(Some(std::time::Duration::from_secs(10).try_into()?));
+        config.transport_config(Arc::new(transport));
+        endpoint.set_default_client_config(config);
         let conn = endpoint
             .connect(addr, server_name)?
             .await

@@ -79,7 +79,9 @@ async fn handle(gateway: &Gateway, request: http::Request<Incoming>) -> http::Re
 /// Turns an answer into a hyper response, streaming a node's body through a channel.
 fn to_hyper(forwarded: Forwarded) -> http::Response<Body> {
     let Forwarded { head, body } = forwarded;
-    let (parts, ()) = head.into_parts();
+    let (mut parts, ()) = head.into_parts();
+    // The head came from a node over HTTP/3; hyper writes the connection's own version.
+    parts.version = http::Version::default();
     let body: Body = match body {
         ResponseBody::Full(bytes) => Full::new(bytes).map_err(|never| match never {}).boxed(),
         mut streamed => {

@@ -1,0 +1,165 @@
+//! The binaries as an operator meets them: `edge up` and `edge call`, and bad
+//! configuration refused at start with the file and key named.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use edge_gateway::cluster::bin_dir;
+use support::{example, wait_for};
+
+#[test]
+fn edge_up_serves_and_edge_call_reaches_it_until_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster_file = dir.path().join("cluster.toml");
+    std::fs::write(
+        &cluster_file,
+        format!(
+            "nodes = 2\nnode_worker_threads = 1\nlisten = \"127.0.0.1:0\"\n[[functions]]\nname = \"hello\"\nmodule = {:?}\n",
+            example("hello")
+        ),
+    )
+    .unwrap();
+    let bins = bin_dir().unwrap();
+    let mut up = Command::new(bins.join("edge"))
+        .arg("up")
+        .arg("--config")
+        .arg(&cluster_file)
+        .arg("--dir")
+        .arg(dir.path().join("state"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(up.stdout.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("edge up ended before printing its address")
+            .unwrap();
+        if let Some(rest) = line.strip_prefix("edge: users connect to https://") {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    let ca = dir.path().join("state/certs/ca.pem");
+    let call = Command::new(bins.join("edge"))
+        .arg("call")
+        .arg("--ca")
+        .arg(&ca)
+        .arg(format!("https://{addr}/hello?name=cli"))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&call.stdout);
+    assert!(
+        call.status.success(),
+        "{}",
+        String::from_utf8_lossy(&call.stderr)
+    );
+    assert!(out.starts_with("HTTP/3 200"), "{out}");
+    assert!(out.contains("x-edge-node: node-"), "{out}");
+    assert!(out.ends_with("hello, cli!\n"), "{out}");
+
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(up.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(
+        wait_for(Duration::from_secs(20), || matches!(
+            up.try_wait(),
+            Ok(Some(_))
+        )),
+        "edge up did not stop"
+    );
+    assert!(up.wait().unwrap().success());
+    // Every process it started is gone.
+    let state = dir.path().join("state");
+    let left = Command::new("pgrep")
+        .arg("-f")
+        .arg(state.to_str().unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        left.stdout.is_empty(),
+        "still running: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
+}
+
+fn run(binary: &str, config: &std::path::Path) -> (i32, String) {
+    let output = Command::new(bin_dir().unwrap().join(binary))
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stderr).to_string(),
+    )
+}
+
+#[test]
+fn bad_config_exits_at_start_naming_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = dir.path().join("node.toml");
+    std::fs::write(&node, "nmae = \"typo\"\n").unwrap();
+    let (code, err) = run("edge-node", &node);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("node.toml") && err.contains("nmae"), "{err}");
+
+    std::fs::write(&node, "worker_threads = 2000\n[defaults]\ntimeout_ms = 0\n").unwrap();
+    let (code, err) = run("edge-node", &node);
+    assert_eq!(code, 2, "{err}");
+    for key in ["tls_cert", "worker_threads", "defaults.timeout_ms"] {
+        assert!(err.contains(key), "{key} missing from: {err}");
+    }
+
+    let gateway = dir.path().join("gateway.toml");
+    std::fs::write(&gateway, "listen = \"not an address\"\n").unwrap();
+    let (code, err) = run("edge-gateway", &gateway);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("gateway.toml") && err.contains("listen"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_invalid_module_is_refused_at_gateway_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs =
+        edge_gateway::devcerts::DevCerts::ensure(&dir.path().join("certs"), "edge.localhost")
+            .unwrap();
+    let not_wasm = dir.path().join("notwasm.wasm");
+    std::fs::write(&not_wasm, "this is text").unwrap();
+    let gateway = dir.path().join("gateway.toml");
+    let write = |module: &std::path::Path| {
+        std::fs::write(
+            &gateway,
+            format!(
+                "listen = \"127.0.0.1:0\"\ntls_cert = {:?}\ntls_key = {:?}\ncluster_ca = {:?}\nnodes = [\"127.0.0.1:9\"]\n[[functions]]\nname = \"bad\"\nmodule = {module:?}\n",
+                certs.gateway_cert, certs.gateway_key, certs.ca
+            ),
+        )
+        .unwrap();
+    };
+    write(&not_wasm);
+    let (code, err) = run("edge-gateway", &gateway);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("\"bad\"")
+            && err.contains("notwasm.wasm")
+            && err.contains("not a WebAssembly module"),
+        "{err}"
+    );
+
+    // A module without `_start` (a library, not a command) is refused with that reason.
+    let reactor = dir.path().join("reactor.wasm");
+    std::fs::write(&reactor, b"\0asm\x01\0\0\0").unwrap();
+    write(&reactor);
+    let (code, err) = run("edge-gateway", &gateway);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("exports no function `_start`"), "{err}");
+}
