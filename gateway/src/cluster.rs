@@ -104,15 +104,15 @@ impl LocalCluster {
             .with_context(|| format!("starting {}", exe.display()))?;
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if let Ok(text) = std::fs::read_to_string(&announce) {
-                if let Ok(addr) = text.trim().parse() {
-                    return Ok(Process {
-                        name: name.to_string(),
-                        child,
-                        config,
-                        addr,
-                    });
-                }
+            if let Ok(text) = std::fs::read_to_string(&announce)
+                && let Ok(addr) = text.trim().parse()
+            {
+                return Ok(Process {
+                    name: name.to_string(),
+                    child,
+                    config,
+                    addr,
+                });
             }
             if let Some(status) = child.try_wait()? {
                 let log = std::fs::read_to_string(&log_path).unwrap_or_default();

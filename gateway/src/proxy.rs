@@ -170,27 +170,28 @@ impl Gateway {
         &self.functions
     }
 
-    /// Resolves the function of a request, or answers 404.
-    pub fn route(&self, request: &Request<()>) -> Result<Routed, Forwarded> {
+    /// Resolves the function of a request.
+    pub fn route(&self, request: &Request<()>) -> Option<Routed> {
         let host = request.uri().host().or_else(|| {
             request
                 .headers()
                 .get(http::header::HOST)
                 .and_then(|h| h.to_str().ok())
         });
-        match self.routes.resolve(host, request.uri().path()) {
-            Some(m) => {
-                let limits = &self.functions[m.function].manifest.limits;
-                Ok(Routed {
-                    function: m.function,
-                    script_name: m.script_name.to_string(),
-                    body_limit: limits
-                        .max_request_body_bytes
-                        .unwrap_or(self.config.max_request_body_bytes),
-                })
-            }
-            None => Err(self.error_response(GatewayError::NoRoute, &new_request_id())),
-        }
+        let m = self.routes.resolve(host, request.uri().path())?;
+        let limits = &self.functions[m.function].manifest.limits;
+        Some(Routed {
+            function: m.function,
+            script_name: m.script_name.to_string(),
+            body_limit: limits
+                .max_request_body_bytes
+                .unwrap_or(self.config.max_request_body_bytes),
+        })
+    }
+
+    /// The answer to a request no function is routed at.
+    pub fn not_found(&self) -> Forwarded {
+        self.error_response(GatewayError::NoRoute, &new_request_id())
     }
 
     /// The answer to a body over `routed.body_limit`.
@@ -209,13 +210,8 @@ impl Gateway {
         let method = request.method().clone();
         let mut cold = Duration::ZERO;
         let mut last_error = String::from("no node configured");
-        let mut attempts = 0;
         let mut last_refusal = None;
-        for node in self.node_order() {
-            if attempts == MAX_ATTEMPTS {
-                break;
-            }
-            attempts += 1;
+        for node in self.node_order().into_iter().take(MAX_ATTEMPTS) {
             let outcome = self
                 .send(node, function, &routed, &request, &request_id, body.clone())
                 .await;

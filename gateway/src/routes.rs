@@ -50,7 +50,9 @@ impl RouteTable {
                 }
             }
         }
-        table.paths.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        table
+            .paths
+            .sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
         Ok(table)
     }
 

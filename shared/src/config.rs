@@ -487,4 +487,31 @@ module = "hello.wasm"
         let text = load::<GatewayConfig>(&file).unwrap_err().to_string();
         assert!(!text.contains("module"), "{text}");
     }
+
+    #[test]
+    fn the_example_files_use_only_known_keys() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+        // The examples name certificate files that only `edge up` creates: those are the
+        // only problems allowed.
+        let only_missing_files = |problems: &[String]| {
+            problems.iter().all(|p| {
+                p.contains("not found")
+                    && (p.starts_with("tls_")
+                        || p.starts_with("cluster_ca")
+                        || p.contains(".module"))
+            })
+        };
+        match load::<NodeConfig>(&dir.join("node.toml")) {
+            Ok(_) => {}
+            Err(e) => assert!(only_missing_files(&e.problems), "{e}"),
+        }
+        match load::<GatewayConfig>(&dir.join("gateway.toml")) {
+            Ok(_) => {}
+            Err(e) => assert!(only_missing_files(&e.problems), "{e}"),
+        }
+        let cluster: Result<ClusterConfig, _> = load(&dir.join("cluster.toml"));
+        if let Err(e) = cluster {
+            assert!(only_missing_files(&e.problems), "{e}");
+        }
+    }
 }

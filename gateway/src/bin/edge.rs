@@ -29,7 +29,7 @@ enum Command {
     /// Start a local cluster (one gateway, N nodes) and deploy its functions; Ctrl-C stops it.
     Up {
         /// Cluster file; default: the embedded config/cluster.toml (module paths relative to
-        /// the current folder, the repository root).
+        /// `config/` under the current folder, the repository root).
         #[arg(long)]
         config: Option<PathBuf>,
         /// Folder for certificates, configuration, caches and logs.
@@ -98,7 +98,7 @@ fn up(config_file: Option<&Path>, dir: &Path) -> anyhow::Result<()> {
         None => config::load_str(
             DEFAULT_CLUSTER,
             Path::new("config/cluster.toml (embedded)"),
-            &std::env::current_dir()?,
+            &std::env::current_dir()?.join("config"),
         )?,
     };
     let mut cluster = LocalCluster::start(&spec, dir, &cluster::bin_dir()?)?;

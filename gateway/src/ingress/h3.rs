@@ -65,8 +65,8 @@ async fn connection(incoming: quinn::Incoming, gateway: Arc<Gateway>) -> anyhow:
 
 async fn handle(gateway: &Gateway, request: http::Request<()>, mut stream: Stream) {
     let forwarded = match gateway.route(&request) {
-        Err(not_found) => not_found,
-        Ok(routed) => match read_body(&mut stream, routed.body_limit).await {
+        None => gateway.not_found(),
+        Some(routed) => match read_body(&mut stream, routed.body_limit).await {
             Ok(body) => gateway.forward(routed, request, body).await,
             Err(BodyError::TooLarge) => gateway.body_too_large(&routed),
             Err(BodyError::Stream(e)) => {

@@ -64,8 +64,8 @@ async fn handle(gateway: &Gateway, request: http::Request<Incoming>) -> http::Re
     let (parts, body) = request.into_parts();
     let head = http::Request::from_parts(parts, ());
     let forwarded = match gateway.route(&head) {
-        Err(not_found) => not_found,
-        Ok(routed) => {
+        None => gateway.not_found(),
+        Some(routed) => {
             let limit = usize::try_from(routed.body_limit).unwrap_or(usize::MAX);
             match Limited::new(body, limit).collect().await {
                 Ok(collected) => gateway.forward(routed, head, collected.to_bytes()).await,

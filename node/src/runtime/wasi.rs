@@ -377,7 +377,10 @@ mod tests {
         let mut store = Store::default();
         let env = FunctionEnv::new(&mut store, RequestIo::new("f", "r", &[], Bytes::new(), 0));
         let imports = imports(&mut store, &env);
-        let mut names: Vec<String> = imports.iter().map(|((_, name), _)| name.clone()).collect();
+        let mut names: Vec<String> = imports
+            .iter()
+            .map(|(_, name, _)| name.to_string())
+            .collect();
         names.sort();
         assert_eq!(names, edge_shared::module_check::HOST_IMPORTS);
     }

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs beyond cargo, if missing: the wasm32-wasip1 target
+# (scripts/build-functions.sh adds it), curl (HTTP/1.1 and HTTP/2 client), pgrep, and
+# aioquic (an independent HTTP/3 client) for python3.
+set -euo pipefail
+missing=()
+command -v curl >/dev/null || missing+=(curl)
+command -v pgrep >/dev/null || missing+=(procps)
+command -v python3 >/dev/null || missing+=(python3 python3-pip)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "install-test-deps: please install: ${missing[*]}" >&2
+    exit 1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+fi
+if ! python3 -c 'import aioquic' 2>/dev/null; then
+  python3 -m pip install --quiet aioquic ||
+    python3 -m pip install --quiet --break-system-packages aioquic
+fi
