@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Parser;
 use edge_gateway::ingress;
 use edge_gateway::proxy::Gateway;
-use edge_shared::config::{self, GatewayConfig, LogFormat};
+use edge_shared::config::{self, GatewayConfig};
 use edge_shared::{tls, wire};
 use tokio::net::TcpListener;
 
@@ -33,23 +33,11 @@ fn main() {
             std::process::exit(2);
         }
     };
-    init_logging(config.log_format);
+    config.log_format.init();
     let runtime = tokio::runtime::Runtime::new().expect("starting the async runtime");
     if let Err(e) = runtime.block_on(run(config, args.announce)) {
         eprintln!("edge-gateway: {e:#}");
         std::process::exit(2);
-    }
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
     }
 }
 

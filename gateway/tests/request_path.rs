@@ -25,6 +25,10 @@ async fn functions_and_failures_over_http3() {
             function("trap", Limits::default()),
             function("forever", limits(|l| l.timeout_ms = Some(300))),
             function("hog", limits(|l| l.memory_limit_mib = Some(16))),
+            support::FunctionConfig {
+                name: "echo-small".into(),
+                ..function("echo", limits(|l| l.max_response_body_bytes = Some(1024)))
+            },
         ],
     );
     let c = client(&cluster).await;
@@ -139,6 +143,32 @@ async fn functions_and_failures_over_http3() {
             .log(&node)
             .contains("ran out of memory at its 16 MiB limit")
     }));
+
+    // A response over the function's limit: a failed response, never a truncated 200.
+    let r = c
+        .send(
+            Request::post(url(&cluster, "/echo-small"))
+                .body(())
+                .unwrap(),
+            Bytes::from(vec![b'x'; 4096]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    let node = r.header("x-edge-node").unwrap().to_string();
+    assert!(support::wait_for(std::time::Duration::from_secs(5), || {
+        cluster.log(&node).contains("byte response limit")
+    }));
+    let r = c
+        .send(
+            Request::post(url(&cluster, "/echo-small"))
+                .body(())
+                .unwrap(),
+            Bytes::from_static(b"small"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
 
     // After all of that, every node still serves.
     for _ in 0..4 {

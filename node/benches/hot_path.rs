@@ -9,6 +9,9 @@
 //!
 //! Run: `scripts/build-functions.sh && cargo bench -p edge-node --profile dev`.
 
+// `criterion_group!` defines an undocumented public function.
+#![allow(missing_docs)]
+
 use std::path::PathBuf;
 use std::time::Duration;
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use edge_node::{Node, server};
-use edge_shared::config::{self, LogFormat, NodeConfig};
+use edge_shared::config::{self, NodeConfig};
 use edge_shared::{tls, wire};
 
 /// Runs WebAssembly functions for edge gateways over HTTP/3.
@@ -30,23 +30,11 @@ fn main() {
             std::process::exit(2);
         }
     };
-    init_logging(config.log_format);
+    config.log_format.init();
     let runtime = tokio::runtime::Runtime::new().expect("starting the async runtime");
     if let Err(e) = runtime.block_on(run(config, args.announce)) {
         tracing::error!("edge-node: {e:#}");
         std::process::exit(1);
-    }
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
     }
 }
 

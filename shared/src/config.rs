@@ -36,6 +36,22 @@ pub enum LogFormat {
     Json,
 }
 
+impl LogFormat {
+    /// Installs the process's `tracing` subscriber: this format on stderr, filtered by
+    /// `RUST_LOG` (default `info`).
+    pub fn init(self) {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr);
+        match self {
+            LogFormat::Text => builder.init(),
+            LogFormat::Json => builder.json().init(),
+        }
+    }
+}
+
 /// A configuration file type.
 pub trait ConfigFile: DeserializeOwned {
     /// Prefix of environment variables that override this file's keys.

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use edge_gateway::client::{self, H3Client};
 use edge_gateway::cluster::{self, LocalCluster};
-use edge_shared::config::{ClusterConfig, FunctionConfig};
+use edge_shared::config::ClusterConfig;
+pub use edge_shared::config::FunctionConfig;
 use edge_shared::manifest::Limits;
 
 pub fn repo_root() -> PathBuf {
