@@ -86,7 +86,11 @@ pub struct Response {
 impl Response {
     /// A `text/plain` response.
     pub fn text(status: u16, body: impl Into<String>) -> Response {
-        Response::with_type(status, "text/plain; charset=utf-8", body.into().into_bytes())
+        Response::with_type(
+            status,
+            "text/plain; charset=utf-8",
+            body.into().into_bytes(),
+        )
     }
 
     /// An `application/json` response from an already-encoded JSON document.
