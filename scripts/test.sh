@@ -7,4 +7,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 scripts/build-functions.sh
 scripts/install-test-deps.sh
+# The integration tests start edge-node, edge-gateway and edge-loadtest as processes;
+# `cargo test` builds a package's binaries only for that package's own tests.
+cargo build --workspace --bins --locked
 cargo test --workspace --locked "$@"

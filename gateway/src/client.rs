@@ -112,7 +112,7 @@ impl H3Client {
 
 /// A client configuration trusting the CA certificate in `ca`.
 pub fn trusting(ca: &Path) -> anyhow::Result<rustls::ClientConfig> {
-    Ok(tls::client_config(ca, &[wire::ALPN_H3])?)
+    Ok(tls::client_config(ca, None, &[wire::ALPN_H3])?)
 }
 
 /// A client configuration that accepts any server certificate (`edge call --insecure`):

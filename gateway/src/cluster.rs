@@ -54,6 +54,7 @@ impl LocalCluster {
                 name: name.clone(),
                 tls_cert: cluster.certs.node_cert.clone(),
                 tls_key: cluster.certs.node_key.clone(),
+                cluster_ca: cluster.certs.ca.clone(),
                 cache_dir: cluster.dir.join(&name).join("cache"),
                 worker_threads: spec.node_worker_threads,
                 ..NodeConfig::default()
@@ -67,6 +68,8 @@ impl LocalCluster {
             tls_cert: cluster.certs.gateway_cert.clone(),
             tls_key: cluster.certs.gateway_key.clone(),
             cluster_ca: cluster.certs.ca.clone(),
+            cluster_cert: cluster.certs.member_cert.clone(),
+            cluster_key: cluster.certs.member_key.clone(),
             nodes: cluster.nodes.iter().map(|n| n.addr).collect(),
             functions: spec.functions.clone(),
             ..GatewayConfig::default()

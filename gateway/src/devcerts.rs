@@ -1,5 +1,6 @@
-//! Development certificates: a cluster CA, the certificate users see (for `localhost`,
-//! `127.0.0.1` and the function domain) and the nodes' certificate (for `edge-node`), both
+//! Development certificates: a cluster CA; the certificate users see (for `localhost`,
+//! `127.0.0.1` and the function domain); the nodes' certificate (for `edge-node`); and the
+//! gateway's cluster-member certificate, which it presents to nodes (mutual TLS). All are
 //! issued by that CA. Existing files are kept, so a browser or curl that trusts the CA
 //! keeps trusting it across `edge up` runs.
 
@@ -22,6 +23,10 @@ pub struct DevCerts {
     pub node_cert: PathBuf,
     /// Node private key.
     pub node_key: PathBuf,
+    /// Certificate the gateway presents to nodes.
+    pub member_cert: PathBuf,
+    /// Its private key.
+    pub member_key: PathBuf,
 }
 
 impl DevCerts {
@@ -33,6 +38,8 @@ impl DevCerts {
             gateway_key: dir.join("gateway.key"),
             node_cert: dir.join("node.pem"),
             node_key: dir.join("node.key"),
+            member_cert: dir.join("member.pem"),
+            member_key: dir.join("member.key"),
         };
         let all = [
             &certs.ca,
@@ -40,6 +47,8 @@ impl DevCerts {
             &certs.gateway_key,
             &certs.node_cert,
             &certs.node_key,
+            &certs.member_cert,
+            &certs.member_key,
         ];
         if all.iter().all(|p| p.is_file()) {
             return Ok(certs);
@@ -80,6 +89,11 @@ impl DevCerts {
             vec![NODE_SERVER_NAME.into()],
             &certs.node_cert,
             &certs.node_key,
+        )?;
+        leaf(
+            vec!["edge-gateway".into()],
+            &certs.member_cert,
+            &certs.member_key,
         )?;
         write(&certs.ca, &ca_cert.pem())?;
         Ok(certs)

@@ -65,13 +65,12 @@ async fn bind(
 }
 
 async fn run(config: GatewayConfig, announce: Option<PathBuf>) -> anyhow::Result<()> {
-    let quic_tls = tls::server_config(&config.tls_cert, &config.tls_key, &[wire::ALPN_H3], true)?;
-    let tcp_tls = tls::server_config(
-        &config.tls_cert,
-        &config.tls_key,
-        &[b"h2", b"http/1.1"],
-        false,
-    )?;
+    let identity = tls::Identity {
+        cert: &config.tls_cert,
+        key: &config.tls_key,
+    };
+    let quic_tls = tls::server_config(identity, None, &[wire::ALPN_H3], true)?;
+    let tcp_tls = tls::server_config(identity, None, &[b"h2", b"http/1.1"], false)?;
     let (endpoint, tcp) = bind(config.listen, quic_tls).await?;
     let addr = endpoint.local_addr()?;
     let gateway = Arc::new(Gateway::new(config, addr.port())?);

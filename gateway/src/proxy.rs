@@ -153,7 +153,15 @@ impl Gateway {
         let manifests: Vec<FunctionManifest> =
             functions.iter().map(|f| f.manifest.clone()).collect();
         let routes = RouteTable::new(&manifests).map_err(anyhow::Error::msg)?;
-        let nodes = NodePool::new(tls::client_config(&config.cluster_ca, &[wire::ALPN_H3])?)?;
+        let member = tls::Identity {
+            cert: &config.cluster_cert,
+            key: &config.cluster_key,
+        };
+        let nodes = NodePool::new(tls::client_config(
+            &config.cluster_ca,
+            Some(member),
+            &[wire::ALPN_H3],
+        )?)?;
         let alt_svc = HeaderValue::from_str(&format!("h3=\":{h3_port}\"; ma=86400"))?;
         Ok(Gateway {
             config,

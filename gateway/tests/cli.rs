@@ -112,7 +112,12 @@ fn bad_config_exits_at_start_naming_file_and_key() {
     std::fs::write(&node, "worker_threads = 2000\n[defaults]\ntimeout_ms = 0\n").unwrap();
     let (code, err) = run("edge-node", &node);
     assert_eq!(code, 2, "{err}");
-    for key in ["tls_cert", "worker_threads", "defaults.timeout_ms"] {
+    for key in [
+        "tls_cert",
+        "cluster_ca",
+        "worker_threads",
+        "defaults.timeout_ms",
+    ] {
         assert!(err.contains(key), "{key} missing from: {err}");
     }
 
@@ -139,8 +144,8 @@ fn an_invalid_module_is_refused_at_gateway_start() {
         std::fs::write(
             &gateway,
             format!(
-                "listen = \"127.0.0.1:0\"\ntls_cert = {:?}\ntls_key = {:?}\ncluster_ca = {:?}\nnodes = [\"127.0.0.1:9\"]\n[[functions]]\nname = \"bad\"\nmodule = {module:?}\n",
-                certs.gateway_cert, certs.gateway_key, certs.ca
+                "listen = \"127.0.0.1:0\"\ntls_cert = {:?}\ntls_key = {:?}\ncluster_ca = {:?}\ncluster_cert = {:?}\ncluster_key = {:?}\nnodes = [\"127.0.0.1:9\"]\n[[functions]]\nname = \"bad\"\nmodule = {module:?}\n",
+                certs.gateway_cert, certs.gateway_key, certs.ca, certs.member_cert, certs.member_key
             ),
         )
         .unwrap();

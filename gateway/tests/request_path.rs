@@ -226,11 +226,20 @@ async fn a_restarted_node_deserializes_instead_of_compiling() {
         "{after_restart}"
     );
 
-    // The node's own status agrees: no compile since it started.
+    // The node's own status agrees: no compile since it started. Nodes serve only
+    // cluster members: this client presents the gateway's member certificate.
+    let certs = cluster.certs();
+    let member = edge_shared::tls::Identity {
+        cert: &certs.member_cert,
+        key: &certs.member_key,
+    };
+    let tls =
+        edge_shared::tls::client_config(&certs.ca, Some(member), &[edge_shared::wire::ALPN_H3])
+            .unwrap();
     let node = edge_gateway::client::H3Client::connect(
         cluster.node_addrs()[0],
         edge_shared::wire::NODE_SERVER_NAME,
-        edge_gateway::client::trusting(&cluster.certs().ca).unwrap(),
+        tls,
     )
     .await
     .unwrap();
@@ -244,4 +253,36 @@ async fn a_restarted_node_deserializes_instead_of_compiling() {
     let status: serde_json::Value = serde_json::from_slice(&status.body).unwrap();
     assert_eq!(status["compiles"], 0, "{status}");
     assert_eq!(status["deserializations"], 1, "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_serves_only_cluster_members() {
+    let (cluster, _dir) = start(1, vec![function("hello", Limits::default())]);
+    // Trusting the node is not enough: without a member certificate, no request gets through.
+    let tls = edge_gateway::client::trusting(&cluster.certs().ca).unwrap();
+    let refused = async {
+        let c = edge_gateway::client::H3Client::connect(
+            cluster.node_addrs()[0],
+            edge_shared::wire::NODE_SERVER_NAME,
+            tls,
+        )
+        .await?;
+        c.get(&format!(
+            "https://edge-node{}",
+            edge_shared::wire::STATUS_PATH
+        ))
+        .await
+    }
+    .await;
+    assert!(
+        refused.is_err(),
+        "a client without a cluster certificate was served: {refused:?}"
+    );
+    // The gateway, a member, is served.
+    let r = client(&cluster)
+        .await
+        .get(&url(&cluster, "/hello"))
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
 }

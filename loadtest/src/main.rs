@@ -56,7 +56,7 @@ fn main() -> anyhow::Result<()> {
         addr.ip().is_loopback(),
         "{addr} is not a loopback address: this tool only loads servers on this machine"
     );
-    let tls = edge_shared::tls::client_config(&args.ca, &[edge_shared::wire::ALPN_H3])?;
+    let tls = edge_shared::tls::client_config(&args.ca, None, &[edge_shared::wire::ALPN_H3])?;
     let plan = Plan {
         addr,
         server_name: host,

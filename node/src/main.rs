@@ -39,7 +39,11 @@ fn main() {
 }
 
 async fn run(config: NodeConfig, announce: Option<PathBuf>) -> anyhow::Result<()> {
-    let tls = tls::server_config(&config.tls_cert, &config.tls_key, &[wire::ALPN_H3], true)?;
+    let identity = tls::Identity {
+        cert: &config.tls_cert,
+        key: &config.tls_key,
+    };
+    let tls = tls::server_config(identity, Some(&config.cluster_ca), &[wire::ALPN_H3], true)?;
     let endpoint = server::endpoint(config.listen, tls)?;
     let addr = endpoint.local_addr()?;
     let node = Arc::new(Node::new(config)?);

@@ -182,6 +182,8 @@ pub struct NodeConfig {
     pub tls_cert: PathBuf,
     /// PEM private key of `tls_cert`.
     pub tls_key: PathBuf,
+    /// PEM cluster CA: only clients (gateways) with a certificate from it are served.
+    pub cluster_ca: PathBuf,
     /// Folder of the on-disk caches (module blobs, compiled artifacts).
     pub cache_dir: PathBuf,
     /// Threads that run guest code, each one execution slot; 0 = one per CPU.
@@ -206,6 +208,7 @@ impl Default for NodeConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             tls_cert: PathBuf::new(),
             tls_key: PathBuf::new(),
+            cluster_ca: PathBuf::new(),
             cache_dir: PathBuf::from("node-cache"),
             worker_threads: 0,
             queue_timeout_ms: 1_000,
@@ -222,6 +225,7 @@ impl ConfigFile for NodeConfig {
     fn resolve_paths(&mut self, base: &Path) {
         resolve(base, &mut self.tls_cert);
         resolve(base, &mut self.tls_key);
+        resolve(base, &mut self.cluster_ca);
         resolve(base, &mut self.cache_dir);
     }
 
@@ -232,6 +236,7 @@ impl ConfigFile for NodeConfig {
         }
         require_file(&mut problems, "tls_cert", &self.tls_cert);
         require_file(&mut problems, "tls_key", &self.tls_key);
+        require_file(&mut problems, "cluster_ca", &self.cluster_ca);
         if self.worker_threads > 1024 {
             problems.push("worker_threads: at most 1024".into());
         }
@@ -293,6 +298,10 @@ pub struct GatewayConfig {
     pub tls_key: PathBuf,
     /// PEM CA certificate that node certificates must chain to.
     pub cluster_ca: PathBuf,
+    /// PEM certificate, issued by the cluster CA, the gateway presents to nodes.
+    pub cluster_cert: PathBuf,
+    /// PEM private key of `cluster_cert`.
+    pub cluster_key: PathBuf,
     /// Nodes' HTTP/3 addresses.
     pub nodes: Vec<SocketAddr>,
     /// Longest the gateway waits for a node's answer, in ms.
@@ -313,6 +322,8 @@ impl Default for GatewayConfig {
             tls_cert: PathBuf::new(),
             tls_key: PathBuf::new(),
             cluster_ca: PathBuf::new(),
+            cluster_cert: PathBuf::new(),
+            cluster_key: PathBuf::new(),
             nodes: Vec::new(),
             request_timeout_ms: 30_000,
             max_request_body_bytes: 16 << 20,
@@ -329,6 +340,8 @@ impl ConfigFile for GatewayConfig {
         resolve(base, &mut self.tls_cert);
         resolve(base, &mut self.tls_key);
         resolve(base, &mut self.cluster_ca);
+        resolve(base, &mut self.cluster_cert);
+        resolve(base, &mut self.cluster_key);
         for f in &mut self.functions {
             resolve(base, &mut f.module);
         }
@@ -339,6 +352,8 @@ impl ConfigFile for GatewayConfig {
         require_file(&mut problems, "tls_cert", &self.tls_cert);
         require_file(&mut problems, "tls_key", &self.tls_key);
         require_file(&mut problems, "cluster_ca", &self.cluster_ca);
+        require_file(&mut problems, "cluster_cert", &self.cluster_cert);
+        require_file(&mut problems, "cluster_key", &self.cluster_key);
         if self.nodes.is_empty() {
             problems.push("nodes: at least one node address is required".into());
         }
@@ -433,10 +448,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "node.pem", "x");
         write(dir.path(), "node.key", "x");
+        write(dir.path(), "ca.pem", "x");
         let file = write(
             dir.path(),
             "node.toml",
-            "name = \"n1\"\ntls_cert = \"node.pem\"\ntls_key = \"node.key\"\n[defaults]\ntimeout_ms = 500\n",
+            "name = \"n1\"\ntls_cert = \"node.pem\"\ntls_key = \"node.key\"\ncluster_ca = \"ca.pem\"\n[defaults]\ntimeout_ms = 500\n",
         );
         let cfg: NodeConfig = load(&file).unwrap();
         assert_eq!(cfg.name, "n1");
@@ -461,7 +477,7 @@ mod tests {
 
         let file = write(dir.path(), "empty.toml", "fuel_per_ms = 0\n");
         let err = load::<NodeConfig>(&file).unwrap_err();
-        assert_eq!(err.problems.len(), 3, "{err}");
+        assert_eq!(err.problems.len(), 4, "{err}");
         let text = err.to_string();
         assert!(
             text.contains("tls_cert: required") && text.contains("fuel_per_ms"),
@@ -475,7 +491,7 @@ mod tests {
     #[test]
     fn gateway_config_checks_functions() {
         let dir = tempfile::tempdir().unwrap();
-        for f in ["c.pem", "c.key", "ca.pem"] {
+        for f in ["c.pem", "c.key", "ca.pem", "m.pem", "m.key"] {
             write(dir.path(), f, "x");
         }
         let file = write(
@@ -485,6 +501,8 @@ mod tests {
 tls_cert = "c.pem"
 tls_key = "c.key"
 cluster_ca = "ca.pem"
+cluster_cert = "m.pem"
+cluster_key = "m.key"
 nodes = ["127.0.0.1:5000"]
 [[functions]]
 name = "hello"
@@ -512,9 +530,7 @@ module = "hello.wasm"
         let only_missing_files = |problems: &[String]| {
             problems.iter().all(|p| {
                 p.contains("not found")
-                    && (p.starts_with("tls_")
-                        || p.starts_with("cluster_ca")
-                        || p.contains(".module"))
+                    && (p.starts_with("tls_") || p.starts_with("cluster_") || p.contains(".module"))
             })
         };
         match load::<NodeConfig>(&dir.join("node.toml")) {

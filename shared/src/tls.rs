@@ -55,10 +55,28 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     })
 }
 
-/// A server configuration with the given certificate chain, key and ALPN protocols.
+/// A certificate chain and its private key, as PEM files.
+#[derive(Debug, Clone, Copy)]
+pub struct Identity<'a> {
+    /// Certificate chain.
+    pub cert: &'a Path,
+    /// Private key.
+    pub key: &'a Path,
+}
+
+fn roots(ca: &Path) -> Result<rustls::RootCertStore, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in load_certs(ca)? {
+        roots.add(cert)?;
+    }
+    Ok(roots)
+}
+
+/// A server configuration presenting `identity` with the given ALPN protocols. With
+/// `client_ca`, every client must present a certificate issued by that CA (mutual TLS).
 pub fn server_config(
-    cert: &Path,
-    key: &Path,
+    identity: Identity<'_>,
+    client_ca: Option<&Path>,
     alpn: &[&[u8]],
     tls13_only: bool,
 ) -> Result<rustls::ServerConfig, TlsError> {
@@ -68,23 +86,41 @@ pub fn server_config(
     } else {
         builder.with_safe_default_protocol_versions()?
     };
-    let mut config = builder
-        .with_no_client_auth()
-        .with_single_cert(load_certs(cert)?, load_key(key)?)?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots(ca)?),
+                provider(),
+            )
+            .build()
+            .map_err(|e| TlsError::Pem {
+                path: ca.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config =
+        builder.with_single_cert(load_certs(identity.cert)?, load_key(identity.key)?)?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(config)
 }
 
-/// A TLS 1.3 client configuration trusting the CA certificates in `ca`.
-pub fn client_config(ca: &Path, alpn: &[&[u8]]) -> Result<rustls::ClientConfig, TlsError> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in load_certs(ca)? {
-        roots.add(cert)?;
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+/// A TLS 1.3 client configuration trusting the CA certificates in `ca`, presenting
+/// `identity` to servers that ask for a client certificate.
+pub fn client_config(
+    ca: &Path,
+    identity: Option<Identity<'_>>,
+    alpn: &[&[u8]],
+) -> Result<rustls::ClientConfig, TlsError> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots(ca)?);
+    let mut config = match identity {
+        None => builder.with_no_client_auth(),
+        Some(id) => builder.with_client_auth_cert(load_certs(id.cert)?, load_key(id.key)?)?,
+    };
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(config)
 }

@@ -139,12 +139,16 @@ impl ModuleCache {
         Ok((runnable(module), Source::Compiled, started.elapsed()))
     }
 
-    /// Writes `bytes` to `path` atomically (temporary file, then rename) unless present.
+    /// Writes `bytes` to `path` atomically (a temporary file of this write's own, then
+    /// rename) unless present. Concurrent loads of one module may both write; the last
+    /// rename wins with identical bytes.
     fn write_once(&self, path: &Path, bytes: &[u8]) -> Result<(), LoadError> {
+        static WRITES: AtomicU64 = AtomicU64::new(0);
         if path.exists() {
             return Ok(());
         }
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let unique = WRITES.fetch_add(1, Ordering::Relaxed);
+        let tmp = path.with_extension(format!("tmp-{}-{unique}", std::process::id()));
         std::fs::write(&tmp, bytes)
             .and_then(|()| std::fs::rename(&tmp, path))
             .map_err(|source| LoadError::Io {
