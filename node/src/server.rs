@@ -193,20 +193,18 @@ async fn deploy(
 ) -> Result<(Response<()>, Bytes), Failure> {
     let id = DeploymentId::parse(id).map_err(|e| Failure::BadRequest(e.to_string()))?;
     let body = read_body(stream, MAX_DEPLOY_BODY).await?;
-    let (manifest, _) = wire::decode_deploy_body(&body).map_err(Failure::BadRequest)?;
+    let (manifest, module) = wire::decode_deploy_body(&body).map_err(Failure::BadRequest)?;
     if manifest.deployment_id() != id {
         return Err(Failure::BadRequest(format!(
             "manifest is deployment {}, not {id}",
             manifest.deployment_id()
         )));
     }
+    let module = body.slice(body.len() - module.len()..);
     let loader = Arc::clone(node);
-    let loaded = tokio::task::spawn_blocking(move || {
-        let (manifest, module) = wire::decode_deploy_body(&body).expect("decoded above");
-        loader.deploy(manifest, module)
-    })
-    .await
-    .map_err(|_| Failure::Internal)?;
+    let loaded = tokio::task::spawn_blocking(move || loader.deploy(manifest, &module))
+        .await
+        .map_err(|_| Failure::Internal)?;
     match loaded {
         Ok((source, took)) => {
             let json = serde_json::json!({ "deployment": id.as_str(), "source": source, "ms": took.as_secs_f64() * 1e3 });
