@@ -402,7 +402,7 @@ impl Gateway {
     ) -> Forwarded {
         let headers = head.headers_mut();
         let mut timing = ServerTiming::default();
-        timing.push("cold", cold);
+        timing.push("deploy", cold);
         if let Some(node_timing) = headers.get("server-timing").and_then(|v| v.to_str().ok()) {
             timing.extend(ServerTiming::parse(node_timing));
         }

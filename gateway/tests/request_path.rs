@@ -46,7 +46,14 @@ async fn functions_and_failures_over_http3() {
         );
         assert!(r.header("x-edge-request-id").is_some());
         let timing = r.header("server-timing").unwrap();
-        for metric in ["cold;", "queue;", "instantiate;", "run;", "total;"] {
+        for metric in [
+            "deploy;",
+            "cold;",
+            "queue;",
+            "instantiate;",
+            "run;",
+            "total;",
+        ] {
             assert!(timing.contains(metric), "{timing}");
         }
         nodes_seen.insert(r.header("x-edge-node").unwrap().to_string());

@@ -1,11 +1,15 @@
 //! The node's hot path, on the example `hello` guest:
 //!
-//! - `invoke/hello`: fresh store + instance of a cached module, run `_start`, collect
-//!   stdout (what a warm request costs in wasm);
-//! - `node_invoke/hello`: the same through `Node::invoke`: slot, worker-thread hop, CGI
-//!   environment and response parsing;
-//! - `load/deserialize`: a cold start from the on-disk artifact;
-//! - `load/compile`: a cold start from the module bytes (cranelift + metering).
+//! - `invoke/warm_hello`: take a pre-instantiated instance, run `_start`, collect stdout
+//!   (what a warm request costs in wasm when the pool has an instance ready);
+//! - `invoke/instantiate_hello`: make one such instance (what the pool does off the
+//!   request path);
+//! - `invoke/fresh_hello`: instantiate, run and drop on the request path (no pool);
+//! - `node_invoke/hello`: a warm request through `Node::invoke`: admission, worker
+//!   thread hop, pool, CGI environment and response parsing;
+//! - `load/deserialize_*`: a cold start from the on-disk artifact, of `hello` and of a
+//!   synthetic 1 MiB module;
+//! - `load/compile_*`: a cold start from the module bytes (cranelift + metering).
 //!
 //! Run: `scripts/build-functions.sh && cargo bench -p edge-node --profile dev`.
 
@@ -16,7 +20,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use edge_node::runtime::cache::ModuleCache;
 use edge_node::runtime::engine::{self, Engines};
 use edge_node::runtime::invoke::{self, Invocation};
@@ -49,27 +53,68 @@ fn cgi_env() -> Vec<(String, String)> {
     .collect()
 }
 
+/// A valid function module of about `bytes` bytes of code: many small functions that
+/// `_start` calls in a chain, importing nothing (a stand-in for a big real guest).
+fn synthetic_module(bytes: usize) -> Vec<u8> {
+    let body = "local.get 0 i32.const 7 i32.mul i32.const 3 i32.add local.tee 0 \
+                i32.const 13 i32.rem_u local.get 0 i32.xor local.set 0 ";
+    let per_function = 12 * 22 + 8;
+    let functions = bytes / per_function;
+    let mut wat = String::from("(module (memory (export \"memory\") 1)\n");
+    for i in 0..functions {
+        let next = if i + 1 < functions {
+            format!("local.get 0 call $f{}", i + 1)
+        } else {
+            "local.get 0".to_string()
+        };
+        wat.push_str(&format!(
+            "(func $f{i} (param i32) (result i32) {} {next})\n",
+            body.repeat(12)
+        ));
+    }
+    wat.push_str("(func (export \"_start\") i32.const 1 call $f0 drop))");
+    wasmer::wat2wasm(wat.as_bytes()).unwrap().into_owned()
+}
+
 fn benches(c: &mut Criterion) {
     let wasm = hello_wasm();
     let id = ContentId::of(&wasm);
     let dir = tempfile::tempdir().unwrap();
-    let cache = ModuleCache::open(dir.path()).unwrap();
-    let (runnable, _, _) = cache.load("hello", &id, &wasm, 128).unwrap();
+    let cache = ModuleCache::open(dir.path(), 1 << 30).unwrap();
+    cache.store_blob(&id, &wasm).unwrap();
+    let runnable = cache.load("hello", &id, 128).unwrap().runnable;
+    let invocation = || Invocation {
+        request_id: "bench".into(),
+        env: cgi_env(),
+        stdin: Bytes::new(),
+        stdout_limit: 1 << 20,
+        fuel: 1_000_000_000,
+    };
 
-    c.bench_function("invoke/hello", |b| {
+    c.bench_function("invoke/warm_hello", |b| {
+        b.iter_batched(
+            || invoke::prepare(&runnable).unwrap(),
+            |mut prepared| {
+                let done = invoke::run(&runnable, &mut prepared, invocation()).unwrap();
+                assert!(done.stdout.ends_with(b"hello, bench!\n"));
+                // Returned, so criterion drops the spent instance outside the timing,
+                // as the node's worker does after answering.
+                prepared
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    c.bench_function("invoke/instantiate_hello", |b| {
+        b.iter_batched(
+            || (),
+            |()| invoke::prepare(&runnable).unwrap(),
+            BatchSize::SmallInput,
+        )
+    });
+    c.bench_function("invoke/fresh_hello", |b| {
         b.iter(|| {
-            let done = invoke::run(
-                &runnable,
-                Invocation {
-                    request_id: "bench".into(),
-                    env: cgi_env(),
-                    stdin: Bytes::new(),
-                    stdout_limit: 1 << 20,
-                    fuel: 1_000_000_000,
-                },
-            )
-            .unwrap();
-            assert!(done.stdout.ends_with(b"hello, bench!\n"));
+            let mut prepared = invoke::prepare(&runnable).unwrap();
+            invoke::run(&runnable, &mut prepared, invocation()).unwrap()
         })
     });
 
@@ -107,18 +152,33 @@ fn benches(c: &mut Criterion) {
         })
     });
 
-    let artifact = engine::compile(&wasm).unwrap();
     let engines = Engines::default();
     let headless = engines.for_memory_limit(128);
-    c.bench_function("load/deserialize", |b| {
+    let artifact = engine::compile(&wasm).unwrap();
+    c.bench_function("load/deserialize_hello", |b| {
         b.iter(|| engine::deserialize(&headless, &artifact).unwrap())
+    });
+    let big = synthetic_module(1 << 20);
+    let big_artifact = engine::compile(&big).unwrap();
+    eprintln!(
+        "synthetic module: {} bytes of wasm, {} bytes of artifact",
+        big.len(),
+        big_artifact.len()
+    );
+    c.bench_function("load/deserialize_1mib", |b| {
+        b.iter(|| engine::deserialize(&headless, &big_artifact).unwrap())
     });
 
     let mut group = c.benchmark_group("load");
     group
         .sample_size(10)
         .measurement_time(Duration::from_secs(10));
-    group.bench_function("compile", |b| b.iter(|| engine::compile(&wasm).unwrap()));
+    group.bench_function("compile_hello", |b| {
+        b.iter(|| engine::compile(&wasm).unwrap())
+    });
+    group.bench_function("compile_1mib", |b| {
+        b.iter(|| engine::compile(&big).unwrap())
+    });
     group.finish();
 }
 

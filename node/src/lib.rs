@@ -17,14 +17,16 @@
 //!    `server-timing`; every failure becomes its status code in one place
 //!    ([`Failure::status`]).
 
+pub mod admission;
 pub mod cgi;
+pub mod pool;
 pub mod runtime;
 pub mod server;
 pub mod workers;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use dashmap::DashMap;
@@ -35,18 +37,49 @@ use edge_shared::wire::{Refusal, ServerTiming};
 use http::StatusCode;
 use serde::Serialize;
 
-use runtime::cache::{LoadError, ModuleCache, Source};
-use runtime::invoke::{self, Invocation, RunError, Runnable};
-use workers::{PoolError, WorkerPool};
+use admission::{Admitter, FunctionLimits};
+use pool::{InstancePool, PoolSizer};
+use runtime::cache::{LoadError, Loaded, ModuleCache, ModuleKey, Source};
+use runtime::invoke::{self, Invocation, RunError};
+use workers::WorkerPool;
 
 /// A deployment loaded on this node.
 pub struct Deployment {
+    /// Its id.
+    pub id: DeploymentId,
     /// What the gateway announced.
     pub manifest: FunctionManifest,
     /// The limits in force: the manifest's, else the node's defaults.
     pub limits: LimitDefaults,
-    runnable: Runnable,
+    admission: FunctionLimits,
     env: Vec<(String, String)>,
+    /// Its pool of ready instances while its module is in memory (warm); `None` cold.
+    warm: Mutex<Option<Arc<InstancePool>>>,
+    /// Held while the module loads, so concurrent cold requests load it once.
+    loading: tokio::sync::Mutex<()>,
+    cold: ColdStats,
+}
+
+impl Deployment {
+    fn module_key(&self) -> ModuleKey {
+        (
+            self.manifest.content_id.clone(),
+            self.limits.memory_limit_mib,
+        )
+    }
+
+    fn warm(&self) -> MutexGuard<'_, Option<Arc<InstancePool>>> {
+        self.warm.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Cold starts of one deployment on the request path, and the time of each phase.
+#[derive(Debug, Default)]
+struct ColdStats {
+    count: AtomicU64,
+    blob_us: AtomicU64,
+    load_us: AtomicU64,
+    instantiate_us: AtomicU64,
 }
 
 /// Why a deploy was refused.
@@ -70,6 +103,10 @@ pub enum DeployError {
     /// Compiling or caching failed.
     #[error(transparent)]
     Load(#[from] LoadError),
+    /// The module compiled but cannot be instantiated (say, its memory's minimum is
+    /// over the function's memory limit).
+    #[error("module cannot be instantiated: {0}")]
+    Instantiate(RunError),
 }
 
 /// Why an invocation produced no function response.
@@ -153,34 +190,89 @@ pub struct Answer {
     pub timing: ServerTiming,
 }
 
+/// The node's load, as gossip publishes it and gateways route on.
+#[derive(Debug, Clone, Serialize)]
+pub struct Load {
+    /// Execution slots.
+    pub slots: usize,
+    /// Requests running.
+    pub in_flight: usize,
+    /// Requests waiting for a slot.
+    pub queued: usize,
+    /// Moving average of the guest run time, in microseconds.
+    pub ewma_run_us: u64,
+    /// Memory reserved by running and pooled instances, in bytes.
+    pub memory_reserved: u64,
+    /// The instance memory budget, in bytes.
+    pub memory_budget: u64,
+    /// Deployments whose compiled module is in memory here.
+    pub warm: Vec<DeploymentId>,
+    /// Whether the node is shutting down.
+    pub draining: bool,
+}
+
+/// One deployment in the status.
+#[derive(Debug, Serialize)]
+pub struct DeploymentStatus {
+    /// Its id.
+    pub id: DeploymentId,
+    /// Whether its module is in memory.
+    pub warm: bool,
+    /// Requests running.
+    pub running: usize,
+    /// Requests waiting.
+    pub queued: usize,
+    /// Ready instances in its pool.
+    pub pool_ready: usize,
+    /// Requests that took a ready instance.
+    pub pool_hits: u64,
+    /// Requests that instantiated on their own path.
+    pub pool_misses: u64,
+    /// Requests that found it cold and loaded its module.
+    pub cold_starts: u64,
+    /// Total time of those cold starts reading the blob, in microseconds.
+    pub cold_blob_us: u64,
+    /// Total time of those cold starts compiling or deserializing, in microseconds.
+    pub cold_load_us: u64,
+    /// Total time of those cold starts instantiating, in microseconds.
+    pub cold_instantiate_us: u64,
+}
+
 /// The node's counters and load, as one snapshot.
 #[derive(Debug, Serialize)]
 pub struct NodeStatus {
     /// Node name.
     pub name: String,
-    /// Execution slots.
-    pub slots: usize,
-    /// Slots taken.
-    pub busy: usize,
+    /// The load snapshot.
+    pub load: Load,
     /// Invocations completed, failed or refused since start.
     pub requests: u64,
+    /// Invocations refused as overloaded since start.
+    pub overloaded: u64,
     /// Modules compiled since start.
     pub compiles: u64,
     /// Artifacts deserialized from disk since start.
     pub deserializations: u64,
+    /// Modules evicted from memory since start.
+    pub evictions: u64,
+    /// Compiled modules in memory.
+    pub modules_in_memory: usize,
+    /// Their artifact bytes.
+    pub module_bytes: u64,
     /// Loaded deployments.
-    pub deployments: Vec<String>,
-    /// Whether the node is shutting down.
-    pub draining: bool,
+    pub deployments: Vec<DeploymentStatus>,
 }
 
-/// The node: its deployments, module cache and worker pool.
+/// The node: its deployments, module cache, admission and worker threads.
 pub struct Node {
     config: NodeConfig,
-    cache: ModuleCache,
+    cache: Arc<ModuleCache>,
     deployments: DashMap<DeploymentId, Arc<Deployment>>,
-    pool: WorkerPool,
+    workers: WorkerPool,
+    admitter: Arc<Admitter<DeploymentId>>,
+    ewma_run_ns: AtomicU64,
     requests: AtomicU64,
+    overloaded: AtomicU64,
     draining: AtomicBool,
 }
 
@@ -191,11 +283,18 @@ impl Node {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
             n => n,
         };
+        let admitter = Admitter::new(threads, config.memory_budget_mib << 20);
         Ok(Node {
-            cache: ModuleCache::open(&config.cache_dir)?,
+            cache: Arc::new(ModuleCache::open(
+                &config.cache_dir,
+                config.module_cache_mib << 20,
+            )?),
             deployments: DashMap::new(),
-            pool: WorkerPool::new(threads),
+            workers: WorkerPool::new(threads, &admitter),
+            admitter,
+            ewma_run_ns: AtomicU64::new(0),
             requests: AtomicU64::new(0),
+            overloaded: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             config,
         })
@@ -206,7 +305,8 @@ impl Node {
         &self.config.name
     }
 
-    /// Loads a deployment (checks, then compile or cache). Blocks: run it off the runtime.
+    /// Loads a deployment: checks it, keeps its module in the blob store, and warms it
+    /// (compile or cache). Blocks: run it off the runtime.
     pub fn deploy(
         &self,
         manifest: FunctionManifest,
@@ -230,28 +330,60 @@ impl Node {
         }
         check_module(module)?;
         let limits = self.config.defaults.apply(&manifest.limits);
-        let (runnable, source, took) = self.cache.load(
-            &manifest.name,
-            &manifest.content_id,
-            module,
-            limits.memory_limit_mib,
-        )?;
-        let env = manifest
-            .env
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        if limits.memory_limit_mib > self.config.memory_budget_mib {
+            return Err(DeployError::Manifest(format!(
+                "memory_limit_mib {} is over this node's memory budget of {} MiB",
+                limits.memory_limit_mib, self.config.memory_budget_mib
+            )));
+        }
+        self.cache.store_blob(&manifest.content_id, module)?;
         let id = manifest.deployment_id();
+        if let Some(existing) = self.deployment(&id) {
+            let loaded = self.cache.load(
+                &manifest.name,
+                &manifest.content_id,
+                limits.memory_limit_mib,
+            )?;
+            let (source, took) = (loaded.source, loaded.blob + loaded.load);
+            if self.warm_pool(&existing).is_none() {
+                self.warm_up(&existing, loaded);
+            }
+            return Ok((source, took));
+        }
+        let deployment = Arc::new(Deployment {
+            id: id.clone(),
+            admission: FunctionLimits {
+                max_concurrency: match limits.max_concurrency {
+                    0 => self.workers.size(),
+                    n => n as usize,
+                },
+                queue_depth: limits.queue_depth as usize,
+                queue_timeout: Duration::from_millis(limits.queue_timeout_ms),
+                memory: limits.memory_limit_mib << 20,
+            },
+            env: manifest
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            manifest,
+            limits,
+            warm: Mutex::new(None),
+            loading: tokio::sync::Mutex::new(()),
+            cold: ColdStats::default(),
+        });
+        let loaded = self.cache.load(
+            &deployment.manifest.name,
+            &deployment.manifest.content_id,
+            deployment.limits.memory_limit_mib,
+        )?;
+        let (source, took) = (loaded.source, loaded.blob + loaded.load);
+        // Instantiated once here, so a module that cannot be is refused before any
+        // request runs it.
+        invoke::prepare(&loaded.runnable).map_err(DeployError::Instantiate)?;
         tracing::info!(deployment = %id, source = ?source, ms = took.as_secs_f64() * 1e3, "deployed");
-        self.deployments.insert(
-            id,
-            Arc::new(Deployment {
-                manifest,
-                limits,
-                runnable,
-                env,
-            }),
-        );
+        self.deployments.insert(id, Arc::clone(&deployment));
+        self.warm_up(&deployment, loaded);
         Ok((source, took))
     }
 
@@ -260,13 +392,33 @@ impl Node {
         self.deployments.get(id).map(|d| Arc::clone(&d))
     }
 
-    /// Runs a call of `deployment`: waits for a slot, runs a fresh instance under the
-    /// limits, parses the CGI answer.
-    pub async fn invoke(&self, deployment: &Deployment, call: Call) -> Result<Answer, Failure> {
+    /// Runs a call of `deployment`: warms it if cold, waits for admission, runs a fresh
+    /// instance under the limits, parses the CGI answer.
+    pub async fn invoke(
+        &self,
+        deployment: &Arc<Deployment>,
+        call: Call,
+    ) -> Result<Answer, Failure> {
         self.requests.fetch_add(1, Ordering::Relaxed);
         if self.draining.load(Ordering::Relaxed) {
             return Err(Failure::Refused(Refusal::Draining));
         }
+        let mut timing = ServerTiming::default();
+        let (pool, cold) = self.pool_of(deployment, &mut timing).await?;
+        let (permit, queued) = match self
+            .admitter
+            .admit(&deployment.id, deployment.admission)
+            .await
+        {
+            Ok(admitted) => admitted,
+            Err(_) => {
+                self.overloaded.fetch_add(1, Ordering::Relaxed);
+                return Err(Failure::Refused(Refusal::Overloaded));
+            }
+        };
+        timing.push("queue", queued);
+        pool.record(self.admitter.function_usage(&deployment.id).0);
+
         let limits = &deployment.limits;
         let timeout = Duration::from_millis(limits.timeout_ms);
         let deadline = call.deadline.map_or(timeout, |d| d.min(timeout));
@@ -281,18 +433,36 @@ impl Node {
                 .saturating_add(16 << 10),
             fuel: limits.timeout_ms.saturating_mul(self.config.fuel_per_ms),
         };
-        let runnable = deployment.runnable.clone();
-        let queue_timeout = Duration::from_millis(self.config.queue_timeout_ms);
-        let job = self
-            .pool
-            .run(queue_timeout, move || invoke::run(&runnable, invocation));
-        let (result, queued) = match tokio::time::timeout(queue_timeout + deadline, job).await {
+        let job_pool = Arc::clone(&pool);
+        let job = self.workers.run(move |ready| {
+            let started = Instant::now();
+            // A cold request instantiates on its own path, so its cold start is timed
+            // whole; a warm one takes a ready instance when its worker holds one.
+            let ready = if cold { None } else { ready.take(&job_pool) };
+            let (mut prepared, instantiate) = match ready {
+                Some(prepared) => (prepared, Duration::ZERO),
+                None => match invoke::prepare(job_pool.runnable()) {
+                    Ok(prepared) => (prepared, started.elapsed()),
+                    Err(e) => return (Err(e), (None, permit)),
+                },
+            };
+            let result = invoke::run(job_pool.runnable(), &mut prepared, invocation)
+                .map(|completed| (completed, instantiate));
+            (result, (Some(prepared), permit))
+        });
+        let (completed, instantiate) = match tokio::time::timeout(deadline, job).await {
             Err(_) => return Err(Failure::Deadline(deadline)),
-            Ok(Err(PoolError::Overloaded)) => return Err(Failure::Refused(Refusal::Overloaded)),
-            Ok(Err(PoolError::Panicked)) => return Err(Failure::Internal),
-            Ok(Ok(done)) => done,
+            Ok(Err(_)) => return Err(Failure::Internal),
+            Ok(Ok(result)) => result?,
         };
-        let completed = result?;
+        self.note_run(completed.run);
+        if cold {
+            let us = micros(instantiate);
+            deployment
+                .cold
+                .instantiate_us
+                .fetch_add(us, Ordering::Relaxed);
+        }
         tracing::debug!(
             function = %deployment.manifest.name,
             fuel = completed.fuel_used,
@@ -307,9 +477,7 @@ impl Node {
             }
             .into());
         }
-        let mut timing = ServerTiming::default();
-        timing.push("queue", queued);
-        timing.push("instantiate", completed.instantiate);
+        timing.push("instantiate", instantiate);
         timing.push("run", completed.run);
         Ok(Answer {
             head,
@@ -318,34 +486,196 @@ impl Node {
         })
     }
 
+    /// The deployment's instance pool, and whether this request found it cold and
+    /// loaded its module (once, however many requests wait for it). Adds the cold-start
+    /// phases to `timing`.
+    async fn pool_of(
+        &self,
+        deployment: &Arc<Deployment>,
+        timing: &mut ServerTiming,
+    ) -> Result<(Arc<InstancePool>, bool), Failure> {
+        if let Some(pool) = self.warm_pool(deployment) {
+            timing.push("cold", Duration::ZERO);
+            return Ok((pool, false));
+        }
+        let _loading = deployment.loading.lock().await;
+        if let Some(pool) = self.warm_pool(deployment) {
+            timing.push("cold", Duration::ZERO);
+            return Ok((pool, false));
+        }
+        let started = Instant::now();
+        let cache = Arc::clone(&self.cache);
+        let (name, id, limit) = (
+            deployment.manifest.name.clone(),
+            deployment.manifest.content_id.clone(),
+            deployment.limits.memory_limit_mib,
+        );
+        let loaded = tokio::task::spawn_blocking(move || cache.load(&name, &id, limit))
+            .await
+            .map_err(|_| Failure::Internal)?;
+        let loaded = match loaded {
+            Ok(loaded) => loaded,
+            Err(LoadError::Missing(content_id)) => {
+                tracing::warn!(deployment = %deployment.id, %content_id, "module gone from the blob store; asking for a redeploy");
+                self.deployments.remove(&deployment.id);
+                return Err(Failure::Refused(Refusal::NotFound));
+            }
+            Err(e) => {
+                tracing::error!(deployment = %deployment.id, error = %e, "cold start failed");
+                return Err(Failure::Internal);
+            }
+        };
+        let (source, blob, load) = (loaded.source, loaded.blob, loaded.load);
+        let pool = self.warm_up(deployment, loaded);
+        let cold = &deployment.cold;
+        cold.count.fetch_add(1, Ordering::Relaxed);
+        cold.blob_us.fetch_add(micros(blob), Ordering::Relaxed);
+        cold.load_us.fetch_add(micros(load), Ordering::Relaxed);
+        timing.push("cold", started.elapsed());
+        timing.push("blob", blob);
+        timing.push(
+            match source {
+                Source::Compiled => "compile",
+                Source::Disk | Source::Memory => "deserialize",
+            },
+            load,
+        );
+        tracing::info!(deployment = %deployment.id, source = ?source, ms = started.elapsed().as_secs_f64() * 1e3, "cold start");
+        Ok((pool, true))
+    }
+
+    fn warm_pool(&self, deployment: &Deployment) -> Option<Arc<InstancePool>> {
+        let pool = deployment.warm().clone()?;
+        // Touching the module cache keeps the module recently used.
+        self.cache.is_warm(&deployment.module_key()).then_some(pool)
+    }
+
+    /// Makes `deployment` warm with the module just loaded, and turns cold the
+    /// deployments whose modules that load pushed out of memory.
+    fn warm_up(&self, deployment: &Deployment, loaded: Loaded) -> Arc<InstancePool> {
+        let pool = Arc::new(InstancePool::new(
+            deployment.id.clone(),
+            loaded.runnable,
+            PoolSizer::new(
+                self.config
+                    .instance_pool
+                    .max_per_function
+                    .min(deployment.admission.max_concurrency),
+                Duration::from_millis(self.config.instance_pool.idle_ttl_ms),
+                Instant::now(),
+            ),
+            self.workers.size(),
+        ));
+        *deployment.warm() = Some(Arc::clone(&pool));
+        self.workers.announce(&pool);
+        for key in loaded.evicted {
+            for other in self.deployments.iter() {
+                if other.module_key() == key {
+                    other.warm().take();
+                }
+            }
+        }
+        pool
+    }
+
+    fn note_run(&self, run: Duration) {
+        // Exponentially weighted, 1/8 per sample.
+        let sample = u64::try_from(run.as_nanos()).unwrap_or(u64::MAX);
+        let _ = self
+            .ewma_run_ns
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                Some(if old == 0 {
+                    sample
+                } else {
+                    old - old / 8 + sample / 8
+                })
+            });
+    }
+
+    /// Seconds a refused client should wait: the time the queue ahead would take to
+    /// drain at the recent run time, at least one second.
+    pub fn retry_after_secs(&self) -> u64 {
+        let usage = self.admitter.usage();
+        let ewma = Duration::from_nanos(self.ewma_run_ns.load(Ordering::Relaxed));
+        let drain = ewma * u32::try_from(usage.queued + usage.running).unwrap_or(u32::MAX)
+            / u32::try_from(self.workers.size()).unwrap_or(1);
+        drain.as_secs().clamp(1, 60)
+    }
+
     /// Marks the node as draining: new invocations are refused with `draining`.
     pub fn drain(&self) {
         self.draining.store(true, Ordering::Relaxed);
     }
 
-    /// Slots taken right now.
+    /// Requests running right now.
     pub fn busy(&self) -> usize {
-        self.pool.busy()
+        self.admitter.usage().running
+    }
+
+    /// The load snapshot: what gossip publishes.
+    pub fn load(&self) -> Load {
+        let usage = self.admitter.usage();
+        let mut warm: Vec<DeploymentId> = self
+            .deployments
+            .iter()
+            .filter(|d| d.warm().is_some())
+            .map(|d| d.key().clone())
+            .collect();
+        warm.sort();
+        Load {
+            slots: self.workers.size(),
+            in_flight: usage.running,
+            queued: usage.queued,
+            ewma_run_us: self.ewma_run_ns.load(Ordering::Relaxed) / 1_000,
+            memory_reserved: usage.memory_reserved,
+            memory_budget: self.config.memory_budget_mib << 20,
+            warm,
+            draining: self.draining.load(Ordering::Relaxed),
+        }
     }
 
     /// The status snapshot.
     pub fn status(&self) -> NodeStatus {
         let stats = self.cache.stats();
-        let mut deployments: Vec<String> = self
+        let (modules_in_memory, module_bytes) = self.cache.memory_usage();
+        let mut deployments: Vec<DeploymentStatus> = self
             .deployments
             .iter()
-            .map(|d| d.key().to_string())
+            .map(|d| {
+                let pool = d.warm().clone();
+                let (running, queued) = self.admitter.function_usage(&d.id);
+                let pooled = |f: fn(&InstancePool) -> u64| pool.as_deref().map_or(0, f);
+                DeploymentStatus {
+                    id: d.id.clone(),
+                    warm: pool.is_some(),
+                    running,
+                    queued,
+                    pool_ready: pool.as_deref().map_or(0, InstancePool::ready),
+                    pool_hits: pooled(|p| p.stats.hits.load(Ordering::Relaxed)),
+                    pool_misses: pooled(|p| p.stats.misses.load(Ordering::Relaxed)),
+                    cold_starts: d.cold.count.load(Ordering::Relaxed),
+                    cold_blob_us: d.cold.blob_us.load(Ordering::Relaxed),
+                    cold_load_us: d.cold.load_us.load(Ordering::Relaxed),
+                    cold_instantiate_us: d.cold.instantiate_us.load(Ordering::Relaxed),
+                }
+            })
             .collect();
-        deployments.sort();
+        deployments.sort_by(|a, b| a.id.cmp(&b.id));
         NodeStatus {
             name: self.config.name.clone(),
-            slots: self.pool.size(),
-            busy: self.pool.busy(),
+            load: self.load(),
             requests: self.requests.load(Ordering::Relaxed),
+            overloaded: self.overloaded.load(Ordering::Relaxed),
             compiles: stats.compiles.load(Ordering::Relaxed),
             deserializations: stats.deserializations.load(Ordering::Relaxed),
+            evictions: stats.evictions.load(Ordering::Relaxed),
+            modules_in_memory,
+            module_bytes,
             deployments,
-            draining: self.draining.load(Ordering::Relaxed),
         }
     }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }

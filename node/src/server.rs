@@ -152,7 +152,10 @@ fn failure_response(node: &Node, req: &Request<()>, failure: Failure) -> (Respon
             HeaderValue::from_static(refusal.as_str()),
         );
         if refusal == Refusal::Overloaded {
-            headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+            headers.insert(
+                http::header::RETRY_AFTER,
+                HeaderValue::from(node.retry_after_secs()),
+            );
         }
     }
     if let Ok(name) = HeaderValue::from_str(node.name()) {

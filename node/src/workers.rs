@@ -1,96 +1,113 @@
 //! The bounded pool of threads that run guest code, never on the async runtime's threads.
 //!
-//! A request first takes one of the node's execution slots (waiting up to the queue
-//! timeout, in FIFO order: tokio's semaphore is fair), then its job runs on a worker
-//! thread and the slot is returned when the job ends, however it ends.
+//! Admission ([`crate::admission`]) decides what may run; a job then runs on one of the
+//! worker threads with that thread's ready instances ([`ReadyInstances`]). A worker
+//! answers first and only then drops what the job left behind (the spent instance, the
+//! admission permit), and when no job waits it makes ready instances for the next
+//! requests: all of that work stays off the request path.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::sync::{Semaphore, oneshot};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use edge_shared::manifest::DeploymentId;
+use tokio::sync::oneshot;
 
-type Job = Box<dyn FnOnce() + Send>;
+use crate::admission::Admitter;
+use crate::pool::{InstancePool, ReadyInstances};
 
-/// Why a job did not produce its result.
+type Job = Box<dyn FnOnce(&mut ReadyInstances) + Send>;
+
+/// How long an idle worker sleeps before it looks at its pools again (how idle pools
+/// get emptied).
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+
+/// The job panicked (a bug in the host, never the guest's doing).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum PoolError {
-    /// No slot came free within the queue timeout.
-    #[error("no execution slot free within the queue timeout")]
-    Overloaded,
-    /// The job panicked (a bug in the host, never the guest's doing).
-    #[error("the job panicked")]
-    Panicked,
-}
+#[error("the job panicked")]
+pub struct Panicked;
 
-/// Worker threads plus the slots that admit work to them.
+/// Worker threads fed from one queue.
 pub struct WorkerPool {
-    jobs: mpsc::Sender<Job>,
-    slots: Arc<Semaphore>,
+    jobs: Sender<Job>,
     size: usize,
 }
 
 impl WorkerPool {
-    /// Starts `size` worker threads.
-    pub fn new(size: usize) -> WorkerPool {
-        let (jobs, queue) = mpsc::channel::<Job>();
-        let queue = Arc::new(Mutex::new(queue));
+    /// Starts `size` worker threads whose ready instances reserve memory from
+    /// `admitter`; they stop when the pool is dropped.
+    pub fn new(size: usize, admitter: &Arc<Admitter<DeploymentId>>) -> WorkerPool {
+        let (jobs, queue) = crossbeam_channel::unbounded::<Job>();
         for i in 0..size {
-            let queue = Arc::clone(&queue);
+            let queue = queue.clone();
+            let admitter = Arc::clone(admitter);
             std::thread::Builder::new()
                 .name(format!("edge-worker-{i}"))
-                .spawn(move || {
-                    loop {
-                        let job = queue.lock().map(|q| q.recv());
-                        match job {
-                            Ok(Ok(job)) => job(),
-                            _ => break,
-                        }
-                    }
-                })
+                .spawn(move || work(&queue, ReadyInstances::new(admitter)))
                 .expect("spawning a worker thread");
         }
-        WorkerPool {
-            jobs,
-            slots: Arc::new(Semaphore::new(size)),
-            size,
-        }
+        WorkerPool { jobs, size }
     }
 
-    /// Number of slots (and threads).
+    /// Number of threads.
     pub fn size(&self) -> usize {
         self.size
     }
 
-    /// Slots taken right now.
-    pub fn busy(&self) -> usize {
-        self.size - self.slots.available_permits()
+    /// Runs `job` on a worker thread. The job returns its result and its leftovers;
+    /// the result is delivered first, the leftovers dropped after, on the worker.
+    pub async fn run<R: Send + 'static, L: 'static>(
+        &self,
+        job: impl FnOnce(&mut ReadyInstances) -> (R, L) + Send + 'static,
+    ) -> Result<R, Panicked> {
+        let (done, result) = oneshot::channel();
+        let boxed: Job = Box::new(move |ready| {
+            match std::panic::catch_unwind(AssertUnwindSafe(|| job(ready))) {
+                Ok((value, leftovers)) => {
+                    let _ = done.send(Ok(value));
+                    drop(leftovers);
+                }
+                Err(_) => {
+                    let _ = done.send(Err(Panicked));
+                }
+            }
+        });
+        self.jobs.send(boxed).map_err(|_| Panicked)?;
+        result.await.unwrap_or(Err(Panicked))
     }
 
-    /// Runs `job` on a worker once a slot is free, waiting at most `queue_timeout`.
-    /// Returns its result and the time spent waiting for the slot.
-    pub async fn run<R: Send + 'static>(
-        &self,
-        queue_timeout: Duration,
-        job: impl FnOnce() -> R + Send + 'static,
-    ) -> Result<(R, Duration), PoolError> {
-        let queued = Instant::now();
-        let permit = tokio::time::timeout(queue_timeout, Arc::clone(&self.slots).acquire_owned())
-            .await
-            .map_err(|_| PoolError::Overloaded)?
-            .expect("the slot semaphore is never closed");
-        let waited = queued.elapsed();
-        let (done, result) = oneshot::channel();
-        let boxed: Job = Box::new(move || {
-            let outcome = std::panic::catch_unwind(AssertUnwindSafe(job));
-            drop(permit);
-            let _ = done.send(outcome);
-        });
-        self.jobs.send(boxed).map_err(|_| PoolError::Panicked)?;
-        match result.await {
-            Ok(Ok(value)) => Ok((value, waited)),
-            _ => Err(PoolError::Panicked),
+    /// Tells the workers about a new pool, so that idle ones fill it before its first
+    /// request.
+    pub fn announce(&self, pool: &Arc<InstancePool>) {
+        for _ in 0..self.size {
+            let pool = Arc::clone(pool);
+            let _ = self.jobs.send(Box::new(move |ready: &mut ReadyInstances| {
+                ready.register(&pool)
+            }));
+        }
+    }
+}
+
+/// A worker's loop: jobs first; when none waits, one step of refilling; when there is
+/// nothing to refill either, sleep until a job comes or [`IDLE_CHECK`] passes.
+fn work(queue: &Receiver<Job>, mut ready: ReadyInstances) {
+    loop {
+        match queue.try_recv() {
+            Ok(job) => {
+                job(&mut ready);
+                continue;
+            }
+            Err(TryRecvError::Disconnected) => return,
+            Err(TryRecvError::Empty) => {}
+        }
+        if ready.refill_one() {
+            continue;
+        }
+        match queue.recv_timeout(IDLE_CHECK) {
+            Ok(job) => job(&mut ready),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
         }
     }
 }
@@ -100,37 +117,31 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn runs_jobs_off_the_runtime_and_refuses_when_full() {
-        let pool = Arc::new(WorkerPool::new(1));
-        let (name, _) = pool
-            .run(Duration::from_secs(5), || {
-                std::thread::current().name().map(String::from)
-            })
+    async fn runs_jobs_off_the_runtime_and_drops_leftovers_after_answering() {
+        let pool = WorkerPool::new(1, &Admitter::new(1, 1 << 30));
+        let name = pool
+            .run(|_| (std::thread::current().name().map(String::from), ()))
             .await
             .unwrap();
         assert_eq!(name.as_deref(), Some("edge-worker-0"));
 
-        let (release, hold) = std::sync::mpsc::channel::<()>();
-        let busy = {
-            let pool = Arc::clone(&pool);
-            tokio::spawn(async move {
-                pool.run(Duration::from_secs(5), move || hold.recv().ok())
-                    .await
-            })
-        };
-        while pool.busy() == 0 {
-            tokio::task::yield_now().await;
+        // The leftovers are dropped after the answer went out, on the worker thread.
+        struct Leftover(std::sync::mpsc::Sender<Option<String>>);
+        impl Drop for Leftover {
+            fn drop(&mut self) {
+                let _ = self.0.send(std::thread::current().name().map(String::from));
+            }
         }
-        let refused = pool.run(Duration::from_millis(10), || ()).await;
-        assert_eq!(refused.unwrap_err(), PoolError::Overloaded);
-        release.send(()).unwrap();
-        assert!(busy.await.unwrap().is_ok());
+        let (dropped, seen) = std::sync::mpsc::channel();
+        assert_eq!(pool.run(move |_| (7, Leftover(dropped))).await.unwrap(), 7);
+        assert_eq!(seen.recv().unwrap().as_deref(), Some("edge-worker-0"));
+
         assert_eq!(
-            pool.run(Duration::from_secs(5), || panic!("bug"))
+            pool.run(|_| -> ((), ()) { panic!("bug") })
                 .await
                 .unwrap_err(),
-            PoolError::Panicked
+            Panicked
         );
-        assert_eq!(pool.run(Duration::from_secs(5), || 7).await.unwrap().0, 7);
+        assert_eq!(pool.run(|_| (8, ())).await.unwrap(), 8);
     }
 }

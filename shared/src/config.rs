@@ -141,6 +141,12 @@ pub struct LimitDefaults {
     pub max_request_body_bytes: u64,
     /// Largest response body, in bytes.
     pub max_response_body_bytes: u64,
+    /// Most requests of one function running at once; 0 = the node's slot count.
+    pub max_concurrency: u32,
+    /// Most requests of one function waiting for a slot; more get `503` at once.
+    pub queue_depth: u32,
+    /// Longest a request waits for a slot before `503 overloaded`, in milliseconds.
+    pub queue_timeout_ms: u64,
 }
 
 impl Default for LimitDefaults {
@@ -150,6 +156,9 @@ impl Default for LimitDefaults {
             memory_limit_mib: 128,
             max_request_body_bytes: 16 << 20,
             max_response_body_bytes: 16 << 20,
+            max_concurrency: 0,
+            queue_depth: 256,
+            queue_timeout_ms: 1_000,
         }
     }
 }
@@ -166,6 +175,9 @@ impl LimitDefaults {
             max_response_body_bytes: limits
                 .max_response_body_bytes
                 .unwrap_or(self.max_response_body_bytes),
+            max_concurrency: limits.max_concurrency.unwrap_or(self.max_concurrency),
+            queue_depth: limits.queue_depth.unwrap_or(self.queue_depth),
+            queue_timeout_ms: limits.queue_timeout_ms.unwrap_or(self.queue_timeout_ms),
         }
     }
 }
@@ -188,8 +200,15 @@ pub struct NodeConfig {
     pub cache_dir: PathBuf,
     /// Threads that run guest code, each one execution slot; 0 = one per CPU.
     pub worker_threads: usize,
-    /// How long a request may wait for a free slot before `503 overloaded`, in ms.
-    pub queue_timeout_ms: u64,
+    /// Memory that running and pooled instances may reserve together, in MiB: a
+    /// running request reserves its function's `memory_limit_mib`, an idle pooled
+    /// instance its current linear memory. Requests over it wait like over the slots.
+    pub memory_budget_mib: u64,
+    /// Compiled modules kept in memory, in MiB of artifact; the least recently used
+    /// go beyond it (their functions turn cold, their artifacts stay on disk).
+    pub module_cache_mib: u64,
+    /// Pre-instantiated instances kept ready per function.
+    pub instance_pool: InstancePoolConfig,
     /// Metering fuel granted per millisecond of a function's timeout (one unit per wasm
     /// operator); bounds CPU time independently of the wall-clock deadline. Measured here:
     /// recursive `fib` burns about 5M a millisecond, a tight loop about 11M, so the
@@ -211,7 +230,9 @@ impl Default for NodeConfig {
             cluster_ca: PathBuf::new(),
             cache_dir: PathBuf::from("node-cache"),
             worker_threads: 0,
-            queue_timeout_ms: 1_000,
+            memory_budget_mib: 2048,
+            module_cache_mib: 512,
+            instance_pool: InstancePoolConfig::default(),
             fuel_per_ms: 10_000_000,
             defaults: LimitDefaults::default(),
             log_format: LogFormat::Text,
@@ -240,12 +261,28 @@ impl ConfigFile for NodeConfig {
         if self.worker_threads > 1024 {
             problems.push("worker_threads: at most 1024".into());
         }
+        if self.memory_budget_mib == 0 {
+            problems.push("memory_budget_mib: must be greater than zero".into());
+        }
+        if self.module_cache_mib == 0 {
+            problems.push("module_cache_mib: must be greater than zero".into());
+        }
+        if self.instance_pool.max_per_function > 1024 {
+            problems.push("instance_pool.max_per_function: at most 1024".into());
+        }
+        if self.defaults.memory_limit_mib > self.memory_budget_mib {
+            problems.push(format!(
+                "defaults.memory_limit_mib: {} is over memory_budget_mib {}",
+                self.defaults.memory_limit_mib, self.memory_budget_mib
+            ));
+        }
         if self.fuel_per_ms == 0 {
             problems.push("fuel_per_ms: must be greater than zero".into());
         }
         let d = &self.defaults;
         for (key, value) in [
             ("defaults.timeout_ms", d.timeout_ms),
+            ("defaults.queue_timeout_ms", d.queue_timeout_ms),
             ("defaults.memory_limit_mib", d.memory_limit_mib),
             ("defaults.max_request_body_bytes", d.max_request_body_bytes),
             (
@@ -261,6 +298,27 @@ impl ConfigFile for NodeConfig {
             problems.push("defaults.memory_limit_mib: at most 4096 (wasm32)".into());
         }
         problems
+    }
+}
+
+/// The per-function pools of pre-instantiated instances.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InstancePoolConfig {
+    /// Most ready instances kept for one function; 0 turns pooling off (every request
+    /// instantiates on its own path).
+    pub max_per_function: usize,
+    /// A function without requests for this long has its pool emptied (scale to
+    /// zero), in milliseconds.
+    pub idle_ttl_ms: u64,
+}
+
+impl Default for InstancePoolConfig {
+    fn default() -> InstancePoolConfig {
+        InstancePoolConfig {
+            max_per_function: 16,
+            idle_ttl_ms: 60_000,
+        }
     }
 }
 

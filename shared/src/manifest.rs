@@ -101,6 +101,15 @@ pub struct Limits {
     pub max_request_body_bytes: Option<u64>,
     /// Largest response body a function may write, in bytes; more fails the request.
     pub max_response_body_bytes: Option<u64>,
+    /// Most requests of this function running at once on one node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<u32>,
+    /// Most requests of this function waiting on one node; more are refused at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_depth: Option<u32>,
+    /// Longest a request may wait for its turn, in milliseconds, before `503`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_timeout_ms: Option<u64>,
 }
 
 /// How end users reach a function.
@@ -167,6 +176,9 @@ impl FunctionManifest {
         }
         if self.limits.memory_limit_mib == Some(0) {
             problems.push(ManifestError::ZeroLimit("memory_limit_mib"));
+        }
+        if self.limits.max_concurrency == Some(0) {
+            problems.push(ManifestError::ZeroLimit("max_concurrency"));
         }
         if problems.is_empty() {
             Ok(())

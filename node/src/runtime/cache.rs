@@ -1,14 +1,17 @@
-//! Blob store and compiled-module cache: in memory, and serialized on disk so that a
-//! restarted node deserializes instead of compiling.
+//! Blob store and compiled-module cache: in memory (least recently used out first, bounded
+//! by bytes), and serialized on disk so that a restarted or evicted module deserializes
+//! instead of compiling.
 //!
 //! Layout under the cache folder: `blobs/{content id}.wasm` (the module bytes, verified
 //! against their hash) and `artifacts/{host key}/{content id}.bin` (compiled code).
 
+use std::collections::HashMap;
+use std::hash::Hash;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use dashmap::DashMap;
 use edge_shared::manifest::ContentId;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -29,6 +32,20 @@ pub enum Source {
     Compiled,
 }
 
+/// A loaded module and what loading it took.
+pub struct Loaded {
+    /// Ready to instantiate.
+    pub runnable: Runnable,
+    /// Where it came from.
+    pub source: Source,
+    /// Time reading the module bytes from the blob store (zero when not needed).
+    pub blob: Duration,
+    /// Time compiling or deserializing (zero from memory).
+    pub load: Duration,
+    /// Modules pushed out of memory to make room for this one.
+    pub evicted: Vec<ModuleKey>,
+}
+
 /// Counters of the cache, as the node's status reports them.
 #[derive(Debug, Default, Serialize)]
 pub struct CacheStats {
@@ -38,6 +55,8 @@ pub struct CacheStats {
     pub deserializations: AtomicU64,
     /// Loads answered from memory.
     pub memory_hits: AtomicU64,
+    /// Modules evicted from memory.
+    pub evictions: AtomicU64,
 }
 
 /// Why a module could not be loaded.
@@ -47,6 +66,9 @@ pub enum LoadError {
     /// wasmer refused to compile it.
     #[error("compile failed: {0}")]
     Compile(String),
+    /// Neither the artifact nor the module bytes are on this node.
+    #[error("module {0} is not in the blob store")]
+    Missing(ContentId),
     /// The cache folder could not be written.
     #[error("cache {}: {source}", path.display())]
     Io {
@@ -57,24 +79,112 @@ pub enum LoadError {
     },
 }
 
+/// A compiled module's key in memory: its content id and the memory limit its engine
+/// enforces.
+pub type ModuleKey = (ContentId, u64);
+
+/// Least-recently-used entries bounded by their total size.
+#[derive(Debug)]
+pub struct Lru<K, V> {
+    budget: u64,
+    used: u64,
+    clock: u64,
+    entries: HashMap<K, LruEntry<V>>,
+}
+
+#[derive(Debug)]
+struct LruEntry<V> {
+    value: V,
+    bytes: u64,
+    last_used: u64,
+}
+
+impl<K: Clone + Eq + Hash, V: Clone> Lru<K, V> {
+    /// Empty, holding at most `budget` bytes.
+    pub fn new(budget: u64) -> Lru<K, V> {
+        Lru {
+            budget,
+            used: 0,
+            clock: 0,
+            entries: HashMap::new(),
+        }
+    }
+
+    /// The value under `key`, marked as just used.
+    pub fn get(&mut self, key: &K) -> Option<V> {
+        self.clock += 1;
+        let entry = self.entries.get_mut(key)?;
+        entry.last_used = self.clock;
+        Some(entry.value.clone())
+    }
+
+    /// Adds `value` of `bytes` under `key`, then evicts the least recently used others
+    /// until the total fits the budget (an entry larger than the budget alone stays).
+    /// Returns the evicted keys.
+    pub fn insert(&mut self, key: K, value: V, bytes: u64) -> Vec<K> {
+        self.clock += 1;
+        let entry = LruEntry {
+            value,
+            bytes,
+            last_used: self.clock,
+        };
+        if let Some(old) = self.entries.insert(key.clone(), entry) {
+            self.used -= old.bytes;
+        }
+        self.used += bytes;
+        let mut evicted = Vec::new();
+        while self.used > self.budget {
+            let Some(oldest) = self
+                .entries
+                .iter()
+                .filter(|(k, _)| **k != key)
+                .min_by_key(|(_, e)| e.last_used)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            let gone = self.entries.remove(&oldest).expect("present");
+            self.used -= gone.bytes;
+            evicted.push(oldest);
+        }
+        evicted
+    }
+
+    /// Total bytes held.
+    pub fn used(&self) -> u64 {
+        self.used
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
 /// The compiled-module cache.
 pub struct ModuleCache {
     blobs: PathBuf,
     artifacts: PathBuf,
     engines: Engines,
-    in_memory: DashMap<(ContentId, u64), Module>,
+    in_memory: Mutex<Lru<ModuleKey, Module>>,
     stats: CacheStats,
 }
 
 impl ModuleCache {
-    /// A cache under `dir`, created if missing.
-    pub fn open(dir: &Path) -> Result<ModuleCache, LoadError> {
+    /// A cache under `dir`, created if missing, holding up to `memory_budget` bytes of
+    /// compiled modules in memory.
+    pub fn open(dir: &Path, memory_budget: u64) -> Result<ModuleCache, LoadError> {
         let host = hex::encode(&Sha256::digest(engine::host_key().as_bytes())[..8]);
         let cache = ModuleCache {
             blobs: dir.join("blobs"),
             artifacts: dir.join("artifacts").join(host),
             engines: Engines::default(),
-            in_memory: DashMap::new(),
+            in_memory: Mutex::new(Lru::new(memory_budget)),
             stats: CacheStats::default(),
         };
         for d in [&cache.blobs, &cache.artifacts] {
@@ -91,37 +201,65 @@ impl ModuleCache {
         &self.stats
     }
 
-    /// A runnable for module `wasm` (whose hash is `id`) under a memory limit: from
-    /// memory, else from the disk artifact, else compiled (and written to disk). Blocks.
+    /// Modules in memory and their artifact bytes.
+    pub fn memory_usage(&self) -> (usize, u64) {
+        let lru = self.lru();
+        (lru.len(), lru.used())
+    }
+
+    /// Whether the module under `key` is in memory; counts as a use.
+    pub fn is_warm(&self, key: &ModuleKey) -> bool {
+        self.lru().get(key).is_some()
+    }
+
+    /// Keeps module bytes `wasm` (whose hash is `id`) in the blob store.
+    pub fn store_blob(&self, id: &ContentId, wasm: &[u8]) -> Result<(), LoadError> {
+        self.write_once(&self.blob_path(id), wasm)
+    }
+
+    /// A runnable for module `id` under a memory limit: from memory, else from the disk
+    /// artifact, else compiled from the blob store (and the artifact written to disk).
+    /// Blocks.
     pub fn load(
         &self,
         name: &str,
         id: &ContentId,
-        wasm: &[u8],
         memory_limit_mib: u64,
-    ) -> Result<(Runnable, Source, Duration), LoadError> {
-        let started = Instant::now();
+    ) -> Result<Loaded, LoadError> {
         let engine = self.engines.for_memory_limit(memory_limit_mib);
-        let runnable = |module: Module| Runnable {
-            name: name.to_string(),
-            module,
-            engine: engine.clone(),
-            memory_limit_mib,
-        };
         let key = (id.clone(), memory_limit_mib);
-        if let Some(module) = self.in_memory.get(&key) {
+        let loaded = |module: Module, source, blob, load, evicted| Loaded {
+            runnable: Runnable {
+                name: name.to_string(),
+                module,
+                engine: engine.clone(),
+                memory_limit_mib,
+            },
+            source,
+            blob,
+            load,
+            evicted,
+        };
+        if let Some(module) = self.lru().get(&key) {
             self.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok((runnable(module.clone()), Source::Memory, started.elapsed()));
+            return Ok(loaded(
+                module,
+                Source::Memory,
+                Duration::ZERO,
+                Duration::ZERO,
+                Vec::new(),
+            ));
         }
-        self.write_once(&self.blobs.join(format!("{id}.wasm")), wasm)?;
+        let started = Instant::now();
         let artifact_path = self.artifacts.join(format!("{id}.bin"));
         if let Ok(artifact) = std::fs::read(&artifact_path) {
             match engine::deserialize(&engine, &artifact) {
                 Ok(module) => {
                     self.stats.deserializations.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(function = name, content_id = %id, "module loaded from the disk cache");
-                    self.in_memory.insert(key, module.clone());
-                    return Ok((runnable(module), Source::Disk, started.elapsed()));
+                    let took = started.elapsed();
+                    tracing::info!(function = name, content_id = %id, ms = took.as_secs_f64() * 1e3, "module loaded from the disk cache");
+                    let evicted = self.keep(key, module.clone(), artifact.len());
+                    return Ok(loaded(module, Source::Disk, Duration::ZERO, took, evicted));
                 }
                 Err(e) => {
                     tracing::warn!(path = %artifact_path.display(), error = %e, "unusable artifact, compiling again");
@@ -129,14 +267,45 @@ impl ModuleCache {
                 }
             }
         }
-        let artifact = engine::compile(wasm).map_err(|e| LoadError::Compile(e.to_string()))?;
+        let blob_started = Instant::now();
+        let blob_path = self.blob_path(id);
+        let wasm = match std::fs::read(&blob_path) {
+            Ok(wasm) if ContentId::of(&wasm) == *id => wasm,
+            Ok(_) => {
+                tracing::warn!(path = %blob_path.display(), "blob does not match its content id, dropping it");
+                let _ = std::fs::remove_file(&blob_path);
+                return Err(LoadError::Missing(id.clone()));
+            }
+            Err(_) => return Err(LoadError::Missing(id.clone())),
+        };
+        let blob = blob_started.elapsed();
+        let compile_started = Instant::now();
+        let artifact = engine::compile(&wasm).map_err(|e| LoadError::Compile(e.to_string()))?;
         self.stats.compiles.fetch_add(1, Ordering::Relaxed);
         self.write_once(&artifact_path, &artifact)?;
         let module = engine::deserialize(&engine, &artifact)
             .map_err(|e| LoadError::Compile(format!("loading the fresh artifact: {e}")))?;
-        tracing::info!(function = name, content_id = %id, ms = started.elapsed().as_millis() as u64, "module compiled");
-        self.in_memory.insert(key, module.clone());
-        Ok((runnable(module), Source::Compiled, started.elapsed()))
+        let took = compile_started.elapsed();
+        tracing::info!(function = name, content_id = %id, ms = took.as_secs_f64() * 1e3, "module compiled");
+        let evicted = self.keep(key, module.clone(), artifact.len());
+        Ok(loaded(module, Source::Compiled, blob, took, evicted))
+    }
+
+    fn keep(&self, key: ModuleKey, module: Module, bytes: usize) -> Vec<ModuleKey> {
+        let evicted = self.lru().insert(key, module, bytes as u64);
+        for (id, _) in &evicted {
+            self.stats.evictions.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(content_id = %id, "module evicted from memory");
+        }
+        evicted
+    }
+
+    fn lru(&self) -> MutexGuard<'_, Lru<ModuleKey, Module>> {
+        self.in_memory.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn blob_path(&self, id: &ContentId) -> PathBuf {
+        self.blobs.join(format!("{id}.wasm"))
     }
 
     /// Writes `bytes` to `path` atomically (a temporary file of this write's own, then
@@ -155,5 +324,30 @@ impl ModuleCache {
                 path: path.to_path_buf(),
                 source,
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lru_evicts_the_least_recently_used_until_it_fits() {
+        let mut lru = Lru::new(100);
+        assert!(lru.insert("a", 1, 40).is_empty());
+        assert!(lru.insert("b", 2, 40).is_empty());
+        // Using `a` makes `b` the oldest.
+        assert_eq!(lru.get(&"a"), Some(1));
+        assert_eq!(lru.insert("c", 3, 40), vec!["b"]);
+        assert_eq!((lru.len(), lru.used()), (2, 80));
+        assert_eq!(lru.get(&"b"), None);
+        // One entry over the whole budget evicts all others but stays itself.
+        let mut evicted = lru.insert("huge", 4, 500);
+        evicted.sort();
+        assert_eq!(evicted, vec!["a", "c"]);
+        assert_eq!(lru.get(&"huge"), Some(4));
+        // Replacing an entry counts its new size only.
+        assert!(lru.insert("huge", 5, 10).is_empty());
+        assert_eq!(lru.used(), 10);
     }
 }

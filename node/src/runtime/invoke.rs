@@ -1,10 +1,10 @@
-//! One invocation: a fresh store and instance of a loaded function, a fuel budget, the
-//! guest's `_start`, and what came of it.
+//! One invocation: a fresh instance of a loaded function (prepared ahead of the request
+//! or on its path), a fuel budget, the guest's `_start`, and what came of it.
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use wasmer::{Engine, FunctionEnv, Instance, Module, Store};
+use wasmer::{Engine, Function, FunctionEnv, Instance, Memory, Module, Store};
 use wasmer_middlewares::metering::{MeteringPoints, get_remaining_points, set_remaining_points};
 
 use super::wasi::{self, Exit, RequestIo};
@@ -41,12 +41,27 @@ pub struct Invocation {
 pub struct Completed {
     /// Everything the guest wrote to stdout.
     pub stdout: Vec<u8>,
-    /// Time to create the instance.
-    pub instantiate: Duration,
     /// Time in the guest.
     pub run: Duration,
     /// Fuel it used.
     pub fuel_used: u64,
+}
+
+/// An instance made ahead of its request: store, host functions, imports resolved,
+/// memory allocated and initialized, `_start` not yet called. Used once.
+pub struct Prepared {
+    store: Store,
+    instance: Instance,
+    io: FunctionEnv<RequestIo>,
+    memory: Memory,
+    start: Function,
+}
+
+impl Prepared {
+    /// Bytes of linear memory the instance holds now.
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory.view(&self.store).data_size()
+    }
 }
 
 /// Why a run produced no response.
@@ -85,19 +100,14 @@ pub enum RunError {
     },
 }
 
-/// Runs `invocation` on a fresh instance of `runnable`. Blocks: call it on a worker thread.
-pub fn run(runnable: &Runnable, invocation: Invocation) -> Result<Completed, RunError> {
-    let started = Instant::now();
+/// Creates an instance of `runnable`, ready for one request. Blocks.
+pub fn prepare(runnable: &Runnable) -> Result<Prepared, RunError> {
     let mut store = Store::new(runnable.engine.clone());
-    let io = RequestIo::new(
-        &runnable.name,
-        &invocation.request_id,
-        &invocation.env,
-        invocation.stdin,
-        invocation.stdout_limit,
+    let io = FunctionEnv::new(
+        &mut store,
+        RequestIo::new(&runnable.name, "", &[], Bytes::new(), 0),
     );
-    let env = FunctionEnv::new(&mut store, io);
-    let imports = wasi::imports(&mut store, &env);
+    let imports = wasi::imports(&mut store, &io);
     let instance = Instance::new(&mut store, &runnable.module, &imports)
         .map_err(|e| RunError::Instantiate(e.to_string()))?;
     let memory = instance
@@ -105,19 +115,50 @@ pub fn run(runnable: &Runnable, invocation: Invocation) -> Result<Completed, Run
         .get_memory("memory")
         .map_err(|e| RunError::Instantiate(e.to_string()))?
         .clone();
-    env.as_mut(&mut store).set_memory(memory.clone());
     let start = instance
         .exports
         .get_function("_start")
         .map_err(|e| RunError::Instantiate(e.to_string()))?
         .clone();
-    set_remaining_points(&mut store, &instance, invocation.fuel);
-    let instantiate = started.elapsed();
+    Ok(Prepared {
+        store,
+        instance,
+        io,
+        memory,
+        start,
+    })
+}
 
-    let result = start.call(&mut store, &[]);
-    let run = started.elapsed() - instantiate;
-    let remaining = get_remaining_points(&mut store, &instance);
-    let (stdout, overflow) = env.as_mut(&mut store).take_stdout();
+/// Runs `invocation` on `prepared`, an instance no request has used. Blocks: call it on
+/// a worker thread, and drop the spent instance after answering.
+pub fn run(
+    runnable: &Runnable,
+    prepared: &mut Prepared,
+    invocation: Invocation,
+) -> Result<Completed, RunError> {
+    let started = Instant::now();
+    let Prepared {
+        store,
+        instance,
+        io,
+        memory,
+        start,
+    } = prepared;
+    let mut request = RequestIo::new(
+        &runnable.name,
+        &invocation.request_id,
+        &invocation.env,
+        invocation.stdin,
+        invocation.stdout_limit,
+    );
+    request.set_memory(memory.clone());
+    *io.as_mut(store) = request;
+    set_remaining_points(store, instance, invocation.fuel);
+
+    let result = start.call(store, &[]);
+    let run = started.elapsed();
+    let remaining = get_remaining_points(store, instance);
+    let (stdout, overflow) = io.as_mut(store).take_stdout();
     let fuel_used = match remaining {
         MeteringPoints::Remaining(left) => invocation.fuel - left,
         MeteringPoints::Exhausted => invocation.fuel,
@@ -137,7 +178,7 @@ pub fn run(runnable: &Runnable, invocation: Invocation) -> Result<Completed, Run
                 });
             }
             None => {
-                let memory_mib = memory.view(&store).data_size() >> 20;
+                let memory_mib = memory.view(store).data_size() >> 20;
                 if memory_mib + 1 >= runnable.memory_limit_mib {
                     return Err(RunError::MemoryLimit {
                         limit_mib: runnable.memory_limit_mib,
@@ -153,7 +194,6 @@ pub fn run(runnable: &Runnable, invocation: Invocation) -> Result<Completed, Run
     }
     Ok(Completed {
         stdout,
-        instantiate,
         run,
         fuel_used,
     })
