@@ -7,8 +7,8 @@
 //! - `invoke/fresh_hello`: instantiate, run and drop on the request path (no pool);
 //! - `node_invoke/hello`: a warm request through `Node::invoke`: admission, worker
 //!   thread hop, pool, CGI environment and response parsing;
-//! - `load/deserialize_*`: a cold start from the on-disk artifact, of `hello` and of a
-//!   synthetic 1 MiB module;
+//! - `cold/disk_*`: a cold start from the on-disk artifact (read, deserialize, first
+//!   instance), of `hello` and of a synthetic 1 MiB module;
 //! - `load/compile_*`: a cold start from the module bytes (cranelift + metering).
 //!
 //! Run: `scripts/build-functions.sh && cargo bench -p edge-node --profile dev`.
@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use edge_node::runtime::cache::ModuleCache;
-use edge_node::runtime::engine::{self, Engines};
+use edge_node::runtime::cache::{ModuleCache, Source};
+use edge_node::runtime::engine;
 use edge_node::runtime::invoke::{self, Invocation};
 use edge_node::{Call, Node};
 use edge_shared::config::NodeConfig;
@@ -58,7 +58,7 @@ fn cgi_env() -> Vec<(String, String)> {
 fn synthetic_module(bytes: usize) -> Vec<u8> {
     let body = "local.get 0 i32.const 7 i32.mul i32.const 3 i32.add local.tee 0 \
                 i32.const 13 i32.rem_u local.get 0 i32.xor local.set 0 ";
-    let per_function = 12 * 22 + 8;
+    let per_function = 232;
     let functions = bytes / per_function;
     let mut wat = String::from("(module (memory (export \"memory\") 1)\n");
     for i in 0..functions {
@@ -152,22 +152,32 @@ fn benches(c: &mut Criterion) {
         })
     });
 
-    let engines = Engines::default();
-    let headless = engines.for_memory_limit(128);
-    let artifact = engine::compile(&wasm).unwrap();
-    c.bench_function("load/deserialize_hello", |b| {
-        b.iter(|| engine::deserialize(&headless, &artifact).unwrap())
-    });
+    // A cold start from disk, as after a restart or an eviction: an empty in-memory
+    // cache, the artifact on disk, read + deserialize + the first instance.
     let big = synthetic_module(1 << 20);
-    let big_artifact = engine::compile(&big).unwrap();
+    for (name, module) in [("hello", &wasm), ("1mib", &big)] {
+        let id = ContentId::of(module);
+        let dir = tempfile::tempdir().unwrap();
+        let warmed = ModuleCache::open(dir.path(), 1 << 30).unwrap();
+        warmed.store_blob(&id, module).unwrap();
+        assert_eq!(
+            warmed.load(name, &id, 128).unwrap().source,
+            Source::Compiled
+        );
+        c.bench_function(&format!("cold/disk_{name}"), |b| {
+            b.iter(|| {
+                let cache = ModuleCache::open(dir.path(), 1 << 30).unwrap();
+                let loaded = cache.load(name, &id, 128).unwrap();
+                assert_eq!(loaded.source, Source::Disk);
+                invoke::prepare(&loaded.runnable).unwrap()
+            })
+        });
+    }
     eprintln!(
         "synthetic module: {} bytes of wasm, {} bytes of artifact",
         big.len(),
-        big_artifact.len()
+        engine::compile(&big).unwrap().len()
     );
-    c.bench_function("load/deserialize_1mib", |b| {
-        b.iter(|| engine::deserialize(&headless, &big_artifact).unwrap())
-    });
 
     let mut group = c.benchmark_group("load");
     group

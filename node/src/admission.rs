@@ -75,6 +75,8 @@ pub struct Usage {
     pub queued: usize,
     /// Bytes reserved by running requests and idle pooled instances.
     pub memory_reserved: u64,
+    /// The most bytes ever reserved at once.
+    pub peak_memory_reserved: u64,
 }
 
 /// The admission state of one node.
@@ -85,6 +87,7 @@ pub struct Admission<K> {
     running: usize,
     memory_running: u64,
     memory_idle: u64,
+    memory_peak: u64,
     lanes: HashMap<K, Lane>,
     /// Functions with waiting requests, in the order they get their next turn.
     turns: VecDeque<K>,
@@ -100,6 +103,7 @@ impl<K: Clone + Eq + Hash> Admission<K> {
             running: 0,
             memory_running: 0,
             memory_idle: 0,
+            memory_peak: 0,
             lanes: HashMap::new(),
             turns: VecDeque::new(),
             next_ticket: 0,
@@ -158,6 +162,7 @@ impl<K: Clone + Eq + Hash> Admission<K> {
             return false;
         }
         self.memory_idle += bytes;
+        self.note_peak();
         true
     }
 
@@ -173,6 +178,7 @@ impl<K: Clone + Eq + Hash> Admission<K> {
             running: self.running,
             queued: self.lanes.values().map(|l| l.waiting.len()).sum(),
             memory_reserved: self.memory_running + self.memory_idle,
+            peak_memory_reserved: self.memory_peak,
         }
     }
 
@@ -195,6 +201,11 @@ impl<K: Clone + Eq + Hash> Admission<K> {
         lane.running += 1;
         self.running += 1;
         self.memory_running += lane.limits.memory;
+        self.note_peak();
+    }
+
+    fn note_peak(&mut self) {
+        self.memory_peak = self.memory_peak.max(self.memory_running + self.memory_idle);
     }
 
     /// Admits waiting requests while capacity lasts, one per function per turn.
@@ -511,6 +522,7 @@ mod tests {
         assert_eq!(a.release(&"f", t0).admitted, vec![0]);
         assert_eq!(a.usage().memory_reserved, 25 * MIB);
         a.release(&"f", t0);
+        assert_eq!(a.usage().peak_memory_reserved, 25 * MIB);
         assert_eq!(a.release_idle(5 * MIB, t0), Grants::default());
         assert_eq!(a.usage().memory_reserved, 10 * MIB);
     }
@@ -543,7 +555,7 @@ mod tests {
         }
         drop(held);
         waiter.await.unwrap().unwrap();
-        assert_eq!(admitter.usage(), Usage::default());
+        assert_eq!((admitter.usage().running, admitter.usage().queued), (0, 0));
 
         let (_held, _) = admitter.admit(&"f", limits(1, 4)).await.unwrap();
         let mut short = limits(1, 4);

@@ -17,7 +17,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use wasmer::Module;
 
-use super::engine::{self, Engines};
+use super::engine;
 use super::invoke::Runnable;
 
 /// Where a loaded module came from.
@@ -170,7 +170,6 @@ impl<K: Clone + Eq + Hash, V: Clone> Lru<K, V> {
 pub struct ModuleCache {
     blobs: PathBuf,
     artifacts: PathBuf,
-    engines: Engines,
     in_memory: Mutex<Lru<ModuleKey, Module>>,
     stats: CacheStats,
 }
@@ -183,7 +182,6 @@ impl ModuleCache {
         let cache = ModuleCache {
             blobs: dir.join("blobs"),
             artifacts: dir.join("artifacts").join(host),
-            engines: Engines::default(),
             in_memory: Mutex::new(Lru::new(memory_budget)),
             stats: CacheStats::default(),
         };
@@ -226,7 +224,7 @@ impl ModuleCache {
         id: &ContentId,
         memory_limit_mib: u64,
     ) -> Result<Loaded, LoadError> {
-        let engine = self.engines.for_memory_limit(memory_limit_mib);
+        let engine = engine::headless(memory_limit_mib);
         let key = (id.clone(), memory_limit_mib);
         let loaded = |module: Module, source, blob, load, evicted| Loaded {
             runnable: Runnable {

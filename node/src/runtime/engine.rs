@@ -1,12 +1,12 @@
 //! wasmer engines: one throwaway metered compiler engine per compile, and one headless
-//! engine per memory limit that runs the compiled artifacts.
+//! engine per loaded module that runs its compiled artifact.
 //!
 //! Why this split: wasmer's `Metering` middleware meters exactly one module, so each
 //! compile gets a fresh cranelift + metering engine; the artifact it produces is
 //! serialized (for the disk cache anyway) and deserialized into a headless engine, where
 //! the metering instrumentation still applies. A memory limit is a property of the
-//! engine's tunables, so there is one headless engine per distinct limit; deserializing
-//! costs about 0.1 ms, far below a compile.
+//! engine's tunables; a headless engine of its own per module also lets the module's
+//! code memory go when the module does (see [`headless`]).
 //!
 //! This is the crate's one `unsafe` module: wasmer's `Tunables` trait has `unsafe` methods
 //! (they hand out memory definitions inside a VM context), and `Module::deserialize` is
@@ -18,7 +18,6 @@
 use std::ptr::NonNull;
 use std::sync::Arc;
 
-use dashmap::DashMap;
 use wasmer::sys::vm::{VMConfig, VMMemory, VMMemoryDefinition, VMTable, VMTableDefinition};
 use wasmer::sys::{BaseTunables, Cranelift, EngineBuilder, NativeEngineExt, Tunables};
 use wasmer::wasmparser::Operator;
@@ -64,30 +63,22 @@ pub fn host_key() -> String {
     )
 }
 
-/// Headless engines by memory limit (in wasm pages).
-#[derive(Default)]
-pub struct Engines {
-    by_limit: DashMap<u32, Engine>,
-}
-
-impl Engines {
-    /// The headless engine whose instances may grow memory to `limit_mib` MiB at most.
-    pub fn for_memory_limit(&self, limit_mib: u64) -> Engine {
-        let pages = u32::try_from(limit_mib.saturating_mul(16))
-            .unwrap_or(u32::MAX)
-            .min(65_536);
-        self.by_limit
-            .entry(pages)
-            .or_insert_with(|| {
-                let mut engine = <Engine as NativeEngineExt>::headless();
-                engine.set_tunables(MemoryLimit {
-                    max_pages: Pages(pages),
-                    base: BaseTunables::new(),
-                });
-                engine
-            })
-            .clone()
-    }
+/// A headless engine whose instances may grow memory to `limit_mib` MiB at most.
+///
+/// One per loaded module, never shared: a wasmer engine keeps the code memory of every
+/// module loaded into it until the engine itself is dropped, so a shared engine would
+/// keep an evicted module's code forever. With its own engine, a module's code goes when
+/// the module and its last instance do.
+pub fn headless(limit_mib: u64) -> Engine {
+    let pages = u32::try_from(limit_mib.saturating_mul(16))
+        .unwrap_or(u32::MAX)
+        .min(65_536);
+    let mut engine = <Engine as NativeEngineExt>::headless();
+    engine.set_tunables(MemoryLimit {
+        max_pages: Pages(pages),
+        base: BaseTunables::new(),
+    });
+    engine
 }
 
 /// Loads an artifact this node wrote into `engine`.

@@ -1,0 +1,260 @@
+//! The node's runtime in process, on real wasmer with the example guests: module checks
+//! at deploy, fresh instances per request, cold starts after eviction, admission under a
+//! burst.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use edge_node::{Call, DeployError, Failure, Node};
+use edge_shared::config::NodeConfig;
+use edge_shared::manifest::{ContentId, DeploymentId, FunctionManifest, Limits, Route};
+use edge_shared::wire::Refusal;
+use http::StatusCode;
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn example(name: &str) -> Vec<u8> {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let status = std::process::Command::new(repo_root().join("scripts/build-functions.sh"))
+            .status()
+            .expect("running scripts/build-functions.sh");
+        assert!(status.success(), "building the example functions failed");
+    });
+    std::fs::read(repo_root().join(format!(
+        "functions/target/wasm32-wasip1/release/{name}.wasm"
+    )))
+    .unwrap()
+}
+
+fn manifest(name: &str, wasm: &[u8], limits: Limits) -> FunctionManifest {
+    FunctionManifest {
+        name: name.into(),
+        content_id: ContentId::of(wasm),
+        routes: vec![Route::Path(format!("/{name}"))],
+        env: Default::default(),
+        limits,
+    }
+}
+
+fn node(dir: &Path, config: impl FnOnce(&mut NodeConfig)) -> Arc<Node> {
+    let mut c = NodeConfig {
+        cache_dir: dir.into(),
+        worker_threads: 2,
+        ..NodeConfig::default()
+    };
+    config(&mut c);
+    Arc::new(Node::new(c).unwrap())
+}
+
+fn deploy(node: &Node, name: &str, limits: Limits) -> DeploymentId {
+    let wasm = example(name);
+    let m = manifest(name, &wasm, limits);
+    let id = m.deployment_id();
+    node.deploy(m, &wasm).unwrap();
+    id
+}
+
+fn call(query: &str) -> Call {
+    Call {
+        request_id: "test".into(),
+        cgi_env: vec![
+            ("REQUEST_METHOD".into(), "GET".into()),
+            ("PATH_INFO".into(), "/".into()),
+            ("QUERY_STRING".into(), query.into()),
+        ],
+        body: Bytes::new(),
+        deadline: None,
+    }
+}
+
+fn body(answer: &edge_node::Answer) -> &[u8] {
+    &answer.output[answer.head.body_start..]
+}
+
+#[test]
+fn bad_modules_are_refused_at_deploy_with_their_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node(dir.path(), |_| {});
+    let refused = |wasm: &[u8], limits: Limits| {
+        node.deploy(manifest("bad", wasm, limits), wasm)
+            .expect_err("refused")
+            .to_string()
+    };
+    let wat = |text: &str| wasmer::wat2wasm(text.as_bytes()).unwrap().into_owned();
+
+    let import = wat(
+        r#"(module (import "env" "open_socket" (func)) (memory (export "memory") 1)
+        (func (export "_start")))"#,
+    );
+    assert!(
+        refused(&import, Limits::default()).contains("env.open_socket"),
+        "{}",
+        refused(&import, Limits::default())
+    );
+    let no_start = wat(r#"(module (memory (export "memory") 1))"#);
+    assert!(refused(&no_start, Limits::default()).contains("_start"));
+    assert!(refused(b"\x7fELF not wasm at all", Limits::default()).contains("not"));
+    let huge = vec![0u8; edge_shared::module_check::MAX_MODULE_BYTES + 1];
+    assert!(refused(&huge, Limits::default()).contains("bytes"));
+    // Valid, but its memory's minimum (64 MiB) is over the function's 16 MiB limit:
+    // instantiating it is tried at deploy, not first by a request.
+    let big_memory = wat(r#"(module (memory (export "memory") 1024) (func (export "_start")))"#);
+    let limits = Limits {
+        memory_limit_mib: Some(16),
+        ..Limits::default()
+    };
+    let reason = refused(&big_memory, limits);
+    assert!(reason.contains("cannot be instantiated"), "{reason}");
+
+    // A manifest whose content id is not the module's hash.
+    let hello = example("hello");
+    let mut m = manifest("hello", &hello, Limits::default());
+    m.content_id = ContentId::of(b"other");
+    assert!(matches!(
+        node.deploy(m, &hello),
+        Err(DeployError::ContentMismatch { .. })
+    ));
+    // None of it touched the node: it still deploys and serves.
+    assert!(node.status().deployments.is_empty());
+    let id = deploy(&node, "hello", Limits::default());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let deployment = node.deployment(&id).unwrap();
+    let answer = runtime
+        .block_on(node.invoke(&deployment, call("name=x")))
+        .unwrap();
+    assert_eq!(body(&answer), b"hello, x!\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_sees_a_fresh_instance_and_most_come_from_the_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node(dir.path(), |_| {});
+    let id = deploy(&node, "counter", Limits::default());
+    let deployment = node.deployment(&id).unwrap();
+    for _ in 0..30 {
+        let answer = node.invoke(&deployment, call("")).await.unwrap();
+        assert_eq!(
+            body(&answer),
+            b"1\n",
+            "a global survived into the next request"
+        );
+        // Give idle workers a moment to refill, as between real requests.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let status = node.status();
+    let d = &status.deployments[0];
+    assert_eq!(d.pool_hits + d.pool_misses, 30);
+    assert!(d.pool_hits > 0, "no request found a ready instance: {d:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evicted_module_comes_back_by_deserializing_with_its_phases_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    // Room for one compiled module (the examples' artifacts are about 0.7 MiB each).
+    let node = node(dir.path(), |c| c.module_cache_mib = 1);
+    let hello = deploy(&node, "hello", Limits::default());
+    let fib = deploy(&node, "fib", Limits::default());
+    let status = node.status();
+    assert_eq!(status.evictions, 1);
+    assert_eq!(status.load.warm, vec![fib.clone()]);
+
+    let deployment = node.deployment(&hello).unwrap();
+    let answer = node.invoke(&deployment, call("name=back")).await.unwrap();
+    assert_eq!(body(&answer), b"hello, back!\n");
+    let timing = &answer.timing;
+    assert!(
+        timing.get_ms("cold").unwrap() > 0.0,
+        "{}",
+        timing.header_value()
+    );
+    assert!(timing.get_ms("deserialize").unwrap() > 0.0);
+    assert!(timing.get_ms("instantiate").unwrap() > 0.0);
+    assert_eq!(timing.get_ms("compile"), None);
+
+    let status = node.status();
+    assert_eq!(
+        status.compiles, 2,
+        "an evicted module is never compiled again"
+    );
+    assert_eq!(status.load.warm, vec![hello.clone()]);
+    let d = status.deployments.iter().find(|d| d.id == hello).unwrap();
+    assert_eq!(d.cold_starts, 1);
+    assert!(d.cold_load_us > 0 && d.cold_instantiate_us > 0, "{d:?}");
+
+    // Warm now: the next request has no cold phase.
+    let answer = node.invoke(&deployment, call("name=warm")).await.unwrap();
+    assert_eq!(answer.timing.get_ms("cold"), Some(0.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_gone_from_disk_and_memory_asks_for_a_redeploy() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node(dir.path(), |c| c.module_cache_mib = 1);
+    let hello = deploy(&node, "hello", Limits::default());
+    deploy(&node, "fib", Limits::default());
+    std::fs::remove_dir_all(dir.path().join("blobs")).unwrap();
+    std::fs::remove_dir_all(dir.path().join("artifacts")).unwrap();
+    let deployment = node.deployment(&hello).unwrap();
+    let failure = node.invoke(&deployment, call("")).await.err().unwrap();
+    assert!(matches!(failure, Failure::Refused(Refusal::NotFound)));
+    assert!(node.deployment(&hello).is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_over_the_slots_is_refused_quickly_and_the_admitted_all_succeed() {
+    let dir = tempfile::tempdir().unwrap();
+    // 2 slots; each fib request reserves 64 MiB of a 160 MiB budget: two run at once.
+    let node = node(dir.path(), |c| c.memory_budget_mib = 160);
+    let limits = Limits {
+        memory_limit_mib: Some(64),
+        queue_depth: Some(2),
+        queue_timeout_ms: Some(60_000),
+        ..Limits::default()
+    };
+    let id = deploy(&node, "fib", limits);
+    let deployment = node.deployment(&id).unwrap();
+    let burst: Vec<_> = (0..20)
+        .map(|_| {
+            let node = Arc::clone(&node);
+            let deployment = Arc::clone(&deployment);
+            tokio::spawn(async move { node.invoke(&deployment, call("n=30")).await })
+        })
+        .collect();
+    let (mut ok, mut refused) = (0, 0);
+    for task in burst {
+        match task.await.unwrap() {
+            Ok(answer) => {
+                assert_eq!(answer.head.status, StatusCode::OK);
+                assert_eq!(body(&answer), b"832040\n");
+                ok += 1;
+            }
+            Err(Failure::Refused(Refusal::Overloaded)) => refused += 1,
+            Err(other) => panic!("an admitted request failed: {other}"),
+        }
+    }
+    // At most 2 running + 2 queued at any time are admitted from a simultaneous burst;
+    // the rest are refused at once rather than waiting for the minute-long timeout.
+    assert_eq!(ok + refused, 20);
+    assert!(ok >= 4, "{ok} served");
+    assert!(refused >= 10, "{refused} refused");
+    let status = node.status();
+    assert!(status.peak_memory_reserved <= 160 << 20, "{status:?}");
+    assert!(status.peak_memory_reserved >= 128 << 20, "{status:?}");
+    assert_eq!(status.overloaded, refused);
+    // Permits go back on the workers just after the answers: give them a moment.
+    for _ in 0..100 {
+        if node.busy() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!((node.busy(), node.load().queued), (0, 0));
+}
