@@ -15,6 +15,8 @@ use bytes::{Buf, Bytes};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+pub mod cpu;
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -32,6 +34,8 @@ pub struct Plan {
     pub duration: Duration,
     /// Most requests to send in all.
     pub max_requests: u64,
+    /// Extra request headers.
+    pub headers: http::HeaderMap,
 }
 
 /// Everything one run observed.
@@ -186,8 +190,14 @@ pub async fn run(plan: &Plan, tls: rustls::ClientConfig) -> anyhow::Result<Repor
             let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
         });
         for _ in 0..plan.streams {
-            let (sender, url, budget) = (sender.clone(), plan.url.clone(), Arc::clone(&budget));
-            loops.push(tokio::spawn(request_loop(sender, url, budget, deadline)));
+            let request = http::Request::get(plan.url.clone()).body(()).map(|mut r| {
+                *r.headers_mut() = plan.headers.clone();
+                r
+            })?;
+            let (sender, budget) = (sender.clone(), Arc::clone(&budget));
+            loops.push(tokio::spawn(request_loop(
+                sender, request, budget, deadline,
+            )));
         }
         endpoints.push(endpoint);
     }
@@ -204,7 +214,7 @@ pub async fn run(plan: &Plan, tls: rustls::ClientConfig) -> anyhow::Result<Repor
 
 async fn request_loop(
     mut sender: h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
-    url: http::Uri,
+    template: http::Request<()>,
     budget: Arc<AtomicU64>,
     deadline: Instant,
 ) -> Tally {
@@ -215,9 +225,10 @@ async fn request_loop(
             .is_ok()
     {
         let sent = Instant::now();
-        let request = http::Request::get(url.clone())
-            .body(())
-            .expect("a valid request");
+        let mut request = http::Request::new(());
+        *request.method_mut() = template.method().clone();
+        *request.uri_mut() = template.uri().clone();
+        *request.headers_mut() = template.headers().clone();
         let outcome = tokio::time::timeout_at((deadline + Duration::from_secs(10)).into(), async {
             let mut stream = sender.send_request(request).await?;
             stream.finish().await?;

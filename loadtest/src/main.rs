@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use edge_loadtest::cpu::CpuByThread;
 use edge_loadtest::{Plan, parse_duration};
 
 /// Sends HTTP/3 requests to URL with a fixed number in flight and reports latency
@@ -36,6 +37,19 @@ struct Args {
     /// Also write the report as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Extra request header `NAME: VALUE` (repeatable).
+    #[arg(long = "header", short = 'H')]
+    headers: Vec<String>,
+    /// Client certificate (PEM) to present, e.g. a cluster member's to load a node
+    /// directly.
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    /// Private key (PEM) of `--cert`.
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
+    /// Report the CPU time of this local process during the run, by thread group.
+    #[arg(long)]
+    cpu_of: Option<u32>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -56,7 +70,23 @@ fn main() -> anyhow::Result<()> {
         addr.ip().is_loopback(),
         "{addr} is not a loopback address: this tool only loads servers on this machine"
     );
-    let tls = edge_shared::tls::client_config(&args.ca, None, &[edge_shared::wire::ALPN_H3])?;
+    let identity = match (&args.cert, &args.key) {
+        (Some(cert), Some(key)) => Some(edge_shared::tls::Identity { cert, key }),
+        _ => None,
+    };
+    let tls = edge_shared::tls::client_config(&args.ca, identity, &[edge_shared::wire::ALPN_H3])?;
+    let mut headers = http::HeaderMap::new();
+    for header in &args.headers {
+        let (name, value) = header
+            .split_once(':')
+            .with_context(|| format!("--header {header:?}: expected `NAME: VALUE`"))?;
+        headers.append(
+            http::HeaderName::try_from(name.trim())
+                .with_context(|| format!("--header {header:?}: bad name"))?,
+            http::HeaderValue::try_from(value.trim())
+                .with_context(|| format!("--header {header:?}: bad value"))?,
+        );
+    }
     let plan = Plan {
         addr,
         server_name: host,
@@ -65,10 +95,27 @@ fn main() -> anyhow::Result<()> {
         streams: args.streams,
         duration: args.duration,
         max_requests: args.requests,
+        headers,
     };
     let runtime = tokio::runtime::Runtime::new()?;
+    let cpu_before = args.cpu_of.map(CpuByThread::sample).transpose()?;
     let report = runtime.block_on(edge_loadtest::run(&plan, tls))?;
     println!("{report}");
+    if let (Some(pid), Some(before)) = (args.cpu_of, cpu_before) {
+        let used = CpuByThread::sample(pid)?.since(&before);
+        let per_request_us = |s: f64| s * 1e6 / report.answered.max(1) as f64;
+        println!(
+            "cpu of {pid}: {:.2} s in all, {:.1} µs per answered request",
+            used.total(),
+            per_request_us(used.total())
+        );
+        for (group, seconds) in &used.0 {
+            println!(
+                "  {group:<20} {seconds:>7.2} s  {:>7.1} µs/request",
+                per_request_us(*seconds)
+            );
+        }
+    }
     if let Some(path) = args.json {
         std::fs::write(&path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("writing {}", path.display()))?;

@@ -38,12 +38,15 @@ pub enum LogFormat {
 
 impl LogFormat {
     /// Installs the process's `tracing` subscriber: this format on stderr, filtered by
-    /// `RUST_LOG` (default `info`).
+    /// `RUST_LOG` (default `info`), colored only when stderr is a terminal (log files
+    /// stay greppable).
     pub fn init(self) {
+        use std::io::IsTerminal;
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
         let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)
+            .with_ansi(std::io::stderr().is_terminal())
             .with_writer(std::io::stderr);
         match self {
             LogFormat::Text => builder.init(),
