@@ -258,3 +258,63 @@ async fn a_burst_over_the_slots_is_refused_quickly_and_the_admitted_all_succeed(
     }
     assert_eq!((node.busy(), node.load().queued), (0, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_and_memory_limits_hold_under_concurrency() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node(dir.path(), |c| c.worker_threads = 4);
+    let queue = |l: Limits| Limits {
+        queue_timeout_ms: Some(60_000),
+        ..l
+    };
+    let forever = deploy(
+        &node,
+        "forever",
+        queue(Limits {
+            timeout_ms: Some(200),
+            ..Limits::default()
+        }),
+    );
+    let hog = deploy(
+        &node,
+        "hog",
+        queue(Limits {
+            memory_limit_mib: Some(16),
+            ..Limits::default()
+        }),
+    );
+    let hello = deploy(&node, "hello", queue(Limits::default()));
+    let mut tasks = Vec::new();
+    for (id, n) in [(&forever, 3), (&hog, 3), (&hello, 12)] {
+        for _ in 0..n {
+            let node = Arc::clone(&node);
+            let deployment = node.deployment(id).unwrap();
+            tasks.push(tokio::spawn(async move {
+                let outcome = node.invoke(&deployment, call("name=x")).await;
+                (
+                    deployment.manifest.name.clone(),
+                    outcome.map(|a| body(&a).to_vec()),
+                )
+            }));
+        }
+    }
+    for task in tasks {
+        match task.await.unwrap() {
+            (name, Ok(body)) => {
+                assert_eq!(name, "hello");
+                assert_eq!(body, b"hello, x!\n");
+            }
+            (name, Err(failure)) => {
+                let expected = match name.as_str() {
+                    "forever" => StatusCode::GATEWAY_TIMEOUT,
+                    "hog" => StatusCode::INTERNAL_SERVER_ERROR,
+                    other => panic!("{other} failed: {failure}"),
+                };
+                assert_eq!(failure.status(), expected, "{name}: {failure}");
+                if name == "hog" {
+                    assert!(failure.to_string().contains("16 MiB"), "{failure}");
+                }
+            }
+        }
+    }
+}
