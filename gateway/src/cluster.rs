@@ -71,6 +71,7 @@ impl LocalCluster {
             cluster_cert: cluster.certs.member_cert.clone(),
             cluster_key: cluster.certs.member_key.clone(),
             nodes: cluster.nodes.iter().map(|n| n.addr).collect(),
+            routing: spec.routing,
             functions: spec.functions.clone(),
             ..GatewayConfig::default()
         };

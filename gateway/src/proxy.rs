@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::{Buf, Bytes};
-use edge_shared::config::GatewayConfig;
+use edge_shared::config::{GatewayConfig, RoutingPolicy};
 use edge_shared::manifest::{ContentId, DeploymentId, FunctionManifest};
 use edge_shared::module_check::check_module;
 use edge_shared::tls;
@@ -279,10 +279,17 @@ impl Gateway {
         }
     }
 
-    /// Nodes in the order to try: round robin from a rotating start, down nodes last.
+    /// Nodes in the order to try: from a start the routing policy picks, down nodes last.
     fn node_order(&self) -> Vec<SocketAddr> {
         let nodes = &self.config.nodes;
-        let start = self.next_node.fetch_add(1, Ordering::Relaxed);
+        let start = match self.config.routing {
+            RoutingPolicy::RoundRobin => self.next_node.fetch_add(1, Ordering::Relaxed),
+            RoutingPolicy::Random => {
+                let mut bytes = [0u8; 8];
+                getrandom::fill(&mut bytes).expect("the OS random source");
+                u64::from_le_bytes(bytes) as usize
+            }
+        };
         let mut order: Vec<SocketAddr> = (0..nodes.len())
             .map(|i| nodes[(start + i) % nodes.len()])
             .collect();

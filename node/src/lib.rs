@@ -273,6 +273,9 @@ pub struct Node {
     workers: WorkerPool,
     admitter: Arc<Admitter<DeploymentId>>,
     ewma_run_ns: AtomicU64,
+    /// Held while a deployment is loaded, so that two deploys of one id (the gateway's
+    /// start-up push racing its deploy-on-not-found) load it once.
+    deploying: Mutex<()>,
     requests: AtomicU64,
     overloaded: AtomicU64,
     draining: AtomicBool,
@@ -295,6 +298,7 @@ impl Node {
             workers: WorkerPool::new(threads, &admitter),
             admitter,
             ewma_run_ns: AtomicU64::new(0),
+            deploying: Mutex::new(()),
             requests: AtomicU64::new(0),
             overloaded: AtomicU64::new(0),
             draining: AtomicBool::new(false),
@@ -338,6 +342,7 @@ impl Node {
                 limits.memory_limit_mib, self.config.memory_budget_mib
             )));
         }
+        let _deploying = self.deploying.lock().unwrap_or_else(|p| p.into_inner());
         self.cache.store_blob(&manifest.content_id, module)?;
         let id = manifest.deployment_id();
         if let Some(existing) = self.deployment(&id) {
@@ -445,12 +450,16 @@ impl Node {
                 Some(prepared) => (prepared, Duration::ZERO),
                 None => match invoke::prepare(job_pool.runnable()) {
                     Ok(prepared) => (prepared, started.elapsed()),
-                    Err(e) => return (Err(e), (None, permit)),
+                    Err(e) => return (Err(e), None),
                 },
             };
             let result = invoke::run(job_pool.runnable(), &mut prepared, invocation)
                 .map(|completed| (completed, instantiate));
-            (result, (Some(prepared), permit))
+            // The capacity goes back before the answer does: a client that sends its
+            // next request as soon as it has this answer finds it free. The spent
+            // instance is dropped after the answer, off the request path.
+            drop(permit);
+            (result, Some(prepared))
         });
         let (completed, instantiate) = match tokio::time::timeout(deadline, job).await {
             Err(_) => return Err(Failure::Deadline(deadline)),

@@ -2,9 +2,9 @@
 //!
 //! Admission ([`crate::admission`]) decides what may run; a job then runs on one of the
 //! worker threads with that thread's ready instances ([`ReadyInstances`]). A worker
-//! answers first and only then drops what the job left behind (the spent instance, the
-//! admission permit), and when no job waits it makes ready instances for the next
-//! requests: all of that work stays off the request path.
+//! answers first and only then drops what the job left behind (the spent instance), and
+//! when no job waits it makes ready instances for the next requests: all of that work
+//! stays off the request path.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;

@@ -318,3 +318,22 @@ async fn timeouts_and_memory_limits_hold_under_concurrency() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sequential_client_finds_its_slot_free_again_after_each_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node(dir.path(), |_| {});
+    // One at a time, and no waiting at all: a slot still held after its answer would
+    // refuse the next request.
+    let limits = Limits {
+        max_concurrency: Some(1),
+        queue_depth: Some(0),
+        ..Limits::default()
+    };
+    let id = deploy(&node, "hello", limits);
+    let deployment = node.deployment(&id).unwrap();
+    for _ in 0..200 {
+        let answer = node.invoke(&deployment, call("name=x")).await;
+        assert!(answer.is_ok(), "refused right after the previous answer");
+    }
+}

@@ -325,6 +325,47 @@ impl Default for InstancePoolConfig {
     }
 }
 
+/// How a gateway orders the nodes to try for a request. Nodes that just failed go last
+/// under every policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RoutingPolicy {
+    /// Each request starts one node further along the list.
+    RoundRobin,
+    /// Each request starts at a node drawn uniformly at random.
+    Random,
+}
+
+impl RoutingPolicy {
+    /// Every policy, in the order `compare` runs them.
+    pub const ALL: [RoutingPolicy; 2] = [RoutingPolicy::RoundRobin, RoutingPolicy::Random];
+
+    /// Its name in configuration files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoutingPolicy::RoundRobin => "round-robin",
+            RoutingPolicy::Random => "random",
+        }
+    }
+}
+
+impl std::str::FromStr for RoutingPolicy {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<RoutingPolicy, String> {
+        RoutingPolicy::ALL
+            .into_iter()
+            .find(|p| p.as_str() == text)
+            .ok_or_else(|| {
+                let names: Vec<_> = RoutingPolicy::ALL.iter().map(|p| p.as_str()).collect();
+                format!(
+                    "unknown routing policy {text:?}: one of {}",
+                    names.join(", ")
+                )
+            })
+    }
+}
+
 /// A function the gateway deploys at start.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -367,6 +408,8 @@ pub struct GatewayConfig {
     pub nodes: Vec<SocketAddr>,
     /// Longest the gateway waits for a node's answer, in ms.
     pub request_timeout_ms: u64,
+    /// How the gateway picks a node for each request.
+    pub routing: RoutingPolicy,
     /// Largest request body the gateway accepts for any function, in bytes.
     pub max_request_body_bytes: u64,
     /// Functions deployed at start.
@@ -387,6 +430,7 @@ impl Default for GatewayConfig {
             cluster_key: PathBuf::new(),
             nodes: Vec::new(),
             request_timeout_ms: 30_000,
+            routing: RoutingPolicy::RoundRobin,
             max_request_body_bytes: 16 << 20,
             functions: Vec::new(),
             log_format: LogFormat::Text,
@@ -452,6 +496,8 @@ pub struct ClusterConfig {
     pub listen: SocketAddr,
     /// Domain under which functions answer as `NAME.<domain>`.
     pub domain: String,
+    /// The gateway's routing policy.
+    pub routing: RoutingPolicy,
     /// Functions deployed at start.
     pub functions: Vec<FunctionConfig>,
 }
@@ -463,6 +509,7 @@ impl Default for ClusterConfig {
             node_worker_threads: 0,
             listen: SocketAddr::from(([127, 0, 0, 1], 4433)),
             domain: "edge.localhost".into(),
+            routing: RoutingPolicy::RoundRobin,
             functions: Vec::new(),
         }
     }

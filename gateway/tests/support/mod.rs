@@ -52,6 +52,7 @@ pub fn start(nodes: usize, functions: Vec<FunctionConfig>) -> (LocalCluster, tem
         listen: "127.0.0.1:0".parse().unwrap(),
         domain: "edge.localhost".into(),
         functions,
+        ..ClusterConfig::default()
     };
     let cluster = LocalCluster::start(&spec, dir.path(), &cluster::bin_dir().unwrap()).unwrap();
     (cluster, dir)
