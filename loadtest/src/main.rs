@@ -1,42 +1,98 @@
-//! `edge-loadtest URL`: closed-loop HTTP/3 load against an edge gateway.
+//! `edge-loadtest`: HTTP/3 load against an edge gateway (or node), a bare-transport
+//! baseline server, and policy comparisons on local clusters.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
 use edge_loadtest::cpu::CpuByThread;
-use edge_loadtest::{Plan, parse_duration};
+use edge_loadtest::scenario::{self, Overrides, Scenario};
+use edge_loadtest::{Report, baseline, compare, parse_duration, svg};
+use edge_shared::config::{ClusterConfig, RoutingPolicy};
+use edge_shared::{tls, wire};
 
-/// Sends HTTP/3 requests to URL with a fixed number in flight and reports latency
-/// percentiles and throughput.
+/// Loads URL(s) over HTTP/3 and reports latency percentiles, throughput, errors, cold
+/// starts and queue time. Closed loop by default (`--connections` × `--streams` in
+/// flight), open loop with `--rate`. Ctrl-C stops early and reports what was measured.
 #[derive(Parser)]
-#[command(version)]
-struct Args {
-    /// `https://HOST:PORT/PATH`.
-    url: http::Uri,
+#[command(version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    load: LoadArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs the same load against a fresh local cluster per routing policy and prints
+    /// the results side by side.
+    Compare {
+        /// The cluster to start for each policy (an `edge up` cluster file).
+        #[arg(long, default_value = "config/cluster.toml")]
+        cluster: PathBuf,
+        /// Policies to compare, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "round-robin,random")]
+        policies: Vec<RoutingPolicy>,
+        /// Nodes per cluster (the cluster file's by default).
+        #[arg(long)]
+        nodes: Option<usize>,
+        #[command(flatten)]
+        load: Box<LoadArgs>,
+    },
+    /// Serves the bare-transport baseline: quinn + h3 answering a constant body.
+    Baseline {
+        /// UDP address to serve on.
+        #[arg(long, default_value = "127.0.0.1:4443")]
+        listen: SocketAddr,
+        /// Folder of its development certificates (clients trust DIR/ca.pem).
+        #[arg(long, default_value = ".edge-baseline")]
+        dir: PathBuf,
+        /// Write the bound address to this file once serving.
+        #[arg(long)]
+        announce: Option<PathBuf>,
+    },
+}
+
+#[derive(Args, Clone)]
+struct LoadArgs {
+    /// `https://HOST:PORT/PATH` to load (several: an equal mix); replaces the scenario's
+    /// requests.
+    urls: Vec<http::Uri>,
+    /// Scenario file (TOML); flags override its values.
+    #[arg(long)]
+    scenario: Option<PathBuf>,
+    /// Open loop: requests per second.
+    #[arg(long, conflicts_with = "streams")]
+    rate: Option<f64>,
+    /// Open loop: ramp linearly to this rate over the measured part.
+    #[arg(long, requires = "rate")]
+    ramp_to: Option<f64>,
     /// QUIC connections.
-    #[arg(long, default_value_t = 4)]
-    connections: usize,
-    /// Requests in flight per connection.
-    #[arg(long, default_value_t = 8)]
-    streams: usize,
-    /// How long to run (`500ms`, `10s`, `1m`).
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    duration: Duration,
-    /// Most requests to send.
-    #[arg(long, default_value_t = 10_000_000)]
-    requests: u64,
+    #[arg(long)]
+    connections: Option<usize>,
+    /// Closed loop: requests in flight per connection.
+    #[arg(long)]
+    streams: Option<usize>,
+    /// Measured length (`500ms`, `10s`, `1m`).
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Unmeasured load first.
+    #[arg(long, value_parser = parse_duration)]
+    warmup: Option<Duration>,
+    /// Most requests to send (closed loop).
+    #[arg(long)]
+    requests: Option<u64>,
     /// CA certificate to trust (the cluster's development CA by default).
     #[arg(long, default_value = ".edge/certs/ca.pem")]
     ca: PathBuf,
     /// Connect to this address instead of resolving the URL's host.
     #[arg(long)]
     connect: Option<SocketAddr>,
-    /// Also write the report as JSON to this file.
-    #[arg(long)]
-    json: Option<PathBuf>,
     /// Extra request header `NAME: VALUE` (repeatable).
     #[arg(long = "header", short = 'H')]
     headers: Vec<String>,
@@ -47,78 +103,232 @@ struct Args {
     /// Private key (PEM) of `--cert`.
     #[arg(long, requires = "cert")]
     key: Option<PathBuf>,
+    /// Also run the same load against a bare quinn + h3 server (started here) and
+    /// report the fraction of its throughput reached.
+    #[arg(long)]
+    baseline: bool,
+    /// Write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write latency plots (SVG) to this file.
+    #[arg(long)]
+    svg: Option<PathBuf>,
     /// Report the CPU time of this local process during the run, by thread group.
     #[arg(long)]
     cpu_of: Option<u32>,
+    /// No progress line.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+impl LoadArgs {
+    fn scenario(&self) -> anyhow::Result<Scenario> {
+        let file = self.scenario.as_deref().map(scenario::load).transpose()?;
+        let mut headers = http::HeaderMap::new();
+        for header in &self.headers {
+            let (name, value) = header
+                .split_once(':')
+                .with_context(|| format!("--header {header:?}: expected `NAME: VALUE`"))?;
+            headers.append(
+                http::HeaderName::try_from(name.trim())
+                    .with_context(|| format!("--header {header:?}: bad name"))?,
+                http::HeaderValue::try_from(value.trim())
+                    .with_context(|| format!("--header {header:?}: bad value"))?,
+            );
+        }
+        let overrides = Overrides {
+            urls: self.urls.clone(),
+            connect: self.connect,
+            duration: self.duration,
+            warmup: self.warmup,
+            rate: self.rate,
+            ramp_to: self.ramp_to,
+            connections: self.connections,
+            streams: self.streams,
+            max_requests: self.requests,
+            headers,
+        };
+        scenario::build(file, &overrides)
+    }
+
+    fn tls(&self) -> anyhow::Result<rustls::ClientConfig> {
+        let identity = match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => Some(tls::Identity { cert, key }),
+            _ => None,
+        };
+        Ok(tls::client_config(&self.ca, identity, &[wire::ALPN_H3])?)
+    }
+}
+
+/// Set by Ctrl-C: the run stops and reports what it measured.
+fn stop_on_ctrl_c(runtime: &tokio::runtime::Runtime) -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    runtime.spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("stopping: reporting what was measured so far");
+            flag.store(true, Ordering::Relaxed);
+        }
+    });
+    stop
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    anyhow::ensure!(
-        args.connections > 0 && args.streams > 0,
-        "--connections and --streams must be at least 1"
-    );
-    let host = args.url.host().context("URL without a host")?.to_string();
-    let addr = match args.connect {
-        Some(a) => a,
-        None => (host.as_str(), args.url.port_u16().unwrap_or(443))
-            .to_socket_addrs()?
-            .next()
-            .with_context(|| format!("{host} has no address"))?,
-    };
-    anyhow::ensure!(
-        addr.ip().is_loopback(),
-        "{addr} is not a loopback address: this tool only loads servers on this machine"
-    );
-    let identity = match (&args.cert, &args.key) {
-        (Some(cert), Some(key)) => Some(edge_shared::tls::Identity { cert, key }),
-        _ => None,
-    };
-    let tls = edge_shared::tls::client_config(&args.ca, identity, &[edge_shared::wire::ALPN_H3])?;
-    let mut headers = http::HeaderMap::new();
-    for header in &args.headers {
-        let (name, value) = header
-            .split_once(':')
-            .with_context(|| format!("--header {header:?}: expected `NAME: VALUE`"))?;
-        headers.append(
-            http::HeaderName::try_from(name.trim())
-                .with_context(|| format!("--header {header:?}: bad name"))?,
-            http::HeaderValue::try_from(value.trim())
-                .with_context(|| format!("--header {header:?}: bad value"))?,
-        );
+    let cli = Cli::parse();
+    match cli.command {
+        None => load(&cli.load),
+        Some(Command::Baseline {
+            listen,
+            dir,
+            announce,
+        }) => serve_baseline(listen, &dir, announce),
+        Some(Command::Compare {
+            cluster,
+            policies,
+            nodes,
+            load,
+        }) => run_compare(&cluster, &policies, nodes, &load),
     }
-    let plan = Plan {
-        addr,
-        server_name: host,
-        url: args.url,
-        connections: args.connections,
-        streams: args.streams,
-        duration: args.duration,
-        max_requests: args.requests,
-        headers,
-    };
+}
+
+fn load(args: &LoadArgs) -> anyhow::Result<()> {
+    let scenario = args.scenario()?;
     let runtime = tokio::runtime::Runtime::new()?;
-    let cpu_before = args.cpu_of.map(CpuByThread::sample).transpose()?;
-    let report = runtime.block_on(edge_loadtest::run(&plan, tls))?;
-    println!("{report}");
-    if let (Some(pid), Some(before)) = (args.cpu_of, cpu_before) {
-        let used = CpuByThread::sample(pid)?.since(&before);
-        let per_request_us = |s: f64| s * 1e6 / report.answered.max(1) as f64;
-        println!(
-            "cpu of {pid}: {:.2} s in all, {:.1} µs per answered request",
-            used.total(),
-            per_request_us(used.total())
-        );
-        for (group, seconds) in &used.0 {
-            println!(
-                "  {group:<20} {seconds:>7.2} s  {:>7.1} µs/request",
-                per_request_us(*seconds)
-            );
+    let stop = stop_on_ctrl_c(&runtime);
+    let bare = if args.baseline {
+        let server = baseline::Child::start()?;
+        let mut aimed = scenario.clone();
+        aimed.connect = Some(server.addr);
+        aimed.server_name = "localhost".into();
+        for r in &mut aimed.requests {
+            let path = r
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_string();
+            r.uri = format!("https://localhost:{}{path}", server.addr.port()).parse()?;
         }
+        let client = tls::client_config(&server.ca, None, &[wire::ALPN_H3])?;
+        eprintln!("baseline: the same load against a bare quinn + h3 server");
+        let report = runtime.block_on(edge_loadtest::run(
+            &aimed,
+            client,
+            Arc::clone(&stop),
+            !args.quiet,
+        ))?;
+        println!("baseline (bare quinn + h3 on this machine):\n{report}\n");
+        Some(report)
+    } else {
+        None
+    };
+    let cpu_before = args.cpu_of.map(CpuByThread::sample).transpose()?;
+    let report = runtime.block_on(edge_loadtest::run(
+        &scenario,
+        args.tls()?,
+        stop,
+        !args.quiet,
+    ))?;
+    println!("{report}");
+    if let Some(bare) = &bare {
+        println!(
+            "vs baseline: {:.0} of {:.0} req/s, {:.1}% of the bare transport",
+            report.throughput,
+            bare.throughput,
+            100.0 * report.throughput / bare.throughput.max(1e-9)
+        );
     }
-    if let Some(path) = args.json {
-        std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+    if let (Some(pid), Some(before)) = (args.cpu_of, cpu_before) {
+        print_cpu(pid, &before, &report)?;
+    }
+    let mut runs: Vec<(&str, &Report)> = vec![("target", &report)];
+    if let Some(bare) = &bare {
+        runs.push(("baseline", bare));
+    }
+    write_outputs(args, &runs)
+}
+
+fn write_outputs(args: &LoadArgs, runs: &[(&str, &Report)]) -> anyhow::Result<()> {
+    if let Some(path) = &args.json {
+        let json: serde_json::Map<String, serde_json::Value> = runs
+            .iter()
+            .map(|(name, r)| Ok((name.to_string(), serde_json::to_value(r)?)))
+            .collect::<anyhow::Result<_>>()?;
+        std::fs::write(path, serde_json::to_string_pretty(&json)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.svg {
+        let title = format!(
+            "edge-loadtest: {}",
+            args.urls.first().map_or(String::new(), |u| u.to_string())
+        );
+        std::fs::write(path, svg::render(&title, runs))
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
+}
+
+fn print_cpu(pid: u32, before: &CpuByThread, report: &Report) -> anyhow::Result<()> {
+    let used = CpuByThread::sample(pid)?.since(before);
+    let per_request_us = |s: f64| s * 1e6 / report.answered.max(1) as f64;
+    println!(
+        "cpu of {pid}: {:.2} s in all, {:.1} µs per answered request",
+        used.total(),
+        per_request_us(used.total())
+    );
+    for (group, seconds) in &used.0 {
+        println!(
+            "  {group:<20} {seconds:>7.2} s  {:>7.1} µs/request",
+            per_request_us(*seconds)
+        );
+    }
+    Ok(())
+}
+
+fn serve_baseline(
+    listen: SocketAddr,
+    dir: &std::path::Path,
+    announce: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let (endpoint, certs) = baseline::bind(listen, dir)?;
+        let addr = endpoint.local_addr()?;
+        if let Some(file) = announce {
+            std::fs::write(&file, addr.to_string())?;
+        }
+        println!(
+            "baseline: HTTP/3 on {addr}, constant {}-byte answers; CA {}",
+            baseline::BODY.len(),
+            certs.ca.display()
+        );
+        tokio::select! {
+            () = baseline::serve(endpoint.clone()) => {}
+            _ = tokio::signal::ctrl_c() => endpoint.close(0u32.into(), b"done"),
+        }
+        Ok(())
+    })
+}
+
+fn run_compare(
+    cluster: &std::path::Path,
+    policies: &[RoutingPolicy],
+    nodes: Option<usize>,
+    args: &LoadArgs,
+) -> anyhow::Result<()> {
+    // Absolute, so that module paths resolve the same from the cluster's own folder.
+    let cluster = cluster
+        .canonicalize()
+        .with_context(|| format!("cluster file {}", cluster.display()))?;
+    let mut spec: ClusterConfig = edge_shared::config::load(&cluster)?;
+    if let Some(n) = nodes {
+        spec.nodes = n;
+    }
+    let scenario = args.scenario()?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let stop = stop_on_ctrl_c(&runtime);
+    let results = compare::compare(&spec, policies, &scenario, &stop, !args.quiet)?;
+    drop(runtime);
+    println!("{}", compare::table(&results));
+    let labelled: Vec<(&str, &Report)> = results.iter().map(|(p, r)| (p.as_str(), r)).collect();
+    write_outputs(args, &labelled)
 }

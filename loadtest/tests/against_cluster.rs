@@ -1,38 +1,69 @@
-//! A short real run against a local cluster of real processes.
+//! Short real runs of the `edge-loadtest` binary against a local cluster of real
+//! processes: closed loop with a request budget, and an open-loop scenario file with a
+//! weighted mix, each producing the table, JSON and SVG.
 
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 use edge_gateway::cluster::{LocalCluster, bin_dir};
 use edge_shared::config::{ClusterConfig, FunctionConfig};
 
-#[test]
-fn a_short_run_reports_every_request() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let built = Command::new(root.join("scripts/build-functions.sh"))
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn cluster(dir: &Path) -> LocalCluster {
+    let built = Command::new(root().join("scripts/build-functions.sh"))
         .status()
         .unwrap();
     assert!(built.success());
-    let dir = tempfile::tempdir().unwrap();
+    let function = |name: &str| FunctionConfig {
+        name: name.into(),
+        module: root().join(format!(
+            "functions/target/wasm32-wasip1/release/{name}.wasm"
+        )),
+        routes: vec![],
+        env: Default::default(),
+        limits: Default::default(),
+    };
     let spec = ClusterConfig {
         nodes: 2,
         node_worker_threads: 1,
         listen: "127.0.0.1:0".parse().unwrap(),
-        functions: vec![FunctionConfig {
-            name: "hello".into(),
-            module: root.join("functions/target/wasm32-wasip1/release/hello.wasm"),
-            routes: vec![],
-            env: Default::default(),
-            limits: Default::default(),
-        }],
+        functions: vec![function("hello"), function("echo")],
         ..ClusterConfig::default()
     };
-    let cluster = LocalCluster::start(&spec, dir.path(), &bin_dir().unwrap()).unwrap();
-    let json = dir.path().join("report.json");
-    let port = cluster.gateway_addr().port();
+    LocalCluster::start(&spec, dir, &bin_dir().unwrap()).unwrap()
+}
+
+fn loadtest(args: &[&str], cluster: &LocalCluster) -> Output {
     let output = Command::new(bin_dir().unwrap().join("edge-loadtest"))
-        .arg(format!("https://localhost:{port}/hello"))
-        .args(["--connect", &cluster.gateway_addr().to_string()])
-        .args([
+        .args(args)
+        .args(["--connect", &cluster.gateway_addr().to_string(), "--ca"])
+        .arg(&cluster.certs().ca)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn a_closed_loop_run_reports_every_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path());
+    let out = dir.path().join("report.json");
+    let port = cluster.gateway_addr().port();
+    let output = loadtest(
+        &[
+            &format!("https://localhost:{port}/hello"),
             "--connections",
             "2",
             "--streams",
@@ -41,22 +72,14 @@ fn a_short_run_reports_every_request() {
             "20s",
             "--requests",
             "400",
-        ])
-        .arg("--ca")
-        .arg(&cluster.certs().ca)
-        .arg("--json")
-        .arg(&json)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+            "--json",
+            out.to_str().unwrap(),
+        ],
+        &cluster,
     );
     let text = String::from_utf8_lossy(&output.stdout);
-    assert!(text.contains("p99"), "{text}");
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(text.contains("p99") && text.contains("generator"), "{text}");
+    let report = &json(&out)["target"];
     assert_eq!(report["requests"], 400, "{report}");
     assert_eq!(report["by_status"]["2xx"], 400, "{report}");
     assert_eq!(report["errors"], serde_json::json!({}), "{report}");
@@ -65,5 +88,179 @@ fn a_short_run_reports_every_request() {
         2,
         "both nodes served: {report}"
     );
-    assert!(report["p50_ms"].as_f64().unwrap() > 0.0);
+    assert!(report["latency"]["p50_ms"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn an_open_loop_scenario_sends_its_mix_at_its_rate_with_table_json_and_svg() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path());
+    let port = cluster.gateway_addr().port();
+    let scenario = dir.path().join("scenario.toml");
+    std::fs::write(
+        &scenario,
+        format!(
+            r#"
+target = "https://localhost:{port}"
+duration = "2s"
+warmup = "500ms"
+rate = 200
+connections = 2
+
+[[requests]]
+name = "hello"
+path = "/hello?name=load"
+weight = 3
+expect_status = 200
+
+[[requests]]
+name = "echo"
+method = "POST"
+path = "/echo"
+body = "ping"
+expect_status = 200
+
+[[requests]]
+name = "missing"
+path = "/no-such-function"
+expect_status = 200
+"#
+        ),
+    )
+    .unwrap();
+    let (out, svg) = (dir.path().join("r.json"), dir.path().join("r.svg"));
+    let output = loadtest(
+        &[
+            "--scenario",
+            scenario.to_str().unwrap(),
+            "--json",
+            out.to_str().unwrap(),
+            "--svg",
+            svg.to_str().unwrap(),
+        ],
+        &cluster,
+    );
+    let table = String::from_utf8_lossy(&output.stdout);
+    for row in ["hello", "echo", "missing", "cold starts", "node queue"] {
+        assert!(table.contains(row), "{row} missing from:\n{table}");
+    }
+    let report = &json(&out)["target"];
+    // 200 per second for 2 s after the warm-up: 400 requests due, in a 3:1:1 mix.
+    assert_eq!(report["requests"], 400, "{report}");
+    assert_eq!(report["by_request"]["hello"]["count"], 240, "{report}");
+    assert_eq!(report["by_request"]["echo"]["count"], 80, "{report}");
+    assert_eq!(report["by_request"]["missing"]["count"], 80, "{report}");
+    // The 404s are answers, counted as unexpected.
+    assert_eq!(report["by_status"]["4xx"], 80, "{report}");
+    assert_eq!(report["errors"]["unexpected-status"], 80, "{report}");
+    // By completion time: the last answers may land just after the second second.
+    let seconds = report["per_second"].as_array().unwrap().len();
+    assert!((2..=3).contains(&seconds), "{report}");
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("<polyline"),
+        "{svg}"
+    );
+}
+
+#[test]
+fn a_bad_scenario_file_is_refused_naming_the_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = dir.path().join("bad.toml");
+    std::fs::write(&scenario, "rate = \"fast\"\n").unwrap();
+    let output = Command::new(bin_dir().unwrap().join("edge-loadtest"))
+        .arg("--scenario")
+        .arg(&scenario)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("bad.toml") && stderr.contains("rate"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn baseline_runs_the_same_load_against_a_bare_server_and_reports_the_fraction() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path());
+    let out = dir.path().join("r.json");
+    let port = cluster.gateway_addr().port();
+    let output = loadtest(
+        &[
+            &format!("https://localhost:{port}/hello"),
+            "--baseline",
+            "--connections",
+            "1",
+            "--streams",
+            "4",
+            "--duration",
+            "1s",
+            "--quiet",
+            "--json",
+            out.to_str().unwrap(),
+        ],
+        &cluster,
+    );
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("% of the bare transport"), "{text}");
+    let report = json(&out);
+    assert_eq!(
+        report["baseline"]["by_node"]["baseline"],
+        report["baseline"]["answered"]
+    );
+    assert!(report["target"]["answered"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn compare_runs_one_scenario_per_routing_policy_side_by_side() {
+    let dir = tempfile::tempdir().unwrap();
+    let built = Command::new(root().join("scripts/build-functions.sh"))
+        .status()
+        .unwrap();
+    assert!(built.success());
+    let cluster_file = dir.path().join("cluster.toml");
+    std::fs::write(
+        &cluster_file,
+        format!(
+            "nodes = 2\nnode_worker_threads = 1\n[[functions]]\nname = \"hello\"\nmodule = {:?}\n",
+            root().join("functions/target/wasm32-wasip1/release/hello.wasm")
+        ),
+    )
+    .unwrap();
+    let (out, svg) = (dir.path().join("c.json"), dir.path().join("c.svg"));
+    let output = Command::new(bin_dir().unwrap().join("edge-loadtest"))
+        .arg("compare")
+        .arg("--cluster")
+        .arg(&cluster_file)
+        .args([
+            "https://localhost/hello",
+            "--duration",
+            "1s",
+            "--streams",
+            "2",
+        ])
+        .args(["--connections", "1", "--quiet", "--json"])
+        .arg(&out)
+        .arg("--svg")
+        .arg(&svg)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        table.contains("round-robin") && table.contains("random") && table.contains("p99 ms"),
+        "{table}"
+    );
+    let report = json(&out);
+    for policy in ["round-robin", "random"] {
+        assert!(report[policy]["answered"].as_u64().unwrap() > 0, "{report}");
+        assert_eq!(report[policy]["errors"], serde_json::json!({}), "{report}");
+    }
+    assert!(std::fs::read_to_string(&svg).unwrap().contains("random"));
 }
