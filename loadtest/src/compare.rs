@@ -54,15 +54,39 @@ pub fn compare(
     Ok(results)
 }
 
+/// Runs `scenario` once against each given gateway (`label`, address), for clusters
+/// already running (say, one per routing policy); `tls` trusts their CA.
+pub fn compare_given(
+    given: &[(String, std::net::SocketAddr)],
+    scenario: &Scenario,
+    tls: &rustls::ClientConfig,
+    stop: &Arc<AtomicBool>,
+    progress: bool,
+) -> anyhow::Result<Vec<(String, Report)>> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    let mut results = Vec::new();
+    for (label, addr) in given {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        eprintln!("compare: {label} at {addr}");
+        let mut aimed = scenario.clone();
+        aimed.connect = Some(*addr);
+        let report = runtime.block_on(run(&aimed, tls.clone(), Arc::clone(stop), progress))?;
+        results.push((label.clone(), report));
+    }
+    Ok(results)
+}
+
 /// One row's value for one run.
 type Cell = fn(&Report) -> String;
 
 /// The results side by side, one column per policy.
-pub fn table(results: &[(RoutingPolicy, Report)]) -> String {
+pub fn table(results: &[(&str, &Report)]) -> String {
     let mut out = String::new();
     let _ = write!(out, "{:<16}", "");
-    for (policy, _) in results {
-        let _ = write!(out, "{:>14}", policy.as_str());
+    for (label, _) in results {
+        let _ = write!(out, "{label:>14}");
     }
     out.push('\n');
     let rows: [(&str, Cell); 10] = [

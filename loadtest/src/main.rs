@@ -41,6 +41,10 @@ enum Command {
         /// Nodes per cluster (the cluster file's by default).
         #[arg(long)]
         nodes: Option<usize>,
+        /// Compare running gateways instead of starting clusters: `LABEL=ADDR`
+        /// (repeatable), e.g. one cluster per policy started by hand.
+        #[arg(long, value_parser = parse_given)]
+        given: Vec<(String, SocketAddr)>,
         #[command(flatten)]
         load: Box<LoadArgs>,
     },
@@ -186,8 +190,9 @@ fn main() -> anyhow::Result<()> {
             cluster,
             policies,
             nodes,
+            given,
             load,
-        }) => run_compare(&cluster, &policies, nodes, &load),
+        }) => run_compare(&cluster, &policies, nodes, &given, &load),
     }
 }
 
@@ -309,12 +314,31 @@ fn serve_baseline(
     })
 }
 
+fn parse_given(text: &str) -> Result<(String, SocketAddr), String> {
+    let (label, addr) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?}: expected LABEL=ADDR"))?;
+    let addr = addr.parse().map_err(|e| format!("{text:?}: {e}"))?;
+    Ok((label.to_string(), addr))
+}
+
 fn run_compare(
     cluster: &std::path::Path,
     policies: &[RoutingPolicy],
     nodes: Option<usize>,
+    given: &[(String, SocketAddr)],
     args: &LoadArgs,
 ) -> anyhow::Result<()> {
+    if !given.is_empty() {
+        let scenario = args.scenario()?;
+        let runtime = tokio::runtime::Runtime::new()?;
+        let stop = stop_on_ctrl_c(&runtime);
+        let results = compare::compare_given(given, &scenario, &args.tls()?, &stop, !args.quiet)?;
+        drop(runtime);
+        let labelled: Vec<(&str, &Report)> = results.iter().map(|(l, r)| (l.as_str(), r)).collect();
+        println!("{}", compare::table(&labelled));
+        return write_outputs(args, &labelled);
+    }
     // Absolute, so that module paths resolve the same from the cluster's own folder.
     let cluster = cluster
         .canonicalize()
@@ -328,7 +352,7 @@ fn run_compare(
     let stop = stop_on_ctrl_c(&runtime);
     let results = compare::compare(&spec, policies, &scenario, &stop, !args.quiet)?;
     drop(runtime);
-    println!("{}", compare::table(&results));
     let labelled: Vec<(&str, &Report)> = results.iter().map(|(p, r)| (p.as_str(), r)).collect();
+    println!("{}", compare::table(&labelled));
     write_outputs(args, &labelled)
 }

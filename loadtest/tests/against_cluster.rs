@@ -264,3 +264,38 @@ fn compare_runs_one_scenario_per_routing_policy_side_by_side() {
     }
     assert!(std::fs::read_to_string(&svg).unwrap().contains("random"));
 }
+
+#[test]
+fn compare_also_runs_against_gateways_given_by_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path());
+    let addr = cluster.gateway_addr().to_string();
+    let output = Command::new(bin_dir().unwrap().join("edge-loadtest"))
+        .arg("compare")
+        .args([
+            "--given",
+            &format!("first={addr}"),
+            "--given",
+            &format!("second={addr}"),
+        ])
+        .args([
+            "https://localhost/hello",
+            "--duration",
+            "1s",
+            "--quiet",
+            "--ca",
+        ])
+        .arg(&cluster.certs().ca)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        table.contains("first") && table.contains("second"),
+        "{table}"
+    );
+}
