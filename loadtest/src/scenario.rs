@@ -551,6 +551,14 @@ body_file = "missing.bin"
     }
 
     #[test]
+    fn the_example_scenario_loads() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/loadtest.toml");
+        let s = build(Some(load(&example).unwrap()), &Overrides::default()).unwrap();
+        assert_eq!(s.requests.len(), 3);
+        assert!(matches!(s.load, Load::Open { .. }));
+    }
+
+    #[test]
     fn the_mix_follows_the_weights_exactly() {
         let mut mix = Mix::new([5, 1, 1]);
         let picks: Vec<usize> = (0..7).map(|_| mix.next_index()).collect();
