@@ -34,18 +34,7 @@ pub fn compare(
         spec.listen = "127.0.0.1:0".parse()?;
         eprintln!("compare: {} nodes, routing {}", spec.nodes, policy.as_str());
         let mut cluster = LocalCluster::start(&spec, dir.path(), &bin_dir()?)?;
-        let port = cluster.gateway_addr().port();
-        let mut aimed = scenario.clone();
-        aimed.connect = Some(cluster.gateway_addr());
-        aimed.server_name = "localhost".into();
-        for request in &mut aimed.requests {
-            let path = request
-                .uri
-                .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .to_string();
-            request.uri = format!("https://localhost:{port}{path}").parse()?;
-        }
+        let aimed = scenario.aimed_at(cluster.gateway_addr())?;
         let client_tls = tls::client_config(&cluster.certs().ca, None, &[wire::ALPN_H3])?;
         let report = runtime.block_on(run(&aimed, client_tls, Arc::clone(stop), progress));
         cluster.stop(Duration::from_secs(5));

@@ -202,17 +202,7 @@ fn load(args: &LoadArgs) -> anyhow::Result<()> {
     let stop = stop_on_ctrl_c(&runtime);
     let bare = if args.baseline {
         let server = baseline::Child::start()?;
-        let mut aimed = scenario.clone();
-        aimed.connect = Some(server.addr);
-        aimed.server_name = "localhost".into();
-        for r in &mut aimed.requests {
-            let path = r
-                .uri
-                .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .to_string();
-            r.uri = format!("https://localhost:{}{path}", server.addr.port()).parse()?;
-        }
+        let aimed = scenario.aimed_at(server.addr)?;
         let client = tls::client_config(&server.ca, None, &[wire::ALPN_H3])?;
         eprintln!("baseline: the same load against a bare quinn + h3 server");
         let report = runtime.block_on(edge_loadtest::run(

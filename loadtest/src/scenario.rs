@@ -101,6 +101,19 @@ pub struct Scenario {
 }
 
 impl Scenario {
+    /// The same scenario sent to `addr` as `localhost` (a local cluster or baseline
+    /// server started for the run): same paths, same mix, same load.
+    pub fn aimed_at(&self, addr: SocketAddr) -> anyhow::Result<Scenario> {
+        let mut aimed = self.clone();
+        aimed.connect = Some(addr);
+        aimed.server_name = "localhost".into();
+        for request in &mut aimed.requests {
+            let path = request.uri.path_and_query().map_or("/", |p| p.as_str());
+            request.uri = format!("https://localhost:{}{path}", addr.port()).parse()?;
+        }
+        Ok(aimed)
+    }
+
     /// The address to connect to: `connect`, else the target host resolved.
     pub fn addr(&self) -> anyhow::Result<SocketAddr> {
         use std::net::ToSocketAddrs;
