@@ -4,8 +4,9 @@
 //! HTTP/1.1 + HTTP/2 over TLS on TCP ([`ingress::tcp`]), same port number, every answer
 //! carrying `Alt-Svc: h3`. Both hand each request to [`proxy::Gateway`], which finds the
 //! function in the [`routes`] table (host `NAME.<domain>` or path prefix `/NAME`), reads
-//! the body up to the function's limit, picks a node (round robin, nodes that just failed
-//! last) and forwards over a pooled HTTP/3 connection from [`nodes`]. A node that does not
+//! the body up to the function's limit, ranks the nodes with the configured [`routing`]
+//! policy over the load the nodes report (nodes that just failed last) and forwards over a
+//! pooled HTTP/3 connection from [`nodes`]. A node that does not
 //! have the function yet (`503 x-edge-refused: not-found`) gets it deployed and the request
 //! again; a refusal or an unreachable node moves the request to the next node; a request
 //! that broke mid-way is retried only if its method is idempotent.
@@ -21,3 +22,4 @@ pub mod ingress;
 pub mod nodes;
 pub mod proxy;
 pub mod routes;
+pub mod routing;

@@ -79,7 +79,9 @@ async fn run(config: GatewayConfig, announce: Option<PathBuf>) -> anyhow::Result
         std::fs::write(&path, addr.to_string())?;
     }
     let warm = Arc::clone(&gateway);
-    tokio::spawn(async move { warm.deploy_everywhere().await });
+    tokio::spawn(async move { warm.deploy_at_start().await });
+    let watcher = Arc::clone(&gateway);
+    tokio::spawn(async move { watcher.watch_nodes().await });
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {

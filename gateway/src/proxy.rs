@@ -4,9 +4,11 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use arc_swap::ArcSwap;
 use bytes::{Buf, Bytes};
 use edge_shared::config::{GatewayConfig, RoutingPolicy};
 use edge_shared::manifest::{ContentId, DeploymentId, FunctionManifest};
@@ -17,6 +19,7 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 
 use crate::nodes::{ForwardError, NodePool, NodeStream};
 use crate::routes::{RouteTable, default_routes};
+use crate::routing::{self, ClusterView, NodeState, SplitMix64};
 
 /// A function the gateway serves.
 pub struct Function {
@@ -103,7 +106,51 @@ pub struct Gateway {
     routes: RouteTable,
     nodes: NodePool,
     next_node: AtomicUsize,
+    /// What the nodes last reported, swapped in whole: routing reads never wait.
+    view: ArcSwap<ClusterView>,
+    /// This gateway's requests in flight per node (configuration order): exact and
+    /// fresh, unlike the nodes' reports.
+    in_flight: Vec<AtomicUsize>,
+    rng: Mutex<SplitMix64>,
     alt_svc: HeaderValue,
+}
+
+/// How often the gateway asks every node for its load.
+const REPORT_EVERY: Duration = Duration::from_millis(250);
+
+/// Counts one request in flight to a node while alive.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn start(counter: &'a AtomicUsize) -> InFlight<'a> {
+        counter.fetch_add(1, Ordering::Relaxed);
+        InFlight(counter)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The part of a node's status the gateway routes on.
+#[derive(serde::Deserialize)]
+struct ReportedStatus {
+    name: String,
+    load: ReportedLoad,
+}
+
+/// A node's load snapshot (`edge_node::Load` on the wire).
+#[derive(serde::Deserialize)]
+struct ReportedLoad {
+    #[serde(default)]
+    name: String,
+    slots: usize,
+    in_flight: usize,
+    queued: usize,
+    warm: Vec<String>,
+    draining: bool,
 }
 
 /// Most nodes one request is tried on.
@@ -163,7 +210,12 @@ impl Gateway {
             &[wire::ALPN_H3],
         )?)?;
         let alt_svc = HeaderValue::from_str(&format!("h3=\":{h3_port}\"; ma=86400"))?;
+        let mut seed = [0u8; 8];
+        getrandom::fill(&mut seed).expect("the OS random source");
         Ok(Gateway {
+            view: ArcSwap::from_pointee(ClusterView::initial(&config.nodes)),
+            in_flight: config.nodes.iter().map(|_| AtomicUsize::new(0)).collect(),
+            rng: Mutex::new(SplitMix64(u64::from_le_bytes(seed))),
             config,
             functions,
             routes,
@@ -219,7 +271,9 @@ impl Gateway {
         let mut cold = Duration::ZERO;
         let mut last_error = String::from("no node configured");
         let mut last_refusal = None;
-        for node in self.node_order().into_iter().take(MAX_ATTEMPTS) {
+        for node in self.node_order(function).into_iter().take(MAX_ATTEMPTS) {
+            let counter = self.config.nodes.iter().position(|n| *n == node);
+            let _in_flight = counter.map(|i| InFlight::start(&self.in_flight[i]));
             let outcome = self
                 .send(node, function, &routed, &request, &request_id, body.clone())
                 .await;
@@ -279,22 +333,90 @@ impl Gateway {
         }
     }
 
-    /// Nodes in the order to try: from a start the routing policy picks, down nodes last.
-    fn node_order(&self) -> Vec<SocketAddr> {
-        let nodes = &self.config.nodes;
-        let start = match self.config.routing {
-            RoutingPolicy::RoundRobin => self.next_node.fetch_add(1, Ordering::Relaxed),
-            RoutingPolicy::Random => {
-                let mut bytes = [0u8; 8];
-                getrandom::fill(&mut bytes).expect("the OS random source");
-                u64::from_le_bytes(bytes) as usize
-            }
-        };
-        let mut order: Vec<SocketAddr> = (0..nodes.len())
-            .map(|i| nodes[(start + i) % nodes.len()])
+    /// Nodes in the order to try, as the routing policy ranks them for `function`;
+    /// nodes that just failed go last.
+    fn node_order(&self, function: &Function) -> Vec<SocketAddr> {
+        let view = self.view.load();
+        let own: Vec<usize> = self
+            .in_flight
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
             .collect();
+        let input = routing::Input {
+            view: &view,
+            function: function.deployment.as_str(),
+            own_in_flight: &own,
+            sequence: self.next_node.fetch_add(1, Ordering::Relaxed),
+        };
+        let ranked = {
+            let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
+            routing::order(self.config.routing, &input, &mut *rng)
+        };
+        let mut order: Vec<SocketAddr> = ranked.into_iter().map(|i| view.nodes[i].addr).collect();
         order.sort_by_key(|n| self.nodes.is_down(*n));
         order
+    }
+
+    /// Asks every node for its load every [`REPORT_EVERY`] and swaps in the new view,
+    /// until the process ends. (Gossip will replace this polling.)
+    pub async fn watch_nodes(&self) {
+        let mut ticker = tokio::time::interval(REPORT_EVERY);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let mut nodes = Vec::with_capacity(self.config.nodes.len());
+            for (i, &addr) in self.config.nodes.iter().enumerate() {
+                let own = self.in_flight[i].load(Ordering::Relaxed);
+                let previous = self.view.load().nodes[i].clone();
+                nodes.push(match self.node_load(addr).await {
+                    Some(load) => NodeState {
+                        addr,
+                        name: load.name,
+                        up: true,
+                        draining: load.draining,
+                        slots: load.slots,
+                        in_flight: load.in_flight,
+                        queued: load.queued,
+                        warm: load.warm.into_iter().collect(),
+                        own_in_flight_at_report: own,
+                    },
+                    None => NodeState {
+                        up: false,
+                        ..previous
+                    },
+                });
+            }
+            self.view.store(Arc::new(ClusterView { nodes }));
+        }
+    }
+
+    /// One node's load report, `None` when it does not answer in time.
+    async fn node_load(&self, node: SocketAddr) -> Option<ReportedLoad> {
+        let request = Request::get(format!(
+            "https://{}{}",
+            wire::NODE_SERVER_NAME,
+            wire::STATUS_PATH
+        ))
+        .body(())
+        .expect("a valid request");
+        let exchange = async {
+            let (head, mut stream) = self.nodes.send(node, request, Bytes::new()).await.ok()?;
+            if head.status() != StatusCode::OK {
+                return None;
+            }
+            let mut body = Vec::new();
+            while let Ok(Some(mut chunk)) = stream.recv_data().await {
+                body.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
+            }
+            let status: ReportedStatus = serde_json::from_slice(&body).ok()?;
+            Some(ReportedLoad {
+                name: status.name,
+                ..status.load
+            })
+        };
+        tokio::time::timeout(REPORT_EVERY * 4, exchange)
+            .await
+            .ok()?
     }
 
     async fn send(
@@ -387,12 +509,20 @@ impl Gateway {
         Err(reason)
     }
 
-    /// Deploys every function on every node, so the first requests find them warm.
+    /// Deploys the functions at start, so the first requests find them warm: under
+    /// `least-loaded-warm` each on the one node its cold starts would go to (others get
+    /// it on demand when load spreads), under the other policies on every node.
     /// Failures are logged; requests deploy again on demand.
-    pub async fn deploy_everywhere(&self) {
-        for node in &self.config.nodes {
-            for function in &self.functions {
-                if let Err(reason) = self.deploy(*node, function).await {
+    pub async fn deploy_at_start(&self) {
+        for function in &self.functions {
+            let targets = match self.config.routing {
+                RoutingPolicy::LeastLoadedWarm => {
+                    self.node_order(function).into_iter().take(1).collect()
+                }
+                RoutingPolicy::RoundRobin | RoutingPolicy::Random => self.config.nodes.clone(),
+            };
+            for node in targets {
+                if let Err(reason) = self.deploy(node, function).await {
                     tracing::warn!(%node, function = %function.manifest.name, %reason, "initial deploy failed");
                 }
             }

@@ -36,7 +36,11 @@ enum Command {
         #[arg(long, default_value = "config/cluster.toml")]
         cluster: PathBuf,
         /// Policies to compare, comma-separated.
-        #[arg(long, value_delimiter = ',', default_value = "round-robin,random")]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "least-loaded-warm,round-robin,random"
+        )]
         policies: Vec<RoutingPolicy>,
         /// Nodes per cluster (the cluster file's by default).
         #[arg(long)]

@@ -334,17 +334,26 @@ pub enum RoutingPolicy {
     RoundRobin,
     /// Each request starts at a node drawn uniformly at random.
     Random,
+    /// Power of two choices among the nodes where the function is warm and below
+    /// saturation, on load reported by the nodes and corrected by the gateway's own
+    /// in-flight counts; cold requests by rendezvous hashing of the function.
+    LeastLoadedWarm,
 }
 
 impl RoutingPolicy {
     /// Every policy, in the order `compare` runs them.
-    pub const ALL: [RoutingPolicy; 2] = [RoutingPolicy::RoundRobin, RoutingPolicy::Random];
+    pub const ALL: [RoutingPolicy; 3] = [
+        RoutingPolicy::LeastLoadedWarm,
+        RoutingPolicy::RoundRobin,
+        RoutingPolicy::Random,
+    ];
 
     /// Its name in configuration files.
     pub fn as_str(self) -> &'static str {
         match self {
             RoutingPolicy::RoundRobin => "round-robin",
             RoutingPolicy::Random => "random",
+            RoutingPolicy::LeastLoadedWarm => "least-loaded-warm",
         }
     }
 }

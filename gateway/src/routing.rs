@@ -1,0 +1,384 @@
+//! Which node a request goes to: routing policies over an immutable [`ClusterView`].
+//!
+//! A policy is pure: given the view, the function, the gateway's own in-flight counts
+//! and an RNG, it returns the nodes to try in order (the first, then fallbacks for
+//! retries). `least-loaded-warm` (see `DESIGN.md`, *Routing*):
+//!
+//! - a node's estimated load is its reported in-flight + queued, corrected by how much
+//!   this gateway's own in-flight to it changed since that report, over its slots;
+//! - among nodes where the function is warm and below saturation, power of two choices:
+//!   two drawn at random, the lower estimate first;
+//! - with no such node, rendezvous (HRW) hashing of the function id over the healthy
+//!   nodes, so that repeated cold starts of one function land on the same few nodes;
+//! - down and draining nodes never come first; they close the list, for the retry logic.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+
+use edge_shared::config::RoutingPolicy;
+use sha2::{Digest, Sha256};
+
+/// What the gateway knows of one node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeState {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Its name.
+    pub name: String,
+    /// Whether it answered its last report.
+    pub up: bool,
+    /// Whether it said it is shutting down.
+    pub draining: bool,
+    /// Execution slots.
+    pub slots: usize,
+    /// Requests running when it reported.
+    pub in_flight: usize,
+    /// Requests queued when it reported.
+    pub queued: usize,
+    /// Deployments warm on it (ids).
+    pub warm: HashSet<String>,
+    /// This gateway's own in-flight count to it when the report came.
+    pub own_in_flight_at_report: usize,
+}
+
+/// An immutable snapshot of the cluster, swapped in whole when news arrives.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClusterView {
+    /// The nodes, in configuration order.
+    pub nodes: Vec<NodeState>,
+}
+
+impl ClusterView {
+    /// A view of `addrs` before any report: all up, idle, nothing warm.
+    pub fn initial(addrs: &[SocketAddr]) -> ClusterView {
+        ClusterView {
+            nodes: addrs
+                .iter()
+                .map(|&addr| NodeState {
+                    addr,
+                    name: addr.to_string(),
+                    up: true,
+                    draining: false,
+                    slots: 1,
+                    in_flight: 0,
+                    queued: 0,
+                    warm: HashSet::new(),
+                    own_in_flight_at_report: 0,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A source of randomness, injected so that decisions can be replayed.
+pub trait Rng {
+    /// The next 64 random bits.
+    fn next_u64(&mut self) -> u64;
+
+    /// A number below `n` (`n` > 0).
+    fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+}
+
+/// SplitMix64: small, fast, seedable; plenty for load balancing.
+#[derive(Debug, Clone)]
+pub struct SplitMix64(pub u64);
+
+impl Rng for SplitMix64 {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+/// One routing decision's input.
+pub struct Input<'a> {
+    /// The cluster.
+    pub view: &'a ClusterView,
+    /// The function's deployment id.
+    pub function: &'a str,
+    /// This gateway's in-flight requests per node, now (same order as the view).
+    pub own_in_flight: &'a [usize],
+    /// Requests this gateway has routed so far (round robin's position).
+    pub sequence: usize,
+}
+
+/// The nodes to try, in order: indexes into the view. Every node appears once; down and
+/// draining nodes come last.
+pub fn order(policy: RoutingPolicy, input: &Input<'_>, rng: &mut dyn Rng) -> Vec<usize> {
+    let nodes = &input.view.nodes;
+    let usable: Vec<usize> = (0..nodes.len())
+        .filter(|&i| nodes[i].up && !nodes[i].draining)
+        .collect();
+    let mut first: Vec<usize> = match policy {
+        RoutingPolicy::RoundRobin => rotate(&usable, input.sequence),
+        RoutingPolicy::Random => {
+            let start = if usable.is_empty() {
+                0
+            } else {
+                rng.below(usable.len())
+            };
+            rotate(&usable, start)
+        }
+        RoutingPolicy::LeastLoadedWarm => least_loaded_warm(input, &usable, rng),
+    };
+    first.extend((0..nodes.len()).filter(|i| !usable.contains(i)));
+    first
+}
+
+fn rotate(items: &[usize], start: usize) -> Vec<usize> {
+    let n = items.len();
+    (0..n).map(|k| items[(start + k) % n.max(1)]).collect()
+}
+
+/// Estimated load: reported in-flight + queued, corrected by this gateway's own change
+/// since the report, over slots.
+pub fn estimated_load(node: &NodeState, own_in_flight_now: usize) -> f64 {
+    let reported = (node.in_flight + node.queued) as f64;
+    let correction = own_in_flight_now as f64 - node.own_in_flight_at_report as f64;
+    (reported + correction).max(0.0) / node.slots.max(1) as f64
+}
+
+fn least_loaded_warm(input: &Input<'_>, usable: &[usize], rng: &mut dyn Rng) -> Vec<usize> {
+    let nodes = &input.view.nodes;
+    let load = |i: usize| estimated_load(&nodes[i], input.own_in_flight[i]);
+    let warm: Vec<usize> = usable
+        .iter()
+        .copied()
+        .filter(|&i| nodes[i].warm.contains(input.function) && load(i) < 1.0)
+        .collect();
+    let mut order = Vec::with_capacity(usable.len());
+    if !warm.is_empty() {
+        // Power of two choices: two distinct warm nodes at random, the less loaded first
+        // (a tie goes to the first drawn, itself random).
+        let a = warm[rng.below(warm.len())];
+        let b = if warm.len() > 1 {
+            let mut b = warm[rng.below(warm.len() - 1)];
+            if b == a {
+                b = warm[warm.len() - 1];
+            }
+            b
+        } else {
+            a
+        };
+        let (first, second) = if load(b) < load(a) { (b, a) } else { (a, b) };
+        order.push(first);
+        if second != first {
+            order.push(second);
+        }
+    }
+    // Then every other usable node: unsaturated ones in the function's rendezvous order
+    // (where a cold start should land), saturated ones last.
+    let mut rest: Vec<usize> = usable
+        .iter()
+        .copied()
+        .filter(|i| !order.contains(i))
+        .collect();
+    rest.sort_by(|&x, &y| {
+        let saturated = |i: usize| load(i) >= 1.0;
+        saturated(x)
+            .cmp(&saturated(y))
+            .then(rendezvous(input.function, &nodes[y]).cmp(&rendezvous(input.function, &nodes[x])))
+    });
+    order.extend(rest);
+    order
+}
+
+/// The rendezvous (highest random weight) score of `node` for `function`.
+fn rendezvous(function: &str, node: &NodeState) -> u64 {
+    let digest = Sha256::new()
+        .chain_update(function.as_bytes())
+        .chain_update(node.addr.to_string().as_bytes())
+        .finalize();
+    u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(n: usize) -> ClusterView {
+        let addrs: Vec<SocketAddr> = (0..n)
+            .map(|i| SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16)))
+            .collect();
+        let mut v = ClusterView::initial(&addrs);
+        for node in &mut v.nodes {
+            node.slots = 4;
+        }
+        v
+    }
+
+    fn pick(
+        policy: RoutingPolicy,
+        v: &ClusterView,
+        own: &[usize],
+        seq: usize,
+        rng: &mut SplitMix64,
+    ) -> usize {
+        order(
+            policy,
+            &Input {
+                view: v,
+                function: "hello@0123456789abcdef",
+                own_in_flight: own,
+                sequence: seq,
+            },
+            rng,
+        )[0]
+    }
+
+    const ALL: [RoutingPolicy; 3] = [
+        RoutingPolicy::LeastLoadedWarm,
+        RoutingPolicy::RoundRobin,
+        RoutingPolicy::Random,
+    ];
+
+    #[test]
+    fn never_picks_a_down_or_draining_node_first_and_lists_every_node() {
+        let mut v = view(4);
+        v.nodes[0].up = false;
+        v.nodes[2].draining = true;
+        for node in &mut v.nodes {
+            node.warm.insert("hello@0123456789abcdef".into());
+        }
+        let mut rng = SplitMix64(7);
+        for policy in ALL {
+            for seq in 0..200 {
+                let o = order(
+                    policy,
+                    &Input {
+                        view: &v,
+                        function: "hello@0123456789abcdef",
+                        own_in_flight: &[0; 4],
+                        sequence: seq,
+                    },
+                    &mut rng,
+                );
+                assert!(o[0] == 1 || o[0] == 3, "{policy:?} chose {}", o[0]);
+                let mut sorted = o.clone();
+                sorted.sort();
+                assert_eq!(sorted, vec![0, 1, 2, 3], "{policy:?}: {o:?}");
+                assert!(!o[..2].contains(&0) && !o[..2].contains(&2));
+            }
+        }
+    }
+
+    #[test]
+    fn with_equal_load_every_policy_spreads() {
+        let mut v = view(3);
+        for node in &mut v.nodes {
+            node.warm.insert("hello@0123456789abcdef".into());
+        }
+        let mut rng = SplitMix64(1);
+        for policy in ALL {
+            let mut counts = [0; 3];
+            for seq in 0..3000 {
+                counts[pick(policy, &v, &[0; 3], seq, &mut rng)] += 1;
+            }
+            for c in counts {
+                assert!((800..=1200).contains(&c), "{policy:?}: {counts:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn prefers_warm_nodes_and_sends_cold_starts_to_the_same_node() {
+        let mut v = view(4);
+        v.nodes[2].warm.insert("hello@0123456789abcdef".into());
+        let mut rng = SplitMix64(3);
+        for seq in 0..100 {
+            assert_eq!(
+                pick(RoutingPolicy::LeastLoadedWarm, &v, &[0; 4], seq, &mut rng),
+                2
+            );
+        }
+        // Cold everywhere: one node, the function's rendezvous choice, every time.
+        let cold = view(4);
+        let first = pick(RoutingPolicy::LeastLoadedWarm, &cold, &[0; 4], 0, &mut rng);
+        for seq in 0..100 {
+            assert_eq!(
+                pick(
+                    RoutingPolicy::LeastLoadedWarm,
+                    &cold,
+                    &[0; 4],
+                    seq,
+                    &mut rng
+                ),
+                first
+            );
+        }
+        // And another function is spread elsewhere by the same hashing.
+        let targets: HashSet<usize> = (0..40)
+            .map(|f| {
+                order(
+                    RoutingPolicy::LeastLoadedWarm,
+                    &Input {
+                        view: &cold,
+                        function: &format!("f{f}@0123456789abcdef"),
+                        own_in_flight: &[0; 4],
+                        sequence: 0,
+                    },
+                    &mut rng,
+                )[0]
+            })
+            .collect();
+        assert_eq!(
+            targets.len(),
+            4,
+            "cold starts of many functions use every node"
+        );
+    }
+
+    #[test]
+    fn follows_load_changes_and_the_gateways_own_in_flight() {
+        let mut v = view(2);
+        for node in &mut v.nodes {
+            node.warm.insert("hello@0123456789abcdef".into());
+        }
+        v.nodes[0].in_flight = 3;
+        let mut rng = SplitMix64(5);
+        for seq in 0..50 {
+            assert_eq!(
+                pick(RoutingPolicy::LeastLoadedWarm, &v, &[0, 0], seq, &mut rng),
+                1
+            );
+        }
+        // Since the report, this gateway sent 4 more to node 1 and node 0 finished 3
+        // of its own: node 0 is now the lighter.
+        v.nodes[0].own_in_flight_at_report = 3;
+        for seq in 0..50 {
+            assert_eq!(
+                pick(RoutingPolicy::LeastLoadedWarm, &v, &[0, 4], seq, &mut rng),
+                0
+            );
+        }
+        // A saturated warm node loses to a cold one.
+        v.nodes[0].in_flight = 4;
+        v.nodes[0].own_in_flight_at_report = 0;
+        v.nodes[1].warm.clear();
+        assert_eq!(
+            pick(RoutingPolicy::LeastLoadedWarm, &v, &[0, 0], 0, &mut rng),
+            1
+        );
+    }
+
+    #[test]
+    fn the_same_seed_makes_the_same_choices() {
+        let mut v = view(5);
+        for node in &mut v.nodes {
+            node.warm.insert("hello@0123456789abcdef".into());
+        }
+        let run = |seed| {
+            let mut rng = SplitMix64(seed);
+            (0..100)
+                .map(|seq| pick(RoutingPolicy::LeastLoadedWarm, &v, &[0; 5], seq, &mut rng))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(run(42), run(42));
+        assert_ne!(run(42), run(43));
+    }
+}
