@@ -56,7 +56,11 @@ impl LocalCluster {
                 tls_key: cluster.certs.node_key.clone(),
                 cluster_ca: cluster.certs.ca.clone(),
                 cache_dir: cluster.dir.join(&name).join("cache"),
-                worker_threads: spec.node_worker_threads,
+                worker_threads: spec
+                    .worker_threads_per_node
+                    .get(i - 1)
+                    .copied()
+                    .unwrap_or(spec.node_worker_threads),
                 ..NodeConfig::default()
             };
             let node = cluster.spawn("edge-node", &name, &toml::to_string(&config)?)?;

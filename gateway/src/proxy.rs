@@ -509,22 +509,27 @@ impl Gateway {
         Err(reason)
     }
 
-    /// Deploys the functions at start, so the first requests find them warm: under
-    /// `least-loaded-warm` each on the one node its cold starts would go to (others get
-    /// it on demand when load spreads), under the other policies on every node.
+    /// Deploys each function at start on one node, the one its cold starts go to
+    /// (rendezvous order), whatever the policy: the first requests find it warm there,
+    /// other nodes get it on demand when a request reaches them. Placement is the
+    /// cluster's, not the policy's, so policies are compared from the same start.
     /// Failures are logged; requests deploy again on demand.
     pub async fn deploy_at_start(&self) {
+        let cold = ClusterView::initial(&self.config.nodes);
         for function in &self.functions {
-            let targets = match self.config.routing {
-                RoutingPolicy::LeastLoadedWarm => {
-                    self.node_order(function).into_iter().take(1).collect()
-                }
-                RoutingPolicy::RoundRobin | RoutingPolicy::Random => self.config.nodes.clone(),
+            let input = routing::Input {
+                view: &cold,
+                function: function.deployment.as_str(),
+                own_in_flight: &vec![0; self.config.nodes.len()],
+                sequence: 0,
             };
-            for node in targets {
-                if let Err(reason) = self.deploy(node, function).await {
-                    tracing::warn!(%node, function = %function.manifest.name, %reason, "initial deploy failed");
-                }
+            let mut rng = SplitMix64(0);
+            let first = routing::order(RoutingPolicy::LeastLoadedWarm, &input, &mut rng);
+            let Some(&node) = first.first().map(|&i| &self.config.nodes[i]) else {
+                continue;
+            };
+            if let Err(reason) = self.deploy(node, function).await {
+                tracing::warn!(%node, function = %function.manifest.name, %reason, "initial deploy failed");
             }
         }
     }

@@ -501,6 +501,9 @@ pub struct ClusterConfig {
     pub nodes: usize,
     /// Worker threads per node (0 = one per CPU).
     pub node_worker_threads: usize,
+    /// Worker threads of each node in turn, overriding `node_worker_threads` (to make
+    /// nodes of unequal capacity, as in the routing experiment); empty = all equal.
+    pub worker_threads_per_node: Vec<usize>,
     /// The gateway's user address (UDP and TCP).
     pub listen: SocketAddr,
     /// Domain under which functions answer as `NAME.<domain>`.
@@ -516,6 +519,7 @@ impl Default for ClusterConfig {
         ClusterConfig {
             nodes: 3,
             node_worker_threads: 0,
+            worker_threads_per_node: Vec::new(),
             listen: SocketAddr::from(([127, 0, 0, 1], 4433)),
             domain: "edge.localhost".into(),
             routing: RoutingPolicy::RoundRobin,
@@ -537,6 +541,15 @@ impl ConfigFile for ClusterConfig {
         let mut problems = Vec::new();
         if !(1..=64).contains(&self.nodes) {
             problems.push("nodes: from 1 to 64".into());
+        }
+        if !self.worker_threads_per_node.is_empty()
+            && self.worker_threads_per_node.len() != self.nodes
+        {
+            problems.push(format!(
+                "worker_threads_per_node: {} entries for {} nodes",
+                self.worker_threads_per_node.len(),
+                self.nodes
+            ));
         }
         for (i, f) in self.functions.iter().enumerate() {
             if !f.module.is_file() {
