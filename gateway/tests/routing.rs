@@ -62,3 +62,71 @@ async fn a_warm_function_stays_on_its_node_until_that_node_is_loaded_then_spread
     );
     assert!(spread.contains_key(&home), "{spread:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_under_load_leaves_the_rotation_and_no_get_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = ClusterConfig {
+        nodes: 3,
+        node_worker_threads: 1,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        routing: RoutingPolicy::LeastLoadedWarm,
+        functions: vec![function("fib", Limits::default())],
+        ..ClusterConfig::default()
+    };
+    let mut cluster = LocalCluster::start(&spec, dir.path(), &cluster::bin_dir().unwrap()).unwrap();
+    let c = Arc::new(client(&cluster).await);
+    let fib = url(&cluster, "/fib?n=24");
+    // Load enough to keep all three nodes busy: eight requests in flight, for 4 s.
+    let stop_at = std::time::Instant::now() + std::time::Duration::from_secs(4);
+    let workers: Vec<_> = (0..8)
+        .map(|_| {
+            let (c, fib) = (Arc::clone(&c), fib.clone());
+            tokio::spawn(async move {
+                let mut served = Vec::new();
+                while std::time::Instant::now() < stop_at {
+                    let sent = std::time::Instant::now();
+                    let r = c.get(&fib).await.unwrap();
+                    assert_eq!(
+                        r.status,
+                        StatusCode::OK,
+                        "{:?}",
+                        String::from_utf8_lossy(&r.body)
+                    );
+                    served.push((
+                        std::time::Instant::now(),
+                        r.header("x-edge-node").unwrap().to_string(),
+                    ));
+                }
+                served
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    cluster.kill_node(1);
+    // Taken once the process is gone (kill_node waits for it).
+    let killed_at = std::time::Instant::now();
+    let mut after_kill = BTreeMap::new();
+    let mut before_kill = BTreeMap::new();
+    for w in workers {
+        for (at, node) in w.await.unwrap() {
+            let bucket = if at < killed_at {
+                &mut before_kill
+            } else {
+                &mut after_kill
+            };
+            *bucket.entry(node).or_insert(0) += 1;
+        }
+    }
+    assert!(
+        before_kill.contains_key("node-2"),
+        "node-2 served before: {before_kill:?}"
+    );
+    // Requests in flight on node-2 when it died were retried elsewhere (GET is
+    // idempotent): none failed, and nothing sent after the kill was answered by it.
+    assert!(!after_kill.contains_key("node-2"), "{after_kill:?}");
+    assert!(
+        after_kill.len() == 2,
+        "the other two kept serving: {after_kill:?}"
+    );
+}
