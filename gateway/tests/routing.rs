@@ -93,10 +93,7 @@ async fn a_node_killed_under_load_leaves_the_rotation_and_no_get_fails() {
                         "{:?}",
                         String::from_utf8_lossy(&r.body)
                     );
-                    served.push((
-                        std::time::Instant::now(),
-                        r.header("x-edge-node").unwrap().to_string(),
-                    ));
+                    served.push((sent, r.header("x-edge-node").unwrap().to_string()));
                 }
                 served
             })
