@@ -112,6 +112,11 @@ pub struct Gateway {
     /// fresh, unlike the nodes' reports.
     in_flight: Vec<AtomicUsize>,
     rng: Mutex<SplitMix64>,
+    /// (node, function) pairs to warm ahead of need, for [`Gateway::watch_nodes`].
+    prewarm: tokio::sync::mpsc::UnboundedSender<(usize, usize)>,
+    prewarm_queue: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(usize, usize)>>>,
+    /// Pairs being warmed now (asked for once).
+    warming: Mutex<std::collections::HashSet<(usize, usize)>>,
     alt_svc: HeaderValue,
 }
 
@@ -212,7 +217,11 @@ impl Gateway {
         let alt_svc = HeaderValue::from_str(&format!("h3=\":{h3_port}\"; ma=86400"))?;
         let mut seed = [0u8; 8];
         getrandom::fill(&mut seed).expect("the OS random source");
+        let (prewarm, prewarm_queue) = tokio::sync::mpsc::unbounded_channel();
         Ok(Gateway {
+            prewarm,
+            prewarm_queue: Mutex::new(Some(prewarm_queue)),
+            warming: Mutex::new(std::collections::HashSet::new()),
             view: ArcSwap::from_pointee(ClusterView::initial(&config.nodes)),
             in_flight: config.nodes.iter().map(|_| AtomicUsize::new(0)).collect(),
             rng: Mutex::new(SplitMix64(u64::from_le_bytes(seed))),
@@ -352,18 +361,46 @@ impl Gateway {
             let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
             routing::order(self.config.routing, &input, &mut *rng)
         };
+        if self.config.routing == RoutingPolicy::LeastLoadedWarm
+            && let Some(node) = routing::prewarm_target(&input)
+            && let Some(f) = self
+                .functions
+                .iter()
+                .position(|f| f.deployment == function.deployment)
+            && self
+                .warming
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert((node, f))
+        {
+            let _ = self.prewarm.send((node, f));
+        }
         let mut order: Vec<SocketAddr> = ranked.into_iter().map(|i| view.nodes[i].addr).collect();
         order.sort_by_key(|n| self.nodes.is_down(*n));
         order
     }
 
     /// Asks every node for its load every [`REPORT_EVERY`] and swaps in the new view,
-    /// until the process ends. (Gossip will replace this polling.)
-    pub async fn watch_nodes(&self) {
+    /// and deploys functions ahead of need where routing asks for it, until the process
+    /// ends. (Gossip will replace the polling.)
+    pub async fn watch_nodes(self: Arc<Self>) {
         let mut ticker = tokio::time::interval(REPORT_EVERY);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut prewarm = self
+            .prewarm_queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .expect("watch_nodes runs once");
         loop {
-            ticker.tick().await;
+            tokio::select! {
+                () = async { ticker.tick().await; } => {}
+                Some((node, f)) = prewarm.recv() => {
+                    let gateway = Arc::clone(&self);
+                    tokio::spawn(async move { gateway.prewarm(node, f).await });
+                    continue;
+                }
+            }
             let mut nodes = Vec::with_capacity(self.config.nodes.len());
             for (i, &addr) in self.config.nodes.iter().enumerate() {
                 let own = self.in_flight[i].load(Ordering::Relaxed);
@@ -388,6 +425,24 @@ impl Gateway {
             }
             self.view.store(Arc::new(ClusterView { nodes }));
         }
+    }
+
+    /// Deploys function `f` on node `node` ahead of need (a pre-warm), then lets it be
+    /// asked for again once the node's reports show it (or after a failure).
+    async fn prewarm(&self, node: usize, f: usize) {
+        let (addr, function) = (self.config.nodes[node], &self.functions[f]);
+        match self.deploy(addr, function).await {
+            Ok(()) => tracing::info!(node = %addr, deployment = %function.deployment, "pre-warmed"),
+            Err(reason) => {
+                tracing::warn!(node = %addr, deployment = %function.deployment, %reason, "pre-warm failed")
+            }
+        }
+        // Until the next report lists it warm, routing would ask again: wait for it.
+        tokio::time::sleep(REPORT_EVERY * 2).await;
+        self.warming
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(node, f));
     }
 
     /// One node's load report, `None` when it does not answer in time.

@@ -188,6 +188,34 @@ fn least_loaded_warm(input: &Input<'_>, usable: &[usize], rng: &mut dyn Rng) -> 
     order
 }
 
+/// Estimated load of the function's warm nodes from which the next node is warmed.
+pub const PREWARM_AT: f64 = 0.5;
+
+/// The node to warm the function on ahead of need: when every usable node where it is
+/// warm is loaded past [`PREWARM_AT`], the first cold usable node in its rendezvous
+/// order (where its next cold start would land anyway). `None` while a warm node has
+/// room, when nothing is warm yet (the first request warms it), or when no cold node is
+/// left.
+pub fn prewarm_target(input: &Input<'_>) -> Option<usize> {
+    let nodes = &input.view.nodes;
+    let usable: Vec<usize> = (0..nodes.len())
+        .filter(|&i| nodes[i].up && !nodes[i].draining)
+        .collect();
+    let is_warm = |i: usize| nodes[i].warm.contains(input.function);
+    let warm: Vec<usize> = usable.iter().copied().filter(|&i| is_warm(i)).collect();
+    if warm.is_empty()
+        || warm
+            .iter()
+            .any(|&i| estimated_load(&nodes[i], input.own_in_flight[i]) < PREWARM_AT)
+    {
+        return None;
+    }
+    usable
+        .into_iter()
+        .filter(|&i| !is_warm(i))
+        .max_by_key(|&i| rendezvous(input.function, &nodes[i]))
+}
+
 /// The rendezvous (highest random weight) score of `node` for `function`.
 fn rendezvous(function: &str, node: &NodeState) -> u64 {
     let digest = Sha256::new()
@@ -364,6 +392,36 @@ mod tests {
             pick(RoutingPolicy::LeastLoadedWarm, &v, &[0, 0], 0, &mut rng),
             1
         );
+    }
+
+    #[test]
+    fn the_next_node_is_warmed_when_the_warm_ones_fill_up() {
+        let mut v = view(3);
+        v.nodes[0].warm.insert("hello@0123456789abcdef".into());
+        let input = |v: &ClusterView, own: &[usize]| {
+            prewarm_target(&Input {
+                view: v,
+                function: "hello@0123456789abcdef",
+                own_in_flight: own,
+                sequence: 0,
+            })
+        };
+        // Room on the warm node (1 of 4 slots): nothing to do.
+        v.nodes[0].in_flight = 1;
+        assert_eq!(input(&v, &[0; 3]), None);
+        // Half full: warm the cold node with the highest rendezvous score, the one a
+        // cold start would pick.
+        v.nodes[0].in_flight = 2;
+        let target = input(&v, &[0; 3]).unwrap();
+        let mut cold = view(3);
+        cold.nodes.retain(|n| n.addr != v.nodes[0].addr);
+        let mut rng = SplitMix64(0);
+        let cold_first = pick(RoutingPolicy::LeastLoadedWarm, &cold, &[0; 2], 0, &mut rng);
+        assert_eq!(v.nodes[target].addr, cold.nodes[cold_first].addr);
+        // Nothing warm yet, or a down candidate: never that.
+        assert_eq!(input(&view(3), &[0; 3]), None);
+        v.nodes[target].up = false;
+        assert_ne!(input(&v, &[0; 3]), Some(target));
     }
 
     #[test]
