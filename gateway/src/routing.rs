@@ -178,11 +178,12 @@ fn least_loaded_warm(input: &Input<'_>, usable: &[usize], rng: &mut dyn Rng) -> 
         .copied()
         .filter(|i| !order.contains(i))
         .collect();
-    rest.sort_by(|&x, &y| {
-        let saturated = |i: usize| load(i) >= 1.0;
-        saturated(x)
-            .cmp(&saturated(y))
-            .then(rendezvous(input.function, &nodes[y]).cmp(&rendezvous(input.function, &nodes[x])))
+    // One hash per node, not one per comparison.
+    rest.sort_by_cached_key(|&i| {
+        (
+            load(i) >= 1.0,
+            std::cmp::Reverse(rendezvous(input.function, &nodes[i])),
+        )
     });
     order.extend(rest);
     order
