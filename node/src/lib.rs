@@ -6,13 +6,15 @@
 //! 1. [`server`] accepts QUIC connections from gateways (quinn + h3) and reads each
 //!    request: a deploy (`PUT /_edge/v1/deployments/{id}`), the status, or an invocation
 //!    naming a deployment in `x-edge-function`.
-//! 2. [`Node`] holds the loaded deployments. A deploy checks the module and loads it
-//!    through [`runtime::cache`] (memory, else the on-disk artifact, else a compile in
-//!    [`runtime::engine`]).
-//! 3. An invocation takes an execution slot from [`workers`] (waiting up to the queue
-//!    timeout), and on a worker thread [`runtime::invoke`] creates a fresh instance with
-//!    the WASI host of [`runtime::wasi`], fed by the CGI variables of [`cgi`], under the
-//!    function's fuel and memory limits.
+//! 2. [`Node`] holds the loaded deployments. A deploy checks the module, keeps it in the
+//!    blob store and loads it through [`runtime::cache`] (memory, else the on-disk
+//!    artifact, else a compile in [`runtime::engine`]); a deployment whose module left
+//!    memory is cold, and its next request loads it again (timed, per phase).
+//! 3. An invocation is admitted by [`admission`] (node slots, the function's
+//!    concurrency, the memory budget; else a bounded FIFO wait, else `503`), then runs on
+//!    a thread of [`workers`]: it takes a ready instance from that worker's [`pool`] (or
+//!    makes one with [`runtime::invoke`]), with the WASI host of [`runtime::wasi`] fed by
+//!    the CGI variables of [`cgi`], under the function's fuel and memory limits.
 //! 4. The guest's CGI output is parsed back ([`cgi`]) and streamed to the gateway with
 //!    `server-timing`; every failure becomes its status code in one place
 //!    ([`Failure::status`]).
