@@ -380,7 +380,7 @@ impl Gateway {
         order
     }
 
-    /// Asks every node for its load every [`REPORT_EVERY`] and swaps in the new view,
+    /// Asks every node for its load every 250 ms and swaps in the new view,
     /// and deploys functions ahead of need where routing asks for it, until the process
     /// ends. (Gossip will replace the polling.)
     pub async fn watch_nodes(self: Arc<Self>) {

@@ -3,7 +3,7 @@
 //! - [`scenario`]: what to load (a weighted mix of requests) and how: closed loop (a fixed
 //!   number in flight) or open loop (a fixed or ramping arrival rate), from a TOML file
 //!   and flags;
-//! - [`run`]: drives it over quinn + h3, latency counted from each request's scheduled
+//! - [`mod@run`]: drives it over quinn + h3, latency counted from each request's scheduled
 //!   time in open loop (coordinated omission corrected);
 //! - [`tally`]: HdrHistogram percentiles overall, per request and per second; answers by
 //!   status and node; errors by kind; cold starts and queue time from `server-timing`;

@@ -25,7 +25,7 @@ const PEAK_WINDOW: Duration = Duration::from_secs(10);
 /// How many instances a pool should hold, from the function's recent concurrency.
 ///
 /// The target is the highest concurrency seen in the current or the previous
-/// [`PEAK_WINDOW`] (at least one while the function is in use), capped at the pool's
+/// 10-second window (at least one while the function is in use), capped at the pool's
 /// maximum; zero once the function has been idle for the TTL.
 #[derive(Debug)]
 pub struct PoolSizer {
