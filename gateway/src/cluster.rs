@@ -24,6 +24,8 @@ struct Process {
     child: Child,
     config: PathBuf,
     addr: SocketAddr,
+    /// CPUs it is pinned to (`taskset -c`), if any.
+    cpus: Option<String>,
 }
 
 /// A running local cluster.
@@ -63,7 +65,8 @@ impl LocalCluster {
                     .unwrap_or(spec.node_worker_threads),
                 ..NodeConfig::default()
             };
-            let node = cluster.spawn("edge-node", &name, &toml::to_string(&config)?)?;
+            let cpus = spec.node_cpus.get(i - 1).filter(|c| !c.is_empty()).cloned();
+            let node = cluster.spawn("edge-node", &name, &toml::to_string(&config)?, cpus)?;
             cluster.nodes.push(node);
         }
         let gateway = GatewayConfig {
@@ -79,19 +82,34 @@ impl LocalCluster {
             functions: spec.functions.clone(),
             ..GatewayConfig::default()
         };
-        let gateway = cluster.spawn("edge-gateway", "gateway", &toml::to_string(&gateway)?)?;
+        let gateway =
+            cluster.spawn("edge-gateway", "gateway", &toml::to_string(&gateway)?, None)?;
         cluster.gateway = Some(gateway);
         Ok(cluster)
     }
 
     /// Writes `NAME.toml`, starts `binary` with it, waits for its announced address.
-    fn spawn(&self, binary: &str, name: &str, config_text: &str) -> anyhow::Result<Process> {
+    fn spawn(
+        &self,
+        binary: &str,
+        name: &str,
+        config_text: &str,
+        cpus: Option<String>,
+    ) -> anyhow::Result<Process> {
         let config = self.dir.join(format!("{name}.toml"));
         std::fs::write(&config, config_text)?;
-        self.spawn_with(binary, name, config)
+        self.spawn_with(binary, name, config, cpus)
     }
 
-    fn spawn_with(&self, binary: &str, name: &str, config: PathBuf) -> anyhow::Result<Process> {
+    /// Starts `binary` (pinned to `cpus` with `taskset` if given) and waits for its
+    /// announced address.
+    fn spawn_with(
+        &self,
+        binary: &str,
+        name: &str,
+        config: PathBuf,
+        cpus: Option<String>,
+    ) -> anyhow::Result<Process> {
         let announce = self.dir.join(format!("{name}.addr"));
         let _ = std::fs::remove_file(&announce);
         let log_path = self.dir.join(format!("{name}.log"));
@@ -100,7 +118,16 @@ impl LocalCluster {
             .append(true)
             .open(&log_path)?;
         let exe = self.bin_dir.join(binary);
-        let mut child = Command::new(&exe)
+        let mut command = match &cpus {
+            // taskset executes the program in its own process: the pid stays the node's.
+            Some(list) => {
+                let mut c = Command::new("taskset");
+                c.arg("-c").arg(list).arg(&exe);
+                c
+            }
+            None => Command::new(&exe),
+        };
+        let mut child = command
             .arg("--config")
             .arg(&config)
             .arg("--announce")
@@ -120,6 +147,7 @@ impl LocalCluster {
                     child,
                     config,
                     addr,
+                    cpus,
                 });
             }
             if let Some(status) = child.try_wait()? {
@@ -169,14 +197,14 @@ impl LocalCluster {
     /// Starts node `i` again on its old address, with its old cache folder.
     pub fn restart_node(&mut self, i: usize) -> anyhow::Result<()> {
         self.kill_node(i);
-        let (name, config, addr) = {
+        let (name, config, addr, cpus) = {
             let n = &self.nodes[i];
-            (n.name.clone(), n.config.clone(), n.addr)
+            (n.name.clone(), n.config.clone(), n.addr, n.cpus.clone())
         };
         let mut text: NodeConfig = toml::from_str(&std::fs::read_to_string(&config)?)?;
         text.listen = addr;
         std::fs::write(&config, toml::to_string(&text)?)?;
-        self.nodes[i] = self.spawn_with("edge-node", &name, config)?;
+        self.nodes[i] = self.spawn_with("edge-node", &name, config, cpus)?;
         Ok(())
     }
 

@@ -172,7 +172,9 @@ fn least_loaded_warm(input: &Input<'_>, usable: &[usize], rng: &mut dyn Rng) -> 
         }
     }
     // Then every other usable node: unsaturated ones in the function's rendezvous order
-    // (where a cold start should land), saturated ones last.
+    // (where a cold start should land), then saturated ones least loaded first (when
+    // every node is saturated, the least loaded of all goes first, never the same
+    // rendezvous favourite).
     let mut rest: Vec<usize> = usable
         .iter()
         .copied()
@@ -180,10 +182,16 @@ fn least_loaded_warm(input: &Input<'_>, usable: &[usize], rng: &mut dyn Rng) -> 
         .collect();
     // One hash per node, not one per comparison.
     rest.sort_by_cached_key(|&i| {
-        (
-            load(i) >= 1.0,
-            std::cmp::Reverse(rendezvous(input.function, &nodes[i])),
-        )
+        let load = load(i);
+        if load < 1.0 {
+            (
+                0,
+                std::cmp::Reverse(rendezvous(input.function, &nodes[i])),
+                0,
+            )
+        } else {
+            (1, std::cmp::Reverse(0), (load * 1e6) as u64)
+        }
     });
     order.extend(rest);
     order
@@ -423,6 +431,22 @@ mod tests {
         assert_eq!(input(&view(3), &[0; 3]), None);
         v.nodes[target].up = false;
         assert_ne!(input(&v, &[0; 3]), Some(target));
+    }
+
+    #[test]
+    fn when_every_node_is_saturated_the_least_loaded_goes_first() {
+        let mut v = view(3);
+        v.nodes[0].warm.insert("hello@0123456789abcdef".into());
+        for (node, in_flight) in v.nodes.iter_mut().zip([9, 6, 5]) {
+            node.in_flight = in_flight;
+        }
+        let mut rng = SplitMix64(9);
+        for seq in 0..20 {
+            assert_eq!(
+                pick(RoutingPolicy::LeastLoadedWarm, &v, &[0; 3], seq, &mut rng),
+                2
+            );
+        }
     }
 
     #[test]

@@ -504,6 +504,10 @@ pub struct ClusterConfig {
     /// Worker threads of each node in turn, overriding `node_worker_threads` (to make
     /// nodes of unequal capacity, as in the routing experiment); empty = all equal.
     pub worker_threads_per_node: Vec<usize>,
+    /// CPUs each node in turn is pinned to, as `taskset -c` lists (`"1"`, `"0-1"`); an
+    /// empty string leaves that node free. For experiments: a node pinned beside a CPU
+    /// hog is a slow node.
+    pub node_cpus: Vec<String>,
     /// The gateway's user address (UDP and TCP).
     pub listen: SocketAddr,
     /// Domain under which functions answer as `NAME.<domain>`.
@@ -520,6 +524,7 @@ impl Default for ClusterConfig {
             nodes: 3,
             node_worker_threads: 0,
             worker_threads_per_node: Vec::new(),
+            node_cpus: Vec::new(),
             listen: SocketAddr::from(([127, 0, 0, 1], 4433)),
             domain: "edge.localhost".into(),
             routing: RoutingPolicy::RoundRobin,
@@ -550,6 +555,23 @@ impl ConfigFile for ClusterConfig {
                 self.worker_threads_per_node.len(),
                 self.nodes
             ));
+        }
+        if !self.node_cpus.is_empty() && self.node_cpus.len() != self.nodes {
+            problems.push(format!(
+                "node_cpus: {} entries for {} nodes",
+                self.node_cpus.len(),
+                self.nodes
+            ));
+        }
+        for (i, list) in self.node_cpus.iter().enumerate() {
+            if !list
+                .chars()
+                .all(|c| c.is_ascii_digit() || c == ',' || c == '-')
+            {
+                problems.push(format!(
+                    "node_cpus[{i}]: {list:?} is not a CPU list like \"1\" or \"0-1\""
+                ));
+            }
         }
         for (i, f) in self.functions.iter().enumerate() {
             if !f.module.is_file() {
