@@ -401,27 +401,34 @@ impl Gateway {
                     continue;
                 }
             }
-            let mut nodes = Vec::with_capacity(self.config.nodes.len());
+            // Every node at once: one that does not answer delays no other's report.
+            let mut reports = tokio::task::JoinSet::new();
             for (i, &addr) in self.config.nodes.iter().enumerate() {
-                let own = self.in_flight[i].load(Ordering::Relaxed);
-                let previous = self.view.load().nodes[i].clone();
-                nodes.push(match self.node_load(addr).await {
-                    Some(load) => NodeState {
-                        addr,
-                        name: load.name,
-                        up: true,
-                        draining: load.draining,
-                        slots: load.slots,
-                        in_flight: load.in_flight,
-                        queued: load.queued,
-                        warm: load.warm.into_iter().collect(),
-                        own_in_flight_at_report: own,
-                    },
-                    None => NodeState {
-                        up: false,
-                        ..previous
-                    },
+                let gateway = Arc::clone(&self);
+                reports.spawn(async move {
+                    let load = gateway.node_load(addr).await;
+                    (i, load, gateway.in_flight[i].load(Ordering::Relaxed))
                 });
+            }
+            let mut nodes = self.view.load().nodes.clone();
+            while let Some(Ok((i, load, own))) = reports.join_next().await {
+                let node = &mut nodes[i];
+                match load {
+                    Some(load) => {
+                        *node = NodeState {
+                            addr: node.addr,
+                            name: load.name,
+                            up: true,
+                            draining: load.draining,
+                            slots: load.slots,
+                            in_flight: load.in_flight,
+                            queued: load.queued,
+                            warm: load.warm.into_iter().collect(),
+                            own_in_flight_at_report: own,
+                        }
+                    }
+                    None => node.up = false,
+                }
             }
             self.view.store(Arc::new(ClusterView { nodes }));
         }
