@@ -280,9 +280,13 @@ impl Gateway {
         let mut cold = Duration::ZERO;
         let mut last_error = String::from("no node configured");
         let mut last_refusal = None;
-        for node in self.node_order(function).into_iter().take(MAX_ATTEMPTS) {
-            let counter = self.config.nodes.iter().position(|n| *n == node);
-            let _in_flight = counter.map(|i| InFlight::start(&self.in_flight[i]));
+        for i in self
+            .node_order(routed.function)
+            .into_iter()
+            .take(MAX_ATTEMPTS)
+        {
+            let node = self.config.nodes[i];
+            let _in_flight = InFlight::start(&self.in_flight[i]);
             let outcome = self
                 .send(node, function, &routed, &request, &request_id, body.clone())
                 .await;
@@ -342,9 +346,11 @@ impl Gateway {
         }
     }
 
-    /// Nodes in the order to try, as the routing policy ranks them for `function`;
-    /// nodes that just failed go last.
-    fn node_order(&self, function: &Function) -> Vec<SocketAddr> {
+    /// Nodes (indexes into the configured list, which the view follows) in the order to
+    /// try, as the routing policy ranks them for function `f`; nodes that just failed go
+    /// last. Under `least-loaded-warm` it also asks for a pre-warm when routing says so.
+    fn node_order(&self, f: usize) -> Vec<usize> {
+        let function = &self.functions[f];
         let view = self.view.load();
         let own: Vec<usize> = self
             .in_flight
@@ -363,10 +369,6 @@ impl Gateway {
         };
         if self.config.routing == RoutingPolicy::LeastLoadedWarm
             && let Some(node) = routing::prewarm_target(&input)
-            && let Some(f) = self
-                .functions
-                .iter()
-                .position(|f| f.deployment == function.deployment)
             && self
                 .warming
                 .lock()
@@ -375,8 +377,8 @@ impl Gateway {
         {
             let _ = self.prewarm.send((node, f));
         }
-        let mut order: Vec<SocketAddr> = ranked.into_iter().map(|i| view.nodes[i].addr).collect();
-        order.sort_by_key(|n| self.nodes.is_down(*n));
+        let mut order = ranked;
+        order.sort_by_key(|&i| self.nodes.is_down(self.config.nodes[i]));
         order
     }
 

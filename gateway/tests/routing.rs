@@ -13,18 +13,23 @@ use edge_shared::manifest::Limits;
 use http::StatusCode;
 use support::{client, function, url};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_warm_function_stays_on_its_node_until_that_node_is_loaded_then_spreads() {
-    let dir = tempfile::tempdir().unwrap();
+/// Three nodes with `worker_threads` each, routing `least-loaded-warm`, serving fib.
+fn fib_cluster(dir: &std::path::Path, worker_threads: usize) -> LocalCluster {
     let spec = ClusterConfig {
         nodes: 3,
-        node_worker_threads: 2,
+        node_worker_threads: worker_threads,
         listen: "127.0.0.1:0".parse().unwrap(),
         routing: RoutingPolicy::LeastLoadedWarm,
         functions: vec![function("fib", Limits::default())],
         ..ClusterConfig::default()
     };
-    let cluster = LocalCluster::start(&spec, dir.path(), &cluster::bin_dir().unwrap()).unwrap();
+    LocalCluster::start(&spec, dir, &cluster::bin_dir().unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_function_stays_on_its_node_until_that_node_is_loaded_then_spreads() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = fib_cluster(dir.path(), 2);
     let c = Arc::new(client(&cluster).await);
 
     // One at a time: every request goes to the one node where fib is warm.
@@ -66,15 +71,7 @@ async fn a_warm_function_stays_on_its_node_until_that_node_is_loaded_then_spread
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_under_load_leaves_the_rotation_and_no_get_fails() {
     let dir = tempfile::tempdir().unwrap();
-    let spec = ClusterConfig {
-        nodes: 3,
-        node_worker_threads: 1,
-        listen: "127.0.0.1:0".parse().unwrap(),
-        routing: RoutingPolicy::LeastLoadedWarm,
-        functions: vec![function("fib", Limits::default())],
-        ..ClusterConfig::default()
-    };
-    let mut cluster = LocalCluster::start(&spec, dir.path(), &cluster::bin_dir().unwrap()).unwrap();
+    let mut cluster = fib_cluster(dir.path(), 1);
     let c = Arc::new(client(&cluster).await);
     let fib = url(&cluster, "/fib?n=24");
     // Load enough to keep all three nodes busy: eight requests in flight, for 4 s.

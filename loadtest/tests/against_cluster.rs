@@ -36,19 +36,29 @@ fn cluster(dir: &Path) -> LocalCluster {
     LocalCluster::start(&spec, dir, &bin_dir().unwrap()).unwrap()
 }
 
-fn loadtest(args: &[&str], cluster: &LocalCluster) -> Output {
-    let output = Command::new(bin_dir().unwrap().join("edge-loadtest"))
-        .args(args)
-        .args(["--connect", &cluster.gateway_addr().to_string(), "--ca"])
-        .arg(&cluster.certs().ca)
-        .output()
-        .unwrap();
+/// Runs `command`, which must succeed.
+fn succeeds(command: &mut Command) -> Output {
+    let output = command.output().unwrap();
     assert!(
         output.status.success(),
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
     output
+}
+
+fn edge_loadtest() -> Command {
+    Command::new(bin_dir().unwrap().join("edge-loadtest"))
+}
+
+/// `edge-loadtest args...` against `cluster`'s gateway, which must succeed.
+fn loadtest(args: &[&str], cluster: &LocalCluster) -> Output {
+    succeeds(
+        edge_loadtest()
+            .args(args)
+            .args(["--connect", &cluster.gateway_addr().to_string(), "--ca"])
+            .arg(&cluster.certs().ca),
+    )
 }
 
 fn json(path: &Path) -> serde_json::Value {
@@ -168,7 +178,7 @@ fn a_bad_scenario_file_is_refused_naming_the_file_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let scenario = dir.path().join("bad.toml");
     std::fs::write(&scenario, "rate = \"fast\"\n").unwrap();
-    let output = Command::new(bin_dir().unwrap().join("edge-loadtest"))
+    let output = edge_loadtest()
         .arg("--scenario")
         .arg(&scenario)
         .output()
@@ -230,27 +240,22 @@ fn compare_runs_one_scenario_per_routing_policy_side_by_side() {
     )
     .unwrap();
     let (out, svg) = (dir.path().join("c.json"), dir.path().join("c.svg"));
-    let output = Command::new(bin_dir().unwrap().join("edge-loadtest"))
-        .arg("compare")
-        .arg("--cluster")
-        .arg(&cluster_file)
-        .args([
-            "https://localhost/hello",
-            "--duration",
-            "1s",
-            "--streams",
-            "2",
-        ])
-        .args(["--connections", "1", "--quiet", "--json"])
-        .arg(&out)
-        .arg("--svg")
-        .arg(&svg)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let output = succeeds(
+        edge_loadtest()
+            .arg("compare")
+            .arg("--cluster")
+            .arg(&cluster_file)
+            .args([
+                "https://localhost/hello",
+                "--duration",
+                "1s",
+                "--streams",
+                "2",
+            ])
+            .args(["--connections", "1", "--quiet", "--json"])
+            .arg(&out)
+            .arg("--svg")
+            .arg(&svg),
     );
     let table = String::from_utf8_lossy(&output.stdout);
     assert!(
@@ -270,28 +275,23 @@ fn compare_also_runs_against_gateways_given_by_address() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = cluster(dir.path());
     let addr = cluster.gateway_addr().to_string();
-    let output = Command::new(bin_dir().unwrap().join("edge-loadtest"))
-        .arg("compare")
-        .args([
-            "--given",
-            &format!("first={addr}"),
-            "--given",
-            &format!("second={addr}"),
-        ])
-        .args([
-            "https://localhost/hello",
-            "--duration",
-            "1s",
-            "--quiet",
-            "--ca",
-        ])
-        .arg(&cluster.certs().ca)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let output = succeeds(
+        edge_loadtest()
+            .arg("compare")
+            .args([
+                "--given",
+                &format!("first={addr}"),
+                "--given",
+                &format!("second={addr}"),
+            ])
+            .args([
+                "https://localhost/hello",
+                "--duration",
+                "1s",
+                "--quiet",
+                "--ca",
+            ])
+            .arg(&cluster.certs().ca),
     );
     let table = String::from_utf8_lossy(&output.stdout);
     assert!(
