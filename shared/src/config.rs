@@ -641,6 +641,40 @@ mod tests {
     }
 
     #[test]
+    fn cluster_config_checks_per_node_settings_and_routing() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(
+            dir.path(),
+            "cluster.toml",
+            "nodes = 3\nworker_threads_per_node = [2, 1]\nnode_cpus = [\"\", \"1\", \"all\"]\n",
+        );
+        let text = load::<ClusterConfig>(&file).unwrap_err().to_string();
+        for key in [
+            "worker_threads_per_node: 2 entries for 3 nodes",
+            "node_cpus[2]",
+        ] {
+            assert!(text.contains(key), "{key} missing from: {text}");
+        }
+        let file = write(dir.path(), "cluster.toml", "routing = \"fastest\"\n");
+        let text = load::<ClusterConfig>(&file).unwrap_err().to_string();
+        assert!(text.contains("fastest"), "{text}");
+        let file = write(
+            dir.path(),
+            "cluster.toml",
+            "routing = \"least-loaded-warm\"\nnode_cpus = [\"0-1\", \"\", \"1\"]\n",
+        );
+        let ok = load::<ClusterConfig>(&file).unwrap();
+        assert_eq!(ok.routing, RoutingPolicy::LeastLoadedWarm);
+        assert_eq!("random".parse::<RoutingPolicy>(), Ok(RoutingPolicy::Random));
+        assert!(
+            "fastest"
+                .parse::<RoutingPolicy>()
+                .unwrap_err()
+                .contains("least-loaded-warm")
+        );
+    }
+
+    #[test]
     fn gateway_config_checks_functions() {
         let dir = tempfile::tempdir().unwrap();
         for f in ["c.pem", "c.key", "ca.pem", "m.pem", "m.key"] {
