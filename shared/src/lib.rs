@@ -1,6 +1,6 @@
 //! Sans-IO core of edge, shared by the gateway, the node and the load tester.
 //!
-//! Nothing here opens a socket, starts a runtime or touches wasmer:
+//! Nothing here touches wasmer, and only [`gossip`] opens a socket:
 //!
 //! - [`manifest`]: what a deployed function is: its [`manifest::ContentId`] (sha256 of the
 //!   module), routes, environment and [`manifest::Limits`], and the
@@ -12,8 +12,11 @@
 //! - [`tls`]: PEM loading and rustls configurations (ring provider, TLS 1.3 for QUIC).
 //! - [`config`]: the gateway's and node's configuration files, loaded with the `config`
 //!   crate, checked field by field, every error naming its file and key.
+//! - [`gossip`]: membership, failure detection and load dissemination (chitchat over
+//!   UDP signed with the cluster key), and an in-memory network to simulate clusters.
 
 pub mod config;
+pub mod gossip;
 pub mod manifest;
 pub mod module_check;
 pub mod tls;

@@ -1,0 +1,180 @@
+//! Gossip cost: bytes per second per member and times to converge, for 3, 10 and 100
+//! members on the in-memory network (paused clock: simulated seconds), and for 3 and
+//! 10 members over real UDP on loopback (wall-clock seconds).
+//!
+//! `cargo bench -p edge-shared --profile dev --bench gossip_cost`
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use edge_shared::gossip::simulation::Simulation;
+use edge_shared::gossip::{
+    ClusterKey, Counters, Gossip, Link, LoadReport, Role, Settings, WarmSet,
+};
+
+const ROUND: Duration = Duration::from_millis(200);
+/// Steady state measured over this long, every member publishing a new load each round.
+const STEADY: Duration = Duration::from_secs(30);
+/// Functions warm on each member (its warm set is gossiped once, then unchanged).
+const WARM_PER_MEMBER: usize = 50;
+
+fn key() -> ClusterKey {
+    ClusterKey::new(&[1; 32]).expect("a key")
+}
+
+fn warm_set(member: usize) -> WarmSet {
+    let ids: Vec<String> = (0..WARM_PER_MEMBER)
+        .map(|f| format!("fn-{member}-{f}@v1"))
+        .collect();
+    WarmSet::of(ids.iter().map(String::as_str))
+}
+
+fn load(round: usize, member: usize) -> LoadReport {
+    LoadReport {
+        in_flight: (round + member) % 7,
+        queued: 0,
+        slots: 4,
+        ewma_run_us: 100 + (round % 3) as u64,
+        cpu_permille: 0,
+    }
+}
+
+fn sent_bytes(members: &[&Gossip]) -> u64 {
+    members
+        .iter()
+        .map(|g| Counters::get(&g.counters().sent_bytes))
+        .sum()
+}
+
+async fn simulated(n: usize) {
+    let mut sim = Simulation::new(key(), ROUND);
+    let start = tokio::time::Instant::now();
+    for i in 0..n {
+        let seeds: &[usize] = if i == 0 { &[] } else { &[0] };
+        sim.start(i, seeds).await.expect("member starts");
+        sim.publish(i, 0, &[]).await;
+    }
+    let all: Vec<usize> = (0..n).collect();
+    let join = sim
+        .wait_until(Duration::from_secs(120), async |s| s.converged(&all).await)
+        .await
+        .map(|_| start.elapsed());
+    for i in 0..n {
+        if let Some(g) = sim.member(i) {
+            g.publish(load(0, i), &warm_set(i)).await;
+        }
+    }
+    let warm = sim
+        .wait_until(Duration::from_secs(120), async |s| s.converged(&all).await)
+        .await;
+    let members: Vec<&Gossip> = (0..n).filter_map(|i| sim.member(i)).collect();
+    let before = sent_bytes(&members);
+    let rounds = (STEADY.as_millis() / ROUND.as_millis()) as usize;
+    for round in 1..=rounds {
+        for (i, g) in members.iter().enumerate() {
+            g.publish(load(round, i), &warm_set(i)).await;
+        }
+        tokio::time::sleep(ROUND).await;
+    }
+    let per_member = (sent_bytes(&members) - before) as f64 / n as f64 / STEADY.as_secs_f64();
+    sim.publish(1, 99, &[]).await;
+    let change = sim
+        .wait_until(Duration::from_secs(60), async |s| s.converged(&all).await)
+        .await;
+    sim.crash(n - 1);
+    let alive: Vec<usize> = (0..n - 1).collect();
+    let detect = sim
+        .wait_until(Duration::from_secs(60), async |s| {
+            for &o in &alive {
+                if s.view_of(o, n - 1).await.is_none_or(|m| m.live) {
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+    println!(
+        "simulated {n:>3} members: join {}, warm sets {}, steady {per_member:>8.0} B/s per member, \
+         one change reaches all in {}, crash marked down by all in {}",
+        show(join),
+        show(warm),
+        show(change),
+        show(detect)
+    );
+}
+
+fn show(d: Option<Duration>) -> String {
+    d.map_or("never".into(), |d| format!("{:.2} s", d.as_secs_f64()))
+}
+
+async fn over_udp(n: usize) -> anyhow::Result<()> {
+    let mut members = Vec::new();
+    let mut seed: Option<SocketAddr> = None;
+    let start = std::time::Instant::now();
+    for i in 0..n {
+        let link = Link::udp(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        let settings = Settings {
+            name: format!("m{i}"),
+            role: Role::Node,
+            quic: SocketAddr::from(([127, 0, 0, 1], 5000 + i as u16)),
+            seeds: seed.iter().map(ToString::to_string).collect(),
+            interval: ROUND,
+            phi_threshold: edge_shared::gossip::PHI_THRESHOLD,
+        };
+        let gossip = Gossip::start(&settings, link, key()).await?;
+        seed.get_or_insert(gossip.addr());
+        members.push(gossip);
+    }
+    let mut joined = None;
+    while start.elapsed() < Duration::from_secs(30) {
+        let mut all = true;
+        for g in &members {
+            all &= g.members().await.iter().filter(|m| m.live).count() == n - 1;
+        }
+        if all {
+            joined = Some(start.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let refs: Vec<&Gossip> = members.iter().collect();
+    let before = sent_bytes(&refs);
+    let steady = Duration::from_secs(10);
+    let rounds = (steady.as_millis() / ROUND.as_millis()) as usize;
+    let measured = std::time::Instant::now();
+    for round in 1..=rounds {
+        for (i, g) in members.iter().enumerate() {
+            g.publish(load(round, i), &warm_set(i)).await;
+        }
+        tokio::time::sleep(ROUND).await;
+    }
+    let per_member =
+        (sent_bytes(&refs) - before) as f64 / n as f64 / measured.elapsed().as_secs_f64();
+    println!(
+        "UDP loopback {n:>3} members: all live in {}, steady {per_member:>8.0} B/s per member",
+        show(joined)
+    );
+    for g in members {
+        g.shutdown().await;
+    }
+    Ok(())
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        println!("gossip_cost: benchmark");
+        return;
+    }
+    for n in [3, 10, 100] {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .expect("a runtime")
+            .block_on(simulated(n));
+    }
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    for n in [3, 10] {
+        runtime.block_on(over_udp(n)).expect("UDP members run");
+    }
+}

@@ -1,0 +1,282 @@
+//! Gossip traffic signed with the cluster key.
+//!
+//! Every datagram carries an HMAC-SHA256 tag (first 16 bytes) of its chitchat message
+//! under the cluster key. A datagram whose tag does not check is dropped before
+//! chitchat decodes it, and counted in [`Counters::rejected`]; so is one that checks but
+//! does not decode ([`Counters::undecodable`]). Signing is per datagram, so a member
+//! without the key can neither join, nor inject state, nor answer a digest.
+//!
+//! Datagrams travel over a [`Link`]: UDP in production, or a port of an in-memory
+//! [`Network`](super::memory::Network) in simulations, so both exercise this code.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::{Context, bail};
+use chitchat::transport::{Socket, Transport};
+use chitchat::{ChitchatMessage, Deserializable, Serializable};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use super::memory::Port;
+
+/// Bytes of the tag appended to each datagram.
+pub const TAG_LEN: usize = 16;
+/// Largest datagram sent (the UDP payload limit).
+const MAX_DATAGRAM: usize = 65_507;
+
+/// The secret every member of a cluster shares.
+#[derive(Clone)]
+pub struct ClusterKey(Arc<[u8]>);
+
+impl std::fmt::Debug for ClusterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClusterKey(..)")
+    }
+}
+
+impl ClusterKey {
+    /// A key from its bytes: at least 16 of them.
+    pub fn new(bytes: &[u8]) -> anyhow::Result<ClusterKey> {
+        if bytes.len() < 16 {
+            bail!(
+                "a cluster key needs at least 16 bytes, this one has {}",
+                bytes.len()
+            );
+        }
+        Ok(ClusterKey(bytes.into()))
+    }
+
+    /// Reads a key file: hex text (as `edge up` writes it, 64 digits for 32 bytes).
+    pub fn read(path: &Path) -> anyhow::Result<ClusterKey> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the cluster key {}", path.display()))?;
+        let bytes = hex::decode(text.trim())
+            .with_context(|| format!("cluster key {}: not hex", path.display()))?;
+        ClusterKey::new(&bytes).with_context(|| format!("cluster key {}", path.display()))
+    }
+
+    fn mac(&self) -> Hmac<Sha256> {
+        <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes keys of any length")
+    }
+
+    /// `payload` followed by its tag.
+    pub fn seal(&self, mut payload: Vec<u8>) -> Vec<u8> {
+        let mut mac = self.mac();
+        mac.update(&payload);
+        let tag = mac.finalize().into_bytes();
+        payload.extend_from_slice(&tag[..TAG_LEN]);
+        payload
+    }
+
+    /// The payload of a sealed datagram whose tag checks.
+    pub fn open<'a>(&self, datagram: &'a [u8]) -> Option<&'a [u8]> {
+        let split = datagram.len().checked_sub(TAG_LEN)?;
+        let (payload, tag) = datagram.split_at(split);
+        let mut mac = self.mac();
+        mac.update(payload);
+        mac.verify_truncated_left(tag).ok()?;
+        Some(payload)
+    }
+}
+
+/// Gossip traffic seen by one member.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Datagrams sent.
+    pub sent: AtomicU64,
+    /// Bytes sent, tags included.
+    pub sent_bytes: AtomicU64,
+    /// Datagrams accepted.
+    pub received: AtomicU64,
+    /// Bytes accepted, tags included.
+    pub received_bytes: AtomicU64,
+    /// Datagrams dropped: no tag, or a tag that does not check (not from a member).
+    pub rejected: AtomicU64,
+    /// Datagrams dropped: signed by a member but not a chitchat message.
+    pub undecodable: AtomicU64,
+}
+
+impl Counters {
+    fn add(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// One counter's value.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// Where datagrams go: a UDP socket, or a port on an in-memory network.
+pub enum Link {
+    /// Real UDP.
+    Udp(tokio::net::UdpSocket),
+    /// A simulated network.
+    Memory(Port),
+}
+
+impl Link {
+    /// A UDP socket bound to `addr`.
+    pub async fn udp(addr: SocketAddr) -> anyhow::Result<Link> {
+        let socket = tokio::net::UdpSocket::bind(addr)
+            .await
+            .with_context(|| format!("binding gossip UDP {addr}"))?;
+        Ok(Link::Udp(socket))
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        match self {
+            Link::Udp(s) => Ok(s.local_addr()?),
+            Link::Memory(p) => Ok(p.addr()),
+        }
+    }
+
+    async fn send_to(&self, datagram: Vec<u8>, to: SocketAddr) -> anyhow::Result<()> {
+        match self {
+            Link::Udp(s) => {
+                // A peer that is gone is not this socket's failure: gossip goes on.
+                if let Err(e) = s.send_to(&datagram, to).await {
+                    tracing::debug!(%to, error = %e, "gossip send failed");
+                }
+            }
+            Link::Memory(p) => p.send_to(datagram, to),
+        }
+        Ok(())
+    }
+
+    async fn recv_from(&mut self, buf: &mut Vec<u8>) -> anyhow::Result<SocketAddr> {
+        match self {
+            Link::Udp(s) => {
+                buf.resize(MAX_DATAGRAM, 0);
+                loop {
+                    match s.recv_from(buf).await {
+                        Ok((n, from)) => {
+                            buf.truncate(n);
+                            return Ok(from);
+                        }
+                        // ICMP errors from earlier sends surface here: not fatal.
+                        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+                        Err(e) => return Err(e).context("gossip UDP receive"),
+                    }
+                }
+            }
+            Link::Memory(p) => {
+                let (datagram, from) = p.recv().await.context("the simulated network is gone")?;
+                *buf = datagram;
+                Ok(from)
+            }
+        }
+    }
+}
+
+/// A chitchat transport over one pre-bound [`Link`], signing and checking every
+/// datagram with the cluster key.
+pub struct SignedTransport {
+    link: std::sync::Mutex<Option<Link>>,
+    key: ClusterKey,
+    counters: Arc<Counters>,
+}
+
+impl SignedTransport {
+    /// A transport for `link` (opened once, by chitchat).
+    pub fn new(link: Link, key: ClusterKey, counters: Arc<Counters>) -> SignedTransport {
+        SignedTransport {
+            link: std::sync::Mutex::new(Some(link)),
+            key,
+            counters,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Transport for SignedTransport {
+    async fn open(&self, listen_addr: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
+        let link = self
+            .link
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .context("the gossip link is already open")?;
+        let bound = link.local_addr()?;
+        if bound != listen_addr {
+            bail!("gossip link bound to {bound}, chitchat asked for {listen_addr}");
+        }
+        Ok(Box::new(SignedSocket {
+            link,
+            key: self.key.clone(),
+            counters: Arc::clone(&self.counters),
+            buf: Vec::new(),
+        }))
+    }
+}
+
+struct SignedSocket {
+    link: Link,
+    key: ClusterKey,
+    counters: Arc<Counters>,
+    buf: Vec<u8>,
+}
+
+#[async_trait::async_trait]
+impl Socket for SignedSocket {
+    async fn send(&mut self, to: SocketAddr, message: ChitchatMessage) -> anyhow::Result<()> {
+        let datagram = self.key.seal(message.serialize_to_vec());
+        if datagram.len() > MAX_DATAGRAM {
+            tracing::warn!(%to, bytes = datagram.len(), "gossip message too large, not sent");
+            return Ok(());
+        }
+        Counters::add(&self.counters.sent, 1);
+        Counters::add(&self.counters.sent_bytes, datagram.len());
+        self.link.send_to(datagram, to).await
+    }
+
+    async fn recv(&mut self) -> anyhow::Result<(SocketAddr, ChitchatMessage)> {
+        loop {
+            // Cancel-safe: a datagram is either fully handled here or still in the link.
+            let from = self.link.recv_from(&mut self.buf).await?;
+            let Some(mut payload) = self.key.open(&self.buf) else {
+                let rejected = self.counters.rejected.fetch_add(1, Ordering::Relaxed) + 1;
+                // The first, then one in a thousand: a flood must not flood the log.
+                if rejected == 1 || rejected.is_multiple_of(1000) {
+                    tracing::warn!(%from, bytes = self.buf.len(), rejected, "gossip datagram without a valid cluster-key tag dropped");
+                }
+                continue;
+            };
+            match ChitchatMessage::deserialize(&mut payload) {
+                Ok(message) => {
+                    Counters::add(&self.counters.received, 1);
+                    Counters::add(&self.counters.received_bytes, self.buf.len());
+                    return Ok((from, message));
+                }
+                Err(e) => {
+                    Counters::add(&self.counters.undecodable, 1);
+                    tracing::warn!(%from, error = %e, "signed gossip datagram did not decode");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sealed_datagram_opens_only_with_its_key() {
+        let key = ClusterKey::new(&[7; 32]).unwrap();
+        let other = ClusterKey::new(&[8; 32]).unwrap();
+        let sealed = key.seal(b"load=1".to_vec());
+        assert_eq!(sealed.len(), 6 + TAG_LEN);
+        assert_eq!(key.open(&sealed), Some(&b"load=1"[..]));
+        assert_eq!(other.open(&sealed), None);
+        let mut tampered = sealed.clone();
+        tampered[0] ^= 1;
+        assert_eq!(key.open(&tampered), None);
+        assert_eq!(key.open(&sealed[..TAG_LEN - 1]), None);
+        assert!(ClusterKey::new(&[1; 15]).is_err());
+    }
+}

@@ -1,0 +1,252 @@
+//! What each member publishes, as chitchat key-values: identity, load, warm set.
+//!
+//! | key | value |
+//! | --- | --- |
+//! | `role` | `node` or `gateway` |
+//! | `name` | the member's configured name |
+//! | `quic` | the address gateways send HTTP/3 requests to |
+//! | `version` | the member's software version |
+//! | `draining` | `1` once it is shutting down, else `0` |
+//! | `load` | `in_flight queued slots ewma_run_us cpu_permille` (numbers, spaces between) |
+//! | `warm.0` … `warm.f` | the warm set: 48-bit fingerprints of deployment ids, 12 hex digits each, sorted, split in 16 shards by first digit |
+//!
+//! Sharding the warm set means a deploy or an eviction re-gossips one shard, not the
+//! whole set: 3,000 warm functions make 16 values of about 2.3 KB each.
+
+use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+
+use sha2::{Digest, Sha256};
+
+/// Number of warm-set shards (one per leading hex digit).
+pub const WARM_SHARDS: usize = 16;
+const FINGERPRINT_HEX: usize = 12;
+
+/// What a member is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Runs functions.
+    Node,
+    /// Routes requests to nodes.
+    Gateway,
+}
+
+impl Role {
+    /// Its name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Node => "node",
+            Role::Gateway => "gateway",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Role> {
+        match text {
+            "node" => Some(Role::Node),
+            "gateway" => Some(Role::Gateway),
+            _ => None,
+        }
+    }
+}
+
+/// A member's load, as it last published it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoadReport {
+    /// Requests running.
+    pub in_flight: usize,
+    /// Requests waiting for a slot.
+    pub queued: usize,
+    /// Execution slots (0 for a gateway).
+    pub slots: usize,
+    /// Moving average of the guest run time, in microseconds.
+    pub ewma_run_us: u64,
+    /// CPU use of the member's process since its previous report, in thousandths of one
+    /// core.
+    pub cpu_permille: u64,
+}
+
+impl LoadReport {
+    pub(crate) fn encode(&self) -> String {
+        format!(
+            "{} {} {} {} {}",
+            self.in_flight, self.queued, self.slots, self.ewma_run_us, self.cpu_permille
+        )
+    }
+
+    pub(crate) fn decode(text: &str) -> Option<LoadReport> {
+        let mut parts = text.split(' ');
+        let mut next = || parts.next()?.parse::<u64>().ok();
+        Some(LoadReport {
+            in_flight: usize::try_from(next()?).ok()?,
+            queued: usize::try_from(next()?).ok()?,
+            slots: usize::try_from(next()?).ok()?,
+            ewma_run_us: next()?,
+            cpu_permille: next()?,
+        })
+    }
+}
+
+/// The 48-bit fingerprint a deployment id is known by in warm sets. Collisions among a
+/// few thousand functions are about one in 10^8.
+pub fn fingerprint(deployment_id: &str) -> u64 {
+    let digest = Sha256::digest(deployment_id.as_bytes());
+    let mut bytes = [0u8; 8];
+    bytes[2..].copy_from_slice(&digest[..6]);
+    u64::from_be_bytes(bytes)
+}
+
+/// A set of warm deployments, by [`fingerprint`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WarmSet(HashSet<u64>);
+
+impl WarmSet {
+    /// The set of these deployment ids.
+    pub fn of<'a>(ids: impl IntoIterator<Item = &'a str>) -> WarmSet {
+        WarmSet(ids.into_iter().map(fingerprint).collect())
+    }
+
+    /// Whether the deployment with this fingerprint is in the set.
+    pub fn contains(&self, fingerprint: u64) -> bool {
+        self.0.contains(&fingerprint)
+    }
+
+    /// How many deployments.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The 16 shard values (`warm.0` … `warm.f`).
+    pub(crate) fn encode(&self) -> [String; WARM_SHARDS] {
+        let mut sorted: Vec<u64> = self.0.iter().copied().collect();
+        sorted.sort_unstable();
+        let mut shards: [String; WARM_SHARDS] = Default::default();
+        for f in sorted {
+            let shard = (f >> 44) as usize & 0xf;
+            let _ = write!(shards[shard], "{f:012x}");
+        }
+        shards
+    }
+
+    /// Adds the fingerprints in one shard value; a malformed value adds nothing.
+    pub(crate) fn add_shard(&mut self, text: &str) {
+        if !text.len().is_multiple_of(FINGERPRINT_HEX) || !text.is_ascii() {
+            return;
+        }
+        for chunk in text.as_bytes().chunks(FINGERPRINT_HEX) {
+            let digits = std::str::from_utf8(chunk).unwrap_or_default();
+            if let Ok(f) = u64::from_str_radix(digits, 16) {
+                self.0.insert(f);
+            }
+        }
+    }
+}
+
+/// The key of warm-set shard `i`.
+pub(crate) fn warm_key(i: usize) -> String {
+    format!("warm.{i:x}")
+}
+
+/// One member as gossip knows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Member {
+    /// Its configured name.
+    pub name: String,
+    /// What it is.
+    pub role: Role,
+    /// Where it serves HTTP/3 (nodes: for gateways).
+    pub quic: SocketAddr,
+    /// Its software version.
+    pub version: String,
+    /// Whether it said it is shutting down.
+    pub draining: bool,
+    /// Whether the failure detector holds it alive.
+    pub live: bool,
+    /// Its gossip address.
+    pub gossip: SocketAddr,
+    /// Its incarnation: a restart at the same address is a new one.
+    pub generation: u64,
+    /// Its last published load.
+    pub load: LoadReport,
+    /// Its warm set.
+    pub warm: WarmSet,
+    /// The version of its latest state change seen (changes whenever it publishes).
+    pub state_version: u64,
+}
+
+impl Member {
+    /// Decodes a member from its key-values; `None` until its identity keys arrived.
+    pub(crate) fn decode(
+        id: &chitchat::ChitchatId,
+        state: &chitchat::NodeState,
+        live: bool,
+    ) -> Option<Member> {
+        let mut warm = WarmSet::default();
+        for i in 0..WARM_SHARDS {
+            if let Some(text) = state.get(&warm_key(i)) {
+                warm.add_shard(text);
+            }
+        }
+        Some(Member {
+            name: state.get("name")?.to_string(),
+            role: Role::parse(state.get("role")?)?,
+            quic: state.get("quic")?.parse().ok()?,
+            version: state.get("version").unwrap_or_default().to_string(),
+            draining: state.get("draining") == Some("1"),
+            live,
+            gossip: id.gossip_advertise_addr,
+            generation: id.generation_id,
+            load: state
+                .get("load")
+                .and_then(LoadReport::decode)
+                .unwrap_or_default(),
+            warm,
+            state_version: state.max_version(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warm_sets_round_trip_through_their_shards() {
+        let ids: Vec<String> = (0..3000).map(|i| format!("fn-{i}@v1")).collect();
+        let set = WarmSet::of(ids.iter().map(String::as_str));
+        assert_eq!(set.len(), 3000);
+        let shards = set.encode();
+        let total: usize = shards.iter().map(String::len).sum();
+        assert_eq!(total, 3000 * FINGERPRINT_HEX);
+        assert!(shards.iter().all(|s| s.len() < 3000), "shards are balanced");
+        let mut back = WarmSet::default();
+        for s in &shards {
+            back.add_shard(s);
+        }
+        assert_eq!(back, set);
+        assert!(back.contains(fingerprint("fn-42@v1")));
+        assert!(!back.contains(fingerprint("fn-3000@v1")));
+        back.add_shard("nothex");
+        back.add_shard("zzzzzzzzzzzz");
+        assert_eq!(back.len(), 3000);
+    }
+
+    #[test]
+    fn loads_round_trip_and_bad_ones_are_refused() {
+        let load = LoadReport {
+            in_flight: 3,
+            queued: 1,
+            slots: 4,
+            ewma_run_us: 250,
+            cpu_permille: 1500,
+        };
+        assert_eq!(LoadReport::decode(&load.encode()), Some(load));
+        assert_eq!(LoadReport::decode("1 2 3"), None);
+        assert_eq!(LoadReport::decode("a b c d e"), None);
+    }
+}

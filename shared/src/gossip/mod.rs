@@ -1,0 +1,231 @@
+//! Cluster membership, failure detection and load dissemination: the gossip agent every
+//! node and gateway runs. The one part of this crate that does I/O.
+//!
+//! # Why chitchat
+//!
+//! Both candidates were read before choosing:
+//!
+//! - **chitchat** (Quickwit): scuttlebutt reconciliation of per-member key-value state,
+//!   phi-accrual failure detection, seeds, a pluggable transport. Load and warm sets are
+//!   key-values as they are; only changed keys travel.
+//! - **foca**: SWIM membership, sans-IO, excellent for deterministic simulation, but
+//!   member state beyond identity must ride custom broadcasts that we would have to
+//!   design, version and bound ourselves.
+//!
+//! chitchat fits what is disseminated (soft state every round) with the least code of
+//! our own. Version 0.11 is used, not 0.13: from 0.12 on the message encoding is private
+//! to the crate, and the transport here must encode each message to sign it.
+//!
+//! # Security
+//!
+//! Every datagram is signed with the cluster key ([`auth`]); unsigned or mis-signed ones
+//! are dropped and counted. Replaying a captured datagram only repeats state versions
+//! members already have, which chitchat ignores.
+
+pub mod auth;
+mod member;
+pub mod memory;
+pub mod simulation;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, NodeState};
+use tokio::sync::watch;
+
+pub use self::auth::{ClusterKey, Counters, Link, SignedTransport};
+pub use self::member::{LoadReport, Member, Role, WARM_SHARDS, WarmSet, fingerprint};
+
+/// Chitchat's cluster id: a member of another edge cluster (another key) could not
+/// reach this far anyway; this guards against mixing up protocol versions.
+const CLUSTER_ID: &str = "edge/1";
+
+/// The phi-accrual threshold members use: with rounds every 200 ms, a silent member is
+/// marked down after about 1-2 s (measured in the simulation, BENCHMARKS.md).
+pub const PHI_THRESHOLD: f64 = 8.0;
+
+/// How a member takes part in gossip.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Its name.
+    pub name: String,
+    /// What it is.
+    pub role: Role,
+    /// The address its HTTP/3 service is reached at.
+    pub quic: SocketAddr,
+    /// Seed addresses (`host:port`) to join through; none for the first member.
+    pub seeds: Vec<String>,
+    /// Time between gossip rounds.
+    pub interval: Duration,
+    /// Phi-accrual threshold above which a silent member counts as down.
+    pub phi_threshold: f64,
+}
+
+/// A running gossip agent.
+pub struct Gossip {
+    handle: ChitchatHandle,
+    addr: SocketAddr,
+    counters: Arc<Counters>,
+    cpu: std::sync::Mutex<CpuMeter>,
+    changes: watch::Receiver<BTreeMap<ChitchatId, NodeState>>,
+}
+
+impl Gossip {
+    /// Joins the cluster over `link`, signing with `key`, publishing `settings`' identity.
+    pub async fn start(settings: &Settings, link: Link, key: ClusterKey) -> anyhow::Result<Gossip> {
+        let addr = link.local_addr()?;
+        let counters = Arc::new(Counters::default());
+        let generation = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        let id = ChitchatId::new(format!("{}@{addr}", settings.name), generation, addr);
+        let interval = settings.interval;
+        let config = ChitchatConfig {
+            chitchat_id: id,
+            cluster_id: CLUSTER_ID.to_string(),
+            gossip_interval: interval,
+            listen_addr: addr,
+            seed_nodes: settings.seeds.clone(),
+            failure_detector_config: FailureDetectorConfig {
+                phi_threshold: settings.phi_threshold,
+                sampling_window_size: 100,
+                // Longer silences are not learned as normal heartbeat spacing.
+                max_interval: interval * 10,
+                initial_interval: interval * 2,
+                dead_node_grace_period: Duration::from_secs(3600),
+            },
+            marked_for_deletion_grace_period: Duration::from_secs(3600),
+            catchup_callback: None,
+            extra_liveness_predicate: None,
+        };
+        let mut identity = vec![
+            ("role".to_string(), settings.role.as_str().to_string()),
+            ("name".to_string(), settings.name.clone()),
+            ("quic".to_string(), settings.quic.to_string()),
+            ("version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
+            ("draining".to_string(), "0".to_string()),
+            ("load".to_string(), LoadReport::default().encode()),
+        ];
+        identity.extend((0..WARM_SHARDS).map(|i| (member::warm_key(i), String::new())));
+        let transport = SignedTransport::new(link, key, Arc::clone(&counters));
+        let handle = chitchat::spawn_chitchat(config, identity, &transport).await?;
+        let changes = handle.chitchat().lock().await.live_nodes_watcher();
+        Ok(Gossip {
+            handle,
+            addr,
+            counters,
+            cpu: std::sync::Mutex::new(CpuMeter::default()),
+            changes,
+        })
+    }
+
+    /// The gossip address bound.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Traffic counters (sent, received, rejected).
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Publishes this member's load and warm set (only what changed travels). The CPU
+    /// figure is filled in from the process's own use since the previous call.
+    pub async fn publish(&self, load: LoadReport, warm: &WarmSet) {
+        let load = LoadReport {
+            cpu_permille: self
+                .cpu
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .permille(),
+            ..load
+        };
+        let shards = warm.encode();
+        let chitchat = self.handle.chitchat();
+        let mut chitchat = chitchat.lock().await;
+        let me = chitchat.self_node_state();
+        me.set("load", load.encode());
+        for (i, shard) in shards.into_iter().enumerate() {
+            me.set(member::warm_key(i), shard);
+        }
+    }
+
+    /// The version of this member's own state: it grows with every change published.
+    pub async fn own_state_version(&self) -> u64 {
+        let chitchat = self.handle.chitchat();
+        chitchat.lock().await.self_node_state().max_version()
+    }
+
+    /// Says this member is shutting down: gateways skip it from the next round on.
+    pub async fn set_draining(&self) {
+        let chitchat = self.handle.chitchat();
+        chitchat.lock().await.self_node_state().set("draining", "1");
+    }
+
+    /// Every other member with a complete identity, live or not.
+    pub async fn members(&self) -> Vec<Member> {
+        let chitchat = self.handle.chitchat();
+        let chitchat = chitchat.lock().await;
+        let me = chitchat.self_chitchat_id().clone();
+        let live: std::collections::HashSet<&ChitchatId> = chitchat.live_nodes().collect();
+        chitchat
+            .node_states()
+            .iter()
+            .filter(|(id, _)| **id != me)
+            .filter_map(|(id, state)| Member::decode(id, state, live.contains(id)))
+            .collect()
+    }
+
+    /// Resolves when membership, liveness or any member's state changed since the last
+    /// call (heartbeats alone do not count).
+    pub async fn changed(&mut self) {
+        if self.changes.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Leaves: stops gossiping and frees the link.
+    pub async fn shutdown(self) {
+        let _ = self.handle.shutdown().await;
+    }
+
+    /// Stops at once, as a crash would (simulations).
+    pub fn abort(&self) {
+        self.handle.abort();
+    }
+}
+
+/// This process's CPU use between calls, from `/proc/self/stat` (Linux; 0 elsewhere).
+#[derive(Default)]
+struct CpuMeter {
+    last: Option<(Instant, f64)>,
+}
+
+impl CpuMeter {
+    fn permille(&mut self) -> u64 {
+        let Some(now) = process_cpu_seconds() else {
+            return 0;
+        };
+        let at = Instant::now();
+        let used = match self.last {
+            Some((then, before)) if at > then => {
+                (now - before) / at.duration_since(then).as_secs_f64() * 1000.0
+            }
+            _ => 0.0,
+        };
+        self.last = Some((at, now));
+        used.max(0.0) as u64
+    }
+}
+
+/// User + system CPU seconds of this process.
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces), from field 3 on.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let ticks = |i: usize| fields.get(i)?.parse::<f64>().ok();
+    Some((ticks(11)? + ticks(12)?) / 100.0)
+}
