@@ -1,9 +1,10 @@
 //! A local cluster of real processes: `edge up`, and the integration tests.
 //!
-//! Writes development certificates and a configuration file per process into a state
-//! folder, starts the nodes, waits for each to announce its address, then starts the
-//! gateway pointed at them. Each process logs to `NAME.log` in the folder. Dropping the
-//! cluster kills every process it started.
+//! Writes development certificates, the gossip cluster key and a configuration file per
+//! process into a state folder, starts the nodes, each naming the gateway's gossip
+//! address as its only seed, then the gateway, which announces itself once gossip has
+//! brought it every node. No process is given a list of nodes. Each process logs to
+//! `NAME.log` in the folder. Dropping the cluster kills every process it started.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use edge_shared::config::{ClusterConfig, GatewayConfig, NodeConfig};
+use edge_shared::config::{ClusterConfig, GatewayConfig, GossipConfig, NodeConfig};
 
 use crate::devcerts::DevCerts;
 
@@ -35,6 +36,9 @@ pub struct LocalCluster {
     certs: DevCerts,
     nodes: Vec<Process>,
     gateway: Option<Process>,
+    /// The gateway's gossip address: every node's seed.
+    seed: SocketAddr,
+    spec: ClusterConfig,
 }
 
 impl LocalCluster {
@@ -49,25 +53,11 @@ impl LocalCluster {
             certs,
             nodes: Vec::new(),
             gateway: None,
+            seed: free_udp_port()?,
+            spec: spec.clone(),
         };
-        for i in 1..=spec.nodes {
-            let name = format!("node-{i}");
-            let config = NodeConfig {
-                name: name.clone(),
-                tls_cert: cluster.certs.node_cert.clone(),
-                tls_key: cluster.certs.node_key.clone(),
-                cluster_ca: cluster.certs.ca.clone(),
-                cache_dir: cluster.dir.join(&name).join("cache"),
-                worker_threads: spec
-                    .worker_threads_per_node
-                    .get(i - 1)
-                    .copied()
-                    .unwrap_or(spec.node_worker_threads),
-                ..NodeConfig::default()
-            };
-            let cpus = spec.node_cpus.get(i - 1).filter(|c| !c.is_empty()).cloned();
-            let node = cluster.spawn("edge-node", &name, &toml::to_string(&config)?, cpus)?;
-            cluster.nodes.push(node);
+        for _ in 0..spec.nodes {
+            cluster.add_node()?;
         }
         let gateway = GatewayConfig {
             listen: spec.listen,
@@ -77,15 +67,62 @@ impl LocalCluster {
             cluster_ca: cluster.certs.ca.clone(),
             cluster_cert: cluster.certs.member_cert.clone(),
             cluster_key: cluster.certs.member_key.clone(),
-            nodes: cluster.nodes.iter().map(|n| n.addr).collect(),
+            gossip: GossipConfig {
+                listen: cluster.seed,
+                key_file: cluster.certs.gossip_key.clone(),
+                ..GossipConfig::default()
+            },
             routing: spec.routing,
             functions: spec.functions.clone(),
             ..GatewayConfig::default()
         };
-        let gateway =
-            cluster.spawn("edge-gateway", "gateway", &toml::to_string(&gateway)?, None)?;
+        let config = cluster.dir.join("gateway.toml");
+        std::fs::write(&config, toml::to_string(&gateway)?)?;
+        let expect = spec.nodes.to_string();
+        let gateway = cluster.spawn_with(
+            "edge-gateway",
+            "gateway",
+            config,
+            None,
+            &["--expect-nodes", &expect],
+        )?;
         cluster.gateway = Some(gateway);
         Ok(cluster)
+    }
+
+    /// Starts one more node, `node-N`, that joins through the gateway's gossip address
+    /// like the others: nothing else is told of it. Returns its index.
+    pub fn add_node(&mut self) -> anyhow::Result<usize> {
+        let i = self.nodes.len();
+        let name = format!("node-{}", i + 1);
+        let config = NodeConfig {
+            name: name.clone(),
+            tls_cert: self.certs.node_cert.clone(),
+            tls_key: self.certs.node_key.clone(),
+            cluster_ca: self.certs.ca.clone(),
+            cache_dir: self.dir.join(&name).join("cache"),
+            worker_threads: self
+                .spec
+                .worker_threads_per_node
+                .get(i)
+                .copied()
+                .unwrap_or(self.spec.node_worker_threads),
+            gossip: GossipConfig {
+                seeds: vec![self.seed.to_string()],
+                key_file: self.certs.gossip_key.clone(),
+                ..GossipConfig::default()
+            },
+            ..NodeConfig::default()
+        };
+        let cpus = self
+            .spec
+            .node_cpus
+            .get(i)
+            .filter(|c| !c.is_empty())
+            .cloned();
+        let node = self.spawn("edge-node", &name, &toml::to_string(&config)?, cpus)?;
+        self.nodes.push(node);
+        Ok(i)
     }
 
     /// Writes `NAME.toml`, starts `binary` with it, waits for its announced address.
@@ -98,7 +135,7 @@ impl LocalCluster {
     ) -> anyhow::Result<Process> {
         let config = self.dir.join(format!("{name}.toml"));
         std::fs::write(&config, config_text)?;
-        self.spawn_with(binary, name, config, cpus)
+        self.spawn_with(binary, name, config, cpus, &[])
     }
 
     /// Starts `binary` (pinned to `cpus` with `taskset` if given) and waits for its
@@ -109,6 +146,7 @@ impl LocalCluster {
         name: &str,
         config: PathBuf,
         cpus: Option<String>,
+        args: &[&str],
     ) -> anyhow::Result<Process> {
         let announce = self.dir.join(format!("{name}.addr"));
         let _ = std::fs::remove_file(&announce);
@@ -132,6 +170,7 @@ impl LocalCluster {
             .arg(&config)
             .arg("--announce")
             .arg(&announce)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -167,6 +206,11 @@ impl LocalCluster {
         self.gateway.as_ref().expect("the gateway is started").addr
     }
 
+    /// The gateway's gossip address, every node's seed.
+    pub fn gossip_seed(&self) -> SocketAddr {
+        self.seed
+    }
+
     /// The development certificates (trust `ca` to call the gateway).
     pub fn certs(&self) -> &DevCerts {
         &self.certs
@@ -194,6 +238,13 @@ impl LocalCluster {
         let _ = node.child.wait();
     }
 
+    /// Sends SIGTERM to node `i` (0-based): it says it is draining, then exits.
+    pub fn terminate_node(&self, i: usize) {
+        if let Ok(pid) = i32::try_from(self.nodes[i].child.id()) {
+            terminate(pid);
+        }
+    }
+
     /// Starts node `i` again on its old address, with its old cache folder.
     pub fn restart_node(&mut self, i: usize) -> anyhow::Result<()> {
         self.kill_node(i);
@@ -204,7 +255,7 @@ impl LocalCluster {
         let mut text: NodeConfig = toml::from_str(&std::fs::read_to_string(&config)?)?;
         text.listen = addr;
         std::fs::write(&config, toml::to_string(&text)?)?;
-        self.nodes[i] = self.spawn_with("edge-node", &name, config, cpus)?;
+        self.nodes[i] = self.spawn_with("edge-node", &name, config, cpus, &[])?;
         Ok(())
     }
 
@@ -249,6 +300,13 @@ impl Drop for LocalCluster {
             let _ = p.child.wait();
         }
     }
+}
+
+/// A UDP port free on loopback now (for the gateway's gossip address, which the nodes
+/// must know before the gateway starts).
+fn free_udp_port() -> anyhow::Result<SocketAddr> {
+    let socket = std::net::UdpSocket::bind(("127.0.0.1", 0)).context("finding a free UDP port")?;
+    Ok(socket.local_addr()?)
 }
 
 /// Sends SIGTERM to `pid`.

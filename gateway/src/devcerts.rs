@@ -10,7 +10,7 @@ use anyhow::Context;
 use edge_shared::wire::NODE_SERVER_NAME;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 
-/// Where the development certificates are.
+/// Where the development certificates (and the gossip cluster key) are.
 #[derive(Debug, Clone)]
 pub struct DevCerts {
     /// CA certificate (trust this to call the gateway, and the gateway trusts it for nodes).
@@ -27,6 +27,8 @@ pub struct DevCerts {
     pub member_cert: PathBuf,
     /// Its private key.
     pub member_key: PathBuf,
+    /// The cluster key that signs gossip (32 random bytes, hex).
+    pub gossip_key: PathBuf,
 }
 
 impl DevCerts {
@@ -40,6 +42,7 @@ impl DevCerts {
             node_key: dir.join("node.key"),
             member_cert: dir.join("member.pem"),
             member_key: dir.join("member.key"),
+            gossip_key: dir.join("gossip.key"),
         };
         let all = [
             &certs.ca,
@@ -49,6 +52,7 @@ impl DevCerts {
             &certs.node_key,
             &certs.member_cert,
             &certs.member_key,
+            &certs.gossip_key,
         ];
         if all.iter().all(|p| p.is_file()) {
             return Ok(certs);
@@ -95,6 +99,9 @@ impl DevCerts {
             &certs.member_cert,
             &certs.member_key,
         )?;
+        let mut gossip_key = [0u8; 32];
+        getrandom::fill(&mut gossip_key).map_err(|e| anyhow::anyhow!("random source: {e}"))?;
+        write(&certs.gossip_key, &hex::encode(gossip_key))?;
         write(&certs.ca, &ca_cert.pem())?;
         Ok(certs)
     }

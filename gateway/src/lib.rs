@@ -19,6 +19,7 @@ pub mod client;
 pub mod cluster;
 pub mod devcerts;
 pub mod ingress;
+pub mod membership;
 pub mod nodes;
 pub mod proxy;
 pub mod routes;

@@ -3,12 +3,14 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use edge_gateway::ingress;
 use edge_gateway::proxy::Gateway;
 use edge_shared::config::{self, GatewayConfig};
+use edge_shared::gossip::{self, ClusterKey, Gossip, Role};
 use edge_shared::{tls, wire};
 use tokio::net::TcpListener;
 
@@ -22,7 +24,14 @@ struct Args {
     /// Once listening, write the bound address to this file.
     #[arg(long)]
     announce: Option<PathBuf>,
+    /// Before announcing, wait (up to 30 s) until gossip has brought this many nodes,
+    /// and place every function on its home node among them.
+    #[arg(long, default_value_t = 0)]
+    expect_nodes: usize,
 }
+
+/// Longest `--expect-nodes` waits.
+const EXPECT_NODES_WITHIN: Duration = Duration::from_secs(30);
 
 fn main() {
     let args = Args::parse();
@@ -35,7 +44,7 @@ fn main() {
     };
     config.log_format.init();
     let runtime = tokio::runtime::Runtime::new().expect("starting the async runtime");
-    if let Err(e) = runtime.block_on(run(config, args.announce)) {
+    if let Err(e) = runtime.block_on(run(config, args.announce, args.expect_nodes)) {
         eprintln!("edge-gateway: {e:#}");
         std::process::exit(2);
     }
@@ -64,7 +73,11 @@ async fn bind(
     anyhow::bail!("found no port free on both UDP and TCP at {}", addr.ip())
 }
 
-async fn run(config: GatewayConfig, announce: Option<PathBuf>) -> anyhow::Result<()> {
+async fn run(
+    config: GatewayConfig,
+    announce: Option<PathBuf>,
+    expect_nodes: usize,
+) -> anyhow::Result<()> {
     let identity = tls::Identity {
         cert: &config.tls_cert,
         key: &config.tls_key,
@@ -73,15 +86,38 @@ async fn run(config: GatewayConfig, announce: Option<PathBuf>) -> anyhow::Result
     let tcp_tls = tls::server_config(identity, None, &[b"h2", b"http/1.1"], false)?;
     let (endpoint, tcp) = bind(config.listen, quic_tls).await?;
     let addr = endpoint.local_addr()?;
+    let key = ClusterKey::read(&config.gossip.key_file)?;
+    let settings = gossip::Settings {
+        name: format!("gateway@{addr}"),
+        role: Role::Gateway,
+        quic: addr,
+        seeds: config.gossip.seeds.clone(),
+        interval: Duration::from_millis(config.gossip.interval_ms),
+        phi_threshold: gossip::PHI_THRESHOLD,
+    };
+    let link = gossip::Link::udp(config.gossip.listen).await?;
     let gateway = Arc::new(Gateway::new(config, addr.port())?);
-    tracing::info!(%addr, functions = gateway.functions().len(), "edge-gateway serving HTTP/3 on UDP, HTTP/1.1 and HTTP/2 on TCP");
+    let gossip = Gossip::start(&settings, link, key).await?;
+    tracing::info!(%addr, gossip = %gossip.addr(), seeds = ?settings.seeds, functions = gateway.functions().len(), "edge-gateway serving HTTP/3 on UDP, HTTP/1.1 and HTTP/2 on TCP");
+    tokio::spawn(Arc::clone(&gateway).watch_cluster(gossip, settings.interval));
+    if expect_nodes > 0 {
+        let deadline = tokio::time::Instant::now() + EXPECT_NODES_WITHIN;
+        while gateway.usable_nodes() < expect_nodes && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let found = gateway.usable_nodes();
+        if found < expect_nodes {
+            tracing::warn!(
+                found,
+                expected = expect_nodes,
+                "fewer nodes than expected joined"
+            );
+        }
+    }
+    gateway.place(None).await;
     if let Some(path) = announce {
         std::fs::write(&path, addr.to_string())?;
     }
-    let warm = Arc::clone(&gateway);
-    tokio::spawn(async move { warm.deploy_at_start().await });
-    let watcher = Arc::clone(&gateway);
-    tokio::spawn(async move { watcher.watch_nodes().await });
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {

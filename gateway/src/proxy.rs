@@ -3,23 +3,24 @@
 //! the headers users see (`alt-svc`, `x-edge-request-id`, `server-timing`).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use arc_swap::ArcSwap;
 use bytes::{Buf, Bytes};
 use edge_shared::config::{GatewayConfig, RoutingPolicy};
+use edge_shared::gossip::{Gossip, LoadReport, WarmSet};
 use edge_shared::manifest::{ContentId, DeploymentId, FunctionManifest};
 use edge_shared::module_check::check_module;
 use edge_shared::tls;
 use edge_shared::wire::{self, Refusal, ServerTiming};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 
+use crate::membership::{Membership, Snapshot};
 use crate::nodes::{ForwardError, NodePool, NodeStream};
 use crate::routes::{RouteTable, default_routes};
-use crate::routing::{self, ClusterView, NodeState, SplitMix64};
+use crate::routing::{self, SplitMix64};
 
 /// A function the gateway serves.
 pub struct Function {
@@ -106,22 +107,18 @@ pub struct Gateway {
     routes: RouteTable,
     nodes: NodePool,
     next_node: AtomicUsize,
-    /// What the nodes last reported, swapped in whole: routing reads never wait.
-    view: ArcSwap<ClusterView>,
-    /// This gateway's requests in flight per node (configuration order): exact and
-    /// fresh, unlike the nodes' reports.
-    in_flight: Vec<AtomicUsize>,
+    /// The nodes as gossip tells of them, and this gateway's own in-flight counts.
+    membership: Membership,
+    /// Whether functions have been placed on the first nodes (see [`Gateway::place`]).
+    placed: AtomicBool,
     rng: Mutex<SplitMix64>,
-    /// (node, function) pairs to warm ahead of need, for [`Gateway::watch_nodes`].
-    prewarm: tokio::sync::mpsc::UnboundedSender<(usize, usize)>,
-    prewarm_queue: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(usize, usize)>>>,
+    /// (node, function) pairs to warm ahead of need, for [`Gateway::watch_cluster`].
+    prewarm: tokio::sync::mpsc::UnboundedSender<(SocketAddr, usize)>,
+    prewarm_queue: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(SocketAddr, usize)>>>,
     /// Pairs being warmed now (asked for once).
-    warming: Mutex<std::collections::HashSet<(usize, usize)>>,
+    warming: Mutex<std::collections::HashSet<(SocketAddr, usize)>>,
     alt_svc: HeaderValue,
 }
-
-/// How often the gateway asks every node for its load.
-const REPORT_EVERY: Duration = Duration::from_millis(250);
 
 /// Counts one request in flight to a node while alive.
 struct InFlight<'a>(&'a AtomicUsize);
@@ -137,25 +134,6 @@ impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
-}
-
-/// The part of a node's status the gateway routes on.
-#[derive(serde::Deserialize)]
-struct ReportedStatus {
-    name: String,
-    load: ReportedLoad,
-}
-
-/// A node's load snapshot (`edge_node::Load` on the wire).
-#[derive(serde::Deserialize)]
-struct ReportedLoad {
-    #[serde(default)]
-    name: String,
-    slots: usize,
-    in_flight: usize,
-    queued: usize,
-    warm: Vec<String>,
-    draining: bool,
 }
 
 /// Most nodes one request is tried on.
@@ -222,8 +200,8 @@ impl Gateway {
             prewarm,
             prewarm_queue: Mutex::new(Some(prewarm_queue)),
             warming: Mutex::new(std::collections::HashSet::new()),
-            view: ArcSwap::from_pointee(ClusterView::initial(&config.nodes)),
-            in_flight: config.nodes.iter().map(|_| AtomicUsize::new(0)).collect(),
+            membership: Membership::default(),
+            placed: AtomicBool::new(false),
             rng: Mutex::new(SplitMix64(u64::from_le_bytes(seed))),
             config,
             functions,
@@ -278,15 +256,16 @@ impl Gateway {
         let function = &self.functions[routed.function];
         let method = request.method().clone();
         let mut cold = Duration::ZERO;
-        let mut last_error = String::from("no node configured");
+        let mut last_error = String::from("no node has joined the cluster yet");
         let mut last_refusal = None;
+        let snapshot = self.membership.snapshot();
         for i in self
-            .node_order(routed.function)
+            .node_order(&snapshot, routed.function)
             .into_iter()
             .take(MAX_ATTEMPTS)
         {
-            let node = self.config.nodes[i];
-            let _in_flight = InFlight::start(&self.in_flight[i]);
+            let node = snapshot.view.nodes[i].addr;
+            let _in_flight = InFlight::start(&snapshot.in_flight[i]);
             let outcome = self
                 .send(node, function, &routed, &request, &request_id, body.clone())
                 .await;
@@ -346,19 +325,14 @@ impl Gateway {
         }
     }
 
-    /// Nodes (indexes into the configured list, which the view follows) in the order to
-    /// try, as the routing policy ranks them for function `f`; nodes that just failed go
-    /// last. Under `least-loaded-warm` it also asks for a pre-warm when routing says so.
-    fn node_order(&self, f: usize) -> Vec<usize> {
+    /// Nodes (indexes into the snapshot) in the order to try, as the routing policy
+    /// ranks them for function `f`; nodes that just failed go last. Under
+    /// `least-loaded-warm` it also asks for a pre-warm when routing says so.
+    fn node_order(&self, snapshot: &Snapshot, f: usize) -> Vec<usize> {
         let function = &self.functions[f];
-        let view = self.view.load();
-        let own: Vec<usize> = self
-            .in_flight
-            .iter()
-            .map(|n| n.load(Ordering::Relaxed))
-            .collect();
+        let own = snapshot.own_in_flight();
         let input = routing::Input {
-            view: &view,
+            view: &snapshot.view,
             function: function.deployment.as_str(),
             own_in_flight: &own,
             sequence: self.next_node.fetch_add(1, Ordering::Relaxed),
@@ -368,7 +342,7 @@ impl Gateway {
             routing::order(self.config.routing, &input, &mut *rng)
         };
         if self.config.routing == RoutingPolicy::LeastLoadedWarm
-            && let Some(node) = routing::prewarm_target(&input)
+            && let Some(node) = routing::prewarm_target(&input).map(|i| snapshot.view.nodes[i].addr)
             && self
                 .warming
                 .lock()
@@ -378,109 +352,79 @@ impl Gateway {
             let _ = self.prewarm.send((node, f));
         }
         let mut order = ranked;
-        order.sort_by_key(|&i| self.nodes.is_down(self.config.nodes[i]));
+        order.sort_by_key(|&i| self.nodes.is_down(snapshot.view.nodes[i].addr));
         order
     }
 
-    /// Asks every node for its load every 250 ms and swaps in the new view,
-    /// and deploys functions ahead of need where routing asks for it, until the process
-    /// ends. (Gossip will replace the polling.)
-    pub async fn watch_nodes(self: Arc<Self>) {
-        let mut ticker = tokio::time::interval(REPORT_EVERY);
+    /// Turns gossip into cluster snapshots as news arrives, publishes this gateway's
+    /// own load every round, places functions on nodes that join, and deploys functions
+    /// ahead of need where routing asks for it, until the process ends.
+    pub async fn watch_cluster(self: Arc<Self>, mut gossip: Gossip, every: Duration) {
+        let mut ticker = tokio::time::interval(every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut prewarm = self
             .prewarm_queue
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take()
-            .expect("watch_nodes runs once");
+            .expect("watch_cluster runs once");
         loop {
             tokio::select! {
-                () = async { ticker.tick().await; } => {}
+                () = gossip.changed() => {}
+                _ = ticker.tick() => {
+                    let load = LoadReport {
+                        in_flight: self.membership.total_in_flight(),
+                        ..LoadReport::default()
+                    };
+                    gossip.publish(load, &WarmSet::default()).await;
+                }
                 Some((node, f)) = prewarm.recv() => {
                     let gateway = Arc::clone(&self);
-                    tokio::spawn(async move { gateway.prewarm(node, f).await });
+                    tokio::spawn(async move { gateway.prewarm(node, f, every).await });
                     continue;
                 }
             }
-            // Every node at once: one that does not answer delays no other's report.
-            let mut reports = tokio::task::JoinSet::new();
-            for (i, &addr) in self.config.nodes.iter().enumerate() {
-                let gateway = Arc::clone(&self);
-                reports.spawn(async move {
-                    let load = gateway.node_load(addr).await;
-                    (i, load, gateway.in_flight[i].load(Ordering::Relaxed))
-                });
+            let changes = self.membership.update(&gossip.members().await);
+            for (node, name, why) in changes.left {
+                tracing::warn!(%node, %name, why, "node left the request path");
             }
-            let mut nodes = self.view.load().nodes.clone();
-            while let Some(Ok((i, load, own))) = reports.join_next().await {
-                let node = &mut nodes[i];
-                match load {
-                    Some(load) => {
-                        *node = NodeState {
-                            addr: node.addr,
-                            name: load.name,
-                            up: true,
-                            draining: load.draining,
-                            slots: load.slots,
-                            in_flight: load.in_flight,
-                            queued: load.queued,
-                            warm: load.warm.into_iter().collect(),
-                            own_in_flight_at_report: own,
-                        }
-                    }
-                    None => node.up = false,
+            for node in changes.joined {
+                tracing::info!(%node, "node joined the request path");
+                if self.placed.load(Ordering::Acquire) {
+                    let gateway = Arc::clone(&self);
+                    tokio::spawn(async move { gateway.place(Some(node)).await });
                 }
             }
-            self.view.store(Arc::new(ClusterView { nodes }));
         }
     }
 
-    /// Deploys function `f` on node `node` ahead of need (a pre-warm), then lets it be
-    /// asked for again once the node's reports show it (or after a failure).
-    async fn prewarm(&self, node: usize, f: usize) {
-        let (addr, function) = (self.config.nodes[node], &self.functions[f]);
-        match self.deploy(addr, function).await {
-            Ok(()) => tracing::info!(node = %addr, deployment = %function.deployment, "pre-warmed"),
+    /// Nodes this gateway can send requests to now.
+    pub fn usable_nodes(&self) -> usize {
+        let snapshot = self.membership.snapshot();
+        snapshot
+            .view
+            .nodes
+            .iter()
+            .filter(|n| n.up && !n.draining)
+            .count()
+    }
+
+    /// Deploys function `f` on `node` ahead of need (a pre-warm), then lets it be asked
+    /// for again once gossip shows it warm (or after a failure).
+    async fn prewarm(&self, node: SocketAddr, f: usize, round: Duration) {
+        let function = &self.functions[f];
+        match self.deploy(node, function).await {
+            Ok(()) => tracing::info!(%node, deployment = %function.deployment, "pre-warmed"),
             Err(reason) => {
-                tracing::warn!(node = %addr, deployment = %function.deployment, %reason, "pre-warm failed")
+                tracing::warn!(%node, deployment = %function.deployment, %reason, "pre-warm failed")
             }
         }
-        // Until the next report lists it warm, routing would ask again: wait for it.
-        tokio::time::sleep(REPORT_EVERY * 2).await;
+        // Until gossip lists it warm, routing would ask again: wait for it.
+        tokio::time::sleep(round * 3).await;
         self.warming
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&(node, f));
-    }
-
-    /// One node's load report, `None` when it does not answer in time.
-    async fn node_load(&self, node: SocketAddr) -> Option<ReportedLoad> {
-        let request = Request::get(format!(
-            "https://{}{}",
-            wire::NODE_SERVER_NAME,
-            wire::STATUS_PATH
-        ))
-        .body(())
-        .expect("a valid request");
-        let exchange = async {
-            let (head, mut stream) = self.nodes.send(node, request, Bytes::new()).await.ok()?;
-            if head.status() != StatusCode::OK {
-                return None;
-            }
-            let mut body = Vec::new();
-            while let Ok(Some(mut chunk)) = stream.recv_data().await {
-                body.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
-            }
-            let status: ReportedStatus = serde_json::from_slice(&body).ok()?;
-            Some(ReportedLoad {
-                name: status.name,
-                ..status.load
-            })
-        };
-        tokio::time::timeout(REPORT_EVERY * 4, exchange)
-            .await
-            .ok()?
     }
 
     async fn send(
@@ -573,27 +517,26 @@ impl Gateway {
         Err(reason)
     }
 
-    /// Deploys each function at start on one node, the one its cold starts go to
+    /// Places each function on its home node, the usable node its cold starts go to
     /// (rendezvous order), whatever the policy: the first requests find it warm there,
     /// other nodes get it on demand when a request reaches them. Placement is the
     /// cluster's, not the policy's, so policies are compared from the same start.
+    /// With `only`, just the functions whose home is that node (one that joined).
     /// Failures are logged; requests deploy again on demand.
-    pub async fn deploy_at_start(&self) {
-        let cold = ClusterView::initial(&self.config.nodes);
+    pub async fn place(&self, only: Option<SocketAddr>) {
+        self.placed.store(true, Ordering::Release);
+        let snapshot = self.membership.snapshot();
         for function in &self.functions {
-            let input = routing::Input {
-                view: &cold,
-                function: function.deployment.as_str(),
-                own_in_flight: &vec![0; self.config.nodes.len()],
-                sequence: 0,
-            };
-            let mut rng = SplitMix64(0);
-            let first = routing::order(RoutingPolicy::LeastLoadedWarm, &input, &mut rng);
-            let Some(&node) = first.first().map(|&i| &self.config.nodes[i]) else {
+            let Some(home) = routing::home(&snapshot.view, function.deployment.as_str())
+                .map(|i| snapshot.view.nodes[i].addr)
+            else {
                 continue;
             };
-            if let Err(reason) = self.deploy(node, function).await {
-                tracing::warn!(%node, function = %function.manifest.name, %reason, "initial deploy failed");
+            if only.is_some_and(|node| node != home) {
+                continue;
+            }
+            if let Err(reason) = self.deploy(home, function).await {
+                tracing::warn!(node = %home, function = %function.manifest.name, %reason, "placement failed");
             }
         }
     }

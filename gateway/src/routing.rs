@@ -12,10 +12,10 @@
 //!   nodes, so that repeated cold starts of one function land on the same few nodes;
 //! - down and draining nodes never come first; they close the list, for the retry logic.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 
 use edge_shared::config::RoutingPolicy;
+use edge_shared::gossip::{WarmSet, fingerprint};
 use sha2::{Digest, Sha256};
 
 /// What the gateway knows of one node.
@@ -25,7 +25,7 @@ pub struct NodeState {
     pub addr: SocketAddr,
     /// Its name.
     pub name: String,
-    /// Whether it answered its last report.
+    /// Whether the failure detector holds it alive.
     pub up: bool,
     /// Whether it said it is shutting down.
     pub draining: bool,
@@ -35,8 +35,8 @@ pub struct NodeState {
     pub in_flight: usize,
     /// Requests queued when it reported.
     pub queued: usize,
-    /// Deployments warm on it (ids).
-    pub warm: HashSet<String>,
+    /// Deployments warm on it.
+    pub warm: WarmSet,
     /// This gateway's own in-flight count to it when the report came.
     pub own_in_flight_at_report: usize,
 }
@@ -44,30 +44,8 @@ pub struct NodeState {
 /// An immutable snapshot of the cluster, swapped in whole when news arrives.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ClusterView {
-    /// The nodes, in configuration order.
+    /// The nodes.
     pub nodes: Vec<NodeState>,
-}
-
-impl ClusterView {
-    /// A view of `addrs` before any report: all up, idle, nothing warm.
-    pub fn initial(addrs: &[SocketAddr]) -> ClusterView {
-        ClusterView {
-            nodes: addrs
-                .iter()
-                .map(|&addr| NodeState {
-                    addr,
-                    name: addr.to_string(),
-                    up: true,
-                    draining: false,
-                    slots: 1,
-                    in_flight: 0,
-                    queued: 0,
-                    warm: HashSet::new(),
-                    own_in_flight_at_report: 0,
-                })
-                .collect(),
-        }
-    }
 }
 
 /// A source of randomness, injected so that decisions can be replayed.
@@ -146,10 +124,11 @@ pub fn estimated_load(node: &NodeState, own_in_flight_now: usize) -> f64 {
 fn least_loaded_warm(input: &Input<'_>, usable: &[usize], rng: &mut dyn Rng) -> Vec<usize> {
     let nodes = &input.view.nodes;
     let load = |i: usize| estimated_load(&nodes[i], input.own_in_flight[i]);
+    let function = fingerprint(input.function);
     let warm: Vec<usize> = usable
         .iter()
         .copied()
-        .filter(|&i| nodes[i].warm.contains(input.function) && load(i) < 1.0)
+        .filter(|&i| nodes[i].warm.contains(function) && load(i) < 1.0)
         .collect();
     let mut order = Vec::with_capacity(usable.len());
     if !warm.is_empty() {
@@ -210,7 +189,8 @@ pub fn prewarm_target(input: &Input<'_>) -> Option<usize> {
     let usable: Vec<usize> = (0..nodes.len())
         .filter(|&i| nodes[i].up && !nodes[i].draining)
         .collect();
-    let is_warm = |i: usize| nodes[i].warm.contains(input.function);
+    let function = fingerprint(input.function);
+    let is_warm = |i: usize| nodes[i].warm.contains(function);
     let warm: Vec<usize> = usable.iter().copied().filter(|&i| is_warm(i)).collect();
     if warm.is_empty()
         || warm
@@ -225,6 +205,14 @@ pub fn prewarm_target(input: &Input<'_>) -> Option<usize> {
         .max_by_key(|&i| rendezvous(input.function, &nodes[i]))
 }
 
+/// Where a function's cold starts land: the usable node with its highest rendezvous
+/// score. Functions are placed there ahead of their first request.
+pub fn home(view: &ClusterView, function: &str) -> Option<usize> {
+    (0..view.nodes.len())
+        .filter(|&i| view.nodes[i].up && !view.nodes[i].draining)
+        .max_by_key(|&i| rendezvous(function, &view.nodes[i]))
+}
+
 /// The rendezvous (highest random weight) score of `node` for `function`.
 fn rendezvous(function: &str, node: &NodeState) -> u64 {
     let digest = Sha256::new()
@@ -236,13 +224,35 @@ fn rendezvous(function: &str, node: &NodeState) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
     use super::*;
+
+    /// A view of `addrs` before any report: all up, idle, nothing warm.
+    fn initial(addrs: &[SocketAddr]) -> ClusterView {
+        ClusterView {
+            nodes: addrs
+                .iter()
+                .map(|&addr| NodeState {
+                    addr,
+                    name: addr.to_string(),
+                    up: true,
+                    draining: false,
+                    slots: 1,
+                    in_flight: 0,
+                    queued: 0,
+                    warm: WarmSet::default(),
+                    own_in_flight_at_report: 0,
+                })
+                .collect(),
+        }
+    }
 
     fn view(n: usize) -> ClusterView {
         let addrs: Vec<SocketAddr> = (0..n)
             .map(|i| SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16)))
             .collect();
-        let mut v = ClusterView::initial(&addrs);
+        let mut v = initial(&addrs);
         for node in &mut v.nodes {
             node.slots = 4;
         }
@@ -280,7 +290,7 @@ mod tests {
         v.nodes[0].up = false;
         v.nodes[2].draining = true;
         for node in &mut v.nodes {
-            node.warm.insert("hello@0123456789abcdef".into());
+            node.warm = WarmSet::of(["hello@0123456789abcdef"]);
         }
         let mut rng = SplitMix64(7);
         for policy in ALL {
@@ -308,7 +318,7 @@ mod tests {
     fn with_equal_load_every_policy_spreads() {
         let mut v = view(3);
         for node in &mut v.nodes {
-            node.warm.insert("hello@0123456789abcdef".into());
+            node.warm = WarmSet::of(["hello@0123456789abcdef"]);
         }
         let mut rng = SplitMix64(1);
         for policy in ALL {
@@ -325,7 +335,7 @@ mod tests {
     #[test]
     fn prefers_warm_nodes_and_sends_cold_starts_to_the_same_node() {
         let mut v = view(4);
-        v.nodes[2].warm.insert("hello@0123456789abcdef".into());
+        v.nodes[2].warm = WarmSet::of(["hello@0123456789abcdef"]);
         let mut rng = SplitMix64(3);
         for seq in 0..100 {
             assert_eq!(
@@ -374,7 +384,7 @@ mod tests {
     fn follows_load_changes_and_the_gateways_own_in_flight() {
         let mut v = view(2);
         for node in &mut v.nodes {
-            node.warm.insert("hello@0123456789abcdef".into());
+            node.warm = WarmSet::of(["hello@0123456789abcdef"]);
         }
         v.nodes[0].in_flight = 3;
         let mut rng = SplitMix64(5);
@@ -396,7 +406,7 @@ mod tests {
         // A saturated warm node loses to a cold one.
         v.nodes[0].in_flight = 4;
         v.nodes[0].own_in_flight_at_report = 0;
-        v.nodes[1].warm.clear();
+        v.nodes[1].warm = WarmSet::default();
         assert_eq!(
             pick(RoutingPolicy::LeastLoadedWarm, &v, &[0, 0], 0, &mut rng),
             1
@@ -406,7 +416,7 @@ mod tests {
     #[test]
     fn the_next_node_is_warmed_when_the_warm_ones_fill_up() {
         let mut v = view(3);
-        v.nodes[0].warm.insert("hello@0123456789abcdef".into());
+        v.nodes[0].warm = WarmSet::of(["hello@0123456789abcdef"]);
         let input = |v: &ClusterView, own: &[usize]| {
             prewarm_target(&Input {
                 view: v,
@@ -436,7 +446,7 @@ mod tests {
     #[test]
     fn when_every_node_is_saturated_the_least_loaded_goes_first() {
         let mut v = view(3);
-        v.nodes[0].warm.insert("hello@0123456789abcdef".into());
+        v.nodes[0].warm = WarmSet::of(["hello@0123456789abcdef"]);
         for (node, in_flight) in v.nodes.iter_mut().zip([9, 6, 5]) {
             node.in_flight = in_flight;
         }
@@ -453,7 +463,7 @@ mod tests {
     fn the_same_seed_makes_the_same_choices() {
         let mut v = view(5);
         for node in &mut v.nodes {
-            node.warm.insert("hello@0123456789abcdef".into());
+            node.warm = WarmSet::of(["hello@0123456789abcdef"]);
         }
         let run = |seed| {
             let mut rng = SplitMix64(seed);

@@ -144,8 +144,13 @@ fn an_invalid_module_is_refused_at_gateway_start() {
         std::fs::write(
             &gateway,
             format!(
-                "listen = \"127.0.0.1:0\"\ntls_cert = {:?}\ntls_key = {:?}\ncluster_ca = {:?}\ncluster_cert = {:?}\ncluster_key = {:?}\nnodes = [\"127.0.0.1:9\"]\n[[functions]]\nname = \"bad\"\nmodule = {module:?}\n",
-                certs.gateway_cert, certs.gateway_key, certs.ca, certs.member_cert, certs.member_key
+                "listen = \"127.0.0.1:0\"\ntls_cert = {:?}\ntls_key = {:?}\ncluster_ca = {:?}\ncluster_cert = {:?}\ncluster_key = {:?}\n[gossip]\nkey_file = {:?}\n[[functions]]\nname = \"bad\"\nmodule = {module:?}\n",
+                certs.gateway_cert,
+                certs.gateway_key,
+                certs.ca,
+                certs.member_cert,
+                certs.member_key,
+                certs.gossip_key
             ),
         )
         .unwrap();

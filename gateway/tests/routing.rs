@@ -1,6 +1,7 @@
-//! `least-loaded-warm` over real processes: a function warm on one node is served there
-//! while that node has room, and spreads to other nodes (cold starts, by rendezvous
-//! order) once it is loaded.
+//! Routing over real processes that find each other by gossip: a function warm on one
+//! node is served there while that node has room, and spreads once it is loaded; a node
+//! killed under load leaves the rotation; a node started later joins it; a node shutting
+//! down is skipped.
 
 mod support;
 
@@ -9,17 +10,22 @@ use std::sync::Arc;
 
 use edge_gateway::cluster::{self, LocalCluster};
 use edge_shared::config::{ClusterConfig, RoutingPolicy};
+use edge_shared::gossip::ClusterKey;
 use edge_shared::manifest::Limits;
 use http::StatusCode;
 use support::{client, function, url};
 
-/// Three nodes with `worker_threads` each, routing `least-loaded-warm`, serving fib.
-fn fib_cluster(dir: &std::path::Path, worker_threads: usize) -> LocalCluster {
+/// Three nodes with `worker_threads` each, routing by `policy`, serving fib.
+fn fib_cluster(
+    dir: &std::path::Path,
+    worker_threads: usize,
+    policy: RoutingPolicy,
+) -> LocalCluster {
     let spec = ClusterConfig {
         nodes: 3,
         node_worker_threads: worker_threads,
         listen: "127.0.0.1:0".parse().unwrap(),
-        routing: RoutingPolicy::LeastLoadedWarm,
+        routing: policy,
         functions: vec![function("fib", Limits::default())],
         ..ClusterConfig::default()
     };
@@ -29,7 +35,7 @@ fn fib_cluster(dir: &std::path::Path, worker_threads: usize) -> LocalCluster {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_warm_function_stays_on_its_node_until_that_node_is_loaded_then_spreads() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = fib_cluster(dir.path(), 2);
+    let cluster = fib_cluster(dir.path(), 2, RoutingPolicy::LeastLoadedWarm);
     let c = Arc::new(client(&cluster).await);
 
     // One at a time: every request goes to the one node where fib is warm.
@@ -71,7 +77,7 @@ async fn a_warm_function_stays_on_its_node_until_that_node_is_loaded_then_spread
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_under_load_leaves_the_rotation_and_no_get_fails() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = fib_cluster(dir.path(), 1);
+    let mut cluster = fib_cluster(dir.path(), 1, RoutingPolicy::LeastLoadedWarm);
     let c = Arc::new(client(&cluster).await);
     let fib = url(&cluster, "/fib?n=24");
     // Load enough to keep all three nodes busy: eight requests in flight, for 4 s.
@@ -123,4 +129,93 @@ async fn a_node_killed_under_load_leaves_the_rotation_and_no_get_fails() {
         after_kill.len() == 2,
         "the other two kept serving: {after_kill:?}"
     );
+    // Gossip's failure detector takes it out of the gateway's view too, within 5 s of
+    // the kill (the load above ran 3 s past it).
+    let out = support::wait_for(std::time::Duration::from_secs(2), || {
+        cluster.log("gateway").lines().any(|l| {
+            l.contains("node left the request path") && l.contains("node-2") && l.contains("down")
+        })
+    });
+    assert!(out, "gateway log: {}", cluster.log("gateway"));
+}
+
+/// Which node answered each of `n` sequential GETs of `path`.
+async fn answered_by(
+    c: &edge_gateway::client::H3Client,
+    path: &str,
+    n: usize,
+) -> BTreeMap<String, usize> {
+    let mut nodes = BTreeMap::new();
+    for _ in 0..n {
+        let r = c.get(path).await.unwrap();
+        assert_eq!(
+            r.status,
+            StatusCode::OK,
+            "{:?}",
+            String::from_utf8_lossy(&r.body)
+        );
+        *nodes
+            .entry(r.header("x-edge-node").unwrap().to_string())
+            .or_insert(0) += 1;
+    }
+    nodes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_started_later_joins_by_gossip_and_a_draining_node_is_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    // Round robin, so that every usable node gets its share at once.
+    let mut cluster = fib_cluster(dir.path(), 1, RoutingPolicy::RoundRobin);
+    let c = client(&cluster).await;
+    let fib = url(&cluster, "/fib?n=10");
+    let three = answered_by(&c, &fib, 12).await;
+    assert_eq!(three.len(), 3, "{three:?}");
+
+    // A fourth node, told only the gateway's gossip address (the seed every node has).
+    cluster.add_node().unwrap();
+    let joined = support::wait_for(std::time::Duration::from_secs(10), || {
+        cluster
+            .log("gateway")
+            .contains("node joined the request path")
+            && cluster
+                .log("gateway")
+                .matches("node joined the request path")
+                .count()
+                >= 4
+    });
+    assert!(joined, "gateway log: {}", cluster.log("gateway"));
+    let four = answered_by(&c, &fib, 16).await;
+    assert_eq!(four.get("node-4"), Some(&4), "{four:?}");
+
+    // Gossip from outside the cluster (no tag, or signed with another key) is dropped,
+    // counted and logged; the cluster is none the worse.
+    let intruder = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let forged = ClusterKey::new(&[9; 32])
+        .unwrap()
+        .seal(b"not a member".to_vec());
+    for datagram in [&b"junk"[..], &forged] {
+        intruder.send_to(datagram, cluster.gossip_seed()).unwrap();
+    }
+    let dropped = support::wait_for(std::time::Duration::from_secs(5), || {
+        cluster
+            .log("gateway")
+            .contains("gossip datagram without a valid cluster-key tag dropped")
+    });
+    assert!(dropped, "gateway log: {}", cluster.log("gateway"));
+    assert_eq!(answered_by(&c, &fib, 8).await.len(), 4);
+
+    // node-1 shuts down: it says `draining` by gossip, the gateway skips it from then
+    // on, and no request fails on the way.
+    cluster.terminate_node(0);
+    let skipped = support::wait_for(std::time::Duration::from_secs(5), || {
+        cluster.log("gateway").lines().any(|l| {
+            l.contains("node left the request path")
+                && l.contains("node-1")
+                && l.contains("draining")
+        })
+    });
+    assert!(skipped, "gateway log: {}", cluster.log("gateway"));
+    let after = answered_by(&c, &fib, 12).await;
+    assert!(!after.contains_key("node-1"), "{after:?}");
+    assert_eq!(after.len(), 3, "{after:?}");
 }

@@ -219,8 +219,54 @@ pub struct NodeConfig {
     pub fuel_per_ms: u64,
     /// Limits of functions that do not set their own.
     pub defaults: LimitDefaults,
+    /// How this node joins the cluster and publishes its load.
+    pub gossip: GossipConfig,
     /// Log format.
     pub log_format: LogFormat,
+}
+
+/// Gossip: membership, failure detection and load, shared by nodes and gateways.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GossipConfig {
+    /// UDP address for gossip; port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// Members (`host:port` gossip addresses) to join through; the rest of the cluster
+    /// is learned from them. Empty for a member others join through.
+    pub seeds: Vec<String>,
+    /// File holding the cluster key in hex (at least 16 bytes), the same for every
+    /// member: gossip without it is dropped.
+    pub key_file: PathBuf,
+    /// Time between gossip rounds, in ms; load is published every round.
+    pub interval_ms: u64,
+}
+
+impl Default for GossipConfig {
+    fn default() -> GossipConfig {
+        GossipConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            seeds: Vec::new(),
+            key_file: PathBuf::new(),
+            interval_ms: 200,
+        }
+    }
+}
+
+impl GossipConfig {
+    fn problems(&self, problems: &mut Vec<String>) {
+        require_file(problems, "gossip.key_file", &self.key_file);
+        if !(10..=10_000).contains(&self.interval_ms) {
+            problems.push("gossip.interval_ms: must be between 10 and 10000".into());
+        }
+        for (i, seed) in self.seeds.iter().enumerate() {
+            let well_formed = seed
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !well_formed {
+                problems.push(format!("gossip.seeds[{i}]: {seed:?} is not host:port"));
+            }
+        }
+    }
 }
 
 impl Default for NodeConfig {
@@ -238,6 +284,7 @@ impl Default for NodeConfig {
             instance_pool: InstancePoolConfig::default(),
             fuel_per_ms: 10_000_000,
             defaults: LimitDefaults::default(),
+            gossip: GossipConfig::default(),
             log_format: LogFormat::Text,
         }
     }
@@ -251,6 +298,7 @@ impl ConfigFile for NodeConfig {
         resolve(base, &mut self.tls_key);
         resolve(base, &mut self.cluster_ca);
         resolve(base, &mut self.cache_dir);
+        resolve(base, &mut self.gossip.key_file);
     }
 
     fn problems(&self) -> Vec<String> {
@@ -300,6 +348,7 @@ impl ConfigFile for NodeConfig {
         if d.memory_limit_mib > 4096 {
             problems.push("defaults.memory_limit_mib: at most 4096 (wasm32)".into());
         }
+        self.gossip.problems(&mut problems);
         problems
     }
 }
@@ -413,8 +462,8 @@ pub struct GatewayConfig {
     pub cluster_cert: PathBuf,
     /// PEM private key of `cluster_cert`.
     pub cluster_key: PathBuf,
-    /// Nodes' HTTP/3 addresses.
-    pub nodes: Vec<SocketAddr>,
+    /// How the gateway joins the cluster: nodes are learned from gossip, never listed.
+    pub gossip: GossipConfig,
     /// Longest the gateway waits for a node's answer, in ms.
     pub request_timeout_ms: u64,
     /// How the gateway picks a node for each request.
@@ -437,9 +486,9 @@ impl Default for GatewayConfig {
             cluster_ca: PathBuf::new(),
             cluster_cert: PathBuf::new(),
             cluster_key: PathBuf::new(),
-            nodes: Vec::new(),
+            gossip: GossipConfig::default(),
             request_timeout_ms: 30_000,
-            routing: RoutingPolicy::RoundRobin,
+            routing: RoutingPolicy::LeastLoadedWarm,
             max_request_body_bytes: 16 << 20,
             functions: Vec::new(),
             log_format: LogFormat::Text,
@@ -456,6 +505,7 @@ impl ConfigFile for GatewayConfig {
         resolve(base, &mut self.cluster_ca);
         resolve(base, &mut self.cluster_cert);
         resolve(base, &mut self.cluster_key);
+        resolve(base, &mut self.gossip.key_file);
         for f in &mut self.functions {
             resolve(base, &mut f.module);
         }
@@ -468,9 +518,7 @@ impl ConfigFile for GatewayConfig {
         require_file(&mut problems, "cluster_ca", &self.cluster_ca);
         require_file(&mut problems, "cluster_cert", &self.cluster_cert);
         require_file(&mut problems, "cluster_key", &self.cluster_key);
-        if self.nodes.is_empty() {
-            problems.push("nodes: at least one node address is required".into());
-        }
+        self.gossip.problems(&mut problems);
         if self.domain.is_empty() || self.domain.contains(['/', ':', ' ']) {
             problems.push("domain: must be a bare domain name".into());
         }
@@ -527,7 +575,7 @@ impl Default for ClusterConfig {
             node_cpus: Vec::new(),
             listen: SocketAddr::from(([127, 0, 0, 1], 4433)),
             domain: "edge.localhost".into(),
-            routing: RoutingPolicy::RoundRobin,
+            routing: RoutingPolicy::LeastLoadedWarm,
             functions: Vec::new(),
         }
     }
@@ -601,16 +649,20 @@ mod tests {
         write(dir.path(), "node.pem", "x");
         write(dir.path(), "node.key", "x");
         write(dir.path(), "ca.pem", "x");
+        write(dir.path(), "gossip.key", "x");
         let file = write(
             dir.path(),
             "node.toml",
-            "name = \"n1\"\ntls_cert = \"node.pem\"\ntls_key = \"node.key\"\ncluster_ca = \"ca.pem\"\n[defaults]\ntimeout_ms = 500\n",
+            "name = \"n1\"\ntls_cert = \"node.pem\"\ntls_key = \"node.key\"\ncluster_ca = \"ca.pem\"\n[defaults]\ntimeout_ms = 500\n[gossip]\nkey_file = \"gossip.key\"\nseeds = [\"gw.local:7946\"]\n",
         );
         let cfg: NodeConfig = load(&file).unwrap();
         assert_eq!(cfg.name, "n1");
         assert_eq!(cfg.tls_cert, dir.path().join("node.pem"));
         assert_eq!(cfg.defaults.timeout_ms, 500);
         assert_eq!(cfg.defaults.memory_limit_mib, 128);
+        assert_eq!(cfg.gossip.key_file, dir.path().join("gossip.key"));
+        assert_eq!(cfg.gossip.seeds, ["gw.local:7946"]);
+        assert_eq!(cfg.gossip.interval_ms, 200);
     }
 
     #[test]
@@ -629,10 +681,12 @@ mod tests {
 
         let file = write(dir.path(), "empty.toml", "fuel_per_ms = 0\n");
         let err = load::<NodeConfig>(&file).unwrap_err();
-        assert_eq!(err.problems.len(), 4, "{err}");
+        assert_eq!(err.problems.len(), 5, "{err}");
         let text = err.to_string();
         assert!(
-            text.contains("tls_cert: required") && text.contains("fuel_per_ms"),
+            text.contains("tls_cert: required")
+                && text.contains("fuel_per_ms")
+                && text.contains("gossip.key_file: required"),
             "{text}"
         );
 
@@ -689,7 +743,10 @@ tls_key = "c.key"
 cluster_ca = "ca.pem"
 cluster_cert = "m.pem"
 cluster_key = "m.key"
-nodes = ["127.0.0.1:5000"]
+[gossip]
+key_file = "gossip.key"
+seeds = ["127.0.0.1:7946", "7946", "gw:x"]
+interval_ms = 0
 [[functions]]
 name = "hello"
 module = "hello.wasm"
@@ -703,6 +760,15 @@ module = "hello.wasm"
         let text = err.to_string();
         assert!(text.contains("functions[0].module"), "{text}");
         assert!(text.contains("functions[1].name"), "{text}");
+        for problem in [
+            "gossip.key_file: file",
+            "gossip.seeds[1]",
+            "gossip.seeds[2]",
+            "gossip.interval_ms",
+        ] {
+            assert!(text.contains(problem), "{problem} missing from: {text}");
+        }
+        assert!(!text.contains("gossip.seeds[0]"), "{text}");
         write(dir.path(), "hello.wasm", "x");
         let text = load::<GatewayConfig>(&file).unwrap_err().to_string();
         assert!(!text.contains("module"), "{text}");
@@ -716,7 +782,10 @@ module = "hello.wasm"
         let only_missing_files = |problems: &[String]| {
             problems.iter().all(|p| {
                 p.contains("not found")
-                    && (p.starts_with("tls_") || p.starts_with("cluster_") || p.contains(".module"))
+                    && (p.starts_with("tls_")
+                        || p.starts_with("cluster_")
+                        || p.starts_with("gossip.key_file")
+                        || p.contains(".module"))
             })
         };
         match load::<NodeConfig>(&dir.join("node.toml")) {
