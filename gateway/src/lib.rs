@@ -5,8 +5,9 @@
 //! carrying `Alt-Svc: h3`. Both hand each request to [`proxy::Gateway`], which finds the
 //! function in the [`routes`] table (host `NAME.<domain>` or path prefix `/NAME`), reads
 //! the body up to the function's limit, ranks the nodes with the configured [`routing`]
-//! policy over the load the nodes report (nodes that just failed last) and forwards over a
-//! pooled HTTP/3 connection from [`nodes`]. A node that does not
+//! policy over the [`membership`] snapshot that gossip keeps current (nodes that just
+//! failed last) and forwards over a pooled HTTP/3 connection from [`nodes`]. A node that
+//! does not
 //! have the function yet (`503 x-edge-refused: not-found`) gets it deployed and the request
 //! again; a refusal or an unreachable node moves the request to the next node; a request
 //! that broke mid-way is retried only if its method is idempotent.

@@ -339,7 +339,7 @@ impl Gateway {
         };
         let ranked = {
             let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
-            routing::order(self.config.routing, &input, &mut *rng)
+            routing::order(routing::policy(self.config.routing), &input, &mut *rng)
         };
         if self.config.routing == RoutingPolicy::LeastLoadedWarm
             && let Some(node) = routing::prewarm_target(&input).map(|i| snapshot.view.nodes[i].addr)

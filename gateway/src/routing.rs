@@ -85,25 +85,64 @@ pub struct Input<'a> {
     pub sequence: usize,
 }
 
+/// A routing policy: ranks the usable nodes for one request. Pure: all it may use is its
+/// input and the RNG, so a decision can be replayed.
+pub trait Policy: Send + Sync {
+    /// `usable` (up and not draining; indexes into the view), each once, in the order to
+    /// try.
+    fn rank(&self, input: &Input<'_>, usable: &[usize], rng: &mut dyn Rng) -> Vec<usize>;
+}
+
+/// Each request starts one node further along.
+pub struct RoundRobin;
+
+impl Policy for RoundRobin {
+    fn rank(&self, input: &Input<'_>, usable: &[usize], _: &mut dyn Rng) -> Vec<usize> {
+        rotate(usable, input.sequence)
+    }
+}
+
+/// Each request starts at a node drawn uniformly at random.
+pub struct Random;
+
+impl Policy for Random {
+    fn rank(&self, _: &Input<'_>, usable: &[usize], rng: &mut dyn Rng) -> Vec<usize> {
+        let start = if usable.is_empty() {
+            0
+        } else {
+            rng.below(usable.len())
+        };
+        rotate(usable, start)
+    }
+}
+
+/// Power of two choices among warm nodes below saturation, then rendezvous order (see the
+/// module's documentation).
+pub struct LeastLoadedWarm;
+
+impl Policy for LeastLoadedWarm {
+    fn rank(&self, input: &Input<'_>, usable: &[usize], rng: &mut dyn Rng) -> Vec<usize> {
+        least_loaded_warm(input, usable, rng)
+    }
+}
+
+/// The policy a configuration names.
+pub fn policy(name: RoutingPolicy) -> &'static dyn Policy {
+    match name {
+        RoutingPolicy::RoundRobin => &RoundRobin,
+        RoutingPolicy::Random => &Random,
+        RoutingPolicy::LeastLoadedWarm => &LeastLoadedWarm,
+    }
+}
+
 /// The nodes to try, in order: indexes into the view. Every node appears once; down and
 /// draining nodes come last.
-pub fn order(policy: RoutingPolicy, input: &Input<'_>, rng: &mut dyn Rng) -> Vec<usize> {
+pub fn order(policy: &dyn Policy, input: &Input<'_>, rng: &mut dyn Rng) -> Vec<usize> {
     let nodes = &input.view.nodes;
     let usable: Vec<usize> = (0..nodes.len())
         .filter(|&i| nodes[i].up && !nodes[i].draining)
         .collect();
-    let mut first: Vec<usize> = match policy {
-        RoutingPolicy::RoundRobin => rotate(&usable, input.sequence),
-        RoutingPolicy::Random => {
-            let start = if usable.is_empty() {
-                0
-            } else {
-                rng.below(usable.len())
-            };
-            rotate(&usable, start)
-        }
-        RoutingPolicy::LeastLoadedWarm => least_loaded_warm(input, &usable, rng),
-    };
+    let mut first = policy.rank(input, &usable, rng);
     first.extend((0..nodes.len()).filter(|i| !usable.contains(i)));
     first
 }
@@ -267,7 +306,7 @@ mod tests {
         rng: &mut SplitMix64,
     ) -> usize {
         order(
-            policy,
+            self::policy(policy),
             &Input {
                 view: v,
                 function: "hello@0123456789abcdef",
@@ -296,7 +335,7 @@ mod tests {
         for policy in ALL {
             for seq in 0..200 {
                 let o = order(
-                    policy,
+                    self::policy(policy),
                     &Input {
                         view: &v,
                         function: "hello@0123456789abcdef",
@@ -362,7 +401,7 @@ mod tests {
         let targets: HashSet<usize> = (0..40)
             .map(|f| {
                 order(
-                    RoutingPolicy::LeastLoadedWarm,
+                    &LeastLoadedWarm,
                     &Input {
                         view: &cold,
                         function: &format!("f{f}@0123456789abcdef"),
