@@ -89,6 +89,7 @@ fn benches(c: &mut Criterion) {
         stdin: Bytes::new(),
         stdout_limit: 1 << 20,
         fuel: 1_000_000_000,
+        deadline: std::time::Instant::now() + Duration::from_secs(60),
     };
 
     c.bench_function("invoke/warm_hello", |b| {

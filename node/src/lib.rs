@@ -145,7 +145,8 @@ impl Failure {
             Failure::BadRequest(_) => StatusCode::BAD_REQUEST,
             Failure::Refused(_) => StatusCode::SERVICE_UNAVAILABLE,
             Failure::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Failure::Deadline(_) | Failure::Run(RunError::FuelExhausted { .. }) => {
+            Failure::Deadline(_)
+            | Failure::Run(RunError::FuelExhausted { .. } | RunError::SleptPastDeadline) => {
                 StatusCode::GATEWAY_TIMEOUT
             }
             Failure::Run(_) | Failure::BadOutput(_) | Failure::Internal => {
@@ -160,7 +161,8 @@ impl Failure {
             Failure::BadRequest(reason) => format!("bad request: {reason}\n"),
             Failure::Refused(r) => format!("node refused the request: {}\n", r.as_str()),
             Failure::BodyTooLarge(limit) => format!("request body over the {limit} byte limit\n"),
-            Failure::Deadline(_) | Failure::Run(RunError::FuelExhausted { .. }) => {
+            Failure::Deadline(_)
+            | Failure::Run(RunError::FuelExhausted { .. } | RunError::SleptPastDeadline) => {
                 "function timed out\n".into()
             }
             Failure::Run(_) | Failure::BadOutput(_) | Failure::Internal => {
@@ -441,6 +443,7 @@ impl Node {
                 .unwrap_or(usize::MAX)
                 .saturating_add(16 << 10),
             fuel: limits.timeout_ms.saturating_mul(self.config.fuel_per_ms),
+            deadline: Instant::now() + deadline,
         };
         let job_pool = Arc::clone(&pool);
         let job = self.workers.run(move |ready| {

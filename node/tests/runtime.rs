@@ -337,3 +337,40 @@ async fn a_sequential_client_finds_its_slot_free_again_after_each_answer() {
         assert!(answer.is_ok(), "refused right after the previous answer");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_sleeps_as_asked_but_never_past_its_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node(dir.path(), |c| c.worker_threads = 1);
+    let id = deploy(
+        &node,
+        "sleep",
+        Limits {
+            timeout_ms: Some(300),
+            ..Limits::default()
+        },
+    );
+    let deployment = node.deployment(&id).unwrap();
+    let started = std::time::Instant::now();
+    let answer = node.invoke(&deployment, call("ms=50")).await.unwrap();
+    let text = String::from_utf8_lossy(body(&answer)).to_string();
+    let slept: u64 = text
+        .trim()
+        .strip_prefix("slept ")
+        .and_then(|t| t.strip_suffix(" ms"))
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("{text:?}"));
+    assert!(slept >= 50, "{text}");
+    assert!(started.elapsed() >= Duration::from_millis(50));
+
+    // Asking for 10 s with a 300 ms timeout: a timeout, and the node's one worker is free
+    // again for the next request (it was stopped at the deadline, not left sleeping).
+    let Err(failure) = node.invoke(&deployment, call("ms=10000")).await else {
+        panic!("a 10 s sleep answered within a 300 ms timeout");
+    };
+    assert_eq!(failure.status(), StatusCode::GATEWAY_TIMEOUT, "{failure}");
+    let answer = node.invoke(&deployment, call("ms=0")).await.unwrap();
+    assert!(body(&answer).starts_with(b"slept "));
+    let s = node.status();
+    assert_eq!(s.load.in_flight, 0);
+}

@@ -7,7 +7,8 @@ use wasmparser::{Parser, Payload, TypeRef, Validator};
 pub const WASI_MODULE: &str = "wasi_snapshot_preview1";
 
 /// The WASI preview1 functions the node's host implements. Everything a Rust or C
-/// (wasi-libc) command module needs for CGI-style request handling; no filesystem, no
+/// (wasi-libc) command module needs for CGI-style request handling, and sleeping
+/// (`poll_oneoff` on clocks, bounded by the request's deadline); no filesystem, no
 /// sockets.
 pub const HOST_IMPORTS: &[&str] = &[
     "args_get",
@@ -23,6 +24,7 @@ pub const HOST_IMPORTS: &[&str] = &[
     "fd_read",
     "fd_seek",
     "fd_write",
+    "poll_oneoff",
     "proc_exit",
     "random_get",
     "sched_yield",

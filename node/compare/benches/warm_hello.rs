@@ -60,6 +60,7 @@ fn edge(c: &mut Criterion, wasm: &[u8]) {
         stdin: Bytes::new(),
         stdout_limit: 1 << 20,
         fuel: FUEL,
+        deadline: std::time::Instant::now() + std::time::Duration::from_secs(60),
     };
     c.bench_function("edge/pooled", |b| {
         b.iter_batched(

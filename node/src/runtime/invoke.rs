@@ -7,7 +7,7 @@ use bytes::Bytes;
 use wasmer::{Engine, Function, FunctionEnv, Instance, Memory, Module, Store};
 use wasmer_middlewares::metering::{MeteringPoints, get_remaining_points, set_remaining_points};
 
-use super::wasi::{self, Exit, RequestIo};
+use super::wasi::{self, Exit, RequestIo, SleptPastDeadline};
 
 /// A function ready to run: its compiled module in the engine of its memory limit.
 #[derive(Clone)]
@@ -34,6 +34,8 @@ pub struct Invocation {
     pub stdout_limit: usize,
     /// Fuel (operators) the function may use.
     pub fuel: u64,
+    /// When its time is up: it may not sleep past it.
+    pub deadline: Instant,
 }
 
 /// A successful run.
@@ -83,6 +85,9 @@ pub enum RunError {
         /// The limit.
         limit_mib: u64,
     },
+    /// The guest asked to sleep past its deadline.
+    #[error("function slept past its deadline")]
+    SleptPastDeadline,
     /// The guest used its whole fuel budget.
     #[error("function used its whole fuel budget of {fuel}")]
     FuelExhausted {
@@ -152,6 +157,7 @@ pub fn run(
         invocation.stdout_limit,
     );
     request.set_memory(memory.clone());
+    request.set_deadline(invocation.deadline);
     *io.as_mut(store) = request;
     set_remaining_points(store, instance, invocation.fuel);
 
@@ -172,6 +178,9 @@ pub fn run(
         match error.downcast_ref::<Exit>() {
             Some(Exit(0)) => {}
             Some(Exit(code)) => return Err(RunError::Exit(*code)),
+            None if error.downcast_ref::<SleptPastDeadline>().is_some() => {
+                return Err(RunError::SleptPastDeadline);
+            }
             None if remaining == MeteringPoints::Exhausted => {
                 return Err(RunError::FuelExhausted {
                     fuel: invocation.fuel,

@@ -3,10 +3,12 @@
 //!
 //! The sandbox grants nothing: no preopened directories (so no filesystem), no sockets;
 //! fd 0 reads the request body, fd 1 collects the CGI response (up to a limit), fd 2 is the
-//! function's log, one `tracing` event per line with the request id.
+//! function's log, one `tracing` event per line with the request id. `poll_oneoff` sleeps
+//! (clock subscriptions; the fds above are always ready) but never past the request's
+//! deadline: a guest that asks to is stopped there, as a timeout.
 
 use std::sync::OnceLock;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use edge_shared::module_check::WASI_MODULE;
@@ -30,8 +32,14 @@ const MAX_LOG_BYTES: usize = 64 << 10;
 #[error("function exited with code {0}")]
 pub struct Exit(pub i32);
 
+/// A guest asked to sleep past its request's deadline: it is stopped there.
+#[derive(Debug, thiserror::Error)]
+#[error("function slept past its deadline")]
+pub struct SleptPastDeadline;
+
 /// One request's I/O as the guest sees it.
 pub struct RequestIo {
+    deadline: Option<Instant>,
     memory: Option<Memory>,
     args: Vec<Vec<u8>>,
     env: Vec<Vec<u8>>,
@@ -54,6 +62,7 @@ impl RequestIo {
         stdout_limit: usize,
     ) -> RequestIo {
         RequestIo {
+            deadline: None,
             memory: None,
             args: vec![nul_terminated(function.as_bytes())],
             env: env
@@ -78,6 +87,11 @@ impl RequestIo {
     /// Gives the host functions the instance's exported memory.
     pub fn set_memory(&mut self, memory: Memory) {
         self.memory = Some(memory);
+    }
+
+    /// The instant past which the guest may not sleep.
+    pub fn set_deadline(&mut self, deadline: Instant) {
+        self.deadline = Some(deadline);
     }
 
     /// What the guest wrote to stdout, and whether it tried to write more than allowed.
@@ -337,6 +351,121 @@ fn sched_yield(_env: Env<'_>) -> i32 {
     errno::SUCCESS
 }
 
+/// Bytes of a WASI subscription and of an event.
+const SUBSCRIPTION_LEN: u32 = 48;
+const EVENT_LEN: u32 = 32;
+
+/// One parsed subscription: its user data and what it waits for.
+enum Wait {
+    /// A clock reaches this instant.
+    Until(u64, Instant),
+    /// An fd is ready (ours always are), with the bytes readable.
+    Fd(u64, u8, u64),
+}
+
+fn poll_oneoff(
+    mut env: Env<'_>,
+    subscriptions: u32,
+    events: u32,
+    count: u32,
+    written: u32,
+) -> Result<i32, SleptPastDeadline> {
+    let mut sleep_until = None;
+    let mut waits = Vec::new();
+    let mut deadline = None;
+    let parsed = with_memory(&mut env, |io, view| {
+        if count == 0 || count > 64 {
+            return Err(errno::INVAL);
+        }
+        let mut raw = vec![0u8; (count * SUBSCRIPTION_LEN) as usize];
+        view.read(u64::from(subscriptions), &mut raw)
+            .map_err(|_| errno::FAULT)?;
+        let u64_at = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap_or_default());
+        let now = Instant::now();
+        for sub in raw.chunks(SUBSCRIPTION_LEN as usize) {
+            let userdata = u64_at(sub, 0);
+            match sub[8] {
+                0 => {
+                    let clock = u32::from_le_bytes(sub[16..20].try_into().unwrap_or_default());
+                    let timeout = u64_at(sub, 24);
+                    let absolute = sub[40] & 1 == 1;
+                    let after = if !absolute {
+                        timeout
+                    } else {
+                        let now_on_clock = match clock {
+                            0 => SystemTime::now()
+                                .duration_since(UNIX_EPOCH)
+                                .unwrap_or_default()
+                                .as_nanos() as u64,
+                            1..=3 => monotonic_start().elapsed().as_nanos() as u64,
+                            _ => return Err(errno::INVAL),
+                        };
+                        timeout.saturating_sub(now_on_clock)
+                    };
+                    waits.push(Wait::Until(userdata, now + Duration::from_nanos(after)));
+                }
+                kind @ (1 | 2) => {
+                    let fd = u32::from_le_bytes(sub[16..20].try_into().unwrap_or_default());
+                    let ready = match (kind, fd) {
+                        (1, 0) => (io.stdin.len() - io.stdin_pos) as u64,
+                        (2, 1 | 2) => 0,
+                        _ => return Err(errno::BADF),
+                    };
+                    waits.push(Wait::Fd(userdata, kind, ready));
+                }
+                _ => return Err(errno::INVAL),
+            }
+        }
+        // Ready fds answer at once; otherwise the earliest clock.
+        if !waits.iter().any(|w| matches!(w, Wait::Fd(..))) {
+            sleep_until = waits
+                .iter()
+                .filter_map(|w| match w {
+                    Wait::Until(_, at) => Some(*at),
+                    Wait::Fd(..) => None,
+                })
+                .min();
+        }
+        deadline = io.deadline;
+        Ok(errno::SUCCESS)
+    });
+    if parsed != errno::SUCCESS {
+        return Ok(parsed);
+    }
+    if let Some(until) = sleep_until {
+        if deadline.is_some_and(|d| until > d) {
+            let d = deadline.unwrap_or(until);
+            std::thread::sleep(d.saturating_duration_since(Instant::now()));
+            return Err(SleptPastDeadline);
+        }
+        std::thread::sleep(until.saturating_duration_since(Instant::now()));
+    }
+    Ok(with_memory(&mut env, |_, view| {
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for wait in &waits {
+            let mut event = [0u8; EVENT_LEN as usize];
+            match *wait {
+                Wait::Until(userdata, at) if at <= now => {
+                    event[0..8].copy_from_slice(&userdata.to_le_bytes());
+                    event[10] = 0;
+                }
+                Wait::Fd(userdata, kind, ready) => {
+                    event[0..8].copy_from_slice(&userdata.to_le_bytes());
+                    event[10] = kind;
+                    event[16..24].copy_from_slice(&ready.to_le_bytes());
+                }
+                Wait::Until(..) => continue,
+            }
+            out.extend_from_slice(&event);
+        }
+        write_bytes(view, events, &out)?;
+        let n = (out.len() / EVENT_LEN as usize) as u32;
+        write_bytes(view, written, &n.to_le_bytes())?;
+        Ok(errno::SUCCESS)
+    }))
+}
+
 /// The import object for one instance, bound to `env`.
 pub fn imports(store: &mut Store, env: &FunctionEnv<RequestIo>) -> Imports {
     let mut wasi = Exports::new();
@@ -359,6 +488,7 @@ pub fn imports(store: &mut Store, env: &FunctionEnv<RequestIo>) -> Imports {
         fd_read,
         fd_seek,
         fd_write,
+        poll_oneoff,
         proc_exit,
         random_get,
         sched_yield,
