@@ -219,3 +219,63 @@ async fn a_node_started_later_joins_by_gossip_and_a_draining_node_is_skipped() {
     assert!(!after.contains_key("node-1"), "{after:?}");
     assert_eq!(after.len(), 3, "{after:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_a_certificate_from_another_ca_never_serves_a_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = fib_cluster(dir.path(), 1, RoutingPolicy::RoundRobin);
+    // It has the gossip key, so it joins the cluster view; its TLS certificate comes
+    // from a CA of its own, so the gateway's handshake with it fails.
+    let rogue_certs =
+        edge_gateway::devcerts::DevCerts::ensure(&dir.path().join("rogue-certs"), "edge.localhost")
+            .unwrap();
+    let config = edge_shared::config::NodeConfig {
+        name: "rogue".into(),
+        tls_cert: rogue_certs.node_cert.clone(),
+        tls_key: rogue_certs.node_key.clone(),
+        cluster_ca: rogue_certs.ca.clone(),
+        cache_dir: dir.path().join("rogue-cache"),
+        worker_threads: 1,
+        gossip: edge_shared::config::GossipConfig {
+            seeds: vec![cluster.gossip_seed().to_string()],
+            key_file: cluster.certs().gossip_key.clone(),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let config_path = dir.path().join("rogue.toml");
+    std::fs::write(&config_path, toml::to_string(&config).unwrap()).unwrap();
+    let log = std::fs::File::create(dir.path().join("rogue.log")).unwrap();
+    let mut rogue = std::process::Command::new(cluster::bin_dir().unwrap().join("edge-node"))
+        .arg("--config")
+        .arg(&config_path)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let joined = support::wait_for(std::time::Duration::from_secs(10), || {
+        cluster
+            .log("gateway")
+            .matches("node joined the request path")
+            .count()
+            >= 4
+    });
+    let c = client(&cluster).await;
+    let answers = answered_by(&c, &url(&cluster, "/fib?n=10"), 24).await;
+    let _ = rogue.kill();
+    let _ = rogue.wait();
+    assert!(
+        joined,
+        "the rogue node never reached the view: {}",
+        cluster.log("gateway")
+    );
+    assert!(!answers.contains_key("rogue"), "{answers:?}");
+    assert_eq!(answers.values().sum::<usize>(), 24);
+    // The gateway tried it (placement, then requests at most every 2 s) and refused it
+    // at the handshake.
+    assert!(
+        cluster.log("gateway").contains("invalid peer certificate"),
+        "{}",
+        cluster.log("gateway")
+    );
+}

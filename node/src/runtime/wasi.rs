@@ -380,7 +380,8 @@ fn poll_oneoff(
         let mut raw = vec![0u8; (count * SUBSCRIPTION_LEN) as usize];
         view.read(u64::from(subscriptions), &mut raw)
             .map_err(|_| errno::FAULT)?;
-        let u64_at = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap_or_default());
+        let u64_at =
+            |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap_or_default());
         let now = Instant::now();
         for sub in raw.chunks(SUBSCRIPTION_LEN as usize) {
             let userdata = u64_at(sub, 0);
