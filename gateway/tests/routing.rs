@@ -279,3 +279,68 @@ async fn a_node_with_a_certificate_from_another_ca_never_serves_a_request() {
         cluster.log("gateway")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_gateway_seeded_by_the_first_finds_every_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = fib_cluster(dir.path(), 1, RoutingPolicy::RoundRobin);
+    let certs = cluster.certs();
+    let config = edge_shared::config::GatewayConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls_cert: certs.gateway_cert.clone(),
+        tls_key: certs.gateway_key.clone(),
+        cluster_ca: certs.ca.clone(),
+        cluster_cert: certs.member_cert.clone(),
+        cluster_key: certs.member_key.clone(),
+        gossip: edge_shared::config::GossipConfig {
+            seeds: vec![cluster.gossip_seed().to_string()],
+            key_file: certs.gossip_key.clone(),
+            ..Default::default()
+        },
+        routing: RoutingPolicy::RoundRobin,
+        functions: vec![function("fib", Limits::default())],
+        ..Default::default()
+    };
+    let config_path = dir.path().join("gateway-2.toml");
+    std::fs::write(&config_path, toml::to_string(&config).unwrap()).unwrap();
+    let announce = dir.path().join("gateway-2.addr");
+    let log = std::fs::File::create(dir.path().join("gateway-2.log")).unwrap();
+    let mut second = std::process::Command::new(cluster::bin_dir().unwrap().join("edge-gateway"))
+        .arg("--config")
+        .arg(&config_path)
+        .arg("--announce")
+        .arg(&announce)
+        .args(["--expect-nodes", "3"])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    // It knows of no node but through the first gateway's gossip.
+    let announced = support::wait_for(std::time::Duration::from_secs(30), || {
+        std::fs::read_to_string(&announce).is_ok_and(|a| !a.is_empty())
+    });
+    let addr: std::net::SocketAddr = std::fs::read_to_string(&announce)
+        .unwrap_or_default()
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("not announced ({announced})"));
+    let tls = edge_gateway::client::trusting(&certs.ca).unwrap();
+    let c = edge_gateway::client::H3Client::connect(addr, "localhost", tls)
+        .await
+        .unwrap();
+    let answers = answered_by(
+        &c,
+        &format!("https://localhost:{}/fib?n=10", addr.port()),
+        12,
+    )
+    .await;
+    let first = answered_by(&client(&cluster).await, &url(&cluster, "/fib?n=10"), 6).await;
+    let _ = second.kill();
+    let _ = second.wait();
+    assert_eq!(
+        answers.len(),
+        3,
+        "the second gateway reached every node: {answers:?}"
+    );
+    assert_eq!(first.len(), 3, "the first gateway still serves: {first:?}");
+}
