@@ -234,8 +234,15 @@ async fn a_restarted_node_deserializes_instead_of_compiling() {
         "{after_restart}"
     );
 
-    // The node's own status agrees: no compile since it started. Nodes serve only
-    // cluster members: this client presents the gateway's member certificate.
+    // The node's own status agrees: no compile since it started.
+    let status = node_status(&cluster, 0).await;
+    assert_eq!(status["compiles"], 0, "{status}");
+    assert_eq!(status["deserializations"], 1, "{status}");
+}
+
+/// Node `i`'s status. Nodes serve only cluster members: this client presents the
+/// gateway's member certificate.
+async fn node_status(cluster: &edge_gateway::cluster::LocalCluster, i: usize) -> serde_json::Value {
     let certs = cluster.certs();
     let member = edge_shared::tls::Identity {
         cert: &certs.member_cert,
@@ -245,7 +252,7 @@ async fn a_restarted_node_deserializes_instead_of_compiling() {
         edge_shared::tls::client_config(&certs.ca, Some(member), &[edge_shared::wire::ALPN_H3])
             .unwrap();
     let node = edge_gateway::client::H3Client::connect(
-        cluster.node_addrs()[0],
+        cluster.node_addrs()[i],
         edge_shared::wire::NODE_SERVER_NAME,
         tls,
     )
@@ -258,9 +265,7 @@ async fn a_restarted_node_deserializes_instead_of_compiling() {
         ))
         .await
         .unwrap();
-    let status: serde_json::Value = serde_json::from_slice(&status.body).unwrap();
-    assert_eq!(status["compiles"], 0, "{status}");
-    assert_eq!(status["deserializations"], 1, "{status}");
+    serde_json::from_slice(&status.body).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -293,4 +298,26 @@ async fn a_node_serves_only_cluster_members() {
         .await
         .unwrap();
     assert_eq!(r.status, StatusCode::OK);
+
+    // Its gossip is the same: the node's status shows one live member (the gateway),
+    // and a datagram without the cluster key is counted as rejected.
+    let before = node_status(&cluster, 0).await["gossip"].clone();
+    assert_eq!(before["live_members"], 1, "{before}");
+    assert!(before["received"].as_u64().unwrap() > 0, "{before}");
+    let gossip_addr: std::net::SocketAddr = before["addr"].as_str().unwrap().parse().unwrap();
+    let intruder = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    intruder.send_to(b"let me in", gossip_addr).unwrap();
+    let counted = {
+        let mut counted = false;
+        for _ in 0..50 {
+            let after = node_status(&cluster, 0).await["gossip"].clone();
+            if after["rejected"].as_u64() > before["rejected"].as_u64() {
+                counted = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        counted
+    };
+    assert!(counted, "the forged datagram was not counted");
 }

@@ -267,11 +267,14 @@ pub struct NodeStatus {
     pub module_bytes: u64,
     /// Loaded deployments.
     pub deployments: Vec<DeploymentStatus>,
+    /// Gossip traffic and membership, once the node has joined.
+    pub gossip: Option<edge_shared::gossip::GossipStats>,
 }
 
 /// The node: its deployments, module cache, admission and worker threads.
 pub struct Node {
     config: NodeConfig,
+    gossip: std::sync::OnceLock<Arc<edge_shared::gossip::Gossip>>,
     cache: Arc<ModuleCache>,
     deployments: DashMap<DeploymentId, Arc<Deployment>>,
     workers: WorkerPool,
@@ -294,6 +297,7 @@ impl Node {
         };
         let admitter = Admitter::new(threads, config.memory_budget_mib << 20);
         Ok(Node {
+            gossip: std::sync::OnceLock::new(),
             cache: Arc::new(ModuleCache::open(
                 &config.cache_dir,
                 config.module_cache_mib << 20,
@@ -689,7 +693,13 @@ impl Node {
             modules_in_memory,
             module_bytes,
             deployments,
+            gossip: self.gossip.get().map(|g| g.stats()),
         }
+    }
+
+    /// Shows `gossip`'s counters and membership in the status from now on.
+    pub fn attach_gossip(&self, gossip: Arc<edge_shared::gossip::Gossip>) {
+        let _ = self.gossip.set(gossip);
     }
 }
 

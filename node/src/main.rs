@@ -59,6 +59,7 @@ async fn run(config: NodeConfig, announce: Option<PathBuf>) -> anyhow::Result<()
     let link = gossip::Link::udp(config.gossip.listen).await?;
     let node = Arc::new(Node::new(config)?);
     let gossip = Arc::new(Gossip::start(&settings, link, key).await?);
+    node.attach_gossip(Arc::clone(&gossip));
     tracing::info!(name = node.name(), %addr, gossip = %gossip.addr(), seeds = ?settings.seeds, "edge-node serving HTTP/3");
     tokio::spawn(publish_load(
         Arc::clone(&node),

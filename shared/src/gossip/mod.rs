@@ -30,6 +30,7 @@ pub mod simulation;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, NodeState};
@@ -68,6 +69,8 @@ pub struct Gossip {
     handle: ChitchatHandle,
     addr: SocketAddr,
     counters: Arc<Counters>,
+    /// Other members the failure detector held alive at the last publish.
+    live_members: AtomicUsize,
     cpu: std::sync::Mutex<CpuMeter>,
     changes: watch::Receiver<BTreeMap<ChitchatId, NodeState>>,
 }
@@ -116,6 +119,7 @@ impl Gossip {
             handle,
             addr,
             counters,
+            live_members: AtomicUsize::new(0),
             cpu: std::sync::Mutex::new(CpuMeter::default()),
             changes,
         })
@@ -129,6 +133,21 @@ impl Gossip {
     /// Traffic counters (sent, received, rejected).
     pub fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    /// Counters and membership at a glance, for status pages.
+    pub fn stats(&self) -> GossipStats {
+        let c = &self.counters;
+        GossipStats {
+            addr: self.addr,
+            live_members: self.live_members.load(Ordering::Relaxed),
+            sent: Counters::get(&c.sent),
+            sent_bytes: Counters::get(&c.sent_bytes),
+            received: Counters::get(&c.received),
+            received_bytes: Counters::get(&c.received_bytes),
+            rejected: Counters::get(&c.rejected),
+            undecodable: Counters::get(&c.undecodable),
+        }
     }
 
     /// Publishes this member's load and warm set (only what changed travels). The CPU
@@ -145,6 +164,8 @@ impl Gossip {
         let shards = warm.encode();
         let chitchat = self.handle.chitchat();
         let mut chitchat = chitchat.lock().await;
+        let others = chitchat.live_nodes().count().saturating_sub(1);
+        self.live_members.store(others, Ordering::Relaxed);
         let me = chitchat.self_node_state();
         me.set("load", load.encode());
         for (i, shard) in shards.into_iter().enumerate() {
@@ -195,6 +216,27 @@ impl Gossip {
     pub fn abort(&self) {
         self.handle.abort();
     }
+}
+
+/// A member's gossip at a glance.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct GossipStats {
+    /// The gossip address.
+    pub addr: SocketAddr,
+    /// Other members alive, as of the last publish.
+    pub live_members: usize,
+    /// Datagrams sent.
+    pub sent: u64,
+    /// Bytes sent.
+    pub sent_bytes: u64,
+    /// Datagrams accepted.
+    pub received: u64,
+    /// Bytes accepted.
+    pub received_bytes: u64,
+    /// Datagrams dropped for a missing or wrong cluster-key tag.
+    pub rejected: u64,
+    /// Signed datagrams that did not decode.
+    pub undecodable: u64,
 }
 
 /// This process's CPU use between calls, from `/proc/self/stat` (Linux; 0 elsewhere).
