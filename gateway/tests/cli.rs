@@ -121,6 +121,21 @@ fn bad_config_exits_at_start_naming_file_and_key() {
         assert!(err.contains(key), "{key} missing from: {err}");
     }
 
+    // Seeds can come from the environment as a comma-separated list, checked the same.
+    let output = Command::new(bin_dir().unwrap().join("edge-node"))
+        .arg("--config")
+        .arg(&node)
+        .env("EDGE_NODE_GOSSIP__SEEDS", "10.0.0.1:7946,no-port")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("gossip.seeds[1]") && err.contains("no-port"),
+        "{err}"
+    );
+    assert!(!err.contains("gossip.seeds[0]"), "{err}");
+
     let gateway = dir.path().join("gateway.toml");
     std::fs::write(&gateway, "listen = \"not an address\"\n").unwrap();
     let (code, err) = run("edge-gateway", &gateway);

@@ -104,7 +104,10 @@ where
             config::Environment::with_prefix(T::ENV_PREFIX)
                 .prefix_separator("_")
                 .separator("__")
-                .try_parsing(true),
+                .try_parsing(true)
+                // `EDGE_NODE_GOSSIP__SEEDS=host-a:7946,host-b:7946`
+                .list_separator(",")
+                .with_list_parse_key("gossip.seeds"),
         )
         .build()
         .and_then(|c| c.try_deserialize())
