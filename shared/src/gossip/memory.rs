@@ -1,5 +1,5 @@
 //! An in-memory datagram network for cluster simulations: ports by address, links that
-//! can be cut and healed, a delay per link, members that can be isolated. Run under
+//! can be cut and healed, a delay on every link, members that can be isolated. Run under
 //! tokio's paused clock, a simulation of a hundred members takes seconds, not minutes.
 
 use std::collections::{HashMap, HashSet};
@@ -16,9 +16,7 @@ struct State {
     ports: HashMap<SocketAddr, mpsc::UnboundedSender<Datagram>>,
     cut: HashSet<(SocketAddr, SocketAddr)>,
     isolated: HashSet<SocketAddr>,
-    delay: HashMap<(SocketAddr, SocketAddr), Duration>,
-    default_delay: Duration,
-    delivered_bytes: u64,
+    delay: Duration,
 }
 
 /// A simulated network. Cloning shares it.
@@ -70,23 +68,13 @@ impl Network {
         self.state().isolated.remove(&addr);
     }
 
-    /// Datagrams between `a` and `b` arrive `delay` late.
-    pub fn delay(&self, a: SocketAddr, b: SocketAddr, delay: Duration) {
-        self.state().delay.insert(pair(a, b), delay);
-    }
-
-    /// Every link without its own delay gets `delay`.
+    /// Every datagram arrives `delay` late.
     pub fn delay_all(&self, delay: Duration) {
-        self.state().default_delay = delay;
-    }
-
-    /// Bytes delivered so far, over all links.
-    pub fn delivered_bytes(&self) -> u64 {
-        self.state().delivered_bytes
+        self.state().delay = delay;
     }
 
     fn send(&self, datagram: Vec<u8>, from: SocketAddr, to: SocketAddr) {
-        let mut state = self.state();
+        let state = self.state();
         if state.cut.contains(&pair(from, to))
             || state.isolated.contains(&from)
             || state.isolated.contains(&to)
@@ -96,12 +84,7 @@ impl Network {
         let Some(port) = state.ports.get(&to).cloned() else {
             return;
         };
-        state.delivered_bytes += datagram.len() as u64;
-        let delay = state
-            .delay
-            .get(&pair(from, to))
-            .copied()
-            .unwrap_or(state.default_delay);
+        let delay = state.delay;
         drop(state);
         if delay.is_zero() {
             let _ = port.send((datagram, from));

@@ -74,13 +74,6 @@ impl Simulation {
         self.members.get(i)?.as_ref()
     }
 
-    /// Indexes of running members.
-    pub fn running(&self) -> Vec<usize> {
-        (0..self.members.len())
-            .filter(|&i| self.members[i].is_some())
-            .collect()
-    }
-
     /// Stops member `i` without a word, as a crash would.
     pub fn crash(&mut self, i: usize) {
         if let Some(g) = self.members.get_mut(i).and_then(Option::take) {
