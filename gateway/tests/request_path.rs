@@ -301,7 +301,14 @@ async fn a_node_serves_only_cluster_members() {
 
     // Its gossip is the same: the node's status shows one live member (the gateway),
     // and a datagram without the cluster key is counted as rejected.
-    let before = node_status(&cluster, 0).await["gossip"].clone();
+    let mut before = serde_json::Value::Null;
+    for _ in 0..100 {
+        before = node_status(&cluster, 0).await["gossip"].clone();
+        if before["live_members"] == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     assert_eq!(before["live_members"], 1, "{before}");
     assert!(before["received"].as_u64().unwrap() > 0, "{before}");
     let gossip_addr: std::net::SocketAddr = before["addr"].as_str().unwrap().parse().unwrap();
