@@ -96,7 +96,7 @@ async fn run(
         phi_threshold: gossip::PHI_THRESHOLD,
     };
     let link = gossip::Link::udp(config.gossip.listen).await?;
-    let gateway = Arc::new(Gateway::new(config, addr.port())?);
+    let gateway = Arc::new(Gateway::new(config, addr.port(), settings.name.clone())?);
     let gossip = Gossip::start(&settings, link, key).await?;
     tracing::info!(%addr, gossip = %gossip.addr(), seeds = ?settings.seeds, functions = gateway.functions().len(), "edge-gateway serving HTTP/3 on UDP, HTTP/1.1 and HTTP/2 on TCP");
     tokio::spawn(Arc::clone(&gateway).watch_cluster(gossip, settings.interval));

@@ -1,6 +1,11 @@
 //! The gateway's picture of the cluster, made from gossip: an immutable [`Snapshot`]
 //! swapped in whole whenever gossip brings news (routing reads never wait), and the
 //! gateway's own exact in-flight count per node, which outlives snapshots.
+//!
+//! Each node's gossiped load says how many of its requests came from each gateway. The
+//! estimate a routing decision uses is the node's reported load, minus this gateway's
+//! share in that report, plus this gateway's exact count now: only other gateways'
+//! requests are as old as the report.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -31,18 +36,11 @@ impl Snapshot {
     }
 }
 
-/// What the gateway last knew of a node's report.
-struct Reported {
-    state_version: u64,
-    own_at_report: usize,
-}
-
 /// The current snapshot and what it is made from.
 #[derive(Default)]
 pub struct Membership {
     snapshot: ArcSwap<Snapshot>,
     in_flight: Mutex<HashMap<SocketAddr, Arc<AtomicUsize>>>,
-    reported: Mutex<HashMap<SocketAddr, Reported>>,
 }
 
 impl Membership {
@@ -57,9 +55,9 @@ impl Membership {
         counters.values().map(|n| n.load(Ordering::Relaxed)).sum()
     }
 
-    /// Swaps in a snapshot of `members` (the nodes among them); returns how the set of
-    /// usable nodes changed.
-    pub fn update(&self, members: &[Member]) -> Changes {
+    /// Swaps in a snapshot of `members` (the nodes among them), as seen by the gateway
+    /// named `me`; returns how the set of usable nodes changed.
+    pub fn update(&self, members: &[Member], me: &str) -> Changes {
         // A node restarted on the same address appears twice: keep its newest incarnation.
         let mut nodes: HashMap<SocketAddr, &Member> = HashMap::new();
         for m in members.iter().filter(|m| m.role == Role::Node) {
@@ -74,21 +72,10 @@ impl Membership {
         nodes.sort_by_key(|m| m.quic);
         let previous = self.snapshot();
         let mut counters = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        let mut reported = self.reported.lock().unwrap_or_else(|p| p.into_inner());
         let mut view = ClusterView::default();
         let mut in_flight = Vec::with_capacity(nodes.len());
         for m in nodes {
             let counter = Arc::clone(counters.entry(m.quic).or_default());
-            let own_now = counter.load(Ordering::Relaxed);
-            let report = reported.entry(m.quic).or_insert(Reported {
-                state_version: m.state_version,
-                own_at_report: own_now,
-            });
-            if report.state_version != m.state_version {
-                // A new report: the correction counts from now.
-                report.state_version = m.state_version;
-                report.own_at_report = own_now;
-            }
             view.nodes.push(NodeState {
                 addr: m.quic,
                 name: m.name.clone(),
@@ -98,7 +85,7 @@ impl Membership {
                 in_flight: m.load.in_flight,
                 queued: m.load.queued,
                 warm: m.warm.clone(),
-                own_in_flight_at_report: report.own_at_report,
+                own_in_flight_at_report: m.load.from_gateway(me),
             });
             in_flight.push(counter);
         }
@@ -140,4 +127,66 @@ pub struct Changes {
     pub joined: Vec<SocketAddr>,
     /// Nodes no longer usable: address, name, and why (`down`, `draining`, `gone`).
     pub left: Vec<(SocketAddr, String, &'static str)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use edge_shared::gossip::{LoadReport, WarmSet};
+
+    use super::*;
+
+    fn node(port: u16, live: bool, draining: bool, from: &[(&str, usize)]) -> Member {
+        Member {
+            name: format!("node-{port}"),
+            role: Role::Node,
+            quic: SocketAddr::from(([127, 0, 0, 1], port)),
+            version: "0.1.0".into(),
+            draining,
+            live,
+            gossip: SocketAddr::from(([127, 0, 0, 1], port + 1000)),
+            generation: 1,
+            load: LoadReport {
+                in_flight: 7,
+                slots: 4,
+                from_gateways: from.iter().map(|&(g, n)| (g.to_string(), n)).collect(),
+                ..LoadReport::default()
+            },
+            warm: WarmSet::default(),
+            state_version: 1,
+        }
+    }
+
+    #[test]
+    fn own_share_comes_from_the_report_and_changes_are_named() {
+        let membership = Membership::default();
+        let gateway = Member {
+            role: Role::Gateway,
+            ..node(9000, true, false, &[])
+        };
+        let changes = membership.update(
+            &[
+                node(5001, true, false, &[("gw-a", 2), ("gw-b", 5)]),
+                gateway,
+            ],
+            "gw-a",
+        );
+        assert_eq!(changes.joined, [SocketAddr::from(([127, 0, 0, 1], 5001))]);
+        let snapshot = membership.snapshot();
+        assert_eq!(snapshot.view.nodes.len(), 1, "gateways are not nodes");
+        assert_eq!(snapshot.view.nodes[0].own_in_flight_at_report, 2);
+        assert_eq!(snapshot.view.nodes[0].in_flight, 7);
+
+        // The in-flight counter outlives the snapshot; a draining node leaves, named.
+        snapshot.in_flight[0].fetch_add(1, Ordering::Relaxed);
+        let changes = membership.update(&[node(5001, true, true, &[])], "gw-a");
+        assert_eq!(changes.left[0].2, "draining");
+        assert_eq!(membership.snapshot().own_in_flight(), [1]);
+        assert_eq!(membership.total_in_flight(), 1);
+        let changes = membership.update(&[node(5001, false, false, &[])], "gw-a");
+        assert!(changes.left.is_empty(), "already out: {changes:?}");
+        let changes = membership.update(&[node(5001, true, false, &[])], "gw-a");
+        assert_eq!(changes.joined.len(), 1);
+        let changes = membership.update(&[], "gw-a");
+        assert_eq!(changes.left[0].2, "gone");
+    }
 }

@@ -103,6 +103,8 @@ impl GatewayError {
 /// The gateway: its functions, routes and node connections.
 pub struct Gateway {
     config: GatewayConfig,
+    /// Its member name in gossip, sent to nodes with each request.
+    name: String,
     functions: Vec<Function>,
     routes: RouteTable,
     nodes: NodePool,
@@ -149,8 +151,8 @@ pub struct Routed {
 
 impl Gateway {
     /// Loads and checks every function module, builds the route table and the node pool.
-    /// `h3_port` is advertised in `alt-svc`.
-    pub fn new(config: GatewayConfig, h3_port: u16) -> anyhow::Result<Gateway> {
+    /// `h3_port` is advertised in `alt-svc`; `name` is the gateway's gossip member name.
+    pub fn new(config: GatewayConfig, h3_port: u16, name: String) -> anyhow::Result<Gateway> {
         let mut functions = Vec::new();
         for f in &config.functions {
             let module = std::fs::read(&f.module).with_context(|| {
@@ -197,6 +199,7 @@ impl Gateway {
         getrandom::fill(&mut seed).expect("the OS random source");
         let (prewarm, prewarm_queue) = tokio::sync::mpsc::unbounded_channel();
         Ok(Gateway {
+            name,
             prewarm,
             prewarm_queue: Mutex::new(Some(prewarm_queue)),
             warming: Mutex::new(std::collections::HashSet::new()),
@@ -384,7 +387,7 @@ impl Gateway {
                     continue;
                 }
             }
-            let changes = self.membership.update(&gossip.members().await);
+            let changes = self.membership.update(&gossip.members().await, &self.name);
             for (node, name, why) in changes.left {
                 tracing::warn!(%node, %name, why, "node left the request path");
             }
@@ -467,6 +470,7 @@ impl Gateway {
         };
         set(headers, wire::FUNCTION_HEADER, function.deployment.as_str());
         set(headers, wire::REQUEST_ID_HEADER, request_id);
+        set(headers, wire::GATEWAY_HEADER, &self.name);
         set(headers, wire::SCRIPT_NAME_HEADER, &routed.script_name);
         set(
             headers,

@@ -37,7 +37,7 @@ pub struct NodeState {
     pub queued: usize,
     /// Deployments warm on it.
     pub warm: WarmSet,
-    /// This gateway's own in-flight count to it when the report came.
+    /// Of the requests it reported, how many came from this gateway.
     pub own_in_flight_at_report: usize,
 }
 

@@ -147,6 +147,7 @@ fn benches(c: &mut Criterion) {
                 cgi_env: cgi_env(),
                 body: Bytes::new(),
                 deadline: None,
+                gateway: None,
             };
             let answer = runtime.block_on(node.invoke(&deployment, call)).unwrap();
             assert_eq!(answer.head.status, http::StatusCode::OK);

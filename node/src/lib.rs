@@ -182,6 +182,8 @@ pub struct Call {
     pub body: Bytes,
     /// Time the gateway gives the node, if it said.
     pub deadline: Option<Duration>,
+    /// The gateway that sent it (its member name), if it said.
+    pub gateway: Option<String>,
 }
 
 /// A function's answer.
@@ -213,6 +215,8 @@ pub struct Load {
     pub warm: Vec<DeploymentId>,
     /// Whether the node is shutting down.
     pub draining: bool,
+    /// Requests running or queued, per gateway that sent them (those with none left out).
+    pub from_gateways: Vec<(String, usize)>,
 }
 
 /// One deployment in the status.
@@ -274,6 +278,8 @@ pub struct NodeStatus {
 /// The node: its deployments, module cache, admission and worker threads.
 pub struct Node {
     config: NodeConfig,
+    /// Requests running or queued per sending gateway.
+    from_gateways: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     gossip: std::sync::OnceLock<Arc<edge_shared::gossip::Gossip>>,
     cache: Arc<ModuleCache>,
     deployments: DashMap<DeploymentId, Arc<Deployment>>,
@@ -297,6 +303,7 @@ impl Node {
         };
         let admitter = Admitter::new(threads, config.memory_budget_mib << 20);
         Ok(Node {
+            from_gateways: std::sync::Mutex::default(),
             gossip: std::sync::OnceLock::new(),
             cache: Arc::new(ModuleCache::open(
                 &config.cache_dir,
@@ -418,6 +425,10 @@ impl Node {
         if self.draining.load(Ordering::Relaxed) {
             return Err(Failure::Refused(Refusal::Draining));
         }
+        let _from = call
+            .gateway
+            .as_deref()
+            .map(|gateway| FromGateway::start(&self.from_gateways, gateway));
         let mut timing = ServerTiming::default();
         let (pool, cold) = self.pool_of(deployment, &mut timing).await?;
         let (permit, queued) = match self
@@ -651,6 +662,10 @@ impl Node {
             memory_budget: self.config.memory_budget_mib << 20,
             warm,
             draining: self.draining.load(Ordering::Relaxed),
+            from_gateways: {
+                let from = self.from_gateways.lock().unwrap_or_else(|p| p.into_inner());
+                from.iter().map(|(g, &n)| (g.clone(), n)).collect()
+            },
         }
     }
 
@@ -700,6 +715,40 @@ impl Node {
     /// Shows `gossip`'s counters and membership in the status from now on.
     pub fn attach_gossip(&self, gossip: Arc<edge_shared::gossip::Gossip>) {
         let _ = self.gossip.set(gossip);
+    }
+}
+
+/// Counts one request from a gateway while alive.
+struct FromGateway<'a> {
+    counts: &'a std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    gateway: &'a str,
+}
+
+impl<'a> FromGateway<'a> {
+    fn start(
+        counts: &'a std::sync::Mutex<std::collections::HashMap<String, usize>>,
+        gateway: &'a str,
+    ) -> FromGateway<'a> {
+        let mut map = counts.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get_mut(gateway) {
+            Some(n) => *n += 1,
+            None => {
+                map.insert(gateway.to_string(), 1);
+            }
+        }
+        FromGateway { counts, gateway }
+    }
+}
+
+impl Drop for FromGateway<'_> {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(self.gateway) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(self.gateway);
+            }
+        }
     }
 }
 

@@ -94,6 +94,7 @@ async fn publish_load(node: Arc<Node>, gossip: Arc<Gossip>, every: Duration) {
             slots: load.slots,
             ewma_run_us: load.ewma_run_us,
             cpu_permille: 0,
+            from_gateways: load.from_gateways,
         };
         let warm = WarmSet::of(load.warm.iter().map(|d| d.as_str()));
         gossip.publish(report, &warm).await;

@@ -272,6 +272,7 @@ async fn invoke(
                 cgi_env,
                 body,
                 deadline,
+                gateway: header(req, wire::GATEWAY_HEADER).map(str::to_string),
             },
         )
         .await?;

@@ -72,6 +72,7 @@ fn call(query: &str) -> Call {
         ],
         body: Bytes::new(),
         deadline: None,
+        gateway: None,
     }
 }
 

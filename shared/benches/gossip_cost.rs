@@ -36,6 +36,7 @@ fn load(round: usize, member: usize) -> LoadReport {
         slots: 4,
         ewma_run_us: 100 + (round % 3) as u64,
         cpu_permille: 0,
+        from_gateways: Vec::new(),
     }
 }
 

@@ -13,6 +13,9 @@ pub const DEADLINE_HEADER: &str = "x-edge-deadline-ms";
 pub const REFUSED_HEADER: &str = "x-edge-refused";
 /// Response header: which node served the request.
 pub const NODE_HEADER: &str = "x-edge-node";
+/// Request header: the member name of the gateway that sent the request (nodes count
+/// requests per gateway in their gossiped load).
+pub const GATEWAY_HEADER: &str = "x-edge-gateway";
 /// Request header: the route prefix that matched (CGI `SCRIPT_NAME`), empty for a host route.
 pub const SCRIPT_NAME_HEADER: &str = "x-edge-script-name";
 /// Path prefix of the node's deploy endpoint: `PUT /_edge/v1/deployments/{deployment id}`;

@@ -7,7 +7,7 @@
 //! | `quic` | the address gateways send HTTP/3 requests to |
 //! | `version` | the member's software version |
 //! | `draining` | `1` once it is shutting down, else `0` |
-//! | `load` | `in_flight queued slots ewma_run_us cpu_permille` (numbers, spaces between) |
+//! | `load` | `in_flight queued slots ewma_run_us cpu_permille`, then `GATEWAY=N` for each gateway with requests here (spaces between) |
 //! | `warm.0` … `warm.f` | the warm set: 48-bit fingerprints of deployment ids, 12 hex digits each, sorted, split in 16 shards by first digit |
 //!
 //! Sharding the warm set means a deploy or an eviction re-gossips one shard, not the
@@ -51,7 +51,7 @@ impl Role {
 }
 
 /// A member's load, as it last published it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LoadReport {
     /// Requests running.
     pub in_flight: usize,
@@ -64,26 +64,49 @@ pub struct LoadReport {
     /// CPU use of the member's process since its previous report, in thousandths of one
     /// core.
     pub cpu_permille: u64,
+    /// Of `in_flight + queued`, how many came from each gateway (by its member name;
+    /// gateways with none are left out). A gateway subtracts its own share and adds its
+    /// exact count instead, so its estimate is never stale about its own requests.
+    pub from_gateways: Vec<(String, usize)>,
 }
 
 impl LoadReport {
     pub(crate) fn encode(&self) -> String {
-        format!(
+        let mut text = format!(
             "{} {} {} {} {}",
             self.in_flight, self.queued, self.slots, self.ewma_run_us, self.cpu_permille
-        )
+        );
+        for (gateway, n) in &self.from_gateways {
+            let _ = write!(text, " {gateway}={n}");
+        }
+        text
     }
 
     pub(crate) fn decode(text: &str) -> Option<LoadReport> {
         let mut parts = text.split(' ');
         let mut next = || parts.next()?.parse::<u64>().ok();
-        Some(LoadReport {
+        let mut load = LoadReport {
             in_flight: usize::try_from(next()?).ok()?,
             queued: usize::try_from(next()?).ok()?,
             slots: usize::try_from(next()?).ok()?,
             ewma_run_us: next()?,
             cpu_permille: next()?,
-        })
+            from_gateways: Vec::new(),
+        };
+        for pair in parts {
+            let (gateway, n) = pair.rsplit_once('=')?;
+            load.from_gateways
+                .push((gateway.to_string(), n.parse().ok()?));
+        }
+        Some(load)
+    }
+
+    /// Requests from `gateway` among those reported.
+    pub fn from_gateway(&self, gateway: &str) -> usize {
+        self.from_gateways
+            .iter()
+            .find(|(g, _)| g == gateway)
+            .map_or(0, |&(_, n)| n)
     }
 }
 
@@ -244,8 +267,12 @@ mod tests {
             slots: 4,
             ewma_run_us: 250,
             cpu_permille: 1500,
+            from_gateways: vec![("gateway@127.0.0.1:4433".into(), 3)],
         };
-        assert_eq!(LoadReport::decode(&load.encode()), Some(load));
+        assert_eq!(LoadReport::decode(&load.encode()).as_ref(), Some(&load));
+        assert_eq!(load.from_gateway("gateway@127.0.0.1:4433"), 3);
+        assert_eq!(load.from_gateway("gateway@elsewhere"), 0);
+        assert_eq!(LoadReport::decode("1 2 3 4 5 gw"), None);
         assert_eq!(LoadReport::decode("1 2 3"), None);
         assert_eq!(LoadReport::decode("a b c d e"), None);
     }
