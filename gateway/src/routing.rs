@@ -4,8 +4,9 @@
 //! and an RNG, it returns the nodes to try in order (the first, then fallbacks for
 //! retries). `least-loaded-warm` (see `DESIGN.md`, *Routing*):
 //!
-//! - a node's estimated load is its reported in-flight + queued, corrected by how much
-//!   this gateway's own in-flight to it changed since that report, over its slots;
+//! - a node's estimated load is other gateways' requests as it last reported them (its
+//!   in-flight + queued less this gateway's share of that report), plus this gateway's own
+//!   requests to it now, counted exactly; over its slots;
 //! - among nodes where the function is warm and below saturation, power of two choices:
 //!   two drawn at random, the lower estimate first;
 //! - with no such node, rendezvous (HRW) hashing of the function id over the healthy
@@ -152,12 +153,13 @@ fn rotate(items: &[usize], start: usize) -> Vec<usize> {
     (0..n).map(|k| items[(start + k) % n.max(1)]).collect()
 }
 
-/// Estimated load: reported in-flight + queued, corrected by this gateway's own change
-/// since the report, over slots.
+/// Estimated load over slots: other gateways' requests as the node last reported them
+/// (in flight + queued, less this gateway's share of that report), plus this gateway's
+/// own requests to it now, counted exactly (including those waiting on a cold start,
+/// which the node does not yet count as in flight or queued).
 pub fn estimated_load(node: &NodeState, own_in_flight_now: usize) -> f64 {
-    let reported = (node.in_flight + node.queued) as f64;
-    let correction = own_in_flight_now as f64 - node.own_in_flight_at_report as f64;
-    (reported + correction).max(0.0) / node.slots.max(1) as f64
+    let others = (node.in_flight + node.queued).saturating_sub(node.own_in_flight_at_report);
+    (others + own_in_flight_now) as f64 / node.slots.max(1) as f64
 }
 
 fn least_loaded_warm(input: &Input<'_>, usable: &[usize], rng: &mut dyn Rng) -> Vec<usize> {
@@ -433,8 +435,8 @@ mod tests {
                 1
             );
         }
-        // Since the report, this gateway sent 4 more to node 1 and node 0 finished 3
-        // of its own: node 0 is now the lighter.
+        // The 3 on node 0 were this gateway's and have finished, and it has 4 on node 1
+        // now: node 0 is the lighter.
         v.nodes[0].own_in_flight_at_report = 3;
         for seq in 0..50 {
             assert_eq!(
