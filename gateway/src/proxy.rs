@@ -371,9 +371,15 @@ impl Gateway {
             .unwrap_or_else(|p| p.into_inner())
             .take()
             .expect("watch_cluster runs once");
+        // Every member's load changes every round: rebuild at most four times a round,
+        // each rebuild taking in all the news since the last.
+        let min_gap = every / 4;
+        let mut rebuilt_at = tokio::time::Instant::now();
         loop {
             tokio::select! {
-                () = gossip.changed() => {}
+                () = gossip.changed() => {
+                    tokio::time::sleep_until(rebuilt_at + min_gap).await;
+                }
                 _ = ticker.tick() => {
                     let load = LoadReport {
                         in_flight: self.membership.total_in_flight(),
@@ -387,6 +393,7 @@ impl Gateway {
                     continue;
                 }
             }
+            rebuilt_at = tokio::time::Instant::now();
             let changes = self.membership.update(&gossip.members().await, &self.name);
             for (node, name, why) in changes.left {
                 tracing::warn!(%node, %name, why, "node left the request path");
