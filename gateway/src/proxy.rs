@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use bytes::{Buf, Bytes};
 use edge_shared::config::{GatewayConfig, RoutingPolicy};
-use edge_shared::gossip::{Gossip, LoadReport, WarmSet};
+use edge_shared::gossip::{Gossip, LoadReport, WarmSet, fingerprint};
 use edge_shared::manifest::{ContentId, DeploymentId, FunctionManifest};
 use edge_shared::module_check::check_module;
 use edge_shared::tls;
@@ -28,6 +28,8 @@ pub struct Function {
     pub manifest: FunctionManifest,
     /// Its deployment id.
     pub deployment: DeploymentId,
+    /// The deployment id's fingerprint: how warm sets and routing know it.
+    key: u64,
     /// Body of the deploy request nodes get (manifest and module).
     deploy_body: Bytes,
 }
@@ -176,8 +178,10 @@ impl Gateway {
                 anyhow::bail!("function {:?}: {}", f.name, text.join("; "));
             }
             let deploy_body = Bytes::from(wire::encode_deploy_body(&manifest, &module));
+            let deployment = manifest.deployment_id();
             functions.push(Function {
-                deployment: manifest.deployment_id(),
+                key: fingerprint(deployment.as_str()),
+                deployment,
                 manifest,
                 deploy_body,
             });
@@ -336,7 +340,7 @@ impl Gateway {
         let own = snapshot.own_in_flight();
         let input = routing::Input {
             view: &snapshot.view,
-            function: function.deployment.as_str(),
+            function: function.key,
             own_in_flight: &own,
             sequence: self.next_node.fetch_add(1, Ordering::Relaxed),
         };
@@ -538,8 +542,8 @@ impl Gateway {
         self.placed.store(true, Ordering::Release);
         let snapshot = self.membership.snapshot();
         for function in &self.functions {
-            let Some(home) = routing::home(&snapshot.view, function.deployment.as_str())
-                .map(|i| snapshot.view.nodes[i].addr)
+            let Some(home) =
+                routing::home(&snapshot.view, function.key).map(|i| snapshot.view.nodes[i].addr)
             else {
                 continue;
             };

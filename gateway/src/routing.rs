@@ -16,8 +16,7 @@
 use std::net::SocketAddr;
 
 use edge_shared::config::RoutingPolicy;
-use edge_shared::gossip::{WarmSet, fingerprint};
-use sha2::{Digest, Sha256};
+use edge_shared::gossip::WarmSet;
 
 /// What the gateway knows of one node.
 #[derive(Debug, Clone, PartialEq)]
@@ -78,8 +77,9 @@ impl Rng for SplitMix64 {
 pub struct Input<'a> {
     /// The cluster.
     pub view: &'a ClusterView,
-    /// The function's deployment id.
-    pub function: &'a str,
+    /// The function: the [`fingerprint`](edge_shared::gossip::fingerprint) of its deployment id (computed once per function,
+    /// not per request).
+    pub function: u64,
     /// This gateway's in-flight requests per node, now (same order as the view).
     pub own_in_flight: &'a [usize],
     /// Requests this gateway has routed so far (round robin's position).
@@ -165,7 +165,7 @@ pub fn estimated_load(node: &NodeState, own_in_flight_now: usize) -> f64 {
 fn least_loaded_warm(input: &Input<'_>, usable: &[usize], rng: &mut dyn Rng) -> Vec<usize> {
     let nodes = &input.view.nodes;
     let load = |i: usize| estimated_load(&nodes[i], input.own_in_flight[i]);
-    let function = fingerprint(input.function);
+    let function = input.function;
     let warm: Vec<usize> = usable
         .iter()
         .copied()
@@ -230,7 +230,7 @@ pub fn prewarm_target(input: &Input<'_>) -> Option<usize> {
     let usable: Vec<usize> = (0..nodes.len())
         .filter(|&i| nodes[i].up && !nodes[i].draining)
         .collect();
-    let function = fingerprint(input.function);
+    let function = input.function;
     let is_warm = |i: usize| nodes[i].warm.contains(function);
     let warm: Vec<usize> = usable.iter().copied().filter(|&i| is_warm(i)).collect();
     if warm.is_empty()
@@ -248,24 +248,37 @@ pub fn prewarm_target(input: &Input<'_>) -> Option<usize> {
 
 /// Where a function's cold starts land: the usable node with its highest rendezvous
 /// score. Functions are placed there ahead of their first request.
-pub fn home(view: &ClusterView, function: &str) -> Option<usize> {
+pub fn home(view: &ClusterView, function: u64) -> Option<usize> {
     (0..view.nodes.len())
         .filter(|&i| view.nodes[i].up && !view.nodes[i].draining)
         .max_by_key(|&i| rendezvous(function, &view.nodes[i]))
 }
 
-/// The rendezvous (highest random weight) score of `node` for `function`.
-fn rendezvous(function: &str, node: &NodeState) -> u64 {
-    let digest = Sha256::new()
-        .chain_update(function.as_bytes())
-        .chain_update(node.addr.to_string().as_bytes())
-        .finalize();
-    u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"))
+/// The rendezvous (highest random weight) score of `node` for `function`: a mix of the
+/// function's fingerprint and the node's address, no allocation and no cryptographic
+/// hash on the request path. The same on every gateway, so they agree on placement.
+fn rendezvous(function: u64, node: &NodeState) -> u64 {
+    let ip = match node.addr.ip() {
+        std::net::IpAddr::V4(v4) => u128::from(v4.to_bits()),
+        std::net::IpAddr::V6(v6) => v6.to_bits(),
+    };
+    let addr = mix(mix(ip as u64 ^ mix((ip >> 64) as u64)) ^ u64::from(node.addr.port()));
+    mix(function ^ addr)
+}
+
+/// SplitMix64's finalizer: a strong 64-bit mix.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
+
+    use edge_shared::gossip::fingerprint;
 
     use super::*;
 
@@ -311,7 +324,7 @@ mod tests {
             self::policy(policy),
             &Input {
                 view: v,
-                function: "hello@0123456789abcdef",
+                function: fingerprint("hello@0123456789abcdef"),
                 own_in_flight: own,
                 sequence: seq,
             },
@@ -340,7 +353,7 @@ mod tests {
                     self::policy(policy),
                     &Input {
                         view: &v,
-                        function: "hello@0123456789abcdef",
+                        function: fingerprint("hello@0123456789abcdef"),
                         own_in_flight: &[0; 4],
                         sequence: seq,
                     },
@@ -406,7 +419,7 @@ mod tests {
                     &LeastLoadedWarm,
                     &Input {
                         view: &cold,
-                        function: &format!("f{f}@0123456789abcdef"),
+                        function: fingerprint(&format!("f{f}@0123456789abcdef")),
                         own_in_flight: &[0; 4],
                         sequence: 0,
                     },
@@ -461,7 +474,7 @@ mod tests {
         let input = |v: &ClusterView, own: &[usize]| {
             prewarm_target(&Input {
                 view: v,
-                function: "hello@0123456789abcdef",
+                function: fingerprint("hello@0123456789abcdef"),
                 own_in_flight: own,
                 sequence: 0,
             })
