@@ -1,27 +1,27 @@
-//! Edge gateway and operator CLI.
+//! Edge gateway: the users' entry point.
 //!
-//! Users' requests enter through [`ingress`]: HTTP/3 on UDP ([`ingress::h3`]) and
-//! HTTP/1.1 + HTTP/2 over TLS on TCP ([`ingress::tcp`]), same port number, every answer
-//! carrying `Alt-Svc: h3`. Both hand each request to [`proxy::Gateway`], which finds the
-//! function in the [`routes`] table (host `NAME.<domain>` or path prefix `/NAME`), reads
-//! the body up to the function's limit, ranks the nodes with the configured [`routing`]
-//! policy over the [`membership`] snapshot that gossip keeps current (nodes that just
-//! failed last) and forwards over a pooled HTTP/3 connection from [`nodes`]. A node that
-//! does not
-//! have the function yet (`503 x-edge-refused: not-found`) gets it deployed and the request
-//! again; a refusal or an unreachable node moves the request to the next node; a request
-//! that broke mid-way is retried only if its method is idempotent.
+//! Users' requests enter through [`ingress`]: HTTP/3 on UDP ([`ingress::h3`], on the
+//! shared accept loop of `edge_net::http3`) and HTTP/1.1 + HTTP/2 over TLS on TCP
+//! ([`ingress::tcp`]), same port number, every answer carrying `Alt-Svc: h3`. Both hand
+//! each request to [`proxy::Gateway`]:
 //!
-//! For operators and tests: [`devcerts`] makes a development CA and certificates,
-//! [`cluster`] starts a local cluster of real processes (`edge up`), and [`client`] is the
-//! HTTP/3 client behind `edge call`.
+//! 1. [`functions`] finds the function in the route table (host `NAME.<domain>` or path
+//!    prefix `/NAME`) and its limits in force; the body is read up to its limit;
+//! 2. the routing policy of `edge_shared::routing` orders the nodes over the
+//!    [`membership`] snapshot that gossip keeps current, with this gateway's own
+//!    in-flight counts and recent failures as input;
+//! 3. the pure `edge_shared::attempt` sequence says what to do with each outcome (send
+//!    to the next node, deploy then send again, answer, fail), and [`nodes`] does it
+//!    over pooled HTTP/3 connections;
+//! 4. the answer streams back with `server-timing`; the gateway's own failures become
+//!    answers in one place.
+//!
+//! [`cluster`] turns gossip into snapshots, places functions on their home nodes and
+//! warms them ahead of need.
 
-pub mod client;
 pub mod cluster;
-pub mod devcerts;
+pub mod functions;
 pub mod ingress;
 pub mod membership;
 pub mod nodes;
 pub mod proxy;
-pub mod routes;
-pub mod routing;

@@ -9,9 +9,11 @@ use anyhow::Context;
 use clap::Parser;
 use edge_gateway::ingress;
 use edge_gateway::proxy::Gateway;
+use edge_net::gossip::{self, ClusterKey, Gossip, Role};
+use edge_net::lifecycle::{InFlight, Shutdown};
+use edge_net::{http3, logging, quic, tls};
 use edge_shared::config::{self, GatewayConfig};
-use edge_shared::gossip::{self, ClusterKey, Gossip, Role};
-use edge_shared::{tls, wire};
+use edge_shared::wire;
 use tokio::net::TcpListener;
 
 /// Serves edge functions to users over HTTP/3, HTTP/2 and HTTP/1.1.
@@ -32,6 +34,8 @@ struct Args {
 
 /// Longest `--expect-nodes` waits.
 const EXPECT_NODES_WITHIN: Duration = Duration::from_secs(30);
+/// Longest closing a QUIC endpoint waits for its peers to be told.
+const CLOSE_WITHIN: Duration = Duration::from_secs(2);
 
 fn main() {
     let args = Args::parse();
@@ -42,7 +46,7 @@ fn main() {
             std::process::exit(2);
         }
     };
-    config.log_format.init();
+    logging::init(config.log_format);
     let runtime = tokio::runtime::Runtime::new().expect("starting the async runtime");
     if let Err(e) = runtime.block_on(run(config, args.announce, args.expect_nodes)) {
         eprintln!("edge-gateway: {e:#}");
@@ -56,15 +60,15 @@ async fn bind(
     quic_tls: rustls::ServerConfig,
 ) -> anyhow::Result<(quinn::Endpoint, TcpListener)> {
     if addr.port() != 0 {
-        let endpoint =
-            ingress::h3::endpoint(addr, quic_tls).with_context(|| format!("binding UDP {addr}"))?;
+        let endpoint = quic::server(addr, quic_tls, &quic::USERS)
+            .with_context(|| format!("binding UDP {addr}"))?;
         let tcp = TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding TCP {addr}"))?;
         return Ok((endpoint, tcp));
     }
     for _ in 0..20 {
-        let endpoint = ingress::h3::endpoint(addr, quic_tls.clone())?;
+        let endpoint = quic::server(addr, quic_tls.clone(), &quic::USERS)?;
         let chosen = endpoint.local_addr()?;
         if let Ok(tcp) = TcpListener::bind(chosen).await {
             return Ok((endpoint, tcp));
@@ -78,6 +82,7 @@ async fn run(
     announce: Option<PathBuf>,
     expect_nodes: usize,
 ) -> anyhow::Result<()> {
+    let stop = Shutdown::on_signals()?;
     let identity = tls::Identity {
         cert: &config.tls_cert,
         key: &config.tls_key,
@@ -95,14 +100,19 @@ async fn run(
         interval: Duration::from_millis(config.gossip.interval_ms),
         phi_threshold: gossip::PHI_THRESHOLD,
     };
+    let grace = Duration::from_millis(config.shutdown_grace_ms);
     let link = gossip::Link::udp(config.gossip.listen).await?;
     let gateway = Arc::new(Gateway::new(config, addr.port(), settings.name.clone())?);
     let gossip = Gossip::start(&settings, link, key).await?;
     tracing::info!(%addr, gossip = %gossip.addr(), seeds = ?settings.seeds, functions = gateway.functions().len(), "edge-gateway serving HTTP/3 on UDP, HTTP/1.1 and HTTP/2 on TCP");
-    tokio::spawn(Arc::clone(&gateway).watch_cluster(gossip, settings.interval));
+    let watch =
+        tokio::spawn(Arc::clone(&gateway).watch_cluster(gossip, settings.interval, stop.clone()));
     if expect_nodes > 0 {
         let deadline = tokio::time::Instant::now() + EXPECT_NODES_WITHIN;
-        while gateway.usable_nodes() < expect_nodes && tokio::time::Instant::now() < deadline {
+        while gateway.usable_nodes() < expect_nodes
+            && tokio::time::Instant::now() < deadline
+            && !stop.is_fired()
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let found = gateway.usable_nodes();
@@ -119,43 +129,40 @@ async fn run(
         std::fs::write(&path, addr.to_string())?;
     }
 
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
+    // Both ingresses count their requests in one place, so the drain waits for all.
+    let in_flight = InFlight::default();
+    let h3 = {
+        let (gateway, stop, in_flight) = (Arc::clone(&gateway), stop.clone(), in_flight.clone());
+        tokio::spawn(async move {
+            http3::serve(&endpoint, gateway, stop, in_flight).await;
+            endpoint
+        })
     };
-    let h3 = tokio::spawn(ingress::h3::serve(
-        endpoint,
-        Arc::clone(&gateway),
-        until_stopped(stopped.clone()),
-    ));
     let tcp = tokio::spawn(ingress::tcp::serve(
         tcp,
         tcp_tls,
         Arc::clone(&gateway),
-        until_stopped(stopped),
+        stop.clone(),
+        in_flight.clone(),
     ));
-    shutdown_signal().await;
-    let _ = stop.send(true);
-    let _ = tokio::join!(h3, tcp);
-    gateway.close();
+    stop.fired().await;
+    // Accepting nothing more: HTTP/3 connections got GOAWAY, TCP ones shut down
+    // gracefully.
+    let endpoint = h3.await?;
+    tcp.await?;
+    let left = in_flight.drained(grace).await;
+    if left > 0 {
+        tracing::warn!(
+            left,
+            ?grace,
+            "grace period over: closing with requests in flight"
+        );
+    }
+    watch.await?.leave().await;
+    tokio::join!(
+        quic::close(&endpoint, "gateway shutting down", CLOSE_WITHIN),
+        gateway.close(CLOSE_WITHIN)
+    );
     tracing::info!("edge-gateway stopped");
     Ok(())
-}
-
-/// Resolves on SIGTERM or Ctrl-C; a second signal exits at once.
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-    tracing::info!("shutting down (a second signal exits at once)");
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-        std::process::exit(130);
-    });
 }

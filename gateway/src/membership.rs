@@ -1,46 +1,72 @@
-//! The gateway's picture of the cluster, made from gossip: an immutable [`Snapshot`]
-//! swapped in whole whenever gossip brings news (routing reads never wait), and the
-//! gateway's own exact in-flight count per node, which outlives snapshots.
-//!
-//! Each node's gossiped load says how many of its requests came from each gateway. The
-//! estimate a routing decision uses is the node's reported load, minus this gateway's
-//! share in that report, plus this gateway's exact count now: only other gateways'
-//! requests are as old as the report.
+//! The gateway's picture of the cluster: an immutable [`Snapshot`] of the
+//! [`ClusterView`] that gossip builds, swapped in whole whenever gossip brings news
+//! (routing reads never wait), and beside it, per node, what this gateway itself knows
+//! exactly and freshly: its requests in flight there, and whether it failed to reach the
+//! node moments ago. Those counters outlive snapshots and are read without a lock.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use edge_shared::gossip::{Member, Role};
+use edge_net::gossip::Member;
+use edge_shared::view::{Changes, ClusterView};
 
-use crate::routing::{ClusterView, NodeState};
+/// How long a node this gateway could not reach goes last in the routing order.
+const FAILED_FOR: Duration = Duration::from_secs(2);
+
+/// What this gateway knows of one node by itself.
+#[derive(Debug, Default)]
+pub struct NodeCounters {
+    /// Its requests in flight there now.
+    in_flight: AtomicUsize,
+    /// Until when (ms since the membership's start) it counts as just failed; 0: not.
+    failed_until_ms: AtomicU64,
+}
+
+impl NodeCounters {
+    /// Counts one request in flight until the guard is dropped.
+    pub fn start(&self) -> InFlight<'_> {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(&self.in_flight)
+    }
+}
+
+/// One request in flight to a node.
+pub struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// One routing-ready picture of the cluster.
 #[derive(Default)]
 pub struct Snapshot {
     /// The nodes, ordered by address.
     pub view: ClusterView,
-    /// This gateway's requests in flight to each node of `view`, same order.
-    pub in_flight: Vec<Arc<AtomicUsize>>,
+    /// This gateway's counters of each node of `view`, same order.
+    pub counters: Vec<Arc<NodeCounters>>,
 }
 
-impl Snapshot {
-    /// Each node's in-flight count now.
-    pub fn own_in_flight(&self) -> Vec<usize> {
-        self.in_flight
-            .iter()
-            .map(|n| n.load(Ordering::Relaxed))
-            .collect()
-    }
-}
-
-/// The current snapshot and what it is made from.
-#[derive(Default)]
+/// The current snapshot and the counters it is made with.
 pub struct Membership {
     snapshot: ArcSwap<Snapshot>,
-    in_flight: Mutex<HashMap<SocketAddr, Arc<AtomicUsize>>>,
+    counters: Mutex<HashMap<SocketAddr, Arc<NodeCounters>>>,
+    started: Instant,
+}
+
+impl Default for Membership {
+    fn default() -> Membership {
+        Membership {
+            snapshot: ArcSwap::default(),
+            counters: Mutex::default(),
+            started: Instant::now(),
+        }
+    }
 }
 
 impl Membership {
@@ -49,144 +75,106 @@ impl Membership {
         self.snapshot.load_full()
     }
 
+    /// Each node's in-flight count and whether it failed moments ago, now, in the order
+    /// of `snapshot`: the routing decision's input.
+    pub fn health(&self, snapshot: &Snapshot) -> (Vec<usize>, Vec<bool>) {
+        let now = self.now_ms();
+        snapshot
+            .counters
+            .iter()
+            .map(|c| {
+                let failed = c.failed_until_ms.load(Ordering::Relaxed) > now;
+                (c.in_flight.load(Ordering::Relaxed), failed)
+            })
+            .unzip()
+    }
+
+    /// Notes that `node` could not be reached: it goes last for a moment.
+    pub fn failed(&self, counters: &NodeCounters) {
+        counters.failed_until_ms.store(
+            self.now_ms() + FAILED_FOR.as_millis() as u64,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Notes that `node` answered.
+    pub fn answered(&self, counters: &NodeCounters) {
+        counters.failed_until_ms.store(0, Ordering::Relaxed);
+    }
+
     /// Requests this gateway has in flight to all nodes.
     pub fn total_in_flight(&self) -> usize {
-        let counters = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        counters.values().map(|n| n.load(Ordering::Relaxed)).sum()
+        let counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        counters
+            .values()
+            .map(|n| n.in_flight.load(Ordering::Relaxed))
+            .sum()
     }
 
-    /// Swaps in a snapshot of `members` (the nodes among them), as seen by the gateway
-    /// named `me`; returns how the set of usable nodes changed.
+    /// Swaps in a snapshot of `members` as seen by the gateway named `me`; returns how
+    /// the set of usable nodes changed.
     pub fn update(&self, members: &[Member], me: &str) -> Changes {
-        // A node restarted on the same address appears twice: keep its newest incarnation.
-        let mut nodes: HashMap<SocketAddr, &Member> = HashMap::new();
-        for m in members.iter().filter(|m| m.role == Role::Node) {
-            match nodes.get(&m.quic) {
-                Some(seen) if seen.generation > m.generation => {}
-                _ => {
-                    nodes.insert(m.quic, m);
-                }
-            }
-        }
-        let mut nodes: Vec<&Member> = nodes.into_values().collect();
-        nodes.sort_by_key(|m| m.quic);
-        let previous = self.snapshot();
-        let mut counters = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        let mut view = ClusterView::default();
-        let mut in_flight = Vec::with_capacity(nodes.len());
-        for m in nodes {
-            let counter = Arc::clone(counters.entry(m.quic).or_default());
-            view.nodes.push(NodeState {
-                addr: m.quic,
-                name: m.name.clone(),
-                up: m.live,
-                draining: m.draining,
-                slots: m.load.slots,
-                in_flight: m.load.in_flight,
-                queued: m.load.queued,
-                warm: m.warm.clone(),
-                own_in_flight_at_report: m.load.from_gateway(me),
-            });
-            in_flight.push(counter);
-        }
-        let usable = |nodes: &[NodeState], addr: SocketAddr| {
-            nodes.iter().any(|n| n.addr == addr && n.up && !n.draining)
-        };
-        let changes = Changes {
-            joined: view
-                .nodes
+        let view = ClusterView::build(members, me);
+        let changes = view.changes_since(&self.snapshot().view);
+        let counters = {
+            let mut all = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+            view.nodes
                 .iter()
-                .filter(|n| usable(&view.nodes, n.addr) && !usable(&previous.view.nodes, n.addr))
-                .map(|n| n.addr)
-                .collect(),
-            left: previous
-                .view
-                .nodes
-                .iter()
-                .filter(|p| usable(&previous.view.nodes, p.addr) && !usable(&view.nodes, p.addr))
-                .map(|p| {
-                    let now = view.nodes.iter().find(|n| n.addr == p.addr);
-                    let why = match now {
-                        Some(n) if n.draining => "draining",
-                        Some(_) => "down",
-                        None => "gone",
-                    };
-                    (p.addr, p.name.clone(), why)
-                })
-                .collect(),
+                .map(|n| Arc::clone(all.entry(n.addr).or_default()))
+                .collect()
         };
-        self.snapshot.store(Arc::new(Snapshot { view, in_flight }));
+        self.snapshot.store(Arc::new(Snapshot { view, counters }));
         changes
     }
-}
 
-/// How the usable nodes changed with one update.
-#[derive(Debug, Default)]
-pub struct Changes {
-    /// Nodes now usable that were not.
-    pub joined: Vec<SocketAddr>,
-    /// Nodes no longer usable: address, name, and why (`down`, `draining`, `gone`).
-    pub left: Vec<(SocketAddr, String, &'static str)>,
+    fn now_ms(&self) -> u64 {
+        // Never 0, so 0 can mean "not failed".
+        self.started.elapsed().as_millis() as u64 + 1
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use edge_shared::gossip::{LoadReport, WarmSet};
+    use edge_net::gossip::{LoadReport, Role, WarmSet};
 
     use super::*;
 
-    fn node(port: u16, live: bool, draining: bool, from: &[(&str, usize)]) -> Member {
+    fn node(port: u16, live: bool) -> Member {
         Member {
             name: format!("node-{port}"),
             role: Role::Node,
             quic: SocketAddr::from(([127, 0, 0, 1], port)),
             version: "0.1.0".into(),
-            draining,
+            draining: false,
             live,
             gossip: SocketAddr::from(([127, 0, 0, 1], port + 1000)),
             generation: 1,
-            load: LoadReport {
-                in_flight: 7,
-                slots: 4,
-                from_gateways: from.iter().map(|&(g, n)| (g.to_string(), n)).collect(),
-                ..LoadReport::default()
-            },
+            load: LoadReport::default(),
             warm: WarmSet::default(),
             state_version: 1,
         }
     }
 
     #[test]
-    fn own_share_comes_from_the_report_and_changes_are_named() {
+    fn counters_outlive_snapshots_and_failures_go_last_for_a_moment() {
         let membership = Membership::default();
-        let gateway = Member {
-            role: Role::Gateway,
-            ..node(9000, true, false, &[])
-        };
-        let changes = membership.update(
-            &[
-                node(5001, true, false, &[("gw-a", 2), ("gw-b", 5)]),
-                gateway,
-            ],
-            "gw-a",
-        );
-        assert_eq!(changes.joined, [SocketAddr::from(([127, 0, 0, 1], 5001))]);
+        let changes = membership.update(&[node(5001, true), node(5002, true)], "gw");
+        assert_eq!(changes.joined.len(), 2);
         let snapshot = membership.snapshot();
-        assert_eq!(snapshot.view.nodes.len(), 1, "gateways are not nodes");
-        assert_eq!(snapshot.view.nodes[0].own_in_flight_at_report, 2);
-        assert_eq!(snapshot.view.nodes[0].in_flight, 7);
+        let request = snapshot.counters[1].start();
+        membership.failed(&snapshot.counters[0]);
+        assert_eq!(
+            membership.health(&snapshot),
+            (vec![0, 1], vec![true, false])
+        );
 
-        // The in-flight counter outlives the snapshot; a draining node leaves, named.
-        snapshot.in_flight[0].fetch_add(1, Ordering::Relaxed);
-        let changes = membership.update(&[node(5001, true, true, &[])], "gw-a");
-        assert_eq!(changes.left[0].2, "draining");
-        assert_eq!(membership.snapshot().own_in_flight(), [1]);
+        // A new snapshot (node 5001 down) keeps both counters.
+        membership.update(&[node(5001, false), node(5002, true)], "gw");
+        let next = membership.snapshot();
+        assert_eq!(membership.health(&next), (vec![0, 1], vec![true, false]));
         assert_eq!(membership.total_in_flight(), 1);
-        let changes = membership.update(&[node(5001, false, false, &[])], "gw-a");
-        assert!(changes.left.is_empty(), "already out: {changes:?}");
-        let changes = membership.update(&[node(5001, true, false, &[])], "gw-a");
-        assert_eq!(changes.joined.len(), 1);
-        let changes = membership.update(&[], "gw-a");
-        assert_eq!(changes.left[0].2, "gone");
+        drop(request);
+        membership.answered(&next.counters[0]);
+        assert_eq!(membership.health(&next), (vec![0, 0], vec![false, false]));
     }
 }

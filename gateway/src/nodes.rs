@@ -2,23 +2,21 @@
 //!
 //! One QUIC connection per node, opened on first use and shared by all requests to it;
 //! a connection that closes is dropped from the pool and the next request reconnects.
-//! A node that could not be reached is skipped for a short while.
+//! The exchange itself is [`edge_net::client::exchange`], the one every client of edge
+//! uses.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use bytes::Bytes;
+use edge_net::client::{self, ClientStream, ExchangeError, Sender};
+use edge_net::quic;
+use edge_shared::attempt::Outcome;
 use edge_shared::wire::NODE_SERVER_NAME;
 use http::{Request, Response};
 
-/// An open request stream to a node.
-pub type NodeStream = h3::client::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
-type Sender = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
-
-/// How long a node that could not be reached is skipped.
-const DOWN_FOR: Duration = Duration::from_secs(2);
 /// Longest a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -34,15 +32,6 @@ pub enum ForwardError {
         /// Why.
         reason: String,
     },
-    /// No response within the gateway's request timeout: not retried, the function may
-    /// still be running.
-    #[error("node {node} gave no response within {after:?}")]
-    TimedOut {
-        /// The node.
-        node: SocketAddr,
-        /// The timeout.
-        after: Duration,
-    },
     /// The request was (perhaps) sent, then the stream or connection failed: only
     /// idempotent requests may be retried.
     #[error("node {node} failed mid-request: {reason}")]
@@ -55,112 +44,85 @@ pub enum ForwardError {
 }
 
 impl ForwardError {
-    /// Whether a request with this method may be sent to another node.
-    pub fn retryable(&self, method: &http::Method) -> bool {
+    /// What it means for the attempt sequence.
+    pub fn outcome(&self) -> Outcome {
         match self {
-            ForwardError::Unreachable { .. } => true,
-            ForwardError::Broken { .. } => method.is_idempotent(),
-            ForwardError::TimedOut { .. } => false,
+            ForwardError::Unreachable { .. } => Outcome::Unreachable,
+            ForwardError::Broken { .. } => Outcome::Broken,
         }
     }
 }
 
-struct Pooled {
-    sender: Sender,
-    generation: u64,
-}
-
 #[derive(Default)]
-struct PoolState {
-    connections: HashMap<SocketAddr, Pooled>,
-    down_until: HashMap<SocketAddr, Instant>,
+struct Connections {
+    by_node: HashMap<SocketAddr, (Sender, u64)>,
     generation: u64,
 }
 
 /// Connections to nodes.
 pub struct NodePool {
     endpoint: quinn::Endpoint,
-    state: Arc<Mutex<PoolState>>,
+    connections: Arc<Mutex<Connections>>,
 }
 
 impl NodePool {
     /// A pool whose connections trust node certificates per `tls` (the cluster CA).
     pub fn new(tls: rustls::ClientConfig) -> anyhow::Result<NodePool> {
-        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
-        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-        let mut transport = quinn::TransportConfig::default();
-        transport.keep_alive_interval(Some(Duration::from_millis(500)));
-        transport.max_idle_timeout(Some(Duration::from_secs(3).try_into()?));
-        config.transport_config(Arc::new(transport));
-        let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0, 0, 0, 0, 0], 0)))
-            .or_else(|_| quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0))))?;
-        endpoint.set_default_client_config(config);
+        let any_v6 = SocketAddr::from(([0u16; 8], 0));
+        let endpoint = quic::client(any_v6, tls.clone(), &quic::NODE_POOL).or_else(|_| {
+            quic::client(
+                quic::any_local(SocketAddr::from(([0; 4], 0))),
+                tls,
+                &quic::NODE_POOL,
+            )
+        })?;
         Ok(NodePool {
             endpoint,
-            state: Arc::default(),
+            connections: Arc::default(),
         })
     }
 
-    /// Whether `node` failed recently enough to be skipped.
-    pub fn is_down(&self, node: SocketAddr) -> bool {
-        let state = self.state.lock().expect("pool lock");
-        state
-            .down_until
-            .get(&node)
-            .is_some_and(|until| Instant::now() < *until)
-    }
-
-    fn mark_down(&self, node: SocketAddr) {
-        let mut state = self.state.lock().expect("pool lock");
-        state.down_until.insert(node, Instant::now() + DOWN_FOR);
-        state.connections.remove(&node);
-    }
-
-    fn pooled(&self, node: SocketAddr) -> Option<Sender> {
-        let state = self.state.lock().expect("pool lock");
-        state.connections.get(&node).map(|p| p.sender.clone())
+    fn lock(&self) -> MutexGuard<'_, Connections> {
+        self.connections.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     async fn connect(&self, node: SocketAddr) -> Result<Sender, ForwardError> {
-        let unreachable = |reason: String| ForwardError::Unreachable { node, reason };
-        let connecting = self
-            .endpoint
-            .connect(node, NODE_SERVER_NAME)
-            .map_err(|e| unreachable(e.to_string()))?;
-        let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
-            .await
-            .map_err(|_| unreachable("connect timed out".into()))?
-            .map_err(|e| unreachable(e.to_string()))?;
-        let (mut driver, sender) = h3::client::new(h3_quinn::Connection::new(conn))
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
         let generation = {
-            let mut state = self.state.lock().expect("pool lock");
-            state.generation += 1;
-            let generation = state.generation;
-            state.down_until.remove(&node);
-            state.connections.insert(
-                node,
-                Pooled {
-                    sender: sender.clone(),
-                    generation,
-                },
-            );
-            generation
+            let mut pool = self.lock();
+            pool.generation += 1;
+            pool.generation
         };
-        let state = Arc::clone(&self.state);
-        tokio::spawn(async move {
-            let closed = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
-            tracing::debug!(%node, reason = %closed, "node connection closed");
-            let mut state = state.lock().expect("pool lock");
-            if state
-                .connections
+        let connections = Arc::clone(&self.connections);
+        let on_close = move |reason: String| {
+            tracing::debug!(%node, %reason, "node connection closed");
+            let mut pool = connections.lock().unwrap_or_else(|p| p.into_inner());
+            if pool
+                .by_node
                 .get(&node)
-                .is_some_and(|p| p.generation == generation)
+                .is_some_and(|(_, g)| *g == generation)
             {
-                state.connections.remove(&node);
+                pool.by_node.remove(&node);
             }
-        });
+        };
+        let connecting = client::connect(&self.endpoint, node, NODE_SERVER_NAME, on_close);
+        let sender = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+            Ok(Ok(sender)) => sender,
+            Ok(Err(e)) => {
+                return Err(ForwardError::Unreachable {
+                    node,
+                    reason: format!("{e:#}"),
+                });
+            }
+            Err(_) => {
+                return Err(ForwardError::Unreachable {
+                    node,
+                    reason: "connect timed out".into(),
+                });
+            }
+        };
+        self.lock()
+            .by_node
+            .insert(node, (sender.clone(), generation));
         Ok(sender)
     }
 
@@ -174,66 +136,45 @@ impl NodePool {
         node: SocketAddr,
         request: Request<()>,
         body: Bytes,
-    ) -> Result<(Response<()>, NodeStream), ForwardError> {
-        if let Some(sender) = self.pooled(node) {
-            match exchange(sender, copy_head(&request), body.clone()).await {
+    ) -> Result<(Response<()>, ClientStream), ForwardError> {
+        let pooled = self.lock().by_node.get(&node).map(|(s, _)| s.clone());
+        if let Some(mut sender) = pooled {
+            match client::exchange(&mut sender, copy_head(&request), body.clone()).await {
                 Ok(answer) => return Ok(answer),
-                Err(failure)
-                    if failure.connection
-                        && (!failure.sent || request.method().is_idempotent()) =>
-                {
-                    tracing::debug!(%node, reason = %failure.reason, "pooled connection failed, reconnecting");
-                    self.state
-                        .lock()
-                        .expect("pool lock")
-                        .connections
-                        .remove(&node);
+                Err(e) if e.connection && (!e.sent || request.method().is_idempotent()) => {
+                    tracing::debug!(%node, reason = %e, "pooled connection failed, reconnecting");
+                    self.lock().by_node.remove(&node);
                 }
-                Err(failure) => return Err(self.failed(node, failure)),
+                Err(e) => return Err(self.failed(node, e)),
             }
         }
-        let sender = match self.connect(node).await {
-            Ok(s) => s,
-            Err(e) => {
-                self.mark_down(node);
-                return Err(e);
-            }
-        };
-        exchange(sender, request, body)
+        let mut sender = self.connect(node).await?;
+        client::exchange(&mut sender, request, body)
             .await
-            .map_err(|failure| self.failed(node, failure))
+            .map_err(|e| self.failed(node, e))
     }
 
-    fn failed(&self, node: SocketAddr, failure: Failure) -> ForwardError {
-        if failure.connection {
-            self.mark_down(node);
+    fn failed(&self, node: SocketAddr, e: ExchangeError) -> ForwardError {
+        if e.connection {
+            self.lock().by_node.remove(&node);
         }
-        if failure.sent {
+        if e.sent {
             ForwardError::Broken {
                 node,
-                reason: failure.reason,
+                reason: e.reason,
             }
         } else {
             ForwardError::Unreachable {
                 node,
-                reason: failure.reason,
+                reason: e.reason,
             }
         }
     }
 
-    /// Closes every connection.
-    pub fn close(&self) {
-        self.endpoint.close(0u32.into(), b"gateway shutting down");
+    /// Closes every connection and waits (at most `within`) until nodes have been told.
+    pub async fn close(&self, within: Duration) {
+        quic::close(&self.endpoint, "gateway shutting down", within).await;
     }
-}
-
-/// How one exchange on a connection failed.
-struct Failure {
-    /// The connection itself failed (not just this stream).
-    connection: bool,
-    /// The request may have reached the node.
-    sent: bool,
-    reason: String,
 }
 
 /// A request's head without its extensions, for sending it a second time.
@@ -243,38 +184,4 @@ fn copy_head(request: &Request<()>) -> Request<()> {
     *copy.uri_mut() = request.uri().clone();
     *copy.headers_mut() = request.headers().clone();
     copy
-}
-
-async fn exchange(
-    mut sender: Sender,
-    request: Request<()>,
-    body: Bytes,
-) -> Result<(Response<()>, NodeStream), Failure> {
-    let is_connection =
-        |e: &h3::error::StreamError| matches!(e, h3::error::StreamError::ConnectionError { .. });
-    let mut stream = sender.send_request(request).await.map_err(|e| Failure {
-        connection: is_connection(&e),
-        sent: false,
-        reason: e.to_string(),
-    })?;
-    let sent = async {
-        if !body.is_empty() {
-            stream.send_data(body).await?;
-        }
-        stream.finish().await
-    }
-    .await;
-    // A node may answer (413, not-found) and stop reading before the body is all sent: the
-    // response, when there is one, counts more than the send error.
-    match stream.recv_response().await {
-        Ok(response) => Ok((response, stream)),
-        Err(e) => {
-            let error = sent.err().unwrap_or(e);
-            Err(Failure {
-                connection: is_connection(&error),
-                sent: true,
-                reason: error.to_string(),
-            })
-        }
-    }
 }

@@ -1,45 +1,34 @@
 //! The gateway's request path, shared by the HTTP/3 and the TCP ingress: resolve the
-//! function, choose a node, forward, retry on the next node where that is safe, and add
-//! the headers users see (`alt-svc`, `x-edge-request-id`, `server-timing`).
+//! function, order the nodes, then walk the [`Attempts`] sequence (send, deploy and send
+//! again, move on), and add the headers users see (`alt-svc`, `x-edge-request-id`,
+//! `server-timing`). Every answer the gateway makes itself comes from
+//! [`Gateway::error_response`].
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use bytes::{Buf, Bytes};
+use edge_net::client::{ClientStream, read_to_end};
+use edge_net::tls;
+use edge_shared::attempt::{self, Attempts, Outcome, Step};
 use edge_shared::config::{GatewayConfig, RoutingPolicy};
-use edge_shared::gossip::{Gossip, LoadReport, WarmSet, fingerprint};
-use edge_shared::manifest::{ContentId, DeploymentId, FunctionManifest};
-use edge_shared::module_check::check_module;
-use edge_shared::tls;
+use edge_shared::routing::{self, SplitMix64};
 use edge_shared::wire::{self, Refusal, ServerTiming};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 
-use crate::membership::{Membership, Snapshot};
-use crate::nodes::{ForwardError, NodePool, NodeStream};
-use crate::routes::{RouteTable, default_routes};
-use crate::routing::{self, SplitMix64};
-
-/// A function the gateway serves.
-pub struct Function {
-    /// Its manifest.
-    pub manifest: FunctionManifest,
-    /// Its deployment id.
-    pub deployment: DeploymentId,
-    /// The deployment id's fingerprint: how warm sets and routing know it.
-    key: u64,
-    /// Body of the deploy request nodes get (manifest and module).
-    deploy_body: Bytes,
-}
+use crate::functions::{Function, Functions};
+use crate::membership::{InFlight, Membership, Snapshot};
+use crate::nodes::{ForwardError, NodePool};
 
 /// Where a response's body comes from.
 pub enum ResponseBody {
     /// Made by the gateway.
     Full(Bytes),
     /// Streamed from a node.
-    Node(Box<NodeStream>),
+    Node(Box<ClientStream>),
 }
 
 impl ResponseBody {
@@ -102,46 +91,43 @@ impl GatewayError {
     }
 }
 
+/// Why a send got no answer.
+enum SendError {
+    /// No answer within the gateway's request timeout.
+    TimedOut,
+    /// The exchange failed.
+    Forward(ForwardError),
+}
+
+/// Why a deploy did not happen.
+enum DeployError {
+    /// The node refused the module (its reason).
+    Refused(String),
+    /// The node could not be asked.
+    Forward(ForwardError),
+}
+
 /// The gateway: its functions, routes and node connections.
 pub struct Gateway {
-    config: GatewayConfig,
+    pub(crate) config: GatewayConfig,
     /// Its member name in gossip, sent to nodes with each request.
-    name: String,
-    functions: Vec<Function>,
-    routes: RouteTable,
+    pub(crate) name: String,
+    pub(crate) functions: Functions,
     nodes: NodePool,
     next_node: AtomicUsize,
-    /// The nodes as gossip tells of them, and this gateway's own in-flight counts.
-    membership: Membership,
+    /// The nodes as gossip tells of them, and this gateway's own counters of each.
+    pub(crate) membership: Membership,
     /// Whether functions have been placed on the first nodes (see [`Gateway::place`]).
-    placed: AtomicBool,
+    pub(crate) placed: AtomicBool,
     rng: Mutex<SplitMix64>,
     /// (node, function) pairs to warm ahead of need, for [`Gateway::watch_cluster`].
-    prewarm: tokio::sync::mpsc::UnboundedSender<(SocketAddr, usize)>,
-    prewarm_queue: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(SocketAddr, usize)>>>,
+    pub(crate) prewarm: tokio::sync::mpsc::UnboundedSender<(SocketAddr, usize)>,
+    pub(crate) prewarm_queue:
+        Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(SocketAddr, usize)>>>,
     /// Pairs being warmed now (asked for once).
-    warming: Mutex<std::collections::HashSet<(SocketAddr, usize)>>,
+    pub(crate) warming: Mutex<HashSet<(SocketAddr, usize)>>,
     alt_svc: HeaderValue,
 }
-
-/// Counts one request in flight to a node while alive.
-struct InFlight<'a>(&'a AtomicUsize);
-
-impl<'a> InFlight<'a> {
-    fn start(counter: &'a AtomicUsize) -> InFlight<'a> {
-        counter.fetch_add(1, Ordering::Relaxed);
-        InFlight(counter)
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Most nodes one request is tried on.
-const MAX_ATTEMPTS: usize = 3;
 
 /// A request whose route has been resolved.
 pub struct Routed {
@@ -155,40 +141,7 @@ impl Gateway {
     /// Loads and checks every function module, builds the route table and the node pool.
     /// `h3_port` is advertised in `alt-svc`; `name` is the gateway's gossip member name.
     pub fn new(config: GatewayConfig, h3_port: u16, name: String) -> anyhow::Result<Gateway> {
-        let mut functions = Vec::new();
-        for f in &config.functions {
-            let module = std::fs::read(&f.module).with_context(|| {
-                format!("function {:?}: reading {}", f.name, f.module.display())
-            })?;
-            check_module(&module)
-                .with_context(|| format!("function {:?}: module {}", f.name, f.module.display()))?;
-            let manifest = FunctionManifest {
-                name: f.name.clone(),
-                content_id: ContentId::of(&module),
-                routes: if f.routes.is_empty() {
-                    default_routes(&f.name, &config.domain)
-                } else {
-                    f.routes.clone()
-                },
-                env: f.env.clone(),
-                limits: f.limits.clone(),
-            };
-            if let Err(problems) = manifest.validate() {
-                let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
-                anyhow::bail!("function {:?}: {}", f.name, text.join("; "));
-            }
-            let deploy_body = Bytes::from(wire::encode_deploy_body(&manifest, &module));
-            let deployment = manifest.deployment_id();
-            functions.push(Function {
-                key: fingerprint(deployment.as_str()),
-                deployment,
-                manifest,
-                deploy_body,
-            });
-        }
-        let manifests: Vec<FunctionManifest> =
-            functions.iter().map(|f| f.manifest.clone()).collect();
-        let routes = RouteTable::new(&manifests).map_err(anyhow::Error::msg)?;
+        let functions = Functions::load(&config)?;
         let member = tls::Identity {
             cert: &config.cluster_cert,
             key: &config.cluster_key,
@@ -206,13 +159,12 @@ impl Gateway {
             name,
             prewarm,
             prewarm_queue: Mutex::new(Some(prewarm_queue)),
-            warming: Mutex::new(std::collections::HashSet::new()),
+            warming: Mutex::default(),
             membership: Membership::default(),
             placed: AtomicBool::new(false),
             rng: Mutex::new(SplitMix64(u64::from_le_bytes(seed))),
             config,
             functions,
-            routes,
             nodes,
             next_node: AtomicUsize::new(0),
             alt_svc,
@@ -221,7 +173,7 @@ impl Gateway {
 
     /// The functions served.
     pub fn functions(&self) -> &[Function] {
-        &self.functions
+        &self.functions.list
     }
 
     /// Resolves the function of a request.
@@ -232,14 +184,13 @@ impl Gateway {
                 .get(http::header::HOST)
                 .and_then(|h| h.to_str().ok())
         });
-        let m = self.routes.resolve(host, request.uri().path())?;
-        let limits = &self.functions[m.function].manifest.limits;
+        let m = self.functions.routes.resolve(host, request.uri().path())?;
         Some(Routed {
             function: m.function,
             script_name: m.script_name.to_string(),
-            body_limit: limits
-                .max_request_body_bytes
-                .unwrap_or(self.config.max_request_body_bytes),
+            body_limit: self.functions.list[m.function]
+                .limits
+                .max_request_body_bytes,
         })
     }
 
@@ -256,189 +207,137 @@ impl Gateway {
         )
     }
 
-    /// Forwards a routed request with its whole body to a node and returns the answer.
+    /// Forwards a routed request with its whole body to a node and returns the answer,
+    /// trying nodes as the [`Attempts`] sequence says.
     pub async fn forward(&self, routed: Routed, request: Request<()>, body: Bytes) -> Forwarded {
         let started = Instant::now();
         let request_id = new_request_id();
-        let function = &self.functions[routed.function];
-        let method = request.method().clone();
-        let mut cold = Duration::ZERO;
-        let mut last_error = String::from("no node has joined the cluster yet");
-        let mut last_refusal = None;
+        let function = &self.functions.list[routed.function];
         let snapshot = self.membership.snapshot();
-        for i in self
-            .node_order(&snapshot, routed.function)
-            .into_iter()
-            .take(MAX_ATTEMPTS)
-        {
-            let node = snapshot.view.nodes[i].addr;
-            let _in_flight = InFlight::start(&snapshot.in_flight[i]);
-            let outcome = self
-                .send(node, function, &routed, &request, &request_id, body.clone())
-                .await;
-            let (head, stream) = match outcome {
-                Ok(answer) => answer,
-                Err(ForwardError::TimedOut { after, .. }) => {
-                    return self.error_response(GatewayError::Timeout(after), &request_id);
-                }
-                Err(e) => {
-                    tracing::warn!(%request_id, error = %e, "forwarding failed");
-                    let retry = e.retryable(&method);
-                    last_error = e.to_string();
-                    if retry { continue } else { break }
-                }
-            };
-            let refusal = head
-                .headers()
-                .get(wire::REFUSED_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(Refusal::parse);
-            match refusal {
-                Some(Refusal::NotFound) => {
-                    let deployed = Instant::now();
-                    if let Err(reason) = self.deploy(node, function).await {
-                        return self
-                            .error_response(GatewayError::DeployFailed(reason), &request_id);
-                    }
-                    cold += deployed.elapsed();
-                    match self
+        let order = self.node_order(&snapshot, routed.function);
+        let mut attempts = Attempts::new(order, request.method().is_idempotent());
+        let mut deploying = Duration::ZERO;
+        let mut answered = None;
+        let mut refused = None;
+        let mut last_error = String::from("no node has joined the cluster yet");
+        // Counts the request against the node it is on (through a deploy and the send
+        // after it), so that routing sees requests waiting on a cold start.
+        let mut on_node: Option<(usize, InFlight<'_>)> = None;
+        loop {
+            let step = attempts.step();
+            if let Step::Send(i) | Step::Deploy(i) = step
+                && on_node.as_ref().is_none_or(|(at, _)| *at != i)
+            {
+                on_node = Some((i, snapshot.counters[i].start()));
+            }
+            let outcome = match step {
+                Step::Send(i) => {
+                    let node = snapshot.view.nodes[i].addr;
+                    let sent = self
                         .send(node, function, &routed, &request, &request_id, body.clone())
-                        .await
-                    {
-                        Ok((head, stream)) if head.status() != StatusCode::SERVICE_UNAVAILABLE => {
-                            return self.finish(head, stream, &request_id, cold, started);
-                        }
-                        Ok(_) => continue,
-                        Err(e) => {
-                            last_error = e.to_string();
-                            if e.retryable(&method) {
-                                continue;
-                            } else {
-                                break;
+                        .await;
+                    match sent {
+                        Ok((head, stream)) => {
+                            self.membership.answered(&snapshot.counters[i]);
+                            match refusal_of(&head) {
+                                Some(refusal) => {
+                                    tracing::debug!(%request_id, %node, refusal = refusal.as_str(), "node refused");
+                                    if refusal != Refusal::NotFound {
+                                        refused = Some((head, stream));
+                                    }
+                                    Outcome::Refused(refusal)
+                                }
+                                None => {
+                                    answered = Some((head, stream));
+                                    Outcome::Answered
+                                }
                             }
                         }
+                        Err(SendError::TimedOut) => Outcome::TimedOut,
+                        Err(SendError::Forward(e)) => {
+                            tracing::warn!(%request_id, error = %e, "forwarding failed");
+                            if matches!(e, ForwardError::Unreachable { .. }) {
+                                self.membership.failed(&snapshot.counters[i]);
+                            }
+                            last_error = e.to_string();
+                            e.outcome()
+                        }
                     }
                 }
-                Some(other) => {
-                    tracing::debug!(%request_id, %node, refusal = other.as_str(), "node refused, trying the next");
-                    last_refusal = Some((head, stream));
+                Step::Deploy(i) => {
+                    let at = Instant::now();
+                    let outcome = match self.deploy(snapshot.view.nodes[i].addr, function).await {
+                        Ok(()) => Outcome::Deployed,
+                        Err(DeployError::Refused(reason)) => {
+                            last_error = reason;
+                            Outcome::DeployRefused
+                        }
+                        Err(DeployError::Forward(e)) => {
+                            last_error = e.to_string();
+                            e.outcome()
+                        }
+                    };
+                    deploying += at.elapsed();
+                    outcome
                 }
-                None => return self.finish(head, stream, &request_id, cold, started),
-            }
-        }
-        match last_refusal {
-            Some((head, stream)) => self.finish(head, stream, &request_id, cold, started),
-            None => self.error_response(GatewayError::NoNode(last_error), &request_id),
+                Step::Answer | Step::AnswerRefusal => {
+                    let kept = if step == Step::Answer {
+                        answered.take()
+                    } else {
+                        refused.take()
+                    };
+                    return match kept {
+                        Some((head, stream)) => {
+                            self.finish(head, stream, &request_id, deploying, started)
+                        }
+                        None => self.error_response(GatewayError::NoNode(last_error), &request_id),
+                    };
+                }
+                Step::Fail(failure) => {
+                    let error = match failure {
+                        attempt::Failure::NoNode => GatewayError::NoNode(last_error),
+                        attempt::Failure::DeployFailed => GatewayError::DeployFailed(last_error),
+                        attempt::Failure::TimedOut => GatewayError::Timeout(self.request_timeout()),
+                    };
+                    return self.error_response(error, &request_id);
+                }
+            };
+            attempts.next(outcome);
         }
     }
 
+    fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.request_timeout_ms)
+    }
+
     /// Nodes (indexes into the snapshot) in the order to try, as the routing policy
-    /// ranks them for function `f`; nodes that just failed go last. Under
-    /// `least-loaded-warm` it also asks for a pre-warm when routing says so.
+    /// ranks them for function `f`, with this gateway's own in-flight counts and recent
+    /// failures as input. Under `least-loaded-warm` it also asks for a pre-warm when
+    /// routing says so.
     fn node_order(&self, snapshot: &Snapshot, f: usize) -> Vec<usize> {
-        let function = &self.functions[f];
-        let own = snapshot.own_in_flight();
+        let (own, failed) = self.membership.health(snapshot);
         let input = routing::Input {
             view: &snapshot.view,
-            function: function.key,
+            function: self.functions.list[f].key,
             own_in_flight: &own,
+            recently_failed: &failed,
             sequence: self.next_node.fetch_add(1, Ordering::Relaxed),
         };
-        let ranked = {
+        let order = {
             let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
             routing::order(routing::policy(self.config.routing), &input, &mut *rng)
         };
         if self.config.routing == RoutingPolicy::LeastLoadedWarm
             && let Some(node) = routing::prewarm_target(&input).map(|i| snapshot.view.nodes[i].addr)
-            && self
-                .warming
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert((node, f))
+            && self.warming().insert((node, f))
         {
             let _ = self.prewarm.send((node, f));
         }
-        let mut order = ranked;
-        order.sort_by_key(|&i| self.nodes.is_down(snapshot.view.nodes[i].addr));
         order
     }
 
-    /// Turns gossip into cluster snapshots as news arrives, publishes this gateway's
-    /// own load every round, places functions on nodes that join, and deploys functions
-    /// ahead of need where routing asks for it, until the process ends.
-    pub async fn watch_cluster(self: Arc<Self>, mut gossip: Gossip, every: Duration) {
-        let mut ticker = tokio::time::interval(every);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut prewarm = self
-            .prewarm_queue
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-            .expect("watch_cluster runs once");
-        // Every member's load changes every round: rebuild at most four times a round,
-        // each rebuild taking in all the news since the last.
-        let min_gap = every / 4;
-        let mut rebuilt_at = tokio::time::Instant::now();
-        loop {
-            tokio::select! {
-                () = gossip.changed() => {
-                    tokio::time::sleep_until(rebuilt_at + min_gap).await;
-                }
-                _ = ticker.tick() => {
-                    let load = LoadReport {
-                        in_flight: self.membership.total_in_flight(),
-                        ..LoadReport::default()
-                    };
-                    gossip.publish(load, &WarmSet::default()).await;
-                }
-                Some((node, f)) = prewarm.recv() => {
-                    let gateway = Arc::clone(&self);
-                    tokio::spawn(async move { gateway.prewarm(node, f, every).await });
-                    continue;
-                }
-            }
-            rebuilt_at = tokio::time::Instant::now();
-            let changes = self.membership.update(&gossip.members().await, &self.name);
-            for (node, name, why) in changes.left {
-                tracing::warn!(%node, %name, why, "node left the request path");
-            }
-            for node in changes.joined {
-                tracing::info!(%node, "node joined the request path");
-                if self.placed.load(Ordering::Acquire) {
-                    let gateway = Arc::clone(&self);
-                    tokio::spawn(async move { gateway.place(Some(node)).await });
-                }
-            }
-        }
-    }
-
-    /// Nodes this gateway can send requests to now.
-    pub fn usable_nodes(&self) -> usize {
-        let snapshot = self.membership.snapshot();
-        snapshot
-            .view
-            .nodes
-            .iter()
-            .filter(|n| n.up && !n.draining)
-            .count()
-    }
-
-    /// Deploys function `f` on `node` ahead of need (a pre-warm), then lets it be asked
-    /// for again once gossip shows it warm (or after a failure).
-    async fn prewarm(&self, node: SocketAddr, f: usize, round: Duration) {
-        let function = &self.functions[f];
-        match self.deploy(node, function).await {
-            Ok(()) => tracing::info!(%node, deployment = %function.deployment, "pre-warmed"),
-            Err(reason) => {
-                tracing::warn!(%node, deployment = %function.deployment, %reason, "pre-warm failed")
-            }
-        }
-        // Until gossip lists it warm, routing would ask again: wait for it.
-        tokio::time::sleep(round * 3).await;
-        self.warming
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&(node, f));
+    pub(crate) fn warming(&self) -> MutexGuard<'_, HashSet<(SocketAddr, usize)>> {
+        self.warming.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     async fn send(
@@ -449,7 +348,7 @@ impl Gateway {
         request: &Request<()>,
         request_id: &str,
         body: Bytes,
-    ) -> Result<(Response<()>, NodeStream), ForwardError> {
+    ) -> Result<(Response<()>, ClientStream), SendError> {
         // The user's authority travels as the request's own (h3 refuses a `host` header
         // that differs from it); the TLS name checked is the connection's, `edge-node`.
         let authority = request
@@ -488,18 +387,19 @@ impl Gateway {
             wire::DEADLINE_HEADER,
             &self.config.request_timeout_ms.to_string(),
         );
-        let timeout = Duration::from_millis(self.config.request_timeout_ms);
-        match tokio::time::timeout(timeout, self.nodes.send(node, outgoing, body)).await {
-            Ok(result) => result,
-            Err(_) => Err(ForwardError::TimedOut {
-                node,
-                after: timeout,
-            }),
+        match tokio::time::timeout(
+            self.request_timeout(),
+            self.nodes.send(node, outgoing, body),
+        )
+        .await
+        {
+            Ok(result) => result.map_err(SendError::Forward),
+            Err(_) => Err(SendError::TimedOut),
         }
     }
 
     /// Loads `function` on `node`.
-    async fn deploy(&self, node: SocketAddr, function: &Function) -> Result<(), String> {
+    async fn deploy(&self, node: SocketAddr, function: &Function) -> Result<(), DeployError> {
         let request = Request::builder()
             .method(Method::PUT)
             .uri(format!(
@@ -514,44 +414,33 @@ impl Gateway {
             .nodes
             .send(node, request, function.deploy_body.clone())
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(DeployError::Forward)?;
         if head.status() == StatusCode::CREATED {
             tracing::info!(%node, deployment = %function.deployment, "deployed on node");
             return Ok(());
         }
-        let mut reason = Vec::new();
-        while let Ok(Some(mut chunk)) = stream.recv_data().await {
-            reason.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
-        }
+        let reason = read_to_end(&mut stream).await.unwrap_or_default();
         let reason = format!(
             "{}: {}",
             head.status(),
             String::from_utf8_lossy(&reason).trim()
         );
         tracing::error!(%node, deployment = %function.deployment, %reason, "deploy refused by node");
-        Err(reason)
+        Err(DeployError::Refused(reason))
     }
 
-    /// Places each function on its home node, the usable node its cold starts go to
-    /// (rendezvous order), whatever the policy: the first requests find it warm there,
-    /// other nodes get it on demand when a request reaches them. Placement is the
-    /// cluster's, not the policy's, so policies are compared from the same start.
-    /// With `only`, just the functions whose home is that node (one that joined).
-    /// Failures are logged; requests deploy again on demand.
-    pub async fn place(&self, only: Option<SocketAddr>) {
-        self.placed.store(true, Ordering::Release);
-        let snapshot = self.membership.snapshot();
-        for function in &self.functions {
-            let Some(home) =
-                routing::home(&snapshot.view, function.key).map(|i| snapshot.view.nodes[i].addr)
-            else {
-                continue;
-            };
-            if only.is_some_and(|node| node != home) {
-                continue;
+    /// Deploys function `f` on `node` ahead of need; `false` (logged) if that failed.
+    pub(crate) async fn deploy_logged(&self, node: SocketAddr, f: usize, why: &str) -> bool {
+        let function = &self.functions.list[f];
+        match self.deploy(node, function).await {
+            Ok(()) => true,
+            Err(DeployError::Refused(reason)) => {
+                tracing::warn!(%node, function = %function.manifest.name, %reason, "{why} failed");
+                false
             }
-            if let Err(reason) = self.deploy(home, function).await {
-                tracing::warn!(node = %home, function = %function.manifest.name, %reason, "placement failed");
+            Err(DeployError::Forward(e)) => {
+                tracing::warn!(%node, function = %function.manifest.name, reason = %e, "{why} failed");
+                false
             }
         }
     }
@@ -559,14 +448,14 @@ impl Gateway {
     fn finish(
         &self,
         mut head: Response<()>,
-        stream: NodeStream,
+        stream: ClientStream,
         request_id: &str,
-        cold: Duration,
+        deploying: Duration,
         started: Instant,
     ) -> Forwarded {
         let headers = head.headers_mut();
         let mut timing = ServerTiming::default();
-        timing.push("deploy", cold);
+        timing.push("deploy", deploying);
         if let Some(node_timing) = headers.get("server-timing").and_then(|v| v.to_str().ok()) {
             timing.extend(ServerTiming::parse(node_timing));
         }
@@ -581,6 +470,8 @@ impl Gateway {
         }
     }
 
+    /// The one place the gateway's own failures become answers: status, a public
+    /// reason, the detail in the log.
     fn error_response(&self, error: GatewayError, request_id: &str) -> Forwarded {
         let status = error.status();
         if status.is_server_error() {
@@ -607,10 +498,18 @@ impl Gateway {
         }
     }
 
-    /// Closes the node connections.
-    pub fn close(&self) {
-        self.nodes.close();
+    /// Closes the node connections, waiting at most `within` for nodes to be told.
+    pub async fn close(&self, within: Duration) {
+        self.nodes.close(within).await;
     }
+}
+
+/// The node's refusal in an answer, if it is one.
+fn refusal_of(head: &Response<()>) -> Option<Refusal> {
+    head.headers()
+        .get(wire::REFUSED_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(Refusal::parse)
 }
 
 /// A random request id.

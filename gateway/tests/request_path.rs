@@ -242,16 +242,15 @@ async fn a_restarted_node_deserializes_instead_of_compiling() {
 
 /// Node `i`'s status. Nodes serve only cluster members: this client presents the
 /// gateway's member certificate.
-async fn node_status(cluster: &edge_gateway::cluster::LocalCluster, i: usize) -> serde_json::Value {
+async fn node_status(cluster: &edge_cli::cluster::LocalCluster, i: usize) -> serde_json::Value {
     let certs = cluster.certs();
-    let member = edge_shared::tls::Identity {
+    let member = edge_net::tls::Identity {
         cert: &certs.member_cert,
         key: &certs.member_key,
     };
-    let tls =
-        edge_shared::tls::client_config(&certs.ca, Some(member), &[edge_shared::wire::ALPN_H3])
-            .unwrap();
-    let node = edge_gateway::client::H3Client::connect(
+    let tls = edge_net::tls::client_config(&certs.ca, Some(member), &[edge_shared::wire::ALPN_H3])
+        .unwrap();
+    let node = edge_net::client::H3Client::connect(
         cluster.node_addrs()[i],
         edge_shared::wire::NODE_SERVER_NAME,
         tls,
@@ -272,9 +271,9 @@ async fn node_status(cluster: &edge_gateway::cluster::LocalCluster, i: usize) ->
 async fn a_node_serves_only_cluster_members() {
     let (cluster, _dir) = start(1, vec![function("hello", Limits::default())]);
     // Trusting the node is not enough: without a member certificate, no request gets through.
-    let tls = edge_gateway::client::trusting(&cluster.certs().ca).unwrap();
+    let tls = edge_net::client::trusting(&cluster.certs().ca).unwrap();
     let refused = async {
-        let c = edge_gateway::client::H3Client::connect(
+        let c = edge_net::client::H3Client::connect(
             cluster.node_addrs()[0],
             edge_shared::wire::NODE_SERVER_NAME,
             tls,

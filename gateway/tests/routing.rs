@@ -8,9 +8,9 @@ mod support;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use edge_gateway::cluster::{self, LocalCluster};
+use edge_cli::cluster::{self, LocalCluster};
+use edge_net::gossip::ClusterKey;
 use edge_shared::config::{ClusterConfig, RoutingPolicy};
-use edge_shared::gossip::ClusterKey;
 use edge_shared::manifest::Limits;
 use http::StatusCode;
 use support::{client, function, url};
@@ -142,7 +142,7 @@ async fn a_node_killed_under_load_leaves_the_rotation_and_no_get_fails() {
 
 /// Which node answered each of `n` sequential GETs of `path`.
 async fn answered_by(
-    c: &edge_gateway::client::H3Client,
+    c: &edge_net::client::H3Client,
     path: &str,
     n: usize,
 ) -> BTreeMap<String, usize> {
@@ -228,7 +228,7 @@ async fn a_node_with_a_certificate_from_another_ca_never_serves_a_request() {
     // It has the gossip key, so it joins the cluster view; its TLS certificate comes
     // from a CA of its own, so the gateway's handshake with it fails.
     let rogue_certs =
-        edge_gateway::devcerts::DevCerts::ensure(&dir.path().join("rogue-certs"), "edge.localhost")
+        edge_cli::devcerts::DevCerts::ensure(&dir.path().join("rogue-certs"), "edge.localhost")
             .unwrap();
     let config = edge_shared::config::NodeConfig {
         name: "rogue".into(),
@@ -325,8 +325,8 @@ async fn a_second_gateway_seeded_by_the_first_finds_every_node() {
         .trim()
         .parse()
         .unwrap_or_else(|_| panic!("not announced ({announced})"));
-    let tls = edge_gateway::client::trusting(&certs.ca).unwrap();
-    let c = edge_gateway::client::H3Client::connect(addr, "localhost", tls)
+    let tls = edge_net::client::trusting(&certs.ca).unwrap();
+    let c = edge_net::client::H3Client::connect(addr, "localhost", tls)
         .await
         .unwrap();
     let answers = answered_by(

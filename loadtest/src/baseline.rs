@@ -1,14 +1,21 @@
 //! The bare-transport baseline: a minimal quinn + h3 server that answers every request
-//! with a constant body (the size of `hello`'s answer), with the gateway's own QUIC
-//! transport settings and TLS set-up. Loading it on the same machine in the same run says
-//! what the transport alone can do, so a full-path figure can be read as a fraction of it.
+//! with a constant body (the size of `hello`'s answer). It is the gateway's own
+//! transport code, not a copy: the same QUIC settings (`edge_net::quic::USERS`), TLS
+//! set-up and HTTP/3 accept loop (`edge_net::http3::serve`), with a constant handler in
+//! place of the gateway. Loading it on the same machine in the same run says what the
+//! transport alone can do, so a full-path figure can be read as a fraction of it.
 
 use std::net::SocketAddr;
 use std::path::Path;
 
+use std::sync::Arc;
+
 use bytes::Bytes;
-use edge_gateway::devcerts::DevCerts;
-use edge_shared::{tls, wire};
+use edge_cli::devcerts::DevCerts;
+use edge_net::http3::{self, Handler, ServerStream};
+use edge_net::lifecycle::{InFlight, Shutdown};
+use edge_net::{quic, tls};
+use edge_shared::wire;
 
 /// The constant answer.
 pub const BODY: &[u8] = b"hello, world!\n";
@@ -22,40 +29,30 @@ pub fn bind(addr: SocketAddr, cert_dir: &Path) -> anyhow::Result<(quinn::Endpoin
         key: &certs.gateway_key,
     };
     let config = tls::server_config(identity, None, &[wire::ALPN_H3], true)?;
-    let endpoint = edge_gateway::ingress::h3::endpoint(addr, config)?;
+    let endpoint = quic::server(addr, config, &quic::USERS)?;
     Ok((endpoint, certs))
 }
 
-/// Answers every request on `endpoint` until it closes.
-pub async fn serve(endpoint: quinn::Endpoint) {
-    while let Some(incoming) = endpoint.accept().await {
-        tokio::spawn(async move {
-            let Ok(conn) = incoming.await else { return };
-            let Ok(mut h3) =
-                h3::server::Connection::<_, Bytes>::new(h3_quinn::Connection::new(conn)).await
-            else {
-                return;
-            };
-            while let Ok(Some(resolver)) = h3.accept().await {
-                tokio::spawn(async move {
-                    let Ok((_, mut stream)) = resolver.resolve_request().await else {
-                        return;
-                    };
-                    let response = http::Response::builder()
-                        .status(http::StatusCode::OK)
-                        .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
-                        .header(wire::NODE_HEADER, "baseline")
-                        .body(())
-                        .expect("a valid response");
-                    if stream.send_response(response).await.is_ok()
-                        && stream.send_data(Bytes::from_static(BODY)).await.is_ok()
-                    {
-                        let _ = stream.finish().await;
-                    }
-                });
-            }
-        });
+/// The constant answer to every request.
+struct Constant;
+
+impl Handler for Constant {
+    async fn handle(self: Arc<Self>, _request: http::Request<()>, mut stream: ServerStream) {
+        let response = http::Response::builder()
+            .status(http::StatusCode::OK)
+            .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+            .header(wire::NODE_HEADER, "baseline")
+            .body(())
+            .expect("a valid response");
+        let _ = http3::respond(&mut stream, response, Bytes::from_static(BODY)).await;
     }
+}
+
+/// Answers every request on `endpoint` until the process ends.
+pub async fn serve(endpoint: quinn::Endpoint) {
+    // Never fired: the baseline runs until it is killed.
+    let (_never, forever) = Shutdown::manual();
+    http3::serve(&endpoint, Arc::new(Constant), forever, InFlight::default()).await;
 }
 
 /// A baseline server in a child process (`edge-loadtest baseline`), so that it does not

@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use edge_gateway::cluster::{LocalCluster, bin_dir};
+use edge_cli::cluster::{LocalCluster, bin_dir};
+use edge_net::tls;
 use edge_shared::config::{ClusterConfig, RoutingPolicy};
-use edge_shared::{tls, wire};
+use edge_shared::wire;
 
 use crate::run::run;
 use crate::scenario::Scenario;

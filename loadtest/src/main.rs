@@ -12,8 +12,9 @@ use clap::{Args, Parser, Subcommand};
 use edge_loadtest::cpu::CpuByThread;
 use edge_loadtest::scenario::{self, Overrides, Scenario};
 use edge_loadtest::{Report, baseline, compare, parse_duration, svg};
+use edge_net::tls;
 use edge_shared::config::{ClusterConfig, RoutingPolicy};
-use edge_shared::{tls, wire};
+use edge_shared::wire;
 
 /// Loads URL(s) over HTTP/3 and reports latency percentiles, throughput, errors, cold
 /// starts and queue time. Closed loop by default (`--connections` × `--streams` in

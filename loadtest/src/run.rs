@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
+use bytes::Buf;
+use edge_net::client::{self, Sender};
+use edge_net::quic;
 use tokio::time::Instant;
 
 use crate::cpu::CpuByThread;
@@ -96,12 +98,7 @@ impl Run {
 
     /// Sends request `which`, due at `due`, and records what came of it (only if due
     /// in the measured part).
-    async fn exchange(
-        &self,
-        sender: &mut h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
-        which: usize,
-        due: Instant,
-    ) {
+    async fn exchange(&self, sender: &mut Sender, which: usize, due: Instant) {
         let spec = &self.requests[which];
         let outcome = tokio::time::timeout(self.timeout, send(sender, spec)).await;
         if due < self.measure_from {
@@ -130,32 +127,20 @@ impl Run {
 }
 
 /// Sends one request and reads its whole answer.
-async fn send(
-    sender: &mut h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
-    spec: &RequestSpec,
-) -> Result<http::Response<()>, ErrorKind> {
+async fn send(sender: &mut Sender, spec: &RequestSpec) -> Result<http::Response<()>, ErrorKind> {
     let mut request = http::Request::new(());
     *request.method_mut() = spec.method.clone();
     *request.uri_mut() = spec.uri.clone();
     *request.headers_mut() = spec.headers.clone();
-    let mut stream = sender.send_request(request).await.map_err(|e| {
-        if e.is_h3_no_error() {
-            ErrorKind::Stream
-        } else {
-            ErrorKind::Connect
-        }
-    })?;
-    if !spec.body.is_empty() {
-        stream
-            .send_data(spec.body.clone())
-            .await
-            .map_err(|_| ErrorKind::Stream)?;
-    }
-    stream.finish().await.map_err(|_| ErrorKind::Stream)?;
-    let head = stream
-        .recv_response()
+    let (head, mut stream) = client::exchange(sender, request, spec.body.clone())
         .await
-        .map_err(|_| ErrorKind::Stream)?;
+        .map_err(|e| {
+            if e.sent {
+                ErrorKind::Stream
+            } else {
+                ErrorKind::Connect
+            }
+        })?;
     while let Some(mut chunk) = stream.recv_data().await.map_err(|_| ErrorKind::Stream)? {
         chunk.advance(chunk.remaining());
     }
@@ -176,32 +161,15 @@ pub async fn run(
         addr.ip().is_loopback(),
         "{addr} is not a loopback address: this tool only loads servers on this machine"
     );
-    let crypto = Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls)?);
-    let local: std::net::SocketAddr = if addr.is_ipv6() {
-        "[::]:0".parse()?
-    } else {
-        "0.0.0.0:0".parse()?
-    };
     let connections = match scenario.load {
         Load::Closed { connections, .. } | Load::Open { connections, .. } => connections,
     };
     let mut endpoints = Vec::new();
     let mut senders = Vec::new();
     for _ in 0..connections {
-        let mut endpoint = quinn::Endpoint::client(local)?;
-        let mut config = quinn::ClientConfig::new(crypto.clone());
-        let mut transport = quinn::TransportConfig::default();
-        transport.max_idle_timeout(Some(Duration::from_secs(30).try_into()?));
-        config.transport_config(Arc::new(transport));
-        endpoint.set_default_client_config(config);
-        let conn = endpoint
-            .connect(addr, &scenario.server_name)?
-            .await
-            .map_err(|e| anyhow::anyhow!("QUIC connection to {addr}: {e}"))?;
-        let (mut driver, sender) = h3::client::new(h3_quinn::Connection::new(conn)).await?;
-        tokio::spawn(async move {
-            let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
-        });
+        // One endpoint (one UDP socket) a connection, as separate clients would have.
+        let endpoint = quic::client(quic::any_local(addr), tls.clone(), &quic::CLIENT)?;
+        let sender = client::connect(&endpoint, addr, &scenario.server_name, |_| {}).await?;
         senders.push(sender);
         endpoints.push(endpoint);
     }

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use edge_gateway::cluster::{LocalCluster, bin_dir};
+use edge_cli::cluster::{LocalCluster, bin_dir};
 use edge_shared::config::{ClusterConfig, FunctionConfig};
 
 fn root() -> PathBuf {

@@ -143,8 +143,11 @@ fn benches(c: &mut Criterion) {
     c.bench_function("node_invoke/hello", |b| {
         b.iter(|| {
             let call = Call {
+                request: http::Request::get("https://edge-node/hello?name=bench")
+                    .body(())
+                    .unwrap(),
+                script_name: "/hello".into(),
                 request_id: "bench".into(),
-                cgi_env: cgi_env(),
                 body: Bytes::new(),
                 deadline: None,
                 gateway: None,

@@ -13,6 +13,7 @@ fn is_internal(name: &str) -> bool {
 }
 
 /// What the CGI variables are made of.
+#[derive(Clone, Copy)]
 pub struct CgiRequest<'a> {
     /// The HTTP method.
     pub method: &'a str,
@@ -32,7 +33,30 @@ pub struct CgiRequest<'a> {
     pub request_id: &'a str,
 }
 
-/// The CGI environment of a request, followed by the function's own variables.
+impl<'a> CgiRequest<'a> {
+    /// The variables' source for `request` (the user's, as the gateway forwarded it)
+    /// under route prefix `script_name`, with a body of `content_length` bytes.
+    pub fn of(
+        request: &'a http::Request<()>,
+        script_name: &'a str,
+        content_length: usize,
+        request_id: &'a str,
+    ) -> CgiRequest<'a> {
+        CgiRequest {
+            method: request.method().as_str(),
+            script_name,
+            path: request.uri().path(),
+            query: request.uri().query().unwrap_or(""),
+            host: request.uri().authority().map(|a| a.as_str()),
+            headers: request.headers(),
+            content_length,
+            request_id,
+        }
+    }
+}
+
+/// The CGI environment of a request, followed by the function's own variables: the
+/// one place a guest's environment is made.
 pub fn environment(
     req: &CgiRequest<'_>,
     function_env: &[(String, String)],

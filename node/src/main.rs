@@ -5,10 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use edge_node::{Node, server};
+use edge_net::gossip::{self, ClusterKey, Gossip, LoadReport, Role, WarmSet};
+use edge_net::lifecycle::{InFlight, Shutdown};
+use edge_net::{http3, logging, quic, tls};
+use edge_node::Node;
 use edge_shared::config::{self, NodeConfig};
-use edge_shared::gossip::{self, ClusterKey, Gossip, LoadReport, Role, WarmSet};
-use edge_shared::{tls, wire};
+use edge_shared::wire;
 
 /// Runs WebAssembly functions for edge gateways over HTTP/3.
 #[derive(Parser)]
@@ -31,7 +33,7 @@ fn main() {
             std::process::exit(2);
         }
     };
-    config.log_format.init();
+    logging::init(config.log_format);
     let runtime = tokio::runtime::Runtime::new().expect("starting the async runtime");
     if let Err(e) = runtime.block_on(run(config, args.announce)) {
         tracing::error!("edge-node: {e:#}");
@@ -40,12 +42,13 @@ fn main() {
 }
 
 async fn run(config: NodeConfig, announce: Option<PathBuf>) -> anyhow::Result<()> {
+    let signal = Shutdown::on_signals()?;
     let identity = tls::Identity {
         cert: &config.tls_cert,
         key: &config.tls_key,
     };
     let tls = tls::server_config(identity, Some(&config.cluster_ca), &[wire::ALPN_H3], true)?;
-    let endpoint = server::endpoint(config.listen, tls)?;
+    let endpoint = quic::server(config.listen, tls, &quic::MEMBERS)?;
     let addr = endpoint.local_addr()?;
     let key = ClusterKey::read(&config.gossip.key_file)?;
     let settings = gossip::Settings {
@@ -56,37 +59,70 @@ async fn run(config: NodeConfig, announce: Option<PathBuf>) -> anyhow::Result<()
         interval: Duration::from_millis(config.gossip.interval_ms),
         phi_threshold: gossip::PHI_THRESHOLD,
     };
+    let grace = Duration::from_millis(config.shutdown_grace_ms);
     let link = gossip::Link::udp(config.gossip.listen).await?;
     let node = Arc::new(Node::new(config)?);
     let gossip = Arc::new(Gossip::start(&settings, link, key).await?);
     node.attach_gossip(Arc::clone(&gossip));
     tracing::info!(name = node.name(), %addr, gossip = %gossip.addr(), seeds = ?settings.seeds, "edge-node serving HTTP/3");
-    tokio::spawn(publish_load(
+    // Fired once gateways have had time to turn away: the server then accepts no more.
+    let (stop_serving, serving) = Shutdown::manual();
+    let publisher = tokio::spawn(publish_load(
         Arc::clone(&node),
         Arc::clone(&gossip),
         settings.interval,
+        serving.clone(),
     ));
     if let Some(path) = announce {
         std::fs::write(&path, addr.to_string())?;
     }
-    let drained = async {
-        shutdown_signal().await;
-        // Gateways learn of it from gossip and stop sending new requests; the ones
-        // already on their way are still served.
-        gossip.set_draining().await;
-        tokio::time::sleep(settings.interval * 3).await;
+    // Every request the server takes is counted until it has answered: running, queued
+    // for a slot, or waiting on a cold load.
+    let in_flight = InFlight::default();
+    let server = {
+        let (node, in_flight) = (Arc::clone(&node), in_flight.clone());
+        tokio::spawn(async move {
+            http3::serve(&endpoint, node, serving, in_flight).await;
+            endpoint
+        })
     };
-    server::serve(endpoint, node, drained, Duration::from_secs(10)).await;
+
+    signal.fired().await;
+    // Gateways learn of it from gossip and stop sending new requests; the ones already
+    // on their way are still served.
+    gossip.set_draining().await;
+    tokio::time::sleep(settings.interval * 3).await;
+    // From now on a late call is refused with `draining` (the gateway retries it
+    // elsewhere), and no new connection or request is accepted.
+    node.drain();
+    stop_serving.fire();
+    let endpoint = server.await?;
+    publisher.await?;
+    let left = in_flight.drained(grace).await;
+    if left > 0 {
+        tracing::warn!(
+            left,
+            ?grace,
+            "grace period over: leaving with requests in flight"
+        );
+    }
+    gossip.leave().await;
+    quic::close(&endpoint, "node shutting down", Duration::from_secs(2)).await;
     tracing::info!("edge-node stopped");
     Ok(())
 }
 
-/// Publishes the node's load and warm set every gossip round, until the process ends.
-async fn publish_load(node: Arc<Node>, gossip: Arc<Gossip>, every: Duration) {
+/// Publishes the node's load and warm set every gossip round, until `stop` fires.
+async fn publish_load(node: Arc<Node>, gossip: Arc<Gossip>, every: Duration, stop: Shutdown) {
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stopped = stop.fired();
+    tokio::pin!(stopped);
     loop {
-        ticker.tick().await;
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = &mut stopped => return,
+        }
         let load = node.load();
         let report = LoadReport {
             in_flight: load.in_flight,
@@ -99,22 +135,4 @@ async fn publish_load(node: Arc<Node>, gossip: Arc<Gossip>, every: Duration) {
         let warm = WarmSet::of(load.warm.iter().map(|d| d.as_str()));
         gossip.publish(report, &warm).await;
     }
-}
-
-/// Resolves on SIGTERM or Ctrl-C; a second signal exits at once.
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-    tracing::info!("shutting down: draining (a second signal exits at once)");
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-        std::process::exit(130);
-    });
 }

@@ -64,12 +64,11 @@ fn deploy(node: &Node, name: &str, limits: Limits) -> DeploymentId {
 
 fn call(query: &str) -> Call {
     Call {
+        request: http::Request::get(format!("https://edge-node/?{query}"))
+            .body(())
+            .unwrap(),
+        script_name: String::new(),
         request_id: "test".into(),
-        cgi_env: vec![
-            ("REQUEST_METHOD".into(), "GET".into()),
-            ("PATH_INFO".into(), "/".into()),
-            ("QUERY_STRING".into(), query.into()),
-        ],
         body: Bytes::new(),
         deadline: None,
         gateway: None,

@@ -36,25 +36,6 @@ pub enum LogFormat {
     Json,
 }
 
-impl LogFormat {
-    /// Installs the process's `tracing` subscriber: this format on stderr, filtered by
-    /// `RUST_LOG` (default `info`), colored only when stderr is a terminal (log files
-    /// stay greppable).
-    pub fn init(self) {
-        use std::io::IsTerminal;
-        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-        let builder = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_ansi(std::io::stderr().is_terminal())
-            .with_writer(std::io::stderr);
-        match self {
-            LogFormat::Text => builder.init(),
-            LogFormat::Json => builder.json().init(),
-        }
-    }
-}
-
 /// A configuration file type.
 pub trait ConfigFile: DeserializeOwned {
     /// Prefix of environment variables that override this file's keys.
@@ -132,6 +113,12 @@ fn require_file(problems: &mut Vec<String>, key: &str, path: &Path) {
         problems.push(format!("{key}: required"));
     } else if !path.is_file() {
         problems.push(format!("{key}: file {} not found", path.display()));
+    }
+}
+
+fn check_grace(problems: &mut Vec<String>, grace_ms: u64) {
+    if !(1..=600_000).contains(&grace_ms) {
+        problems.push("shutdown_grace_ms: must be between 1 and 600000".into());
     }
 }
 
@@ -224,6 +211,9 @@ pub struct NodeConfig {
     pub defaults: LimitDefaults,
     /// How this node joins the cluster and publishes its load.
     pub gossip: GossipConfig,
+    /// On SIGTERM, after announcing `draining`, longest the node waits for the requests
+    /// it runs and has queued to finish before it leaves, in milliseconds.
+    pub shutdown_grace_ms: u64,
     /// Log format.
     pub log_format: LogFormat,
 }
@@ -288,6 +278,7 @@ impl Default for NodeConfig {
             fuel_per_ms: 10_000_000,
             defaults: LimitDefaults::default(),
             gossip: GossipConfig::default(),
+            shutdown_grace_ms: 10_000,
             log_format: LogFormat::Text,
         }
     }
@@ -330,6 +321,7 @@ impl ConfigFile for NodeConfig {
                 self.defaults.memory_limit_mib, self.memory_budget_mib
             ));
         }
+        check_grace(&mut problems, self.shutdown_grace_ms);
         if self.fuel_per_ms == 0 {
             problems.push("fuel_per_ms: must be greater than zero".into());
         }
@@ -475,6 +467,9 @@ pub struct GatewayConfig {
     pub max_request_body_bytes: u64,
     /// Functions deployed at start.
     pub functions: Vec<FunctionConfig>,
+    /// On SIGTERM, longest the gateway lets the requests in flight finish after it stops
+    /// accepting new ones, in milliseconds; then it leaves gossip and closes.
+    pub shutdown_grace_ms: u64,
     /// Log format.
     pub log_format: LogFormat,
 }
@@ -494,6 +489,7 @@ impl Default for GatewayConfig {
             routing: RoutingPolicy::LeastLoadedWarm,
             max_request_body_bytes: 16 << 20,
             functions: Vec::new(),
+            shutdown_grace_ms: 10_000,
             log_format: LogFormat::Text,
         }
     }
@@ -528,6 +524,7 @@ impl ConfigFile for GatewayConfig {
         if self.request_timeout_ms == 0 {
             problems.push("request_timeout_ms: must be greater than zero".into());
         }
+        check_grace(&mut problems, self.shutdown_grace_ms);
         let mut names = std::collections::BTreeSet::new();
         for (i, f) in self.functions.iter().enumerate() {
             if !names.insert(&f.name) {

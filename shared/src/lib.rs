@@ -1,23 +1,34 @@
-//! Sans-IO core of edge, shared by the gateway, the node and the load tester.
+//! The pure decision core of edge, shared by the gateway, the node, the CLI and the load
+//! tester. No sockets, no wasmer, no async runtime: every decision on the request path is
+//! a function of its inputs (and `now` and an RNG where it needs them), unit-tested
+//! without IO. The IO they share is the `edge-net` crate beside this one.
 //!
-//! Nothing here touches wasmer, and only [`gossip`] opens a socket:
+//! What a request meets, in order:
 //!
-//! - [`manifest`]: what a deployed function is: its [`manifest::ContentId`] (sha256 of the
-//!   module), routes, environment and [`manifest::Limits`], and the
-//!   [`manifest::DeploymentId`] the gateway names it by when it forwards a request.
-//! - [`module_check`]: the checks a module passes before anything runs it (valid wasm, a
-//!   `_start` export, only imports the node's host provides).
-//! - [`wire`]: the headers and paths the gateway and node speak over HTTP/3, the
-//!   `x-edge-refused` reasons, and `server-timing`.
-//! - [`tls`]: PEM loading and rustls configurations (ring provider, TLS 1.3 for QUIC).
-//! - [`config`]: the gateway's and node's configuration files, loaded with the `config`
-//!   crate, checked field by field, every error naming its file and key.
-//! - [`gossip`]: membership, failure detection and load dissemination (chitchat over
-//!   UDP signed with the cluster key), and an in-memory network to simulate clusters.
+//! - [`routes`]: which function a host and path are for;
+//! - [`limits`]: the function's limits in force, computed once from its [`manifest`] and
+//!   the [`config`] defaults;
+//! - [`view`]: the gateway's picture of the nodes, built from [`gossip`] members;
+//! - [`routing`]: the policies that order the nodes for one request (least-loaded-warm,
+//!   round robin, random), the pre-warm target and each function's home node;
+//! - [`attempt`]: the gateway's attempt sequence over that order (send, deploy and send
+//!   again, move on, answer or fail);
+//! - [`admission`]: the node's slots, per-function concurrency, memory budget and
+//!   bounded FIFO queues, and the `Retry-After` arithmetic;
+//! - [`wire`]: the headers and paths gateway and node speak, refusals, `server-timing`.
+//!
+//! And around it: [`module_check`], the checks a module passes before anything runs it;
+//! [`gossip`], the key-values each member publishes and their codecs; [`config`], the
+//! configuration files, checked field by field, every error naming its file and key.
 
+pub mod admission;
+pub mod attempt;
 pub mod config;
 pub mod gossip;
+pub mod limits;
 pub mod manifest;
 pub mod module_check;
-pub mod tls;
+pub mod routes;
+pub mod routing;
+pub mod view;
 pub mod wire;

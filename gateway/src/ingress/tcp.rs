@@ -1,44 +1,70 @@
 //! HTTP/1.1 and HTTP/2 ingress over TLS on TCP (ALPN picks), with hyper.
+//!
+//! Accepted sockets get `TCP_NODELAY`: an answer is written as a head and a body, and
+//! with Nagle's algorithm the second write waits for the client's delayed ACK (about
+//! 40 ms a request, measured in BENCHMARKS.md). On shutdown the listener closes and
+//! every connection shuts down gracefully: requests in flight are answered, idle
+//! keep-alive connections close.
 
 use std::convert::Infallible;
-use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
+use edge_net::lifecycle::{InFlight, Shutdown};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use crate::proxy::{Forwarded, Gateway, ResponseBody};
 
 type Body = BoxBody<Bytes, std::io::Error>;
 
-/// Serves users on `listener` until `shutdown` resolves.
+/// How long accepting pauses after an error (out of file descriptors, say), so a
+/// failing `accept` is not retried in a tight loop.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Accepts one connection, with `TCP_NODELAY` set on it.
+pub(crate) async fn accept(listener: &TcpListener) -> std::io::Result<(TcpStream, SocketAddr)> {
+    let (socket, remote) = listener.accept().await?;
+    socket.set_nodelay(true)?;
+    Ok((socket, remote))
+}
+
+/// Serves users on `listener` until `stop` fires, every connection counted in
+/// `in_flight` until it has closed.
 pub async fn serve(
     listener: TcpListener,
     tls: rustls::ServerConfig,
     gateway: Arc<Gateway>,
-    shutdown: impl Future<Output = ()>,
+    stop: Shutdown,
+    in_flight: InFlight,
 ) {
     let acceptor = TlsAcceptor::from(Arc::new(tls));
-    tokio::pin!(shutdown);
+    let stopped = stop.fired();
+    tokio::pin!(stopped);
     loop {
         let (socket, remote) = tokio::select! {
-            accepted = listener.accept() => match accepted {
+            accepted = accept(&listener) => match accepted {
                 Ok(a) => a,
                 Err(e) => {
                     tracing::warn!(error = %e, "accepting a TCP connection failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
             },
-            () = &mut shutdown => break,
+            () = &mut stopped => break,
         };
+        let guard = in_flight.start();
         let acceptor = acceptor.clone();
         let gateway = Arc::clone(&gateway);
+        let stop = stop.clone();
         tokio::spawn(async move {
+            let _guard = guard;
             let tls = match acceptor.accept(socket).await {
                 Ok(s) => s,
                 Err(e) => {
@@ -50,9 +76,16 @@ pub async fn serve(
                 let gateway = Arc::clone(&gateway);
                 async move { Ok::<_, Infallible>(handle(&gateway, request).await) }
             });
-            let served = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), service)
-                .await;
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let connection = builder.serve_connection(TokioIo::new(tls), service);
+            tokio::pin!(connection);
+            let served = tokio::select! {
+                served = connection.as_mut() => served,
+                () = stop.fired() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
             if let Err(e) = served {
                 tracing::debug!(%remote, error = %e, "TCP connection ended");
             }
@@ -106,4 +139,24 @@ fn to_hyper(forwarded: Forwarded) -> http::Response<Body> {
         }
     };
     http::Response::from_parts(parts, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_sockets_do_not_wait_for_delayed_acks() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::spawn(TcpStream::connect(addr));
+        let (socket, _) = accept(&listener).await.unwrap();
+        assert!(socket.nodelay().unwrap(), "TCP_NODELAY is set");
+        // A plain accept leaves Nagle on: the test would catch its return.
+        let _client = client.await.unwrap().unwrap();
+        let other = tokio::spawn(TcpStream::connect(addr));
+        let (plain, _) = listener.accept().await.unwrap();
+        assert!(!plain.nodelay().unwrap());
+        drop(other.await);
+    }
 }

@@ -6,16 +6,18 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use edge_gateway::client::{self, H3Client};
-use edge_gateway::cluster::{self, LocalCluster};
+use edge_cli::cluster::{self, LocalCluster};
+use edge_net::client::{self, H3Client};
 use edge_shared::config::ClusterConfig;
 pub use edge_shared::config::FunctionConfig;
 use edge_shared::manifest::Limits;
 
+/// The repository's root: the first folder above this crate holding `functions/`.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
+        .ancestors()
+        .find(|dir| dir.join("functions/Cargo.toml").is_file())
+        .expect("the repository root above this crate")
         .to_path_buf()
 }
 

@@ -2,6 +2,11 @@
 //! by bytes), and serialized on disk so that a restarted or evicted module deserializes
 //! instead of compiling.
 //!
+//! The cache owns the node's warm state: a deployment is warm while its module is in
+//! memory here, and its pool of ready instances lives in that module's entry. Evicting
+//! the module drops its pools with it (the worker threads then free their instances),
+//! so nothing else has to be kept in step.
+//!
 //! Layout under the cache folder: `blobs/{content id}.wasm` (the module bytes, verified
 //! against their hash) and `artifacts/{host key}/{content id}.bin` (compiled code).
 
@@ -9,16 +14,17 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use edge_shared::manifest::ContentId;
+use edge_shared::manifest::{ContentId, DeploymentId};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use wasmer::Module;
 
 use super::engine;
 use super::invoke::Runnable;
+use crate::pool::InstancePool;
 
 /// Where a loaded module came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -42,8 +48,6 @@ pub struct Loaded {
     pub blob: Duration,
     /// Time compiling or deserializing (zero from memory).
     pub load: Duration,
-    /// Modules pushed out of memory to make room for this one.
-    pub evicted: Vec<ModuleKey>,
 }
 
 /// Counters of the cache, as the node's status reports them.
@@ -99,7 +103,7 @@ struct LruEntry<V> {
     last_used: u64,
 }
 
-impl<K: Clone + Eq + Hash, V: Clone> Lru<K, V> {
+impl<K: Clone + Eq + Hash, V> Lru<K, V> {
     /// Empty, holding at most `budget` bytes.
     pub fn new(budget: u64) -> Lru<K, V> {
         Lru {
@@ -108,14 +112,6 @@ impl<K: Clone + Eq + Hash, V: Clone> Lru<K, V> {
             clock: 0,
             entries: HashMap::new(),
         }
-    }
-
-    /// The value under `key`, marked as just used.
-    pub fn get(&mut self, key: &K) -> Option<V> {
-        self.clock += 1;
-        let entry = self.entries.get_mut(key)?;
-        entry.last_used = self.clock;
-        Some(entry.value.clone())
     }
 
     /// Adds `value` of `bytes` under `key`, then evicts the least recently used others
@@ -150,6 +146,19 @@ impl<K: Clone + Eq + Hash, V: Clone> Lru<K, V> {
         evicted
     }
 
+    /// The value under `key`, marked as just used, to change in place.
+    pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+        self.clock += 1;
+        let entry = self.entries.get_mut(key)?;
+        entry.last_used = self.clock;
+        Some(&mut entry.value)
+    }
+
+    /// Every value, in no particular order, without marking any as used.
+    pub fn values(&self) -> impl Iterator<Item = &V> {
+        self.entries.values().map(|e| &e.value)
+    }
+
     /// Total bytes held.
     pub fn used(&self) -> u64 {
         self.used
@@ -166,11 +175,17 @@ impl<K: Clone + Eq + Hash, V: Clone> Lru<K, V> {
     }
 }
 
+/// A module in memory and the pools of the deployments that run it.
+struct Warm {
+    module: Module,
+    pools: HashMap<DeploymentId, Arc<InstancePool>>,
+}
+
 /// The compiled-module cache.
 pub struct ModuleCache {
     blobs: PathBuf,
     artifacts: PathBuf,
-    in_memory: Mutex<Lru<ModuleKey, Module>>,
+    in_memory: Mutex<Lru<ModuleKey, Warm>>,
     stats: CacheStats,
 }
 
@@ -205,9 +220,37 @@ impl ModuleCache {
         (lru.len(), lru.used())
     }
 
-    /// Whether the module under `key` is in memory; counts as a use.
-    pub fn is_warm(&self, key: &ModuleKey) -> bool {
-        self.lru().get(key).is_some()
+    /// The pool of deployment `id`, whose module is `key`, while that module is in
+    /// memory; counts as a use of the module.
+    pub fn pool(&self, key: &ModuleKey, id: &DeploymentId) -> Option<Arc<InstancePool>> {
+        self.lru().get_mut(key)?.pools.get(id).cloned()
+    }
+
+    /// Keeps `pool` as deployment `id`'s while its module `key` stays in memory. False
+    /// if the module left memory meanwhile (the pool then serves only its caller).
+    pub fn keep_pool(&self, key: &ModuleKey, id: &DeploymentId, pool: &Arc<InstancePool>) -> bool {
+        match self.lru().get_mut(key) {
+            Some(warm) => {
+                warm.pools.insert(id.clone(), Arc::clone(pool));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Forgets deployment `id`'s pool (it was undeployed).
+    pub fn drop_pool(&self, key: &ModuleKey, id: &DeploymentId) {
+        if let Some(warm) = self.lru().get_mut(key) {
+            warm.pools.remove(id);
+        }
+    }
+
+    /// Every warm deployment and its pool, without marking any module as used.
+    pub fn warm(&self) -> Vec<(DeploymentId, Arc<InstancePool>)> {
+        let lru = self.lru();
+        lru.values()
+            .flat_map(|w| w.pools.iter().map(|(id, p)| (id.clone(), Arc::clone(p))))
+            .collect()
     }
 
     /// Keeps module bytes `wasm` (whose hash is `id`) in the blob store.
@@ -226,7 +269,7 @@ impl ModuleCache {
     ) -> Result<Loaded, LoadError> {
         let engine = engine::headless(memory_limit_mib);
         let key = (id.clone(), memory_limit_mib);
-        let loaded = |module: Module, source, blob, load, evicted| Loaded {
+        let loaded = |module: Module, source, blob, load| Loaded {
             runnable: Runnable {
                 name: name.to_string(),
                 module,
@@ -236,16 +279,15 @@ impl ModuleCache {
             source,
             blob,
             load,
-            evicted,
         };
-        if let Some(module) = self.lru().get(&key) {
+        let in_memory = self.lru().get_mut(&key).map(|w| w.module.clone());
+        if let Some(module) = in_memory {
             self.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(loaded(
                 module,
                 Source::Memory,
                 Duration::ZERO,
                 Duration::ZERO,
-                Vec::new(),
             ));
         }
         let started = Instant::now();
@@ -256,8 +298,8 @@ impl ModuleCache {
                     self.stats.deserializations.fetch_add(1, Ordering::Relaxed);
                     let took = started.elapsed();
                     tracing::info!(function = name, content_id = %id, ms = took.as_secs_f64() * 1e3, "module loaded from the disk cache");
-                    let evicted = self.keep(key, module.clone(), artifact.len());
-                    return Ok(loaded(module, Source::Disk, Duration::ZERO, took, evicted));
+                    self.keep(key, module.clone(), artifact.len());
+                    return Ok(loaded(module, Source::Disk, Duration::ZERO, took));
                 }
                 Err(e) => {
                     tracing::warn!(path = %artifact_path.display(), error = %e, "unusable artifact, compiling again");
@@ -285,20 +327,30 @@ impl ModuleCache {
             .map_err(|e| LoadError::Compile(format!("loading the fresh artifact: {e}")))?;
         let took = compile_started.elapsed();
         tracing::info!(function = name, content_id = %id, ms = took.as_secs_f64() * 1e3, "module compiled");
-        let evicted = self.keep(key, module.clone(), artifact.len());
-        Ok(loaded(module, Source::Compiled, blob, took, evicted))
+        self.keep(key, module.clone(), artifact.len());
+        Ok(loaded(module, Source::Compiled, blob, took))
     }
 
-    fn keep(&self, key: ModuleKey, module: Module, bytes: usize) -> Vec<ModuleKey> {
-        let evicted = self.lru().insert(key, module, bytes as u64);
+    /// Keeps `module` in memory; the modules it pushes out go with their pools.
+    fn keep(&self, key: ModuleKey, module: Module, bytes: usize) {
+        let mut lru = self.lru();
+        if lru.get_mut(&key).is_some() {
+            // A concurrent load kept it first: its pools stay.
+            return;
+        }
+        let warm = Warm {
+            module,
+            pools: HashMap::new(),
+        };
+        let evicted = lru.insert(key, warm, bytes as u64);
+        drop(lru);
         for (id, _) in &evicted {
             self.stats.evictions.fetch_add(1, Ordering::Relaxed);
             tracing::info!(content_id = %id, "module evicted from memory");
         }
-        evicted
     }
 
-    fn lru(&self) -> MutexGuard<'_, Lru<ModuleKey, Module>> {
+    fn lru(&self) -> MutexGuard<'_, Lru<ModuleKey, Warm>> {
         self.in_memory.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -335,15 +387,15 @@ mod tests {
         assert!(lru.insert("a", 1, 40).is_empty());
         assert!(lru.insert("b", 2, 40).is_empty());
         // Using `a` makes `b` the oldest.
-        assert_eq!(lru.get(&"a"), Some(1));
+        assert_eq!(lru.get_mut(&"a").copied(), Some(1));
         assert_eq!(lru.insert("c", 3, 40), vec!["b"]);
         assert_eq!((lru.len(), lru.used()), (2, 80));
-        assert_eq!(lru.get(&"b"), None);
+        assert_eq!(lru.get_mut(&"b").copied(), None);
         // One entry over the whole budget evicts all others but stays itself.
         let mut evicted = lru.insert("huge", 4, 500);
         evicted.sort();
         assert_eq!(evicted, vec!["a", "c"]);
-        assert_eq!(lru.get(&"huge"), Some(4));
+        assert_eq!(lru.get_mut(&"huge").copied(), Some(4));
         // Replacing an entry counts its new size only.
         assert!(lru.insert("huge", 5, 10).is_empty());
         assert_eq!(lru.used(), 10);

@@ -1,5 +1,6 @@
 //! Cluster membership, failure detection and load dissemination: the gossip agent every
-//! node and gateway runs. The one part of this crate that does I/O.
+//! node and gateway runs. What it publishes (the key-values and their codecs) is
+//! [`edge_shared::gossip`]; this is the agent that gossips them over UDP.
 //!
 //! # Why chitchat
 //!
@@ -23,7 +24,6 @@
 //! members already have, which chitchat ignores.
 
 pub mod auth;
-mod member;
 pub mod memory;
 pub mod simulation;
 
@@ -37,7 +37,9 @@ use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig
 use tokio::sync::watch;
 
 pub use self::auth::{ClusterKey, Counters, Link, SignedTransport};
-pub use self::member::{LoadReport, Member, Role, WARM_SHARDS, WarmSet, fingerprint};
+pub use edge_shared::gossip::{
+    Identity, LoadReport, Member, Role, WARM_SHARDS, WarmSet, fingerprint, warm_key,
+};
 
 /// Chitchat's cluster id: a member of another edge cluster (another key) could not
 /// reach this far anyway; this guards against mixing up protocol versions.
@@ -66,7 +68,9 @@ pub struct Settings {
 
 /// A running gossip agent.
 pub struct Gossip {
-    handle: ChitchatHandle,
+    chitchat: Arc<tokio::sync::Mutex<chitchat::Chitchat>>,
+    /// Taken when the member leaves.
+    handle: std::sync::Mutex<Option<ChitchatHandle>>,
     addr: SocketAddr,
     counters: Arc<Counters>,
     /// Other members the failure detector held alive at the last publish.
@@ -111,12 +115,13 @@ impl Gossip {
             ("draining".to_string(), "0".to_string()),
             ("load".to_string(), LoadReport::default().encode()),
         ];
-        identity.extend((0..WARM_SHARDS).map(|i| (member::warm_key(i), String::new())));
+        identity.extend((0..WARM_SHARDS).map(|i| (warm_key(i), String::new())));
         let transport = SignedTransport::new(link, key, Arc::clone(&counters));
         let handle = chitchat::spawn_chitchat(config, identity, &transport).await?;
         let changes = handle.chitchat().lock().await.live_nodes_watcher();
         Ok(Gossip {
-            handle,
+            chitchat: handle.chitchat(),
+            handle: std::sync::Mutex::new(Some(handle)),
             addr,
             counters,
             live_members: AtomicUsize::new(0),
@@ -162,32 +167,32 @@ impl Gossip {
             ..load
         };
         let shards = warm.encode();
-        let chitchat = self.handle.chitchat();
+        let chitchat = &self.chitchat;
         let mut chitchat = chitchat.lock().await;
         let others = chitchat.live_nodes().count().saturating_sub(1);
         self.live_members.store(others, Ordering::Relaxed);
         let me = chitchat.self_node_state();
         me.set("load", load.encode());
         for (i, shard) in shards.into_iter().enumerate() {
-            me.set(member::warm_key(i), shard);
+            me.set(warm_key(i), shard);
         }
     }
 
     /// The version of this member's own state: it grows with every change published.
     pub async fn own_state_version(&self) -> u64 {
-        let chitchat = self.handle.chitchat();
+        let chitchat = &self.chitchat;
         chitchat.lock().await.self_node_state().max_version()
     }
 
     /// Says this member is shutting down: gateways skip it from the next round on.
     pub async fn set_draining(&self) {
-        let chitchat = self.handle.chitchat();
+        let chitchat = &self.chitchat;
         chitchat.lock().await.self_node_state().set("draining", "1");
     }
 
     /// Every other member with a complete identity, live or not.
     pub async fn members(&self) -> Vec<Member> {
-        let chitchat = self.handle.chitchat();
+        let chitchat = &self.chitchat;
         let chitchat = chitchat.lock().await;
         let me = chitchat.self_chitchat_id().clone();
         let live: std::collections::HashSet<&ChitchatId> = chitchat.live_nodes().collect();
@@ -195,7 +200,15 @@ impl Gossip {
             .node_states()
             .iter()
             .filter(|(id, _)| **id != me)
-            .filter_map(|(id, state)| Member::decode(id, state, live.contains(id)))
+            .filter_map(|(id, state)| {
+                let identity = Identity {
+                    gossip: id.gossip_advertise_addr,
+                    generation: id.generation_id,
+                    live: live.contains(id),
+                    state_version: state.max_version(),
+                };
+                Member::decode(|key| state.get(key), identity)
+            })
             .collect()
     }
 
@@ -207,14 +220,25 @@ impl Gossip {
         }
     }
 
-    /// Leaves: stops gossiping and frees the link.
-    pub async fn shutdown(self) {
-        let _ = self.handle.shutdown().await;
+    /// Leaves: stops gossiping and frees the link. Members learn of it from the
+    /// silence (announce `draining` first, so they stop sending before).
+    pub async fn leave(&self) {
+        let handle = self.handle.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(handle) = handle {
+            let _ = handle.shutdown().await;
+        }
     }
 
     /// Stops at once, as a crash would (simulations).
     pub fn abort(&self) {
-        self.handle.abort();
+        if let Some(handle) = self
+            .handle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            handle.abort();
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use edge_shared::manifest::{FunctionManifest, Route};
+use crate::manifest::{FunctionManifest, Route};
 
 /// A request's function and the prefix that matched (CGI `SCRIPT_NAME`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,7 +83,7 @@ impl RouteTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use edge_shared::manifest::{ContentId, Limits};
+    use crate::manifest::{ContentId, Limits};
 
     fn function(name: &str, routes: Vec<Route>) -> FunctionManifest {
         FunctionManifest {

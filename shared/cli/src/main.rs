@@ -9,8 +9,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use edge_gateway::client::{self, H3Client};
-use edge_gateway::cluster::{self, LocalCluster};
+use edge_cli::cluster::{self, LocalCluster};
+use edge_net::client::{self, H3Client};
 use edge_shared::config::{self, ClusterConfig};
 
 /// The cluster file `edge up` uses unless given another.

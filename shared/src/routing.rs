@@ -13,40 +13,8 @@
 //!   nodes, so that repeated cold starts of one function land on the same few nodes;
 //! - down and draining nodes never come first; they close the list, for the retry logic.
 
-use std::net::SocketAddr;
-
-use edge_shared::config::RoutingPolicy;
-use edge_shared::gossip::WarmSet;
-
-/// What the gateway knows of one node.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NodeState {
-    /// Its address.
-    pub addr: SocketAddr,
-    /// Its name.
-    pub name: String,
-    /// Whether the failure detector holds it alive.
-    pub up: bool,
-    /// Whether it said it is shutting down.
-    pub draining: bool,
-    /// Execution slots.
-    pub slots: usize,
-    /// Requests running when it reported.
-    pub in_flight: usize,
-    /// Requests queued when it reported.
-    pub queued: usize,
-    /// Deployments warm on it.
-    pub warm: WarmSet,
-    /// Of the requests it reported, how many came from this gateway.
-    pub own_in_flight_at_report: usize,
-}
-
-/// An immutable snapshot of the cluster, swapped in whole when news arrives.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ClusterView {
-    /// The nodes.
-    pub nodes: Vec<NodeState>,
-}
+use crate::config::RoutingPolicy;
+use crate::view::{ClusterView, NodeState};
 
 /// A source of randomness, injected so that decisions can be replayed.
 pub trait Rng {
@@ -77,11 +45,14 @@ impl Rng for SplitMix64 {
 pub struct Input<'a> {
     /// The cluster.
     pub view: &'a ClusterView,
-    /// The function: the [`fingerprint`](edge_shared::gossip::fingerprint) of its deployment id (computed once per function,
+    /// The function: the [`fingerprint`](crate::gossip::fingerprint) of its deployment id (computed once per function,
     /// not per request).
     pub function: u64,
     /// This gateway's in-flight requests per node, now (same order as the view).
     pub own_in_flight: &'a [usize],
+    /// Nodes this gateway failed to reach moments ago (same order as the view): they go
+    /// last, whatever gossip says of them.
+    pub recently_failed: &'a [bool],
     /// Requests this gateway has routed so far (round robin's position).
     pub sequence: usize,
 }
@@ -137,13 +108,12 @@ pub fn policy(name: RoutingPolicy) -> &'static dyn Policy {
 }
 
 /// The nodes to try, in order: indexes into the view. Every node appears once; down and
-/// draining nodes come last.
+/// draining nodes come last, and before them the ones that failed moments ago.
 pub fn order(policy: &dyn Policy, input: &Input<'_>, rng: &mut dyn Rng) -> Vec<usize> {
     let nodes = &input.view.nodes;
-    let usable: Vec<usize> = (0..nodes.len())
-        .filter(|&i| nodes[i].up && !nodes[i].draining)
-        .collect();
+    let usable: Vec<usize> = (0..nodes.len()).filter(|&i| nodes[i].usable()).collect();
     let mut first = policy.rank(input, &usable, rng);
+    first.sort_by_key(|&i| input.recently_failed.get(i).copied().unwrap_or(false));
     first.extend((0..nodes.len()).filter(|i| !usable.contains(i)));
     first
 }
@@ -227,9 +197,7 @@ pub const PREWARM_AT: f64 = 0.5;
 /// left.
 pub fn prewarm_target(input: &Input<'_>) -> Option<usize> {
     let nodes = &input.view.nodes;
-    let usable: Vec<usize> = (0..nodes.len())
-        .filter(|&i| nodes[i].up && !nodes[i].draining)
-        .collect();
+    let usable: Vec<usize> = (0..nodes.len()).filter(|&i| nodes[i].usable()).collect();
     let function = input.function;
     let is_warm = |i: usize| nodes[i].warm.contains(function);
     let warm: Vec<usize> = usable.iter().copied().filter(|&i| is_warm(i)).collect();
@@ -250,7 +218,7 @@ pub fn prewarm_target(input: &Input<'_>) -> Option<usize> {
 /// score. Functions are placed there ahead of their first request.
 pub fn home(view: &ClusterView, function: u64) -> Option<usize> {
     (0..view.nodes.len())
-        .filter(|&i| view.nodes[i].up && !view.nodes[i].draining)
+        .filter(|&i| view.nodes[i].usable())
         .max_by_key(|&i| rendezvous(function, &view.nodes[i]))
 }
 
@@ -278,7 +246,9 @@ fn mix(mut z: u64) -> u64 {
 mod tests {
     use std::collections::HashSet;
 
-    use edge_shared::gossip::fingerprint;
+    use std::net::SocketAddr;
+
+    use crate::gossip::{WarmSet, fingerprint};
 
     use super::*;
 
@@ -326,6 +296,7 @@ mod tests {
                 view: v,
                 function: fingerprint("hello@0123456789abcdef"),
                 own_in_flight: own,
+                recently_failed: &[],
                 sequence: seq,
             },
             rng,
@@ -355,6 +326,7 @@ mod tests {
                         view: &v,
                         function: fingerprint("hello@0123456789abcdef"),
                         own_in_flight: &[0; 4],
+                        recently_failed: &[],
                         sequence: seq,
                     },
                     &mut rng,
@@ -421,6 +393,7 @@ mod tests {
                         view: &cold,
                         function: fingerprint(&format!("f{f}@0123456789abcdef")),
                         own_in_flight: &[0; 4],
+                        recently_failed: &[],
                         sequence: 0,
                     },
                     &mut rng,
@@ -476,6 +449,7 @@ mod tests {
                 view: v,
                 function: fingerprint("hello@0123456789abcdef"),
                 own_in_flight: own,
+                recently_failed: &[],
                 sequence: 0,
             })
         };

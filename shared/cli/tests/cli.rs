@@ -1,13 +1,14 @@
 //! The binaries as an operator meets them: `edge up` and `edge call`, and bad
 //! configuration refused at start with the file and key named.
 
+#[path = "../../../gateway/tests/support/mod.rs"]
 mod support;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use edge_gateway::cluster::bin_dir;
+use edge_cli::cluster::bin_dir;
 use support::{example, wait_for};
 
 #[test]
@@ -150,8 +151,7 @@ fn bad_config_exits_at_start_naming_file_and_key() {
 fn an_invalid_module_is_refused_at_gateway_start() {
     let dir = tempfile::tempdir().unwrap();
     let certs =
-        edge_gateway::devcerts::DevCerts::ensure(&dir.path().join("certs"), "edge.localhost")
-            .unwrap();
+        edge_cli::devcerts::DevCerts::ensure(&dir.path().join("certs"), "edge.localhost").unwrap();
     let not_wasm = dir.path().join("notwasm.wasm");
     std::fs::write(&not_wasm, "this is text").unwrap();
     let gateway = dir.path().join("gateway.toml");

@@ -1,4 +1,5 @@
-//! What each member publishes, as chitchat key-values: identity, load, warm set.
+//! What each member publishes in gossip, as key-values: identity, load, warm set. The
+//! schema and its codecs, pure; the agent that gossips them is `edge_net::gossip`.
 //!
 //! | key | value |
 //! | --- | --- |
@@ -71,7 +72,8 @@ pub struct LoadReport {
 }
 
 impl LoadReport {
-    pub(crate) fn encode(&self) -> String {
+    /// Its value for the `load` key.
+    pub fn encode(&self) -> String {
         let mut text = format!(
             "{} {} {} {} {}",
             self.in_flight, self.queued, self.slots, self.ewma_run_us, self.cpu_permille
@@ -82,7 +84,8 @@ impl LoadReport {
         text
     }
 
-    pub(crate) fn decode(text: &str) -> Option<LoadReport> {
+    /// The load in `text`; `None` if it is malformed.
+    pub fn decode(text: &str) -> Option<LoadReport> {
         let mut parts = text.split(' ');
         let mut next = || parts.next()?.parse::<u64>().ok();
         let mut load = LoadReport {
@@ -145,7 +148,7 @@ impl WarmSet {
     }
 
     /// The 16 shard values (`warm.0` … `warm.f`).
-    pub(crate) fn encode(&self) -> [String; WARM_SHARDS] {
+    pub fn encode(&self) -> [String; WARM_SHARDS] {
         let mut sorted: Vec<u64> = self.0.iter().copied().collect();
         sorted.sort_unstable();
         let mut shards: [String; WARM_SHARDS] = Default::default();
@@ -157,7 +160,7 @@ impl WarmSet {
     }
 
     /// Adds the fingerprints in one shard value; a malformed value adds nothing.
-    pub(crate) fn add_shard(&mut self, text: &str) {
+    pub fn add_shard(&mut self, text: &str) {
         if !text.len().is_multiple_of(FINGERPRINT_HEX) || !text.is_ascii() {
             return;
         }
@@ -171,7 +174,7 @@ impl WarmSet {
 }
 
 /// The key of warm-set shard `i`.
-pub(crate) fn warm_key(i: usize) -> String {
+pub fn warm_key(i: usize) -> String {
     format!("warm.{i:x}")
 }
 
@@ -203,35 +206,42 @@ pub struct Member {
 }
 
 impl Member {
-    /// Decodes a member from its key-values; `None` until its identity keys arrived.
-    pub(crate) fn decode(
-        id: &chitchat::ChitchatId,
-        state: &chitchat::NodeState,
-        live: bool,
-    ) -> Option<Member> {
+    /// Decodes a member from its key-values (`get` looks one up); `None` until its
+    /// identity keys have arrived. `identity` is what the gossip layer itself knows of it.
+    pub fn decode<'a>(get: impl Fn(&str) -> Option<&'a str>, identity: Identity) -> Option<Member> {
         let mut warm = WarmSet::default();
         for i in 0..WARM_SHARDS {
-            if let Some(text) = state.get(&warm_key(i)) {
+            if let Some(text) = get(&warm_key(i)) {
                 warm.add_shard(text);
             }
         }
         Some(Member {
-            name: state.get("name")?.to_string(),
-            role: Role::parse(state.get("role")?)?,
-            quic: state.get("quic")?.parse().ok()?,
-            version: state.get("version").unwrap_or_default().to_string(),
-            draining: state.get("draining") == Some("1"),
-            live,
-            gossip: id.gossip_advertise_addr,
-            generation: id.generation_id,
-            load: state
-                .get("load")
-                .and_then(LoadReport::decode)
-                .unwrap_or_default(),
+            name: get("name")?.to_string(),
+            role: Role::parse(get("role")?)?,
+            quic: get("quic")?.parse().ok()?,
+            version: get("version").unwrap_or_default().to_string(),
+            draining: get("draining") == Some("1"),
+            live: identity.live,
+            gossip: identity.gossip,
+            generation: identity.generation,
+            load: get("load").and_then(LoadReport::decode).unwrap_or_default(),
             warm,
-            state_version: state.max_version(),
+            state_version: identity.state_version,
         })
     }
+}
+
+/// What the gossip layer knows of a member besides its key-values.
+#[derive(Debug, Clone, Copy)]
+pub struct Identity {
+    /// Its gossip address.
+    pub gossip: SocketAddr,
+    /// Its incarnation.
+    pub generation: u64,
+    /// Whether the failure detector holds it alive.
+    pub live: bool,
+    /// The version of its latest state change seen.
+    pub state_version: u64,
 }
 
 #[cfg(test)]

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use edge_shared::gossip::simulation::Simulation;
-use edge_shared::gossip::{ClusterKey, Counters, fingerprint};
+use edge_net::gossip::simulation::Simulation;
+use edge_net::gossip::{ClusterKey, Counters, fingerprint};
 
 const ROUND: Duration = Duration::from_millis(200);
 

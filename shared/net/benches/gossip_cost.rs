@@ -7,10 +7,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use edge_shared::gossip::simulation::Simulation;
-use edge_shared::gossip::{
-    ClusterKey, Counters, Gossip, Link, LoadReport, Role, Settings, WarmSet,
-};
+use edge_net::gossip::simulation::Simulation;
+use edge_net::gossip::{ClusterKey, Counters, Gossip, Link, LoadReport, Role, Settings, WarmSet};
 
 const ROUND: Duration = Duration::from_millis(200);
 /// Steady state measured over this long, every member publishing a new load each round.
@@ -120,7 +118,7 @@ async fn over_udp(n: usize) -> anyhow::Result<()> {
             quic: SocketAddr::from(([127, 0, 0, 1], 5000 + i as u16)),
             seeds: seed.iter().map(ToString::to_string).collect(),
             interval: ROUND,
-            phi_threshold: edge_shared::gossip::PHI_THRESHOLD,
+            phi_threshold: edge_net::gossip::PHI_THRESHOLD,
         };
         let gossip = Gossip::start(&settings, link, key()).await?;
         seed.get_or_insert(gossip.addr());
@@ -156,7 +154,7 @@ async fn over_udp(n: usize) -> anyhow::Result<()> {
         show(joined)
     );
     for g in members {
-        g.shutdown().await;
+        g.leave().await;
     }
     Ok(())
 }

@@ -1,4 +1,6 @@
-//! A small HTTP/3 client: `edge call`, and the tests' way to talk to a gateway.
+//! The client side of HTTP/3: connecting, the request exchange every client of edge
+//! uses (the gateway's node pool, the load tester, `edge call`), and [`H3Client`], a
+//! small whole-response client for `edge call` and the tests.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -6,7 +8,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use bytes::{Buf, Bytes, BytesMut};
-use edge_shared::{tls, wire};
+use edge_shared::wire;
+
+use crate::{quic, tls};
 use http::{HeaderMap, Request, StatusCode};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -29,10 +33,96 @@ impl Reply {
     }
 }
 
+/// A request stream as a client sees it.
+pub type ClientStream = h3::client::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
+/// Opens request streams on one connection.
+pub type Sender = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
+
+/// Opens an HTTP/3 connection to `addr` on `endpoint`, checking its certificate for
+/// `server_name`; the connection's driver runs in a task of its own until it closes, and
+/// `on_close` is called with the reason then.
+pub async fn connect(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    server_name: &str,
+    on_close: impl FnOnce(String) + Send + 'static,
+) -> anyhow::Result<Sender> {
+    let conn = endpoint
+        .connect(addr, server_name)?
+        .await
+        .with_context(|| format!("QUIC connection to {addr}"))?;
+    let (mut driver, sender) = h3::client::new(h3_quinn::Connection::new(conn)).await?;
+    tokio::spawn(async move {
+        let closed = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
+        on_close(closed.to_string());
+    });
+    Ok(sender)
+}
+
+/// How one exchange failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{reason}")]
+pub struct ExchangeError {
+    /// The connection itself failed, not just this stream.
+    pub connection: bool,
+    /// The request may have reached the server.
+    pub sent: bool,
+    /// What happened.
+    pub reason: String,
+}
+
+/// Sends `request` with its whole `body` and waits for the response head; the body is
+/// read from the returned stream.
+pub async fn exchange(
+    sender: &mut Sender,
+    request: Request<()>,
+    body: Bytes,
+) -> Result<(http::Response<()>, ClientStream), ExchangeError> {
+    let is_connection =
+        |e: &h3::error::StreamError| matches!(e, h3::error::StreamError::ConnectionError { .. });
+    let mut stream = sender
+        .send_request(request)
+        .await
+        .map_err(|e| ExchangeError {
+            connection: is_connection(&e),
+            sent: false,
+            reason: e.to_string(),
+        })?;
+    let sent = async {
+        if !body.is_empty() {
+            stream.send_data(body).await?;
+        }
+        stream.finish().await
+    }
+    .await;
+    // A server may answer before reading the whole request and stop it (RFC 9114 4.1):
+    // the response, when there is one, counts more than the send error.
+    match stream.recv_response().await {
+        Ok(response) => Ok((response, stream)),
+        Err(e) => {
+            let error = sent.err().unwrap_or(e);
+            Err(ExchangeError {
+                connection: is_connection(&error),
+                sent: true,
+                reason: error.to_string(),
+            })
+        }
+    }
+}
+
+/// Reads the rest of a response body.
+pub async fn read_to_end(stream: &mut ClientStream) -> Result<Bytes, h3::error::StreamError> {
+    let mut body = BytesMut::new();
+    while let Some(mut chunk) = stream.recv_data().await? {
+        body.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
+    }
+    Ok(body.freeze())
+}
+
 /// One HTTP/3 connection.
 pub struct H3Client {
     endpoint: quinn::Endpoint,
-    sender: h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
+    sender: Sender,
 }
 
 impl H3Client {
@@ -42,59 +132,22 @@ impl H3Client {
         server_name: &str,
         tls: rustls::ClientConfig,
     ) -> anyhow::Result<H3Client> {
-        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
-        let local: SocketAddr = if addr.is_ipv6() {
-            "[::]:0".parse()?
-        } else {
-            "0.0.0.0:0".parse()?
-        };
-        let mut endpoint = quinn::Endpoint::client(local)?;
-        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-        let mut transport = quinn::TransportConfig::default();
-        transport.max_idle_timeout(Some(std::time::Duration::from_secs(10).try_into()?));
-        config.transport_config(Arc::new(transport));
-        endpoint.set_default_client_config(config);
-        let conn = endpoint
-            .connect(addr, server_name)?
-            .await
-            .with_context(|| format!("QUIC connection to {addr}"))?;
-        let (mut driver, sender) = h3::client::new(h3_quinn::Connection::new(conn)).await?;
-        tokio::spawn(async move {
-            let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
-        });
+        let endpoint = quic::client(quic::any_local(addr), tls, &quic::CLIENT)?;
+        let sender = connect(&endpoint, addr, server_name, |_| {}).await?;
         Ok(H3Client { endpoint, sender })
     }
 
     /// Sends `request` with `body` and reads the whole response.
     pub async fn send(&self, request: Request<()>, body: Bytes) -> anyhow::Result<Reply> {
-        let mut sender = self.sender.clone();
-        let mut stream = sender.send_request(request).await?;
-        let sent = async {
-            if !body.is_empty() {
-                stream.send_data(body).await?;
-            }
-            stream.finish().await
-        }
-        .await;
-        // A server may answer before reading the whole request and stop it (RFC 9114
-        // 4.1): the response, when there is one, counts more than the send error.
-        let head = match stream.recv_response().await {
-            Ok(head) => head,
-            Err(e) => return Err(sent.err().map_or_else(|| e.into(), Into::into)),
-        };
-        let mut body = BytesMut::new();
-        while let Some(mut chunk) = stream
-            .recv_data()
+        let (head, mut stream) = exchange(&mut self.sender.clone(), request, body).await?;
+        let body = read_to_end(&mut stream)
             .await
-            .context("reading the response body")?
-        {
-            body.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
-        }
+            .context("reading the response body")?;
         let (parts, ()) = head.into_parts();
         Ok(Reply {
             status: parts.status,
             headers: parts.headers,
-            body: body.freeze(),
+            body,
         })
     }
 
@@ -105,8 +158,7 @@ impl H3Client {
 
     /// Closes the connection.
     pub async fn close(self) {
-        self.endpoint.close(0u32.into(), b"done");
-        self.endpoint.wait_idle().await;
+        quic::close(&self.endpoint, "done", std::time::Duration::from_secs(5)).await;
     }
 }
 

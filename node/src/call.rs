@@ -1,0 +1,110 @@
+//! A call of a function as the node's pipeline sees it: the [`Call`] the server made of
+//! an HTTP request, the function's [`Answer`], or the [`Failure`] that stopped it, with
+//! the one mapping of failures to status codes and public reasons.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use edge_shared::wire::{Refusal, ServerTiming};
+use http::StatusCode;
+
+use crate::cgi;
+use crate::runtime::invoke::RunError;
+
+/// A request for a function, as the server read it.
+pub struct Call {
+    /// The user's request as the gateway forwarded it (method, path and query, host,
+    /// headers).
+    pub request: http::Request<()>,
+    /// The route prefix that matched at the gateway (CGI `SCRIPT_NAME`).
+    pub script_name: String,
+    /// Request id.
+    pub request_id: String,
+    /// The body.
+    pub body: Bytes,
+    /// Time the gateway gives the node, if it said.
+    pub deadline: Option<Duration>,
+    /// The gateway that sent it (its member name), if it said.
+    pub gateway: Option<String>,
+}
+
+/// A function's answer.
+pub struct Answer {
+    /// Its parsed CGI head.
+    pub head: cgi::CgiResponse,
+    /// Its whole stdout; the body starts at `head.body_start`.
+    pub output: Bytes,
+    /// queue, cold-start, instantiate and run times.
+    pub timing: ServerTiming,
+}
+
+impl Answer {
+    /// The response body.
+    pub fn body(&self) -> Bytes {
+        self.output.slice(self.head.body_start..)
+    }
+}
+
+/// Why an invocation produced no function response.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Failure {
+    /// The request is malformed.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// Refused before the function started: safe to retry on another node.
+    #[error("refused: {}", .0.as_str())]
+    Refused(Refusal),
+    /// The body is over the function's limit.
+    #[error("request body over the {0} byte limit")]
+    BodyTooLarge(u64),
+    /// The function ran past its wall-clock deadline.
+    #[error("function ran past its {0:?} deadline")]
+    Deadline(Duration),
+    /// The function failed.
+    #[error(transparent)]
+    Run(#[from] RunError),
+    /// The function's output is not a CGI response.
+    #[error("function wrote a malformed CGI response: {0}")]
+    BadOutput(#[from] cgi::CgiError),
+    /// Its module could not be loaded on this node.
+    #[error("loading the function failed: {0}")]
+    Load(String),
+    /// A host bug: the worker job panicked.
+    #[error("internal error running the function")]
+    Internal,
+}
+
+impl Failure {
+    /// The HTTP status this failure answers with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Failure::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Failure::Refused(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Failure::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Failure::Deadline(_)
+            | Failure::Run(RunError::FuelExhausted { .. } | RunError::SleptPastDeadline) => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            Failure::Run(_) | Failure::BadOutput(_) | Failure::Load(_) | Failure::Internal => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        }
+    }
+
+    /// The body users see: the reason without internals (those go to the log).
+    pub fn public_message(&self) -> String {
+        match self {
+            Failure::BadRequest(reason) => format!("bad request: {reason}\n"),
+            Failure::Refused(r) => format!("node refused the request: {}\n", r.as_str()),
+            Failure::BodyTooLarge(limit) => format!("request body over the {limit} byte limit\n"),
+            Failure::Deadline(_)
+            | Failure::Run(RunError::FuelExhausted { .. } | RunError::SleptPastDeadline) => {
+                "function timed out\n".into()
+            }
+            Failure::Run(_) | Failure::BadOutput(_) | Failure::Load(_) | Failure::Internal => {
+                "function failed\n".into()
+            }
+        }
+    }
+}

@@ -1,0 +1,377 @@
+//! The node: its deployments, module cache, admission and worker threads, and the
+//! pipeline of one call: admit → warm (a cold load runs on a worker, under the same
+//! admission as a run) → run on a worker with a ready instance → parse the CGI answer.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use edge_net::gossip::Gossip;
+use edge_shared::admission::retry_after_secs;
+use edge_shared::config::NodeConfig;
+use edge_shared::manifest::{DeploymentId, FunctionManifest};
+use edge_shared::wire::{Refusal, ServerTiming};
+
+use crate::admission::Admitter;
+use crate::call::{Answer, Call, Failure};
+use crate::cgi::{self, CgiRequest};
+use crate::deployment::{self, DeployError, Deployment, micros};
+use crate::pool::{InstancePool, PoolSizer};
+use crate::runtime::cache::{LoadError, Loaded, ModuleCache, Source};
+use crate::runtime::invoke::{self, Invocation, RunError};
+use crate::workers::WorkerPool;
+
+/// The node: its deployments, module cache, admission and worker threads.
+pub struct Node {
+    pub(crate) config: NodeConfig,
+    /// Requests running or queued per sending gateway.
+    pub(crate) from_gateways: Mutex<HashMap<String, usize>>,
+    pub(crate) gossip: OnceLock<Arc<Gossip>>,
+    pub(crate) cache: Arc<ModuleCache>,
+    pub(crate) deployments: DashMap<DeploymentId, Arc<Deployment>>,
+    pub(crate) workers: WorkerPool,
+    pub(crate) admitter: Arc<Admitter<DeploymentId>>,
+    pub(crate) ewma_run_ns: AtomicU64,
+    /// Held while a deployment is loaded, so that two deploys of one id (the gateway's
+    /// start-up push racing its deploy-on-not-found) load it once.
+    deploying: Mutex<()>,
+    pub(crate) requests: AtomicU64,
+    pub(crate) overloaded: AtomicU64,
+    pub(crate) draining: AtomicBool,
+}
+
+impl Node {
+    /// A node for `config`, its cache folder opened (created if missing).
+    pub fn new(config: NodeConfig) -> Result<Node, LoadError> {
+        let threads = match config.worker_threads {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        };
+        let admitter = Admitter::new(threads, config.memory_budget_mib << 20);
+        Ok(Node {
+            from_gateways: Mutex::default(),
+            gossip: OnceLock::new(),
+            cache: Arc::new(ModuleCache::open(
+                &config.cache_dir,
+                config.module_cache_mib << 20,
+            )?),
+            deployments: DashMap::new(),
+            workers: WorkerPool::new(threads, &admitter),
+            admitter,
+            ewma_run_ns: AtomicU64::new(0),
+            deploying: Mutex::new(()),
+            requests: AtomicU64::new(0),
+            overloaded: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
+            config,
+        })
+    }
+
+    /// The node's name.
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// Loads a deployment: checks it, keeps its module in the blob store, and warms it
+    /// (compile or cache). Blocks: run it off the runtime.
+    pub fn deploy(
+        &self,
+        manifest: FunctionManifest,
+        module: &[u8],
+    ) -> Result<(Source, Duration), DeployError> {
+        let limits = deployment::check(&manifest, module, &self.config)?;
+        let _deploying = self.deploying.lock().unwrap_or_else(|p| p.into_inner());
+        self.cache.store_blob(&manifest.content_id, module)?;
+        let id = manifest.deployment_id();
+        let known = self.deployment(&id);
+        let deployment = known
+            .clone()
+            .unwrap_or_else(|| Arc::new(Deployment::new(manifest, limits)));
+        let loaded = self.cache.load(
+            &deployment.manifest.name,
+            &deployment.manifest.content_id,
+            deployment.limits.memory_limit_mib,
+        )?;
+        let (source, took) = (loaded.source, loaded.blob + loaded.load);
+        if known.is_none() {
+            // Instantiated once here, so a module that cannot be is refused before any
+            // request runs it.
+            invoke::prepare(&loaded.runnable).map_err(DeployError::Instantiate)?;
+            tracing::info!(deployment = %id, source = ?source, ms = took.as_secs_f64() * 1e3, "deployed");
+            self.deployments.insert(id, Arc::clone(&deployment));
+        }
+        if self.warm_pool(&deployment).is_none() {
+            self.warm_up(&deployment, loaded);
+        }
+        Ok((source, took))
+    }
+
+    /// The deployment with this id, if loaded.
+    pub fn deployment(&self, id: &DeploymentId) -> Option<Arc<Deployment>> {
+        self.deployments.get(id).map(|d| Arc::clone(&d))
+    }
+
+    /// Runs a call of `deployment`: waits for admission, warms it if cold, runs a fresh
+    /// instance under the limits, parses the CGI answer.
+    pub async fn invoke(
+        &self,
+        deployment: &Arc<Deployment>,
+        call: Call,
+    ) -> Result<Answer, Failure> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if self.draining.load(Ordering::Relaxed) {
+            return Err(Failure::Refused(Refusal::Draining));
+        }
+        let _from = call
+            .gateway
+            .as_deref()
+            .map(|gateway| FromGateway::start(&self.from_gateways, gateway));
+        let mut timing = ServerTiming::default();
+        let limits = &deployment.limits;
+        // Admitted before it may load: a cold load holds a slot like a run, so a burst
+        // of cold requests starts no more compiles than the node has slots.
+        let admitted = self
+            .admitter
+            .admit(&deployment.id, limits.admission(self.workers.size()))
+            .await;
+        let Ok((permit, queued)) = admitted else {
+            self.overloaded.fetch_add(1, Ordering::Relaxed);
+            return Err(Failure::Refused(Refusal::Overloaded));
+        };
+        timing.push("queue", queued);
+        let (pool, cold) = self.pool_of(deployment, &mut timing).await?;
+        pool.record(self.admitter.function_usage(&deployment.id).0);
+
+        let deadline = limits.deadline(call.deadline);
+        let request = CgiRequest::of(
+            &call.request,
+            &call.script_name,
+            call.body.len(),
+            &call.request_id,
+        );
+        let invocation = Invocation {
+            env: cgi::environment(&request, &deployment.env),
+            request_id: call.request_id,
+            stdin: call.body,
+            stdout_limit: limits.stdout_limit(),
+            fuel: limits.fuel(self.config.fuel_per_ms),
+            deadline: Instant::now() + deadline,
+        };
+        let job_pool = Arc::clone(&pool);
+        let job = self.workers.run(move |ready| {
+            let started = Instant::now();
+            // A cold request instantiates on its own path, so its cold start is timed
+            // whole; a warm one takes a ready instance when its worker holds one.
+            let ready = if cold { None } else { ready.take(&job_pool) };
+            let (mut prepared, instantiate) = match ready {
+                Some(prepared) => (prepared, Duration::ZERO),
+                None => match invoke::prepare(job_pool.runnable()) {
+                    Ok(prepared) => (prepared, started.elapsed()),
+                    Err(e) => return (Err(e), None),
+                },
+            };
+            let result = invoke::run(job_pool.runnable(), &mut prepared, invocation)
+                .map(|completed| (completed, instantiate));
+            // The capacity goes back before the answer does: a client that sends its
+            // next request as soon as it has this answer finds it free. The spent
+            // instance is dropped after the answer, off the request path.
+            drop(permit);
+            (result, Some(prepared))
+        });
+        let (completed, instantiate) = match tokio::time::timeout(deadline, job).await {
+            Err(_) => return Err(Failure::Deadline(deadline)),
+            Ok(Err(_)) => return Err(Failure::Internal),
+            Ok(Ok(result)) => result?,
+        };
+        self.note_run(completed.run);
+        if cold {
+            deployment
+                .cold
+                .instantiate_us
+                .fetch_add(micros(instantiate), Ordering::Relaxed);
+        }
+        tracing::debug!(
+            function = %deployment.manifest.name,
+            fuel = completed.fuel_used,
+            run_us = completed.run.as_micros() as u64,
+            "invocation finished"
+        );
+        let head = cgi::parse_response(&completed.stdout)?;
+        let body_len = completed.stdout.len() - head.body_start;
+        if body_len as u64 > limits.max_response_body_bytes {
+            return Err(RunError::ResponseTooLarge {
+                limit: limits.max_response_body_bytes as usize,
+            }
+            .into());
+        }
+        timing.push("instantiate", instantiate);
+        timing.push("run", completed.run);
+        Ok(Answer {
+            head,
+            output: Bytes::from(completed.stdout),
+            timing,
+        })
+    }
+
+    /// The deployment's instance pool, and whether this request found it cold and
+    /// loaded its module (once, however many requests wait for it, on a worker thread).
+    /// Adds the cold-start phases to `timing`.
+    async fn pool_of(
+        &self,
+        deployment: &Arc<Deployment>,
+        timing: &mut ServerTiming,
+    ) -> Result<(Arc<InstancePool>, bool), Failure> {
+        if let Some(pool) = self.warm_pool(deployment) {
+            timing.push("cold", Duration::ZERO);
+            return Ok((pool, false));
+        }
+        let _loading = deployment.loading.lock().await;
+        if let Some(pool) = self.warm_pool(deployment) {
+            timing.push("cold", Duration::ZERO);
+            return Ok((pool, false));
+        }
+        let started = Instant::now();
+        let cache = Arc::clone(&self.cache);
+        let (name, id, limit) = (
+            deployment.manifest.name.clone(),
+            deployment.manifest.content_id.clone(),
+            deployment.limits.memory_limit_mib,
+        );
+        let loaded = self
+            .workers
+            .run(move |_| (cache.load(&name, &id, limit), ()))
+            .await
+            .map_err(|_| Failure::Internal)?;
+        let loaded = match loaded {
+            Ok(loaded) => loaded,
+            Err(LoadError::Missing(content_id)) => {
+                tracing::warn!(deployment = %deployment.id, %content_id, "module gone from the blob store; asking for a redeploy");
+                self.deployments.remove(&deployment.id);
+                return Err(Failure::Refused(Refusal::NotFound));
+            }
+            Err(e) => return Err(Failure::Load(e.to_string())),
+        };
+        let (source, blob, load) = (loaded.source, loaded.blob, loaded.load);
+        let pool = self.warm_up(deployment, loaded);
+        deployment.cold.record(blob, load);
+        timing.push("cold", started.elapsed());
+        timing.push("blob", blob);
+        timing.push(
+            match source {
+                Source::Compiled => "compile",
+                Source::Disk | Source::Memory => "deserialize",
+            },
+            load,
+        );
+        tracing::info!(deployment = %deployment.id, source = ?source, ms = started.elapsed().as_secs_f64() * 1e3, "cold start");
+        Ok((pool, true))
+    }
+
+    /// The deployment's pool while its module is in memory (a use of the module).
+    fn warm_pool(&self, deployment: &Deployment) -> Option<Arc<InstancePool>> {
+        self.cache.pool(&deployment.module_key(), &deployment.id)
+    }
+
+    /// Makes `deployment` warm with the module just loaded: a pool the module cache
+    /// keeps with the module, announced to the workers so they fill it.
+    fn warm_up(&self, deployment: &Deployment, loaded: Loaded) -> Arc<InstancePool> {
+        let max_concurrency = deployment
+            .limits
+            .admission(self.workers.size())
+            .max_concurrency;
+        let pool = Arc::new(InstancePool::new(
+            deployment.id.clone(),
+            loaded.runnable,
+            PoolSizer::new(
+                self.config
+                    .instance_pool
+                    .max_per_function
+                    .min(max_concurrency),
+                Duration::from_millis(self.config.instance_pool.idle_ttl_ms),
+                Instant::now(),
+            ),
+            self.workers.size(),
+        ));
+        if self
+            .cache
+            .keep_pool(&deployment.module_key(), &deployment.id, &pool)
+        {
+            self.workers.announce(&pool);
+        }
+        pool
+    }
+
+    fn note_run(&self, run: Duration) {
+        // Exponentially weighted, 1/8 per sample.
+        let sample = u64::try_from(run.as_nanos()).unwrap_or(u64::MAX);
+        let _ = self
+            .ewma_run_ns
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                Some(if old == 0 {
+                    sample
+                } else {
+                    old - old / 8 + sample / 8
+                })
+            });
+    }
+
+    /// Seconds a refused client should wait: the time the queue ahead would take to
+    /// drain at the recent run time.
+    pub fn retry_after_secs(&self) -> u64 {
+        let usage = self.admitter.usage();
+        retry_after_secs(
+            Duration::from_nanos(self.ewma_run_ns.load(Ordering::Relaxed)),
+            usage.queued + usage.running,
+            self.workers.size(),
+        )
+    }
+
+    /// Marks the node as draining: new invocations are refused with `draining`.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Requests running right now.
+    pub fn busy(&self) -> usize {
+        self.admitter.usage().running
+    }
+
+    /// Shows `gossip`'s counters and membership in the status from now on.
+    pub fn attach_gossip(&self, gossip: Arc<Gossip>) {
+        let _ = self.gossip.set(gossip);
+    }
+}
+
+/// Counts one request from a gateway while alive.
+struct FromGateway<'a> {
+    counts: &'a Mutex<HashMap<String, usize>>,
+    gateway: &'a str,
+}
+
+impl<'a> FromGateway<'a> {
+    fn start(counts: &'a Mutex<HashMap<String, usize>>, gateway: &'a str) -> FromGateway<'a> {
+        let mut map = counts.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get_mut(gateway) {
+            Some(n) => *n += 1,
+            None => {
+                map.insert(gateway.to_string(), 1);
+            }
+        }
+        FromGateway { counts, gateway }
+    }
+}
+
+impl Drop for FromGateway<'_> {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(self.gateway) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(self.gateway);
+            }
+        }
+    }
+}

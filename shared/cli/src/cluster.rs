@@ -1,0 +1,336 @@
+//! A local cluster of real processes: `edge up`, and the integration tests.
+//!
+//! Writes development certificates, the gossip cluster key and a configuration file per
+//! process into a state folder, starts the nodes, each naming the gateway's gossip
+//! address as its only seed, then the gateway, which announces itself once gossip has
+//! brought it every node. No process is given a list of nodes. Each process logs to
+//! `NAME.log` in the folder. Dropping the cluster kills every process it started.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use edge_shared::config::{ClusterConfig, GatewayConfig, GossipConfig, NodeConfig};
+
+use crate::devcerts::DevCerts;
+
+/// Longest a process may take to announce its address.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One started process.
+struct Process {
+    name: String,
+    child: Child,
+    config: PathBuf,
+    addr: SocketAddr,
+    /// CPUs it is pinned to (`taskset -c`), if any.
+    cpus: Option<String>,
+}
+
+/// A running local cluster.
+pub struct LocalCluster {
+    dir: PathBuf,
+    bin_dir: PathBuf,
+    certs: DevCerts,
+    nodes: Vec<Process>,
+    gateway: Option<Process>,
+    /// The gateway's gossip address: every node's seed.
+    seed: SocketAddr,
+    spec: ClusterConfig,
+}
+
+impl LocalCluster {
+    /// Starts `spec`'s nodes and gateway, binaries taken from `bin_dir`, state in `dir`.
+    pub fn start(spec: &ClusterConfig, dir: &Path, bin_dir: &Path) -> anyhow::Result<LocalCluster> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let dir = dir.canonicalize()?;
+        let certs = DevCerts::ensure(&dir.join("certs"), &spec.domain)?;
+        let mut cluster = LocalCluster {
+            dir,
+            bin_dir: bin_dir.to_path_buf(),
+            certs,
+            nodes: Vec::new(),
+            gateway: None,
+            seed: free_udp_port()?,
+            spec: spec.clone(),
+        };
+        for _ in 0..spec.nodes {
+            cluster.add_node()?;
+        }
+        let gateway = GatewayConfig {
+            listen: spec.listen,
+            domain: spec.domain.clone(),
+            tls_cert: cluster.certs.gateway_cert.clone(),
+            tls_key: cluster.certs.gateway_key.clone(),
+            cluster_ca: cluster.certs.ca.clone(),
+            cluster_cert: cluster.certs.member_cert.clone(),
+            cluster_key: cluster.certs.member_key.clone(),
+            gossip: GossipConfig {
+                listen: cluster.seed,
+                key_file: cluster.certs.gossip_key.clone(),
+                ..GossipConfig::default()
+            },
+            routing: spec.routing,
+            functions: spec.functions.clone(),
+            ..GatewayConfig::default()
+        };
+        let config = cluster.dir.join("gateway.toml");
+        std::fs::write(&config, toml::to_string(&gateway)?)?;
+        let expect = spec.nodes.to_string();
+        let gateway = cluster.spawn_with(
+            "edge-gateway",
+            "gateway",
+            config,
+            None,
+            &["--expect-nodes", &expect],
+        )?;
+        cluster.gateway = Some(gateway);
+        Ok(cluster)
+    }
+
+    /// Starts one more node, `node-N`, that joins through the gateway's gossip address
+    /// like the others: nothing else is told of it. Returns its index.
+    pub fn add_node(&mut self) -> anyhow::Result<usize> {
+        let i = self.nodes.len();
+        let name = format!("node-{}", i + 1);
+        let config = NodeConfig {
+            name: name.clone(),
+            tls_cert: self.certs.node_cert.clone(),
+            tls_key: self.certs.node_key.clone(),
+            cluster_ca: self.certs.ca.clone(),
+            cache_dir: self.dir.join(&name).join("cache"),
+            worker_threads: self
+                .spec
+                .worker_threads_per_node
+                .get(i)
+                .copied()
+                .unwrap_or(self.spec.node_worker_threads),
+            gossip: GossipConfig {
+                seeds: vec![self.seed.to_string()],
+                key_file: self.certs.gossip_key.clone(),
+                ..GossipConfig::default()
+            },
+            ..NodeConfig::default()
+        };
+        let cpus = self
+            .spec
+            .node_cpus
+            .get(i)
+            .filter(|c| !c.is_empty())
+            .cloned();
+        let node = self.spawn("edge-node", &name, &toml::to_string(&config)?, cpus)?;
+        self.nodes.push(node);
+        Ok(i)
+    }
+
+    /// Writes `NAME.toml`, starts `binary` with it, waits for its announced address.
+    fn spawn(
+        &self,
+        binary: &str,
+        name: &str,
+        config_text: &str,
+        cpus: Option<String>,
+    ) -> anyhow::Result<Process> {
+        let config = self.dir.join(format!("{name}.toml"));
+        std::fs::write(&config, config_text)?;
+        self.spawn_with(binary, name, config, cpus, &[])
+    }
+
+    /// Starts `binary` (pinned to `cpus` with `taskset` if given) and waits for its
+    /// announced address.
+    fn spawn_with(
+        &self,
+        binary: &str,
+        name: &str,
+        config: PathBuf,
+        cpus: Option<String>,
+        args: &[&str],
+    ) -> anyhow::Result<Process> {
+        let announce = self.dir.join(format!("{name}.addr"));
+        let _ = std::fs::remove_file(&announce);
+        let log_path = self.dir.join(format!("{name}.log"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)?;
+        let exe = self.bin_dir.join(binary);
+        let mut command = match &cpus {
+            // taskset executes the program in its own process: the pid stays the node's.
+            Some(list) => {
+                let mut c = Command::new("taskset");
+                c.arg("-c").arg(list).arg(&exe);
+                c
+            }
+            None => Command::new(&exe),
+        };
+        let mut child = command
+            .arg("--config")
+            .arg(&config)
+            .arg("--announce")
+            .arg(&announce)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", exe.display()))?;
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&announce)
+                && let Ok(addr) = text.trim().parse()
+            {
+                return Ok(Process {
+                    name: name.to_string(),
+                    child,
+                    config,
+                    addr,
+                    cpus,
+                });
+            }
+            if let Some(status) = child.try_wait()? {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                bail!("{name} exited at start ({status}); its log:\n{log}");
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("{name} did not announce its address within {START_TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The gateway's user address.
+    pub fn gateway_addr(&self) -> SocketAddr {
+        self.gateway.as_ref().expect("the gateway is started").addr
+    }
+
+    /// The gateway's gossip address, every node's seed.
+    pub fn gossip_seed(&self) -> SocketAddr {
+        self.seed
+    }
+
+    /// The development certificates (trust `ca` to call the gateway).
+    pub fn certs(&self) -> &DevCerts {
+        &self.certs
+    }
+
+    /// The state folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Node addresses, in start order.
+    pub fn node_addrs(&self) -> Vec<SocketAddr> {
+        self.nodes.iter().map(|n| n.addr).collect()
+    }
+
+    /// A process's log so far (`gateway`, `node-1`, ...).
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// Kills node `i` (0-based) with SIGKILL.
+    pub fn kill_node(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        let _ = node.child.kill();
+        let _ = node.child.wait();
+    }
+
+    /// Sends SIGTERM to node `i` (0-based): it says it is draining, then exits.
+    pub fn terminate_node(&self, i: usize) {
+        if let Ok(pid) = i32::try_from(self.nodes[i].child.id()) {
+            terminate(pid);
+        }
+    }
+
+    /// Starts node `i` again on its old address, with its old cache folder.
+    pub fn restart_node(&mut self, i: usize) -> anyhow::Result<()> {
+        self.kill_node(i);
+        let (name, config, addr, cpus) = {
+            let n = &self.nodes[i];
+            (n.name.clone(), n.config.clone(), n.addr, n.cpus.clone())
+        };
+        let mut text: NodeConfig = toml::from_str(&std::fs::read_to_string(&config)?)?;
+        text.listen = addr;
+        std::fs::write(&config, toml::to_string(&text)?)?;
+        self.nodes[i] = self.spawn_with("edge-node", &name, config, cpus, &[])?;
+        Ok(())
+    }
+
+    /// Whether every process is still running; names the first that is not.
+    pub fn check_running(&mut self) -> Result<(), String> {
+        for p in self.nodes.iter_mut().chain(self.gateway.as_mut()) {
+            if let Ok(Some(status)) = p.child.try_wait() {
+                return Err(format!("{} exited ({status})", p.name));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends SIGTERM to every process and waits up to `grace` for them to exit, then
+    /// kills what is left.
+    pub fn stop(&mut self, grace: Duration) {
+        let all: Vec<&mut Process> = self
+            .gateway
+            .iter_mut()
+            .chain(self.nodes.iter_mut())
+            .collect();
+        for p in &all {
+            if let Ok(pid) = i32::try_from(p.child.id()) {
+                terminate(pid);
+            }
+        }
+        let deadline = Instant::now() + grace;
+        for p in all {
+            while Instant::now() < deadline && matches!(p.child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for p in self.gateway.iter_mut().chain(self.nodes.iter_mut()) {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+    }
+}
+
+/// A UDP port free on loopback now (for the gateway's gossip address, which the nodes
+/// must know before the gateway starts).
+fn free_udp_port() -> anyhow::Result<SocketAddr> {
+    let socket = std::net::UdpSocket::bind(("127.0.0.1", 0)).context("finding a free UDP port")?;
+    Ok(socket.local_addr()?)
+}
+
+/// Sends SIGTERM to `pid`.
+fn terminate(pid: i32) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status();
+}
+
+/// The folder holding this program's sibling binaries: the current executable's folder,
+/// or its parent for a test binary in `target/<profile>/deps`.
+pub fn bin_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("executable without a folder")?;
+    if dir.join("edge-node").is_file() {
+        return Ok(dir.to_path_buf());
+    }
+    let parent = dir.parent().context("no parent folder")?;
+    if parent.join("edge-node").is_file() {
+        return Ok(parent.to_path_buf());
+    }
+    bail!(
+        "edge-node not found next to {}: build the workspace first (cargo build)",
+        exe.display()
+    )
+}

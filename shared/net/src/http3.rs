@@ -1,0 +1,147 @@
+//! Serving HTTP/3: the accept loop every server of edge runs (gateway ingress, node,
+//! baseline), one task per request, and bounded body reading.
+//!
+//! [`serve`] accepts connections until its [`Shutdown`] fires. Then it accepts no more:
+//! each connection sends GOAWAY, takes no new request, and stays open until the
+//! requests already on it have answered. Every request holds an [`InFlight`] guard
+//! while its handler runs, so the caller can wait for them under a grace period.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes, BytesMut};
+use h3::server::RequestStream;
+use http::Request;
+
+use crate::lifecycle::{InFlight, Shutdown};
+
+/// A request stream as a server sees it.
+pub type ServerStream = RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
+
+/// Handles one request: answers on its stream.
+pub trait Handler: Send + Sync + 'static {
+    /// Answers `request` on `stream`.
+    fn handle(
+        self: Arc<Self>,
+        request: Request<()>,
+        stream: ServerStream,
+    ) -> impl Future<Output = ()> + Send;
+}
+
+/// Serves HTTP/3 on `endpoint` with `handler` until `stop` fires; every request counted
+/// in `in_flight` while it runs. Returns once it accepts no more; the caller waits for
+/// `in_flight` to drain, then closes the endpoint.
+pub async fn serve<H: Handler>(
+    endpoint: &quinn::Endpoint,
+    handler: Arc<H>,
+    stop: Shutdown,
+    in_flight: InFlight,
+) {
+    let stopped = stop.fired();
+    tokio::pin!(stopped);
+    loop {
+        tokio::select! {
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                let handler = Arc::clone(&handler);
+                let (stop, in_flight) = (stop.clone(), in_flight.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = connection(incoming, handler, stop, in_flight).await {
+                        tracing::debug!(error = %e, "HTTP/3 connection ended");
+                    }
+                });
+            }
+            () = &mut stopped => break,
+        }
+    }
+}
+
+async fn connection<H: Handler>(
+    incoming: quinn::Incoming,
+    handler: Arc<H>,
+    stop: Shutdown,
+    in_flight: InFlight,
+) -> anyhow::Result<()> {
+    let conn = incoming.await?;
+    let remote = conn.remote_address();
+    let mut h3 = h3::server::Connection::<_, Bytes>::new(h3_quinn::Connection::new(conn)).await?;
+    // The requests of this connection: it stays open until they have answered.
+    let own = InFlight::default();
+    let stopped = stop.fired();
+    tokio::pin!(stopped);
+    loop {
+        tokio::select! {
+            accepted = h3.accept() => {
+                let Some(resolver) = accepted? else { break };
+                let guards = (in_flight.start(), own.start());
+                let handler = Arc::clone(&handler);
+                tokio::spawn(async move {
+                    let _guards = guards;
+                    match resolver.resolve_request().await {
+                        Ok((request, stream)) => handler.handle(request, stream).await,
+                        Err(e) => tracing::debug!(%remote, error = %e, "malformed HTTP/3 request"),
+                    }
+                });
+            }
+            () = &mut stopped => {
+                // GOAWAY: the client opens no new request here and goes elsewhere.
+                let _ = h3.shutdown(0).await;
+                break;
+            }
+        }
+    }
+    // Dropping the connection closes it: not before its requests have answered (the
+    // process's grace period bounds this wait).
+    own.drained(std::time::Duration::MAX).await;
+    Ok(())
+}
+
+/// Why a body could not be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BodyError {
+    /// It is longer than the limit.
+    #[error("body over the {0} byte limit")]
+    TooLarge(u64),
+    /// The stream failed.
+    #[error("reading the body: {0}")]
+    Stream(#[from] h3::error::StreamError),
+}
+
+/// Reads a whole request body, failing as soon as it passes `limit` bytes (nothing past
+/// the limit is buffered).
+pub async fn read_body(stream: &mut ServerStream, limit: u64) -> Result<Bytes, BodyError> {
+    let mut body = BytesMut::new();
+    while let Some(mut chunk) = stream.recv_data().await? {
+        if (body.len() + chunk.remaining()) as u64 > limit {
+            return Err(BodyError::TooLarge(limit));
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            body.extend_from_slice(part);
+            let n = part.len();
+            chunk.advance(n);
+        }
+    }
+    Ok(body.freeze())
+}
+
+/// Answers on `stream` with `head` and a whole `body`, then finishes the stream.
+pub async fn respond(
+    stream: &mut ServerStream,
+    head: http::Response<()>,
+    body: Bytes,
+) -> Result<(), h3::error::StreamError> {
+    stream.send_response(head).await?;
+    if !body.is_empty() {
+        stream.send_data(body).await?;
+    }
+    stream.finish().await
+}
+
+/// Tells the client to stop sending without error (RFC 9114 4.1): for answers given
+/// before the whole request was read (404, 413, not-found), rather than quinn's default
+/// reset code 0.
+pub fn stop_reading(stream: &mut ServerStream) {
+    stream.stop_sending(h3::error::Code::H3_NO_ERROR);
+}

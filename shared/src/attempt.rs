@@ -1,0 +1,275 @@
+//! The gateway's attempt sequence for one request: which node to try next, given what
+//! the last attempt did. Pure: the gateway performs each [`Step`] and reports its
+//! [`Outcome`]; nothing here sends anything, reads a clock or takes a lock.
+//!
+//! The rules (DESIGN.md, *The request path*):
+//!
+//! - nodes are tried in the routing order, at most [`MAX_NODES`] of them;
+//! - a node that does not have the function (`not-found`) gets it deployed, then the
+//!   request once more;
+//! - a refusal before the function started (`overloaded`, `draining`) or a node that
+//!   could not be reached moves the request to the next node: nothing ran there;
+//! - an exchange that broke after the request may have reached the node is retried only
+//!   for idempotent methods;
+//! - no answer within the gateway's timeout is final: the function may still be running;
+//! - when every node tried refused, the last refusal is the answer (its `Retry-After`
+//!   tells the user when to come back).
+
+use crate::wire::Refusal;
+
+/// Most nodes one request is tried on.
+pub const MAX_NODES: usize = 3;
+
+/// What the gateway does next for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Send the request to node `usize` (an index of the routing order's view).
+    Send(usize),
+    /// Deploy the function on node `usize`, then send the request there again.
+    Deploy(usize),
+    /// Answer with the response the last attempt got.
+    Answer,
+    /// Answer with the last refusal a node gave.
+    AnswerRefusal,
+    /// Answer with an error of the gateway's own.
+    Fail(Failure),
+}
+
+/// What one step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The node answered (any status but a refusal).
+    Answered,
+    /// The node refused before the function started.
+    Refused(Refusal),
+    /// No connection: nothing was sent.
+    Unreachable,
+    /// The request may have reached the node, then the exchange failed.
+    Broken,
+    /// No answer within the gateway's request timeout.
+    TimedOut,
+    /// The function was deployed on the node.
+    Deployed,
+    /// The node refused the deploy.
+    DeployRefused,
+}
+
+/// Why the gateway answers by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// No node could take the request (none known, or every one tried failed).
+    NoNode,
+    /// A node took the request and gave no answer in time.
+    TimedOut,
+    /// The function could not be deployed on a node.
+    DeployFailed,
+}
+
+/// One request's attempts.
+#[derive(Debug, Clone)]
+pub struct Attempts {
+    order: Vec<usize>,
+    /// Position in `order` of the node being tried.
+    at: usize,
+    idempotent: bool,
+    /// The function was deployed on the current node for this request.
+    deployed_here: bool,
+    /// A node refused and its answer is kept.
+    refusal_kept: bool,
+    current: Step,
+}
+
+impl Attempts {
+    /// The attempts of a request over `order` (the routing decision, best first; only the
+    /// first [`MAX_NODES`] are tried). `idempotent`: whether its method may be sent twice.
+    pub fn new(mut order: Vec<usize>, idempotent: bool) -> Attempts {
+        order.truncate(MAX_NODES);
+        let current = match order.first() {
+            Some(&node) => Step::Send(node),
+            None => Step::Fail(Failure::NoNode),
+        };
+        Attempts {
+            order,
+            at: 0,
+            idempotent,
+            deployed_here: false,
+            refusal_kept: false,
+            current,
+        }
+    }
+
+    /// The step to take now.
+    pub fn step(&self) -> Step {
+        self.current
+    }
+
+    /// Takes in what the current step did and returns the next one.
+    pub fn next(&mut self, outcome: Outcome) -> Step {
+        self.current = match (self.current, outcome) {
+            (Step::Send(_), Outcome::Answered) => Step::Answer,
+            (Step::Send(node), Outcome::Refused(Refusal::NotFound)) if !self.deployed_here => {
+                Step::Deploy(node)
+            }
+            (Step::Send(_), Outcome::Refused(Refusal::NotFound)) => self.move_on(),
+            (Step::Send(_), Outcome::Refused(_)) => {
+                self.refusal_kept = true;
+                self.move_on()
+            }
+            (Step::Send(_), Outcome::Unreachable) => self.move_on(),
+            (Step::Send(_), Outcome::Broken) if self.idempotent => self.move_on(),
+            (Step::Send(_), Outcome::Broken) => self.give_up(),
+            (Step::Send(_), Outcome::TimedOut) => Step::Fail(Failure::TimedOut),
+            (Step::Deploy(node), Outcome::Deployed) => {
+                self.deployed_here = true;
+                Step::Send(node)
+            }
+            (Step::Deploy(_), Outcome::DeployRefused) => Step::Fail(Failure::DeployFailed),
+            // A deploy that could not reach its node, or broke: nothing ran there.
+            (Step::Deploy(_), Outcome::Unreachable | Outcome::Broken | Outcome::TimedOut) => {
+                self.move_on()
+            }
+            (done, _) => done,
+        };
+        self.current
+    }
+
+    /// The next node in the order, or the end.
+    fn move_on(&mut self) -> Step {
+        self.at += 1;
+        self.deployed_here = false;
+        match self.order.get(self.at) {
+            Some(&node) => Step::Send(node),
+            None => self.give_up(),
+        }
+    }
+
+    fn give_up(&self) -> Step {
+        if self.refusal_kept {
+            Step::AnswerRefusal
+        } else {
+            Step::Fail(Failure::NoNode)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `outcomes` through a sequence over `order`; returns every step taken.
+    fn run(order: &[usize], idempotent: bool, outcomes: &[Outcome]) -> Vec<Step> {
+        let mut attempts = Attempts::new(order.to_vec(), idempotent);
+        let mut steps = vec![attempts.step()];
+        for &outcome in outcomes {
+            steps.push(attempts.next(outcome));
+        }
+        steps
+    }
+
+    use Outcome::*;
+    use Step::*;
+
+    #[test]
+    fn an_answer_is_returned_from_the_first_node() {
+        assert_eq!(run(&[4, 2], true, &[Answered]), [Send(4), Answer]);
+    }
+
+    #[test]
+    fn no_node_at_all_fails_at_once() {
+        assert_eq!(run(&[], true, &[]), [Fail(Failure::NoNode)]);
+    }
+
+    #[test]
+    fn a_refusal_moves_to_the_next_node_and_the_last_refusal_is_the_answer() {
+        let overloaded = Refused(Refusal::Overloaded);
+        let draining = Refused(Refusal::Draining);
+        assert_eq!(
+            run(&[0, 1, 2], false, &[overloaded, Answered]),
+            [Send(0), Send(1), Answer]
+        );
+        assert_eq!(
+            run(&[0, 1, 2], false, &[draining, overloaded, overloaded]),
+            [Send(0), Send(1), Send(2), AnswerRefusal]
+        );
+    }
+
+    #[test]
+    fn at_most_three_nodes_are_tried() {
+        assert_eq!(
+            run(
+                &[0, 1, 2, 3, 4],
+                true,
+                &[Unreachable, Unreachable, Unreachable]
+            ),
+            [Send(0), Send(1), Send(2), Fail(Failure::NoNode)]
+        );
+    }
+
+    #[test]
+    fn not_found_deploys_then_sends_again_once() {
+        let not_found = Refused(Refusal::NotFound);
+        assert_eq!(
+            run(&[7, 8], false, &[not_found, Deployed, Answered]),
+            [Send(7), Deploy(7), Send(7), Answer]
+        );
+        // Still not found after the deploy: the next node (which may need it too).
+        assert_eq!(
+            run(
+                &[7, 8],
+                false,
+                &[
+                    not_found, Deployed, not_found, not_found, Deployed, Answered
+                ]
+            ),
+            [
+                Send(7),
+                Deploy(7),
+                Send(7),
+                Send(8),
+                Deploy(8),
+                Send(8),
+                Answer
+            ]
+        );
+        assert_eq!(
+            run(&[7, 8], false, &[not_found, DeployRefused]),
+            [Send(7), Deploy(7), Fail(Failure::DeployFailed)]
+        );
+        assert_eq!(
+            run(&[7, 8], false, &[not_found, Unreachable, Answered]),
+            [Send(7), Deploy(7), Send(8), Answer]
+        );
+    }
+
+    #[test]
+    fn a_broken_exchange_is_retried_only_when_idempotent() {
+        assert_eq!(
+            run(&[0, 1], true, &[Broken, Answered]),
+            [Send(0), Send(1), Answer]
+        );
+        assert_eq!(
+            run(&[0, 1], false, &[Broken]),
+            [Send(0), Fail(Failure::NoNode)]
+        );
+        // A refusal kept from an earlier node is still the better answer.
+        assert_eq!(
+            run(&[0, 1], false, &[Refused(Refusal::Overloaded), Broken]),
+            [Send(0), Send(1), AnswerRefusal]
+        );
+    }
+
+    #[test]
+    fn a_timeout_is_final_even_when_idempotent() {
+        assert_eq!(
+            run(&[0, 1], true, &[TimedOut]),
+            [Send(0), Fail(Failure::TimedOut)]
+        );
+    }
+
+    #[test]
+    fn a_finished_sequence_stays_finished() {
+        let mut attempts = Attempts::new(vec![0], true);
+        attempts.next(Answered);
+        assert_eq!(attempts.next(Unreachable), Answer);
+    }
+}
