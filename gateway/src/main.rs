@@ -134,7 +134,7 @@ async fn run(
     let h3 = {
         let (gateway, stop, in_flight) = (Arc::clone(&gateway), stop.clone(), in_flight.clone());
         tokio::spawn(async move {
-            http3::serve(&endpoint, gateway, stop, in_flight).await;
+            http3::serve(&endpoint, gateway, stop, in_flight, grace).await;
             endpoint
         })
     };
@@ -146,11 +146,14 @@ async fn run(
         in_flight.clone(),
     ));
     stop.fired().await;
-    // Accepting nothing more: HTTP/3 connections got GOAWAY, TCP ones shut down
-    // gracefully.
+    let stopped_at = tokio::time::Instant::now();
+    // Accepting nothing more: HTTP/3 connections got GOAWAY and close once their
+    // requests have answered, TCP ones shut down gracefully; all within the grace.
     let endpoint = h3.await?;
     tcp.await?;
-    let left = in_flight.drained(grace).await;
+    let left = in_flight
+        .drained(grace.saturating_sub(stopped_at.elapsed()))
+        .await;
     if left > 0 {
         tracing::warn!(
             left,

@@ -6,7 +6,7 @@ mod support;
 use bytes::Bytes;
 use edge_shared::manifest::Limits;
 use http::{Request, StatusCode};
-use support::{client, client_for, function, start, url};
+use support::{client, client_for, function, node_status, start, url};
 
 fn limits(f: impl FnOnce(&mut Limits)) -> Limits {
     let mut l = Limits::default();
@@ -128,11 +128,14 @@ async fn functions_and_failures_over_http3() {
         "{text}"
     );
     let node = r.header("x-edge-node").unwrap().to_string();
-    assert!(support::wait_for(std::time::Duration::from_secs(5), || {
-        cluster
-            .log(&node)
-            .contains("function trapped: UnreachableCodeReached")
-    }));
+    assert!(
+        support::eventually(std::time::Duration::from_secs(5), || async {
+            cluster
+                .log(&node)
+                .contains("function trapped: UnreachableCodeReached")
+        })
+        .await
+    );
     assert!(
         cluster.log(&node).contains("trap asked to fail"),
         "the function's stderr is logged"
@@ -146,11 +149,14 @@ async fn functions_and_failures_over_http3() {
     let r = c.get(&url(&cluster, "/hog")).await.unwrap();
     assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
     let node = r.header("x-edge-node").unwrap().to_string();
-    assert!(support::wait_for(std::time::Duration::from_secs(5), || {
-        cluster
-            .log(&node)
-            .contains("ran out of memory at its 16 MiB limit")
-    }));
+    assert!(
+        support::eventually(std::time::Duration::from_secs(5), || async {
+            cluster
+                .log(&node)
+                .contains("ran out of memory at its 16 MiB limit")
+        })
+        .await
+    );
 
     // A response over the function's limit: a failed response, never a truncated 200.
     let r = c
@@ -164,9 +170,12 @@ async fn functions_and_failures_over_http3() {
         .unwrap();
     assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
     let node = r.header("x-edge-node").unwrap().to_string();
-    assert!(support::wait_for(std::time::Duration::from_secs(5), || {
-        cluster.log(&node).contains("byte response limit")
-    }));
+    assert!(
+        support::eventually(std::time::Duration::from_secs(5), || async {
+            cluster.log(&node).contains("byte response limit")
+        })
+        .await
+    );
     let r = c
         .send(
             Request::post(url(&cluster, "/echo-small"))
@@ -238,33 +247,6 @@ async fn a_restarted_node_deserializes_instead_of_compiling() {
     let status = node_status(&cluster, 0).await;
     assert_eq!(status["compiles"], 0, "{status}");
     assert_eq!(status["deserializations"], 1, "{status}");
-}
-
-/// Node `i`'s status. Nodes serve only cluster members: this client presents the
-/// gateway's member certificate.
-async fn node_status(cluster: &edge_cli::cluster::LocalCluster, i: usize) -> serde_json::Value {
-    let certs = cluster.certs();
-    let member = edge_net::tls::Identity {
-        cert: &certs.member_cert,
-        key: &certs.member_key,
-    };
-    let tls = edge_net::tls::client_config(&certs.ca, Some(member), &[edge_shared::wire::ALPN_H3])
-        .unwrap();
-    let node = edge_net::client::H3Client::connect(
-        cluster.node_addrs()[i],
-        edge_shared::wire::NODE_SERVER_NAME,
-        tls,
-    )
-    .await
-    .unwrap();
-    let status = node
-        .get(&format!(
-            "https://edge-node{}",
-            edge_shared::wire::STATUS_PATH
-        ))
-        .await
-        .unwrap();
-    serde_json::from_slice(&status.body).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -103,7 +103,17 @@ async fn a_node_killed_under_load_leaves_the_rotation_and_no_get_fails() {
             })
         })
         .collect();
-    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    // Killed once the load has reached it.
+    assert!(
+        support::eventually(std::time::Duration::from_secs(4), || async {
+            support::node_status(&cluster, 1).await["requests"]
+                .as_u64()
+                .unwrap()
+                >= 10
+        })
+        .await,
+        "the load never reached node-2"
+    );
     cluster.kill_node(1);
     // Taken once the process is gone (kill_node waits for it).
     let killed_at = std::time::Instant::now();
@@ -132,11 +142,12 @@ async fn a_node_killed_under_load_leaves_the_rotation_and_no_get_fails() {
     );
     // Gossip's failure detector takes it out of the gateway's view too, within 5 s of
     // the kill (the load above ran 3 s past it).
-    let out = support::wait_for(std::time::Duration::from_secs(2), || {
+    let out = support::eventually(std::time::Duration::from_secs(2), || async {
         cluster.log("gateway").lines().any(|l| {
             l.contains("node left the request path") && l.contains("node-2") && l.contains("down")
         })
-    });
+    })
+    .await;
     assert!(out, "gateway log: {}", cluster.log("gateway"));
 }
 
@@ -174,7 +185,7 @@ async fn a_node_started_later_joins_by_gossip_and_a_draining_node_is_skipped() {
 
     // A fourth node, told only the gateway's gossip address (the seed every node has).
     cluster.add_node().unwrap();
-    let joined = support::wait_for(std::time::Duration::from_secs(10), || {
+    let joined = support::eventually(std::time::Duration::from_secs(10), || async {
         cluster
             .log("gateway")
             .contains("node joined the request path")
@@ -183,7 +194,8 @@ async fn a_node_started_later_joins_by_gossip_and_a_draining_node_is_skipped() {
                 .matches("node joined the request path")
                 .count()
                 >= 4
-    });
+    })
+    .await;
     assert!(joined, "gateway log: {}", cluster.log("gateway"));
     let four = answered_by(&c, &fib, 16).await;
     assert_eq!(four.get("node-4"), Some(&4), "{four:?}");
@@ -197,24 +209,26 @@ async fn a_node_started_later_joins_by_gossip_and_a_draining_node_is_skipped() {
     for datagram in [&b"junk"[..], &forged] {
         intruder.send_to(datagram, cluster.gossip_seed()).unwrap();
     }
-    let dropped = support::wait_for(std::time::Duration::from_secs(5), || {
+    let dropped = support::eventually(std::time::Duration::from_secs(5), || async {
         cluster
             .log("gateway")
             .contains("gossip datagram without a valid cluster-key tag dropped")
-    });
+    })
+    .await;
     assert!(dropped, "gateway log: {}", cluster.log("gateway"));
     assert_eq!(answered_by(&c, &fib, 8).await.len(), 4);
 
     // node-1 shuts down: it says `draining` by gossip, the gateway skips it from then
     // on, and no request fails on the way.
     cluster.terminate_node(0);
-    let skipped = support::wait_for(std::time::Duration::from_secs(5), || {
+    let skipped = support::eventually(std::time::Duration::from_secs(5), || async {
         cluster.log("gateway").lines().any(|l| {
             l.contains("node left the request path")
                 && l.contains("node-1")
                 && l.contains("draining")
         })
-    });
+    })
+    .await;
     assert!(skipped, "gateway log: {}", cluster.log("gateway"));
     let after = answered_by(&c, &fib, 12).await;
     assert!(!after.contains_key("node-1"), "{after:?}");
@@ -254,13 +268,14 @@ async fn a_node_with_a_certificate_from_another_ca_never_serves_a_request() {
         .stderr(log)
         .spawn()
         .unwrap();
-    let joined = support::wait_for(std::time::Duration::from_secs(10), || {
+    let joined = support::eventually(std::time::Duration::from_secs(10), || async {
         cluster
             .log("gateway")
             .matches("node joined the request path")
             .count()
             >= 4
-    });
+    })
+    .await;
     let c = client(&cluster).await;
     let answers = answered_by(&c, &url(&cluster, "/fib?n=10"), 24).await;
     let _ = rogue.kill();
@@ -317,9 +332,10 @@ async fn a_second_gateway_seeded_by_the_first_finds_every_node() {
         .spawn()
         .unwrap();
     // It knows of no node but through the first gateway's gossip.
-    let announced = support::wait_for(std::time::Duration::from_secs(30), || {
+    let announced = support::eventually(std::time::Duration::from_secs(30), || async {
         std::fs::read_to_string(&announce).is_ok_and(|a| !a.is_empty())
-    });
+    })
+    .await;
     let addr: std::net::SocketAddr = std::fs::read_to_string(&announce)
         .unwrap_or_default()
         .trim()

@@ -52,7 +52,15 @@ impl Handler for Constant {
 pub async fn serve(endpoint: quinn::Endpoint) {
     // Never fired: the baseline runs until it is killed.
     let (_never, forever) = Shutdown::manual();
-    http3::serve(&endpoint, Arc::new(Constant), forever, InFlight::default()).await;
+    let grace = std::time::Duration::ZERO;
+    http3::serve(
+        &endpoint,
+        Arc::new(Constant),
+        forever,
+        InFlight::default(),
+        grace,
+    )
+    .await;
 }
 
 /// A baseline server in a child process (`edge-loadtest baseline`), so that it does not

@@ -82,6 +82,33 @@ mod tests {
         let after = CpuByThread([("a".to_string(), 1.5), ("b".to_string(), 0.25)].into());
         let used = after.since(&before);
         assert_eq!(used.total(), 0.75);
-        assert!(CpuByThread::sample(std::process::id()).unwrap().total() >= 0.0);
+    }
+
+    #[test]
+    fn a_busy_thread_shows_up_in_its_group() {
+        let pid = std::process::id();
+        let before = CpuByThread::sample(pid).unwrap();
+        // Work until the kernel has charged at least one clock tick to the thread (a
+        // bounded number of rounds, each a few milliseconds of arithmetic).
+        let burner = std::thread::Builder::new()
+            .name("cpu-burner-1".into())
+            .spawn(move || {
+                let mut x = 1u64;
+                for _ in 0..2_000 {
+                    for i in 0..1_000_000u64 {
+                        x = std::hint::black_box(
+                            x.wrapping_mul(6364136223846793005).wrapping_add(i),
+                        );
+                    }
+                    let used = CpuByThread::sample(pid).unwrap().since(&before);
+                    if used.0.get("cpu-burner").is_some_and(|s| *s > 0.0) {
+                        return used;
+                    }
+                }
+                panic!("2e9 multiplications charged no CPU time to the thread");
+            })
+            .unwrap();
+        let used = burner.join().unwrap();
+        assert!(used.total() >= used.0["cpu-burner"], "{used:?}");
     }
 }

@@ -65,7 +65,8 @@ async fn run(config: NodeConfig, announce: Option<PathBuf>) -> anyhow::Result<()
     let gossip = Arc::new(Gossip::start(&settings, link, key).await?);
     node.attach_gossip(Arc::clone(&gossip));
     tracing::info!(name = node.name(), %addr, gossip = %gossip.addr(), seeds = ?settings.seeds, "edge-node serving HTTP/3");
-    // Fired once gateways have had time to turn away: the server then accepts no more.
+    // Fired once the node has drained and gateways have turned away: the server then
+    // accepts no more.
     let (stop_serving, serving) = Shutdown::manual();
     let publisher = tokio::spawn(publish_load(
         Arc::clone(&node),
@@ -82,22 +83,18 @@ async fn run(config: NodeConfig, announce: Option<PathBuf>) -> anyhow::Result<()
     let server = {
         let (node, in_flight) = (Arc::clone(&node), in_flight.clone());
         tokio::spawn(async move {
-            http3::serve(&endpoint, node, serving, in_flight).await;
+            http3::serve(&endpoint, node, serving, in_flight, grace).await;
             endpoint
         })
     };
 
     signal.fired().await;
-    // Gateways learn of it from gossip and stop sending new requests; the ones already
-    // on their way are still served.
-    gossip.set_draining().await;
-    tokio::time::sleep(settings.interval * 3).await;
-    // From now on a late call is refused with `draining` (the gateway retries it
-    // elsewhere), and no new connection or request is accepted.
+    // New calls are refused with `draining` from now on (a refusal the gateway retries
+    // on another node), and gossip tells the gateways to stop sending; what runs and
+    // what waits in the queues is finished.
     node.drain();
-    stop_serving.fire();
-    let endpoint = server.await?;
-    publisher.await?;
+    gossip.set_draining().await;
+    let announced = tokio::time::Instant::now();
     let left = in_flight.drained(grace).await;
     if left > 0 {
         tracing::warn!(
@@ -106,6 +103,12 @@ async fn run(config: NodeConfig, announce: Option<PathBuf>) -> anyhow::Result<()
             "grace period over: leaving with requests in flight"
         );
     }
+    // Reachable until every gateway has had three rounds to see `draining`, so that a
+    // request already on its way meets a refusal it can retry, not a closed connection.
+    tokio::time::sleep_until(announced + settings.interval * 3).await;
+    stop_serving.fire();
+    let endpoint = server.await?;
+    publisher.await?;
     gossip.leave().await;
     quic::close(&endpoint, "node shutting down", Duration::from_secs(2)).await;
     tracing::info!("edge-node stopped");

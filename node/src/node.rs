@@ -40,6 +40,8 @@ pub struct Node {
     deploying: Mutex<()>,
     pub(crate) requests: AtomicU64,
     pub(crate) overloaded: AtomicU64,
+    /// Calls refused because the node is draining.
+    pub(crate) refused_draining: AtomicU64,
     pub(crate) draining: AtomicBool,
 }
 
@@ -65,6 +67,7 @@ impl Node {
             deploying: Mutex::new(()),
             requests: AtomicU64::new(0),
             overloaded: AtomicU64::new(0),
+            refused_draining: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             config,
         })
@@ -123,6 +126,7 @@ impl Node {
     ) -> Result<Answer, Failure> {
         self.requests.fetch_add(1, Ordering::Relaxed);
         if self.draining.load(Ordering::Relaxed) {
+            self.refused_draining.fetch_add(1, Ordering::Relaxed);
             return Err(Failure::Refused(Refusal::Draining));
         }
         let _from = call

@@ -71,6 +71,8 @@ pub struct NodeStatus {
     pub requests: u64,
     /// Invocations refused as overloaded since start.
     pub overloaded: u64,
+    /// Invocations refused because the node is draining.
+    pub refused_draining: u64,
     /// The most instance memory ever reserved at once, in bytes (never over the budget).
     pub peak_memory_reserved: u64,
     /// Modules compiled since start.
@@ -144,6 +146,7 @@ impl Node {
             load: self.load(),
             requests: self.requests.load(Ordering::Relaxed),
             overloaded: self.overloaded.load(Ordering::Relaxed),
+            refused_draining: self.refused_draining.load(Ordering::Relaxed),
             peak_memory_reserved: self.admitter.usage().peak_memory_reserved,
             compiles: stats.compiles.load(Ordering::Relaxed),
             deserializations: stats.deserializations.load(Ordering::Relaxed),

@@ -28,10 +28,11 @@ const IDLE_CHECK: Duration = Duration::from_secs(1);
 #[error("the job panicked")]
 pub struct Panicked;
 
-/// Worker threads fed from one queue.
+/// Worker threads fed from one queue of jobs, each with its own queue of new pools.
 pub struct WorkerPool {
     jobs: Sender<Job>,
-    size: usize,
+    /// One per worker: a new pool must reach every worker, not whichever is free.
+    announcements: Vec<Sender<Arc<InstancePool>>>,
 }
 
 impl WorkerPool {
@@ -39,20 +40,26 @@ impl WorkerPool {
     /// `admitter`; they stop when the pool is dropped.
     pub fn new(size: usize, admitter: &Arc<Admitter<DeploymentId>>) -> WorkerPool {
         let (jobs, queue) = crossbeam_channel::unbounded::<Job>();
+        let mut announcements = Vec::with_capacity(size);
         for i in 0..size {
             let queue = queue.clone();
+            let (announce, pools) = crossbeam_channel::unbounded();
+            announcements.push(announce);
             let admitter = Arc::clone(admitter);
             std::thread::Builder::new()
                 .name(format!("edge-worker-{i}"))
-                .spawn(move || work(&queue, ReadyInstances::new(admitter)))
+                .spawn(move || work(&queue, &pools, ReadyInstances::new(admitter)))
                 .expect("spawning a worker thread");
         }
-        WorkerPool { jobs, size }
+        WorkerPool {
+            jobs,
+            announcements,
+        }
     }
 
     /// Number of threads.
     pub fn size(&self) -> usize {
-        self.size
+        self.announcements.len()
     }
 
     /// Runs `job` on a worker thread. The job returns its result and its leftovers;
@@ -80,18 +87,16 @@ impl WorkerPool {
     /// Tells the workers about a new pool, so that idle ones fill it before its first
     /// request.
     pub fn announce(&self, pool: &Arc<InstancePool>) {
-        for _ in 0..self.size {
-            let pool = Arc::clone(pool);
-            let _ = self.jobs.send(Box::new(move |ready: &mut ReadyInstances| {
-                ready.register(&pool)
-            }));
+        for worker in &self.announcements {
+            let _ = worker.send(Arc::clone(pool));
         }
     }
 }
 
-/// A worker's loop: jobs first; when none waits, one step of refilling; when there is
-/// nothing to refill either, sleep until a job comes or [`IDLE_CHECK`] passes.
-fn work(queue: &Receiver<Job>, mut ready: ReadyInstances) {
+/// A worker's loop: jobs first; when none waits, the pools announced to it, then one
+/// step of refilling; when there is nothing to refill either, sleep until a job comes or
+/// [`IDLE_CHECK`] passes.
+fn work(queue: &Receiver<Job>, pools: &Receiver<Arc<InstancePool>>, mut ready: ReadyInstances) {
     loop {
         match queue.try_recv() {
             Ok(job) => {
@@ -100,6 +105,10 @@ fn work(queue: &Receiver<Job>, mut ready: ReadyInstances) {
             }
             Err(TryRecvError::Disconnected) => return,
             Err(TryRecvError::Empty) => {}
+        }
+        if let Ok(pool) = pools.try_recv() {
+            ready.register(&pool);
+            continue;
         }
         if ready.refill_one() {
             continue;

@@ -133,26 +133,74 @@ fn bad_modules_are_refused_at_deploy_with_their_reason() {
     assert_eq!(body(&answer), b"hello, x!\n");
 }
 
+/// Polls the node's status every 5 ms, at most 10 s, until `check` holds on it.
+async fn until_status(node: &Node, check: impl Fn(&edge_node::NodeStatus) -> bool) -> bool {
+    for _ in 0..2_000 {
+        if check(&node.status()) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    false
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_request_sees_a_fresh_instance_and_most_come_from_the_pool() {
+async fn every_request_sees_a_fresh_instance_and_comes_from_the_pool() {
     let dir = tempfile::tempdir().unwrap();
     let node = node(dir.path(), |_| {});
     let id = deploy(&node, "counter", Limits::default());
     let deployment = node.deployment(&id).unwrap();
     for _ in 0..30 {
+        // Between requests, as between real ones, idle workers refill: both of them hold
+        // a ready instance before the next request, whichever takes it.
+        assert!(
+            until_status(&node, |s| s.deployments[0].pool_ready == 2).await,
+            "the pool was not refilled: {:?}",
+            node.status().deployments
+        );
         let answer = node.invoke(&deployment, call("")).await.unwrap();
         assert_eq!(
             body(&answer),
             b"1\n",
             "a global survived into the next request"
         );
-        // Give idle workers a moment to refill, as between real requests.
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let status = node.status();
     let d = &status.deployments[0];
-    assert_eq!(d.pool_hits + d.pool_misses, 30);
-    assert!(d.pool_hits > 0, "no request found a ready instance: {d:?}");
+    assert_eq!(
+        (d.pool_hits, d.pool_misses),
+        (30, 0),
+        "a request with a ready instance waiting instantiated on its own path: {d:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_to_zero_releases_the_pooled_memory_and_the_function_stays_warm() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node(dir.path(), |c| c.instance_pool.idle_ttl_ms = 200);
+    let id = deploy(&node, "hello", Limits::default());
+    let deployment = node.deployment(&id).unwrap();
+    node.invoke(&deployment, call("name=x")).await.unwrap();
+    assert!(
+        until_status(&node, |s| s.load.memory_reserved > 0).await,
+        "the pool never reserved memory"
+    );
+    // Idle past the TTL: the workers drop every ready instance and give back what they
+    // reserved, while the compiled module stays in memory.
+    assert!(
+        until_status(&node, |s| s.load.memory_reserved == 0
+            && s.deployments[0].pool_ready == 0)
+        .await,
+        "pooled instances outlived the idle TTL: {:?}",
+        node.status()
+    );
+    let status = node.status();
+    assert_eq!(status.load.warm, vec![id.clone()], "still warm");
+    assert_eq!(status.load.in_flight, 0);
+    // And back from zero without a cold start.
+    let answer = node.invoke(&deployment, call("name=back")).await.unwrap();
+    assert_eq!(body(&answer), b"hello, back!\n");
+    assert_eq!(answer.timing.get_ms("cold"), Some(0.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -562,6 +562,8 @@ pub struct ClusterConfig {
     pub domain: String,
     /// The gateway's routing policy.
     pub routing: RoutingPolicy,
+    /// Time between gossip rounds of every member, in ms.
+    pub gossip_interval_ms: u64,
     /// Functions deployed at start.
     pub functions: Vec<FunctionConfig>,
 }
@@ -576,6 +578,7 @@ impl Default for ClusterConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 4433)),
             domain: "edge.localhost".into(),
             routing: RoutingPolicy::LeastLoadedWarm,
+            gossip_interval_ms: GossipConfig::default().interval_ms,
             functions: Vec::new(),
         }
     }
@@ -594,6 +597,9 @@ impl ConfigFile for ClusterConfig {
         let mut problems = Vec::new();
         if !(1..=64).contains(&self.nodes) {
             problems.push("nodes: from 1 to 64".into());
+        }
+        if !(10..=10_000).contains(&self.gossip_interval_ms) {
+            problems.push("gossip_interval_ms: must be between 10 and 10000".into());
         }
         if !self.worker_threads_per_node.is_empty()
             && self.worker_threads_per_node.len() != self.nodes

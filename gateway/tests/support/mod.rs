@@ -47,8 +47,17 @@ pub fn function(name: &str, limits: Limits) -> FunctionConfig {
 
 /// A cluster of `nodes` nodes serving `functions`, state in a fresh temporary folder.
 pub fn start(nodes: usize, functions: Vec<FunctionConfig>) -> (LocalCluster, tempfile::TempDir) {
+    start_with(nodes, functions, |_| {})
+}
+
+/// [`start`], with `spec` changed by `change` first.
+pub fn start_with(
+    nodes: usize,
+    functions: Vec<FunctionConfig>,
+    change: impl FnOnce(&mut ClusterConfig),
+) -> (LocalCluster, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let spec = ClusterConfig {
+    let mut spec = ClusterConfig {
         nodes,
         node_worker_threads: 2,
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -56,6 +65,7 @@ pub fn start(nodes: usize, functions: Vec<FunctionConfig>) -> (LocalCluster, tem
         functions,
         ..ClusterConfig::default()
     };
+    change(&mut spec);
     let cluster = LocalCluster::start(&spec, dir.path(), &cluster::bin_dir().unwrap()).unwrap();
     (cluster, dir)
 }
@@ -76,7 +86,8 @@ pub fn url(cluster: &LocalCluster, path: &str) -> String {
     format!("https://localhost:{}{path}", cluster.gateway_addr().port())
 }
 
-/// Polls `check` every 50 ms until it holds or `limit` passes.
+/// Polls `check` every 50 ms until it holds or `limit` passes: for tests off the async
+/// runtime (async tests use [`eventually`]).
 pub fn wait_for(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
     let until = Instant::now() + limit;
     while Instant::now() < until {
@@ -86,4 +97,61 @@ pub fn wait_for(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(50));
     }
     check()
+}
+
+/// Polls `check` every 20 ms, without blocking the runtime, until it holds or `limit`
+/// passes; whether it held.
+pub async fn eventually<F: std::future::Future<Output = bool>>(
+    limit: Duration,
+    mut check: impl FnMut() -> F,
+) -> bool {
+    let until = Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Node `i`'s status. Nodes serve only cluster members: this client presents the
+/// gateway's member certificate.
+pub async fn node_status(cluster: &LocalCluster, i: usize) -> serde_json::Value {
+    let certs = cluster.certs();
+    let member = edge_net::tls::Identity {
+        cert: &certs.member_cert,
+        key: &certs.member_key,
+    };
+    let tls = edge_net::tls::client_config(&certs.ca, Some(member), &[edge_shared::wire::ALPN_H3])
+        .unwrap();
+    let node = H3Client::connect(
+        cluster.node_addrs()[i],
+        edge_shared::wire::NODE_SERVER_NAME,
+        tls,
+    )
+    .await
+    .unwrap();
+    let status = node
+        .get(&format!(
+            "https://edge-node{}",
+            edge_shared::wire::STATUS_PATH
+        ))
+        .await
+        .unwrap();
+    serde_json::from_slice(&status.body).unwrap()
+}
+
+/// Running requests of function `name` on node `i`.
+pub async fn running(cluster: &LocalCluster, i: usize, name: &str) -> u64 {
+    let status = node_status(cluster, i).await;
+    status["deployments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["id"].as_str().unwrap().starts_with(&format!("{name}@")))
+        .map(|d| d["running"].as_u64().unwrap())
+        .sum()
 }

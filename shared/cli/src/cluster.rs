@@ -8,7 +8,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -70,6 +70,7 @@ impl LocalCluster {
             gossip: GossipConfig {
                 listen: cluster.seed,
                 key_file: cluster.certs.gossip_key.clone(),
+                interval_ms: spec.gossip_interval_ms,
                 ..GossipConfig::default()
             },
             routing: spec.routing,
@@ -110,6 +111,7 @@ impl LocalCluster {
             gossip: GossipConfig {
                 seeds: vec![self.seed.to_string()],
                 key_file: self.certs.gossip_key.clone(),
+                interval_ms: self.spec.gossip_interval_ms,
                 ..GossipConfig::default()
             },
             ..NodeConfig::default()
@@ -245,6 +247,28 @@ impl LocalCluster {
         }
     }
 
+    /// Sends SIGTERM to the gateway: it stops accepting, lets what is in flight finish,
+    /// leaves gossip and exits.
+    pub fn terminate_gateway(&self) {
+        if let Some(pid) = self
+            .gateway
+            .as_ref()
+            .and_then(|g| i32::try_from(g.child.id()).ok())
+        {
+            terminate(pid);
+        }
+    }
+
+    /// Waits at most `within` for node `i` (0-based) to exit: its exit status, if it did.
+    pub fn wait_node(&mut self, i: usize, within: Duration) -> Option<ExitStatus> {
+        wait_exit(&mut self.nodes[i].child, within)
+    }
+
+    /// Waits at most `within` for the gateway to exit: its exit status, if it did.
+    pub fn wait_gateway(&mut self, within: Duration) -> Option<ExitStatus> {
+        wait_exit(&mut self.gateway.as_mut()?.child, within)
+    }
+
     /// Starts node `i` again on its old address, with its old cache folder.
     pub fn restart_node(&mut self, i: usize) -> anyhow::Result<()> {
         self.kill_node(i);
@@ -307,6 +331,20 @@ impl Drop for LocalCluster {
 fn free_udp_port() -> anyhow::Result<SocketAddr> {
     let socket = std::net::UdpSocket::bind(("127.0.0.1", 0)).context("finding a free UDP port")?;
     Ok(socket.local_addr()?)
+}
+
+/// Polls `child` every 20 ms until it exits or `within` passes.
+fn wait_exit(child: &mut Child, within: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Sends SIGTERM to `pid`.

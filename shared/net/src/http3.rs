@@ -8,12 +8,17 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use h3::server::RequestStream;
 use http::Request;
 
 use crate::lifecycle::{InFlight, Shutdown};
+
+/// How long a connection stays open after its last answer on shutdown, unless the
+/// client closes it first: time for the last bytes to be acknowledged.
+const CLOSE_LINGER: Duration = Duration::from_millis(500);
 
 /// A request stream as a server sees it.
 pub type ServerStream = RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
@@ -28,24 +33,29 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl Future<Output = ()> + Send;
 }
 
-/// Serves HTTP/3 on `endpoint` with `handler` until `stop` fires; every request counted
-/// in `in_flight` while it runs. Returns once it accepts no more; the caller waits for
-/// `in_flight` to drain, then closes the endpoint.
+/// Serves HTTP/3 on `endpoint` with `handler` until `stop` fires, every request counted
+/// in `in_flight` while it runs. Then it accepts no more, and returns once every
+/// connection has closed (each after its requests have answered), at most `grace` later;
+/// the caller then closes the endpoint.
 pub async fn serve<H: Handler>(
     endpoint: &quinn::Endpoint,
     handler: Arc<H>,
     stop: Shutdown,
     in_flight: InFlight,
+    grace: Duration,
 ) {
+    let connections = InFlight::default();
     let stopped = stop.fired();
     tokio::pin!(stopped);
     loop {
         tokio::select! {
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
+                let open = connections.start();
                 let handler = Arc::clone(&handler);
                 let (stop, in_flight) = (stop.clone(), in_flight.clone());
                 tokio::spawn(async move {
+                    let _open = open;
                     if let Err(e) = connection(incoming, handler, stop, in_flight).await {
                         tracing::debug!(error = %e, "HTTP/3 connection ended");
                     }
@@ -53,6 +63,14 @@ pub async fn serve<H: Handler>(
             }
             () = &mut stopped => break,
         }
+    }
+    let open = connections.drained(grace).await;
+    if open > 0 {
+        tracing::warn!(
+            open,
+            ?grace,
+            "grace period over: closing connections with requests in flight"
+        );
     }
 }
 
@@ -64,6 +82,7 @@ async fn connection<H: Handler>(
 ) -> anyhow::Result<()> {
     let conn = incoming.await?;
     let remote = conn.remote_address();
+    let quic = conn.clone();
     let mut h3 = h3::server::Connection::<_, Bytes>::new(h3_quinn::Connection::new(conn)).await?;
     // The requests of this connection: it stays open until they have answered.
     let own = InFlight::default();
@@ -90,9 +109,12 @@ async fn connection<H: Handler>(
             }
         }
     }
-    // Dropping the connection closes it: not before its requests have answered (the
-    // process's grace period bounds this wait).
-    own.drained(std::time::Duration::MAX).await;
+    // Dropping the connection closes it, and a close discards stream data the client
+    // has not acknowledged yet: not before its requests have answered and the client
+    // has had a moment to receive the last bytes (or has closed itself). The server's
+    // grace period bounds this.
+    own.drained(Duration::MAX).await;
+    let _ = tokio::time::timeout(CLOSE_LINGER, quic.closed()).await;
     Ok(())
 }
 

@@ -1,0 +1,128 @@
+//! Shutdown as an operator meets it: SIGTERM to a gateway or a node while requests are in
+//! flight fails none of them, and the process exits within its grace period. Real
+//! processes on loopback.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use edge_shared::config::{GatewayConfig, RoutingPolicy};
+use edge_shared::manifest::Limits;
+use http::StatusCode;
+use support::{client, eventually, function, node_status, running, start_with, url};
+
+/// Longest a request waits for a slot here: longer than the test's sleeps, so that every
+/// request in flight is admitted in turn.
+fn patient() -> Limits {
+    Limits {
+        queue_timeout_ms: Some(20_000),
+        ..Limits::default()
+    }
+}
+
+/// The grace period both daemons have by default.
+fn grace() -> Duration {
+    Duration::from_millis(GatewayConfig::default().shutdown_grace_ms)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_to_the_gateway_fails_no_request_in_flight_and_it_exits_within_its_grace() {
+    let (mut cluster, _dir) = start_with(1, vec![function("sleep", patient())], |_| {});
+    let c = Arc::new(client(&cluster).await);
+    let in_flight: Vec<_> = (0..4)
+        .map(|_| {
+            let (c, url) = (Arc::clone(&c), url(&cluster, "/sleep?ms=1500"));
+            tokio::spawn(async move { c.get(&url).await })
+        })
+        .collect();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            running(&cluster, 0, "sleep").await > 0
+        })
+        .await
+    );
+    cluster.terminate_gateway();
+    for request in in_flight {
+        let r = request.await.unwrap();
+        let r = r.unwrap_or_else(|e| {
+            panic!(
+                "a request in flight failed: {e}\n{}",
+                cluster.log("gateway")
+            )
+        });
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+        assert_eq!(&r.body[..], b"slept 1500 ms\n");
+    }
+    let exited = tokio::task::spawn_blocking(move || {
+        let status = cluster.wait_gateway(grace() + Duration::from_secs(5));
+        (status, cluster)
+    })
+    .await
+    .unwrap();
+    let (status, cluster) = exited;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the gateway did not exit cleanly within its grace period: {status:?}\\n{}",
+        cluster.log("gateway")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_to_a_node_finishes_its_requests_refuses_late_ones_for_retry_and_exits_in_time() {
+    // Slow gossip (1 s rounds): the gateway learns of the drain a round or more after
+    // the node starts refusing, so requests it sends meanwhile meet the refusal.
+    let (mut cluster, _dir) = start_with(
+        2,
+        vec![function("sleep", patient()), function("hello", patient())],
+        |spec| {
+            spec.routing = RoutingPolicy::RoundRobin;
+            spec.gossip_interval_ms = 1000;
+            // Room beside the sleeping requests: the late ones never wait for a slot.
+            spec.node_worker_threads = 4;
+        },
+    );
+    let c = Arc::new(client(&cluster).await);
+    let in_flight: Vec<_> = (0..4)
+        .map(|_| {
+            let (c, url) = (Arc::clone(&c), url(&cluster, "/sleep?ms=2000"));
+            tokio::spawn(async move { c.get(&url).await })
+        })
+        .collect();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            running(&cluster, 0, "sleep").await > 0
+        })
+        .await,
+        "node-1 runs none of the requests"
+    );
+    cluster.terminate_node(0);
+    // Round robin sends every other request to node-1 first. Until gossip says it is
+    // draining (a round or more), node-1 refuses them and the gateway retries them on
+    // node-2; none fails either way.
+    for _ in 0..100 {
+        let r = c.get(&url(&cluster, "/hello?name=late")).await.unwrap();
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    }
+    let refused = node_status(&cluster, 0).await["refused_draining"]
+        .as_u64()
+        .unwrap();
+    assert!(refused >= 1, "node-1 refused no late request");
+    for request in in_flight {
+        let r = request.await.unwrap().expect("a request in flight failed");
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    }
+    let exited = tokio::task::spawn_blocking(move || {
+        // Its grace, plus the three rounds it stays reachable after draining.
+        let status = cluster.wait_node(0, grace() + Duration::from_secs(8));
+        (status, cluster)
+    })
+    .await
+    .unwrap();
+    let (status, cluster) = exited;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "node-1 did not exit cleanly within its grace period: {status:?}\\n{}",
+        cluster.log("node-1")
+    );
+}
