@@ -16,14 +16,13 @@ use crate::proxy::Gateway;
 impl Gateway {
     /// Turns gossip into cluster snapshots as news arrives, publishes this gateway's
     /// own load every round, places functions on nodes that join, and deploys functions
-    /// ahead of need where routing asks for it, until `stop` fires. Returns the gossip
-    /// agent, for the caller to leave the cluster with.
+    /// ahead of need where routing asks for it, until `stop` fires.
     pub async fn watch_cluster(
         self: Arc<Self>,
-        mut gossip: Gossip,
+        gossip: Arc<Gossip>,
         every: Duration,
         stop: Shutdown,
-    ) -> Gossip {
+    ) {
         let mut ticker = tokio::time::interval(every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut prewarm = self
@@ -32,6 +31,7 @@ impl Gateway {
             .unwrap_or_else(|p| p.into_inner())
             .take()
             .expect("watch_cluster runs once");
+        let mut changes = gossip.subscribe();
         let stopped = stop.fired();
         tokio::pin!(stopped);
         // Every member's load changes every round: rebuild at most four times a round,
@@ -40,8 +40,8 @@ impl Gateway {
         let mut rebuilt_at = tokio::time::Instant::now();
         loop {
             tokio::select! {
-                () = &mut stopped => return gossip,
-                () = gossip.changed() => {
+                () = &mut stopped => return,
+                () = changes.changed() => {
                     tokio::time::sleep_until(rebuilt_at + min_gap).await;
                 }
                 _ = ticker.tick() => {

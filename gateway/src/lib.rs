@@ -17,7 +17,7 @@
 //!    answers in one place.
 //!
 //! [`cluster`] turns gossip into snapshots, places functions on their home nodes and
-//! warms them ahead of need.
+//! warms them ahead of need; [`status`] shows cluster members what this gateway sees.
 
 pub mod cluster;
 pub mod functions;
@@ -25,3 +25,4 @@ pub mod ingress;
 pub mod membership;
 pub mod nodes;
 pub mod proxy;
+pub mod status;

@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::Parser;
 use edge_gateway::ingress;
 use edge_gateway::proxy::Gateway;
+use edge_gateway::status::StatusServer;
 use edge_net::gossip::{self, ClusterKey, Gossip, Role};
 use edge_net::lifecycle::{InFlight, Shutdown};
 use edge_net::{http3, logging, quic, tls};
@@ -101,12 +102,46 @@ async fn run(
         phi_threshold: gossip::PHI_THRESHOLD,
     };
     let grace = Duration::from_millis(config.shutdown_grace_ms);
+    // The status: for cluster members only, presenting the gateway's member certificate.
+    let member = tls::Identity {
+        cert: &config.cluster_cert,
+        key: &config.cluster_key,
+    };
+    let status_tls = tls::server_config(member, Some(&config.cluster_ca), &[wire::ALPN_H3], true)?;
+    let status_endpoint = quic::server(config.status_listen, status_tls, &quic::MEMBERS)
+        .with_context(|| {
+            format!(
+                "binding the status endpoint on UDP {}",
+                config.status_listen
+            )
+        })?;
     let link = gossip::Link::udp(config.gossip.listen).await?;
     let gateway = Arc::new(Gateway::new(config, addr.port(), settings.name.clone())?);
-    let gossip = Gossip::start(&settings, link, key).await?;
-    tracing::info!(%addr, gossip = %gossip.addr(), seeds = ?settings.seeds, functions = gateway.functions().len(), "edge-gateway serving HTTP/3 on UDP, HTTP/1.1 and HTTP/2 on TCP");
-    let watch =
-        tokio::spawn(Arc::clone(&gateway).watch_cluster(gossip, settings.interval, stop.clone()));
+    let gossip = Arc::new(Gossip::start(&settings, link, key).await?);
+    tracing::info!(%addr, gossip = %gossip.addr(), status = %status_endpoint.local_addr()?, seeds = ?settings.seeds, functions = gateway.functions().len(), "edge-gateway serving HTTP/3 on UDP, HTTP/1.1 and HTTP/2 on TCP");
+    let watch = tokio::spawn(Arc::clone(&gateway).watch_cluster(
+        Arc::clone(&gossip),
+        settings.interval,
+        stop.clone(),
+    ));
+    let status = {
+        let server = Arc::new(StatusServer {
+            gateway: Arc::clone(&gateway),
+            gossip: Arc::clone(&gossip),
+        });
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            http3::serve(
+                &status_endpoint,
+                server,
+                stop,
+                InFlight::default(),
+                CLOSE_WITHIN,
+            )
+            .await;
+            quic::close(&status_endpoint, "gateway shutting down", CLOSE_WITHIN).await;
+        })
+    };
     if expect_nodes > 0 {
         let deadline = tokio::time::Instant::now() + EXPECT_NODES_WITHIN;
         while gateway.usable_nodes() < expect_nodes
@@ -161,7 +196,9 @@ async fn run(
             "grace period over: closing with requests in flight"
         );
     }
-    watch.await?.leave().await;
+    watch.await?;
+    status.await?;
+    gossip.leave().await;
     tokio::join!(
         quic::close(&endpoint, "gateway shutting down", CLOSE_WITHIN),
         gateway.close(CLOSE_WITHIN)

@@ -459,6 +459,11 @@ pub struct GatewayConfig {
     pub cluster_key: PathBuf,
     /// How the gateway joins the cluster: nodes are learned from gossip, never listed.
     pub gossip: GossipConfig,
+    /// UDP address of the gateway's status for cluster members (HTTP/3 with mutual
+    /// TLS: clients present a certificate of the cluster CA; `GET /_edge/v1/status`):
+    /// the nodes as this gateway sees them, and its gossip. Never the users' port; port
+    /// 0 picks a free one.
+    pub status_listen: SocketAddr,
     /// Longest the gateway waits for a node's answer, in ms.
     pub request_timeout_ms: u64,
     /// How the gateway picks a node for each request.
@@ -485,6 +490,7 @@ impl Default for GatewayConfig {
             cluster_cert: PathBuf::new(),
             cluster_key: PathBuf::new(),
             gossip: GossipConfig::default(),
+            status_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             request_timeout_ms: 30_000,
             routing: RoutingPolicy::LeastLoadedWarm,
             max_request_body_bytes: 16 << 20,

@@ -117,9 +117,13 @@ pub async fn eventually<F: std::future::Future<Output = bool>>(
     }
 }
 
-/// Node `i`'s status. Nodes serve only cluster members: this client presents the
-/// gateway's member certificate.
-pub async fn node_status(cluster: &LocalCluster, i: usize) -> serde_json::Value {
+/// The status at `addr` (named `server_name`), which serves only cluster members: this
+/// client presents the gateway's member certificate.
+async fn member_status(
+    cluster: &LocalCluster,
+    addr: std::net::SocketAddr,
+    server_name: &str,
+) -> serde_json::Value {
     let certs = cluster.certs();
     let member = edge_net::tls::Identity {
         cert: &certs.member_cert,
@@ -127,21 +131,32 @@ pub async fn node_status(cluster: &LocalCluster, i: usize) -> serde_json::Value 
     };
     let tls = edge_net::tls::client_config(&certs.ca, Some(member), &[edge_shared::wire::ALPN_H3])
         .unwrap();
-    let node = H3Client::connect(
-        cluster.node_addrs()[i],
-        edge_shared::wire::NODE_SERVER_NAME,
-        tls,
-    )
-    .await
-    .unwrap();
-    let status = node
-        .get(&format!(
-            "https://edge-node{}",
-            edge_shared::wire::STATUS_PATH
-        ))
-        .await
-        .unwrap();
-    serde_json::from_slice(&status.body).unwrap()
+    let status = H3Client::connect(addr, server_name, tls).await.unwrap();
+    let url = format!("https://{server_name}{}", edge_shared::wire::STATUS_PATH);
+    let reply = status.get(&url).await.unwrap();
+    assert_eq!(reply.status, http::StatusCode::OK, "{url}");
+    serde_json::from_slice(&reply.body).unwrap()
+}
+
+/// Node `i`'s status.
+pub async fn node_status(cluster: &LocalCluster, i: usize) -> serde_json::Value {
+    let addr = cluster.node_addrs()[i];
+    member_status(cluster, addr, edge_shared::wire::NODE_SERVER_NAME).await
+}
+
+/// The gateway's status: the nodes as it sees them, and its gossip.
+pub async fn gateway_status(cluster: &LocalCluster) -> serde_json::Value {
+    member_status(cluster, cluster.gateway_status_addr(), "edge-gateway").await
+}
+
+/// The state (`usable`, `draining`, `down`) the gateway gives node `name`, if it knows it.
+pub async fn node_state(cluster: &LocalCluster, name: &str) -> Option<String> {
+    let status = gateway_status(cluster).await;
+    status["nodes"]
+        .as_array()?
+        .iter()
+        .find(|n| n["name"] == name)
+        .map(|n| n["state"].as_str().unwrap_or_default().to_string())
 }
 
 /// Running requests of function `name` on node `i`.

@@ -38,6 +38,8 @@ pub struct LocalCluster {
     gateway: Option<Process>,
     /// The gateway's gossip address: every node's seed.
     seed: SocketAddr,
+    /// The gateway's status address (for cluster members).
+    status: SocketAddr,
     spec: ClusterConfig,
 }
 
@@ -54,6 +56,7 @@ impl LocalCluster {
             nodes: Vec::new(),
             gateway: None,
             seed: free_udp_port()?,
+            status: free_udp_port()?,
             spec: spec.clone(),
         };
         for _ in 0..spec.nodes {
@@ -73,6 +76,7 @@ impl LocalCluster {
                 interval_ms: spec.gossip_interval_ms,
                 ..GossipConfig::default()
             },
+            status_listen: cluster.status,
             routing: spec.routing,
             functions: spec.functions.clone(),
             ..GatewayConfig::default()
@@ -206,6 +210,12 @@ impl LocalCluster {
     /// The gateway's user address.
     pub fn gateway_addr(&self) -> SocketAddr {
         self.gateway.as_ref().expect("the gateway is started").addr
+    }
+
+    /// The gateway's status address: HTTP/3 for cluster members (present the member
+    /// certificate; the gateway's name is `edge-gateway`).
+    pub fn gateway_status_addr(&self) -> SocketAddr {
+        self.status
     }
 
     /// The gateway's gossip address, every node's seed.

@@ -212,12 +212,10 @@ impl Gossip {
             .collect()
     }
 
-    /// Resolves when membership, liveness or any member's state changed since the last
-    /// call (heartbeats alone do not count).
-    pub async fn changed(&mut self) {
-        if self.changes.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
+    /// News of membership, liveness or any member's state (heartbeats alone do not
+    /// count), from now on.
+    pub fn subscribe(&self) -> Changes {
+        Changes(self.changes.clone())
     }
 
     /// Leaves: stops gossiping and frees the link. Members learn of it from the
@@ -238,6 +236,18 @@ impl Gossip {
             .as_ref()
         {
             handle.abort();
+        }
+    }
+}
+
+/// News from gossip, as [`Gossip::subscribe`] gives it.
+pub struct Changes(watch::Receiver<BTreeMap<ChitchatId, NodeState>>);
+
+impl Changes {
+    /// Resolves when something changed since the last call.
+    pub async fn changed(&mut self) {
+        if self.0.changed().await.is_err() {
+            std::future::pending::<()>().await;
         }
     }
 }
