@@ -1,0 +1,106 @@
+//! `edge up`'s cluster file.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::{ConfigFile, FunctionConfig, GossipConfig, RoutingPolicy, resolve};
+
+/// `edge up`'s cluster file: how many nodes, where users connect, which functions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Nodes to start.
+    pub nodes: usize,
+    /// Worker threads per node (0 = one per CPU).
+    pub node_worker_threads: usize,
+    /// Worker threads of each node in turn, overriding `node_worker_threads` (to make
+    /// nodes of unequal capacity, as in the routing experiment); empty = all equal.
+    pub worker_threads_per_node: Vec<usize>,
+    /// CPUs each node in turn is pinned to, as `taskset -c` lists (`"1"`, `"0-1"`); an
+    /// empty string leaves that node free. For experiments: a node pinned beside a CPU
+    /// hog is a slow node.
+    pub node_cpus: Vec<String>,
+    /// The gateway's user address (UDP and TCP).
+    pub listen: SocketAddr,
+    /// Domain under which functions answer as `NAME.<domain>`.
+    pub domain: String,
+    /// The gateway's routing policy.
+    pub routing: RoutingPolicy,
+    /// Time between gossip rounds of every member, in ms.
+    pub gossip_interval_ms: u64,
+    /// Functions deployed at start.
+    pub functions: Vec<FunctionConfig>,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> ClusterConfig {
+        ClusterConfig {
+            nodes: 3,
+            node_worker_threads: 0,
+            worker_threads_per_node: Vec::new(),
+            node_cpus: Vec::new(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 4433)),
+            domain: "edge.localhost".into(),
+            routing: RoutingPolicy::LeastLoadedWarm,
+            gossip_interval_ms: GossipConfig::default().interval_ms,
+            functions: Vec::new(),
+        }
+    }
+}
+
+impl ConfigFile for ClusterConfig {
+    const ENV_PREFIX: &'static str = "EDGE_CLUSTER";
+
+    fn resolve_paths(&mut self, base: &Path) {
+        for f in &mut self.functions {
+            resolve(base, &mut f.module);
+        }
+    }
+
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if !(1..=64).contains(&self.nodes) {
+            problems.push("nodes: from 1 to 64".into());
+        }
+        if !(10..=10_000).contains(&self.gossip_interval_ms) {
+            problems.push("gossip_interval_ms: must be between 10 and 10000".into());
+        }
+        if !self.worker_threads_per_node.is_empty()
+            && self.worker_threads_per_node.len() != self.nodes
+        {
+            problems.push(format!(
+                "worker_threads_per_node: {} entries for {} nodes",
+                self.worker_threads_per_node.len(),
+                self.nodes
+            ));
+        }
+        if !self.node_cpus.is_empty() && self.node_cpus.len() != self.nodes {
+            problems.push(format!(
+                "node_cpus: {} entries for {} nodes",
+                self.node_cpus.len(),
+                self.nodes
+            ));
+        }
+        for (i, list) in self.node_cpus.iter().enumerate() {
+            if !list
+                .chars()
+                .all(|c| c.is_ascii_digit() || c == ',' || c == '-')
+            {
+                problems.push(format!(
+                    "node_cpus[{i}]: {list:?} is not a CPU list like \"1\" or \"0-1\""
+                ));
+            }
+        }
+        for (i, f) in self.functions.iter().enumerate() {
+            if !f.module.is_file() {
+                problems.push(format!(
+                    "functions[{i}].module: file {} not found (build the examples with scripts/build-functions.sh)",
+                    f.module.display()
+                ));
+            }
+        }
+        problems
+    }
+}

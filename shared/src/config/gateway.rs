@@ -1,0 +1,120 @@
+//! `edge-gateway`'s configuration file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    ConfigFile, FunctionConfig, GossipConfig, LogFormat, RoutingPolicy, check_grace, require_file,
+    resolve,
+};
+
+/// `edge-gateway`'s configuration file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// Address for users: HTTP/3 on UDP and HTTP/1.1 + HTTP/2 on TCP, same port; port 0
+    /// picks one free on both.
+    pub listen: SocketAddr,
+    /// Domain under which functions answer as `NAME.<domain>`.
+    pub domain: String,
+    /// PEM certificate chain users see.
+    pub tls_cert: PathBuf,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: PathBuf,
+    /// PEM CA certificate that node certificates must chain to.
+    pub cluster_ca: PathBuf,
+    /// PEM certificate, issued by the cluster CA, the gateway presents to nodes.
+    pub cluster_cert: PathBuf,
+    /// PEM private key of `cluster_cert`.
+    pub cluster_key: PathBuf,
+    /// How the gateway joins the cluster: nodes are learned from gossip, never listed.
+    pub gossip: GossipConfig,
+    /// UDP address of the gateway's status for cluster members (HTTP/3 with mutual
+    /// TLS: clients present a certificate of the cluster CA; `GET /_edge/v1/status`):
+    /// the nodes as this gateway sees them, and its gossip. Never the users' port; port
+    /// 0 picks a free one.
+    pub status_listen: SocketAddr,
+    /// Longest the gateway waits for a node's answer, in ms.
+    pub request_timeout_ms: u64,
+    /// How the gateway picks a node for each request.
+    pub routing: RoutingPolicy,
+    /// Largest request body the gateway accepts for any function, in bytes.
+    pub max_request_body_bytes: u64,
+    /// Functions deployed at start.
+    pub functions: Vec<FunctionConfig>,
+    /// On SIGTERM, longest the gateway lets the requests in flight finish after it stops
+    /// accepting new ones, in milliseconds; then it leaves gossip and closes.
+    pub shutdown_grace_ms: u64,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> GatewayConfig {
+        GatewayConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 4433)),
+            domain: "edge.localhost".into(),
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
+            cluster_ca: PathBuf::new(),
+            cluster_cert: PathBuf::new(),
+            cluster_key: PathBuf::new(),
+            gossip: GossipConfig::default(),
+            status_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            request_timeout_ms: 30_000,
+            routing: RoutingPolicy::LeastLoadedWarm,
+            max_request_body_bytes: 16 << 20,
+            functions: Vec::new(),
+            shutdown_grace_ms: 10_000,
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+impl ConfigFile for GatewayConfig {
+    const ENV_PREFIX: &'static str = "EDGE_GATEWAY";
+
+    fn resolve_paths(&mut self, base: &Path) {
+        resolve(base, &mut self.tls_cert);
+        resolve(base, &mut self.tls_key);
+        resolve(base, &mut self.cluster_ca);
+        resolve(base, &mut self.cluster_cert);
+        resolve(base, &mut self.cluster_key);
+        resolve(base, &mut self.gossip.key_file);
+        for f in &mut self.functions {
+            resolve(base, &mut f.module);
+        }
+    }
+
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        require_file(&mut problems, "tls_cert", &self.tls_cert);
+        require_file(&mut problems, "tls_key", &self.tls_key);
+        require_file(&mut problems, "cluster_ca", &self.cluster_ca);
+        require_file(&mut problems, "cluster_cert", &self.cluster_cert);
+        require_file(&mut problems, "cluster_key", &self.cluster_key);
+        self.gossip.problems(&mut problems);
+        if self.domain.is_empty() || self.domain.contains(['/', ':', ' ']) {
+            problems.push("domain: must be a bare domain name".into());
+        }
+        if self.request_timeout_ms == 0 {
+            problems.push("request_timeout_ms: must be greater than zero".into());
+        }
+        check_grace(&mut problems, self.shutdown_grace_ms);
+        let mut names = std::collections::BTreeSet::new();
+        for (i, f) in self.functions.iter().enumerate() {
+            if !names.insert(&f.name) {
+                problems.push(format!("functions[{i}].name: {:?} is listed twice", f.name));
+            }
+            if !f.module.is_file() {
+                problems.push(format!(
+                    "functions[{i}].module: file {} not found",
+                    f.module.display()
+                ));
+            }
+        }
+        problems
+    }
+}

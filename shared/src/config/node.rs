@@ -1,0 +1,160 @@
+//! `edge-node`'s configuration file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    ConfigFile, GossipConfig, LimitDefaults, LogFormat, check_grace, require_file, resolve,
+};
+
+/// `edge-node`'s configuration file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Name of this node, shown to users in `x-edge-node` and in logs.
+    pub name: String,
+    /// UDP address serving HTTP/3 to gateways; port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// PEM certificate chain of this node, issued by the cluster CA for `edge-node`.
+    pub tls_cert: PathBuf,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: PathBuf,
+    /// PEM cluster CA: only clients (gateways) with a certificate from it are served.
+    pub cluster_ca: PathBuf,
+    /// Folder of the on-disk caches (module blobs, compiled artifacts).
+    pub cache_dir: PathBuf,
+    /// Threads that run guest code, each one execution slot; 0 = one per CPU.
+    pub worker_threads: usize,
+    /// Memory that running and pooled instances may reserve together, in MiB: a
+    /// running request reserves its function's `memory_limit_mib`, an idle pooled
+    /// instance its current linear memory. Requests over it wait like over the slots.
+    pub memory_budget_mib: u64,
+    /// Compiled modules kept in memory, in MiB of artifact; the least recently used
+    /// go beyond it (their functions turn cold, their artifacts stay on disk).
+    pub module_cache_mib: u64,
+    /// Pre-instantiated instances kept ready per function.
+    pub instance_pool: InstancePoolConfig,
+    /// Metering fuel granted per millisecond of a function's timeout (one unit per wasm
+    /// operator); bounds CPU time independently of the wall-clock deadline. Measured here:
+    /// recursive `fib` burns about 5M a millisecond, a tight loop about 11M, so the
+    /// default lets a function use roughly one to two times its timeout in CPU.
+    pub fuel_per_ms: u64,
+    /// Limits of functions that do not set their own.
+    pub defaults: LimitDefaults,
+    /// How this node joins the cluster and publishes its load.
+    pub gossip: GossipConfig,
+    /// On SIGTERM, after announcing `draining`, longest the node waits for the requests
+    /// it runs and has queued to finish before it leaves, in milliseconds.
+    pub shutdown_grace_ms: u64,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+impl Default for NodeConfig {
+    fn default() -> NodeConfig {
+        NodeConfig {
+            name: "node".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
+            cluster_ca: PathBuf::new(),
+            cache_dir: PathBuf::from("node-cache"),
+            worker_threads: 0,
+            memory_budget_mib: 2048,
+            module_cache_mib: 512,
+            instance_pool: InstancePoolConfig::default(),
+            fuel_per_ms: 10_000_000,
+            defaults: LimitDefaults::default(),
+            gossip: GossipConfig::default(),
+            shutdown_grace_ms: 10_000,
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+impl ConfigFile for NodeConfig {
+    const ENV_PREFIX: &'static str = "EDGE_NODE";
+
+    fn resolve_paths(&mut self, base: &Path) {
+        resolve(base, &mut self.tls_cert);
+        resolve(base, &mut self.tls_key);
+        resolve(base, &mut self.cluster_ca);
+        resolve(base, &mut self.cache_dir);
+        resolve(base, &mut self.gossip.key_file);
+    }
+
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.name.is_empty() || self.name.contains(char::is_whitespace) {
+            problems.push("name: must be non-empty without spaces".into());
+        }
+        require_file(&mut problems, "tls_cert", &self.tls_cert);
+        require_file(&mut problems, "tls_key", &self.tls_key);
+        require_file(&mut problems, "cluster_ca", &self.cluster_ca);
+        if self.worker_threads > 1024 {
+            problems.push("worker_threads: at most 1024".into());
+        }
+        if self.memory_budget_mib == 0 {
+            problems.push("memory_budget_mib: must be greater than zero".into());
+        }
+        if self.module_cache_mib == 0 {
+            problems.push("module_cache_mib: must be greater than zero".into());
+        }
+        if self.instance_pool.max_per_function > 1024 {
+            problems.push("instance_pool.max_per_function: at most 1024".into());
+        }
+        if self.defaults.memory_limit_mib > self.memory_budget_mib {
+            problems.push(format!(
+                "defaults.memory_limit_mib: {} is over memory_budget_mib {}",
+                self.defaults.memory_limit_mib, self.memory_budget_mib
+            ));
+        }
+        check_grace(&mut problems, self.shutdown_grace_ms);
+        if self.fuel_per_ms == 0 {
+            problems.push("fuel_per_ms: must be greater than zero".into());
+        }
+        let d = &self.defaults;
+        for (key, value) in [
+            ("defaults.timeout_ms", d.timeout_ms),
+            ("defaults.queue_timeout_ms", d.queue_timeout_ms),
+            ("defaults.memory_limit_mib", d.memory_limit_mib),
+            ("defaults.max_request_body_bytes", d.max_request_body_bytes),
+            (
+                "defaults.max_response_body_bytes",
+                d.max_response_body_bytes,
+            ),
+        ] {
+            if value == 0 {
+                problems.push(format!("{key}: must be greater than zero"));
+            }
+        }
+        if d.memory_limit_mib > 4096 {
+            problems.push("defaults.memory_limit_mib: at most 4096 (wasm32)".into());
+        }
+        self.gossip.problems(&mut problems);
+        problems
+    }
+}
+
+/// The per-function pools of pre-instantiated instances.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InstancePoolConfig {
+    /// Most ready instances kept for one function; 0 turns pooling off (every request
+    /// instantiates on its own path).
+    pub max_per_function: usize,
+    /// A function without requests for this long has its pool emptied (scale to
+    /// zero), in milliseconds.
+    pub idle_ttl_ms: u64,
+}
+
+impl Default for InstancePoolConfig {
+    fn default() -> InstancePoolConfig {
+        InstancePoolConfig {
+            max_per_function: 16,
+            idle_ttl_ms: 60_000,
+        }
+    }
+}

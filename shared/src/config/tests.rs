@@ -1,0 +1,175 @@
+//! The configuration files: defaults, relative paths, errors naming file and key, and the
+//! example files in `config/`.
+
+use super::*;
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn node_config_loads_with_defaults_and_relative_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "node.pem", "x");
+    write(dir.path(), "node.key", "x");
+    write(dir.path(), "ca.pem", "x");
+    write(dir.path(), "gossip.key", "x");
+    let file = write(
+        dir.path(),
+        "node.toml",
+        "name = \"n1\"\ntls_cert = \"node.pem\"\ntls_key = \"node.key\"\ncluster_ca = \"ca.pem\"\n[defaults]\ntimeout_ms = 500\n[gossip]\nkey_file = \"gossip.key\"\nseeds = [\"gw.local:7946\"]\n",
+    );
+    let cfg: NodeConfig = load(&file).unwrap();
+    assert_eq!(cfg.name, "n1");
+    assert_eq!(cfg.tls_cert, dir.path().join("node.pem"));
+    assert_eq!(cfg.defaults.timeout_ms, 500);
+    assert_eq!(cfg.defaults.memory_limit_mib, 128);
+    assert_eq!(cfg.gossip.key_file, dir.path().join("gossip.key"));
+    assert_eq!(cfg.gossip.seeds, ["gw.local:7946"]);
+    assert_eq!(cfg.gossip.interval_ms, 200);
+}
+
+#[test]
+fn errors_name_the_file_and_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "node.toml", "nmae = \"typo\"\n");
+    let err = load::<NodeConfig>(&file).unwrap_err().to_string();
+    assert!(err.contains("node.toml") && err.contains("nmae"), "{err}");
+
+    let file = write(dir.path(), "bad.toml", "worker_threads = \"many\"\n");
+    let err = load::<NodeConfig>(&file).unwrap_err().to_string();
+    assert!(
+        err.contains("bad.toml") && err.contains("worker_threads"),
+        "{err}"
+    );
+
+    let file = write(dir.path(), "empty.toml", "fuel_per_ms = 0\n");
+    let err = load::<NodeConfig>(&file).unwrap_err();
+    assert_eq!(err.problems.len(), 5, "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("tls_cert: required")
+            && text.contains("fuel_per_ms")
+            && text.contains("gossip.key_file: required"),
+        "{text}"
+    );
+
+    let err = load::<NodeConfig>(&dir.path().join("missing.toml")).unwrap_err();
+    assert!(err.to_string().contains("missing.toml: file not found"));
+}
+
+#[test]
+fn cluster_config_checks_per_node_settings_and_routing() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "cluster.toml",
+        "nodes = 3\nworker_threads_per_node = [2, 1]\nnode_cpus = [\"\", \"1\", \"all\"]\ngossip_interval_ms = 5\n",
+    );
+    let text = load::<ClusterConfig>(&file).unwrap_err().to_string();
+    for key in [
+        "worker_threads_per_node: 2 entries for 3 nodes",
+        "node_cpus[2]",
+        "gossip_interval_ms: must be between 10 and 10000",
+    ] {
+        assert!(text.contains(key), "{key} missing from: {text}");
+    }
+    let file = write(dir.path(), "cluster.toml", "routing = \"fastest\"\n");
+    let text = load::<ClusterConfig>(&file).unwrap_err().to_string();
+    assert!(text.contains("fastest"), "{text}");
+    let file = write(
+        dir.path(),
+        "cluster.toml",
+        "routing = \"least-loaded-warm\"\nnode_cpus = [\"0-1\", \"\", \"1\"]\n",
+    );
+    let ok = load::<ClusterConfig>(&file).unwrap();
+    assert_eq!(ok.routing, RoutingPolicy::LeastLoadedWarm);
+    assert_eq!("random".parse::<RoutingPolicy>(), Ok(RoutingPolicy::Random));
+    assert!(
+        "fastest"
+            .parse::<RoutingPolicy>()
+            .unwrap_err()
+            .contains("least-loaded-warm")
+    );
+}
+
+#[test]
+fn gateway_config_checks_functions() {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["c.pem", "c.key", "ca.pem", "m.pem", "m.key"] {
+        write(dir.path(), f, "x");
+    }
+    let file = write(
+        dir.path(),
+        "gateway.toml",
+        r#"
+tls_cert = "c.pem"
+tls_key = "c.key"
+cluster_ca = "ca.pem"
+cluster_cert = "m.pem"
+cluster_key = "m.key"
+shutdown_grace_ms = 0
+[gossip]
+key_file = "gossip.key"
+seeds = ["127.0.0.1:7946", "7946", "gw:x"]
+interval_ms = 0
+[[functions]]
+name = "hello"
+module = "hello.wasm"
+routes = [{ path = "/hi" }, { host = "hi.example.com" }]
+[[functions]]
+name = "hello"
+module = "hello.wasm"
+"#,
+    );
+    let err = load::<GatewayConfig>(&file).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("functions[0].module"), "{text}");
+    assert!(text.contains("functions[1].name"), "{text}");
+    assert!(
+        text.contains("shutdown_grace_ms: must be between 1 and 600000"),
+        "{text}"
+    );
+    for problem in [
+        "gossip.key_file: file",
+        "gossip.seeds[1]",
+        "gossip.seeds[2]",
+        "gossip.interval_ms",
+    ] {
+        assert!(text.contains(problem), "{problem} missing from: {text}");
+    }
+    assert!(!text.contains("gossip.seeds[0]"), "{text}");
+    write(dir.path(), "hello.wasm", "x");
+    let text = load::<GatewayConfig>(&file).unwrap_err().to_string();
+    assert!(!text.contains("module"), "{text}");
+}
+
+#[test]
+fn the_example_files_use_only_known_keys() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+    // The examples name certificate files that only `edge up` creates: those are the
+    // only problems allowed.
+    let only_missing_files = |problems: &[String]| {
+        problems.iter().all(|p| {
+            p.contains("not found")
+                && (p.starts_with("tls_")
+                    || p.starts_with("cluster_")
+                    || p.starts_with("gossip.key_file")
+                    || p.contains(".module"))
+        })
+    };
+    match load::<NodeConfig>(&dir.join("node.toml")) {
+        Ok(_) => {}
+        Err(e) => assert!(only_missing_files(&e.problems), "{e}"),
+    }
+    match load::<GatewayConfig>(&dir.join("gateway.toml")) {
+        Ok(_) => {}
+        Err(e) => assert!(only_missing_files(&e.problems), "{e}"),
+    }
+    let cluster: Result<ClusterConfig, _> = load(&dir.join("cluster.toml"));
+    if let Err(e) = cluster {
+        assert!(only_missing_files(&e.problems), "{e}");
+    }
+}
