@@ -52,6 +52,12 @@ pub enum Failure {
     /// The request is malformed.
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// A control path asked with the wrong method.
+    #[error("{0} only")]
+    MethodNotAllowed(&'static str),
+    /// A deploy the node refused (a gateway's call: the reason is for its log).
+    #[error("deploy refused: {0}")]
+    DeployRefused(String),
     /// Refused before the function started: safe to retry on another node.
     #[error("refused: {}", .0.as_str())]
     Refused(Refusal),
@@ -80,6 +86,8 @@ impl Failure {
     pub fn status(&self) -> StatusCode {
         match self {
             Failure::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Failure::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Failure::DeployRefused(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Failure::Refused(_) => StatusCode::SERVICE_UNAVAILABLE,
             Failure::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Failure::Deadline(_)
@@ -92,10 +100,13 @@ impl Failure {
         }
     }
 
-    /// The body users see: the reason without internals (those go to the log).
+    /// The body the caller sees: the reason without internals (those go to the log). A
+    /// deploy's refusal, which only a cluster member can ask for, says why.
     pub fn public_message(&self) -> String {
         match self {
-            Failure::BadRequest(reason) => format!("bad request: {reason}\n"),
+            Failure::BadRequest(_) | Failure::MethodNotAllowed(_) | Failure::DeployRefused(_) => {
+                format!("{self}\n")
+            }
             Failure::Refused(r) => format!("node refused the request: {}\n", r.as_str()),
             Failure::BodyTooLarge(limit) => format!("request body over the {limit} byte limit\n"),
             Failure::Deadline(_)

@@ -29,7 +29,7 @@ impl Handler for Node {
             if req.method() == Method::PUT {
                 deploy(&self, id, &mut stream).await
             } else {
-                Ok(plain(StatusCode::METHOD_NOT_ALLOWED, "deploy with PUT\n"))
+                Err(Failure::MethodNotAllowed("PUT"))
             }
         } else if path == wire::STATUS_PATH {
             let json = serde_json::to_vec(&self.status()).unwrap_or_default();
@@ -83,7 +83,12 @@ fn failure_response(node: &Node, named: &Named, failure: Failure) -> (Response<(
     };
     let (request_id, function) = (text(&named.request_id), text(&named.function));
     let status = failure.status();
-    if status.is_server_error() && !matches!(failure, Failure::Refused(_)) {
+    let worth_a_warning = match failure {
+        Failure::Refused(_) => false,
+        Failure::DeployRefused(_) => true,
+        _ => status.is_server_error(),
+    };
+    if worth_a_warning {
         tracing::warn!(%request_id, %function, status = status.as_u16(), error = %failure, "request failed");
     } else {
         tracing::debug!(%request_id, %function, status = status.as_u16(), error = %failure, "request refused");
@@ -154,13 +159,7 @@ async fn deploy(
             }
             Ok((response, body))
         }
-        Err(e) => {
-            tracing::warn!(deployment = %id, error = %e, "deploy refused");
-            Ok(plain(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                &format!("deploy refused: {e}\n"),
-            ))
-        }
+        Err(e) => Err(Failure::DeployRefused(format!("{id}: {e}"))),
     }
 }
 
