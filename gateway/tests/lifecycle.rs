@@ -126,3 +126,43 @@ async fn sigterm_to_a_node_finishes_its_requests_refuses_late_ones_for_retry_and
         cluster.log("node-1")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_exits_the_gateway_at_once() {
+    let (mut cluster, _dir) = start_with(1, vec![function("sleep", patient())], |_| {});
+    let c = Arc::new(client(&cluster).await);
+    let long = {
+        let (c, url) = (Arc::clone(&c), url(&cluster, "/sleep?ms=8000"));
+        tokio::spawn(async move { c.get(&url).await })
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            running(&cluster, 0, "sleep").await > 0
+        })
+        .await
+    );
+    cluster.terminate_gateway();
+    // The first signal waits for the request in flight; the second does not.
+    let draining = tokio::task::spawn_blocking(move || {
+        let status = cluster.wait_gateway(Duration::from_millis(500));
+        (status, cluster)
+    })
+    .await
+    .unwrap();
+    let (status, mut cluster) = draining;
+    assert!(status.is_none(), "the gateway left a request in flight");
+    cluster.terminate_gateway();
+    let exited = tokio::task::spawn_blocking(move || {
+        let status = cluster.wait_gateway(Duration::from_secs(5));
+        (status, cluster)
+    })
+    .await
+    .unwrap();
+    let (status, _cluster) = exited;
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(edge_net::lifecycle::FORCED_EXIT),
+        "{status:?}"
+    );
+    assert!(!long.is_finished() || long.await.unwrap().is_err());
+}

@@ -3,7 +3,7 @@
 //! admission as a run) → run on a worker with a ready instance → parse the CGI answer.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -35,6 +35,8 @@ pub struct Node {
     pub(crate) workers: WorkerPool,
     pub(crate) admitter: Arc<Admitter<DeploymentId>>,
     pub(crate) ewma_run_ns: AtomicU64,
+    /// Cold loads running now, and the most ever at once.
+    pub(crate) loads: (AtomicUsize, AtomicUsize),
     /// Held while a deployment is loaded, so that two deploys of one id (the gateway's
     /// start-up push racing its deploy-on-not-found) load it once.
     deploying: Mutex<()>,
@@ -64,6 +66,7 @@ impl Node {
             workers: WorkerPool::new(threads, &admitter),
             admitter,
             ewma_run_ns: AtomicU64::new(0),
+            loads: (AtomicUsize::new(0), AtomicUsize::new(0)),
             deploying: Mutex::new(()),
             requests: AtomicU64::new(0),
             overloaded: AtomicU64::new(0),
@@ -244,11 +247,15 @@ impl Node {
             deployment.manifest.content_id.clone(),
             deployment.limits.memory_limit_mib,
         );
+        let loads = &self.loads;
+        let now = loads.0.fetch_add(1, Ordering::Relaxed) + 1;
+        loads.1.fetch_max(now, Ordering::Relaxed);
         let loaded = self
             .workers
             .run(move |_| (cache.load(&name, &id, limit), ()))
-            .await
-            .map_err(|_| Failure::Internal)?;
+            .await;
+        loads.0.fetch_sub(1, Ordering::Relaxed);
+        let loaded = loaded.map_err(|_| Failure::Internal)?;
         let loaded = match loaded {
             Ok(loaded) => loaded,
             Err(LoadError::Missing(content_id)) => {

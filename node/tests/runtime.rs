@@ -422,3 +422,47 @@ async fn a_guest_sleeps_as_asked_but_never_past_its_deadline() {
     let s = node.status();
     assert_eq!(s.load.in_flight, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_cold_requests_compiles_no_more_at_once_than_the_node_has_slots() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two slots, and room in memory for one compiled module: the others are cold.
+    let node = node(dir.path(), |c| {
+        c.module_cache_mib = 1;
+        c.defaults.queue_timeout_ms = 60_000;
+    });
+    let names = ["hello", "fib", "counter", "echo", "sleep"];
+    let ids: Vec<DeploymentId> = names
+        .iter()
+        .map(|name| deploy(&node, name, Limits::default()))
+        .collect();
+    // No artifact on disk either: every cold start compiles.
+    for host in std::fs::read_dir(dir.path().join("artifacts")).unwrap() {
+        for artifact in std::fs::read_dir(host.unwrap().path()).unwrap() {
+            std::fs::remove_file(artifact.unwrap().path()).unwrap();
+        }
+    }
+    let compiled_before = node.status().compiles;
+    let burst: Vec<_> = ids
+        .iter()
+        .flat_map(|id| [id.clone(), id.clone()])
+        .map(|id| {
+            let node = Arc::clone(&node);
+            tokio::spawn(async move {
+                let deployment = node.deployment(&id).unwrap();
+                node.invoke(&deployment, call("n=5")).await
+            })
+        })
+        .collect();
+    for task in burst {
+        let answer = task.await.unwrap().expect("a cold request failed");
+        assert_eq!(answer.head.status, StatusCode::OK);
+    }
+    let status = node.status();
+    assert!(status.compiles > compiled_before, "{status:?}");
+    assert!(
+        (1..=2).contains(&status.peak_concurrent_loads),
+        "{} cold loads ran at once on a node of 2 slots",
+        status.peak_concurrent_loads
+    );
+}
