@@ -14,7 +14,7 @@ use bytes::{Buf, Bytes};
 use edge_net::client::{ClientStream, read_to_end};
 use edge_net::tls;
 use edge_shared::attempt::{self, Attempts, Outcome, Step};
-use edge_shared::config::{GatewayConfig, RoutingPolicy};
+use edge_shared::config::GatewayConfig;
 use edge_shared::routing::{self, SplitMix64};
 use edge_shared::wire::{self, Refusal, ServerTiming};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
@@ -214,8 +214,11 @@ impl Gateway {
         let request_id = new_request_id();
         let function = &self.functions.list[routed.function];
         let snapshot = self.membership.snapshot();
-        let order = self.node_order(&snapshot, routed.function);
-        let mut attempts = Attempts::new(order, request.method().is_idempotent());
+        let decision = self.decide(&snapshot, routed.function);
+        if let Some(i) = decision.prewarm {
+            self.ask_prewarm(snapshot.view.nodes[i].addr, routed.function);
+        }
+        let mut attempts = Attempts::new(decision.order, request.method().is_idempotent());
         let mut deploying = Duration::ZERO;
         let mut answered = None;
         let mut refused = None;
@@ -310,11 +313,9 @@ impl Gateway {
         Duration::from_millis(self.config.request_timeout_ms)
     }
 
-    /// Nodes (indexes into the snapshot) in the order to try, as the routing policy
-    /// ranks them for function `f`, with this gateway's own in-flight counts and recent
-    /// failures as input. Under `least-loaded-warm` it also asks for a pre-warm when
-    /// routing says so.
-    fn node_order(&self, snapshot: &Snapshot, f: usize) -> Vec<usize> {
+    /// The routing decision for function `f`, with this gateway's own in-flight counts
+    /// and recent failures as input.
+    fn decide(&self, snapshot: &Snapshot, f: usize) -> routing::Decision {
         let (own, failed) = self.membership.health(snapshot);
         let input = routing::Input {
             view: &snapshot.view,
@@ -323,17 +324,15 @@ impl Gateway {
             recently_failed: &failed,
             sequence: self.next_node.fetch_add(1, Ordering::Relaxed),
         };
-        let order = {
-            let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
-            routing::order(routing::policy(self.config.routing), &input, &mut *rng)
-        };
-        if self.config.routing == RoutingPolicy::LeastLoadedWarm
-            && let Some(node) = routing::prewarm_target(&input).map(|i| snapshot.view.nodes[i].addr)
-            && self.warming().insert((node, f))
-        {
+        let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
+        routing::decide(self.config.routing, &input, &mut *rng)
+    }
+
+    /// Asks the cluster loop to warm function `f` on `node`, once until it is done.
+    fn ask_prewarm(&self, node: SocketAddr, f: usize) {
+        if self.warming().insert((node, f)) {
             let _ = self.prewarm.send((node, f));
         }
-        order
     }
 
     pub(crate) fn warming(&self) -> MutexGuard<'_, HashSet<(SocketAddr, usize)>> {

@@ -107,6 +107,27 @@ pub fn policy(name: RoutingPolicy) -> &'static dyn Policy {
     }
 }
 
+/// One request's routing decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// The nodes to try, best first (indexes into the view; see [`order`]).
+    pub order: Vec<usize>,
+    /// A node to warm the function on ahead of need (see [`prewarm_target`]); only
+    /// `least-loaded-warm` asks for one.
+    pub prewarm: Option<usize>,
+}
+
+/// Decides one request's routing under the policy `name`.
+pub fn decide(name: RoutingPolicy, input: &Input<'_>, rng: &mut dyn Rng) -> Decision {
+    Decision {
+        order: order(policy(name), input, rng),
+        prewarm: match name {
+            RoutingPolicy::LeastLoadedWarm => prewarm_target(input),
+            RoutingPolicy::RoundRobin | RoutingPolicy::Random => None,
+        },
+    }
+}
+
 /// The nodes to try, in order: indexes into the view. Every node appears once; down and
 /// draining nodes come last, and before them the ones that failed moments ago.
 pub fn order(policy: &dyn Policy, input: &Input<'_>, rng: &mut dyn Rng) -> Vec<usize> {
@@ -469,6 +490,30 @@ mod tests {
         assert_eq!(input(&view(3), &[0; 3]), None);
         v.nodes[target].up = false;
         assert_ne!(input(&v, &[0; 3]), Some(target));
+    }
+
+    #[test]
+    fn only_least_loaded_warm_asks_for_a_prewarm_and_recent_failures_go_last() {
+        let mut v = view(3);
+        v.nodes[0].warm = WarmSet::of(["hello@0123456789abcdef"]);
+        v.nodes[0].in_flight = 3;
+        let input = Input {
+            view: &v,
+            function: fingerprint("hello@0123456789abcdef"),
+            own_in_flight: &[0; 3],
+            recently_failed: &[true, false, false],
+            sequence: 0,
+        };
+        let mut rng = SplitMix64(11);
+        let llw = decide(RoutingPolicy::LeastLoadedWarm, &input, &mut rng);
+        assert!(llw.prewarm.is_some_and(|i| i != 0), "{llw:?}");
+        for name in [RoutingPolicy::RoundRobin, RoutingPolicy::Random] {
+            let d = decide(name, &input, &mut rng);
+            assert_eq!(d.prewarm, None, "{name:?}");
+            assert_eq!(d.order.last(), Some(&0), "{name:?}: {:?}", d.order);
+        }
+        // The warm node that just failed goes last even under least-loaded-warm.
+        assert_eq!(llw.order.last(), Some(&0), "{:?}", llw.order);
     }
 
     #[test]
