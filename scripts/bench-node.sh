@@ -6,21 +6,7 @@
 # WORKERS sets the node's worker threads (default 2).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-bin=${CARGO_TARGET_DIR:-$root/target}/debug
-"$root/scripts/build-functions.sh"
-(cd "$root" && cargo build --quiet --bins)
-dir=$(mktemp -d)
-cat > "$dir/cluster.toml" <<TOML
-nodes = 1
-node_worker_threads = ${WORKERS:-2}
-listen = "127.0.0.1:0"
-[[functions]]
-name = "hello"
-module = "$root/functions/target/wasm32-wasip1/release/hello.wasm"
-TOML
-"$bin/edge" up --config "$dir/cluster.toml" --dir "$dir/edge" >"$dir/up.log" 2>&1 &
-up=$!
-trap 'kill $up 2>/dev/null; wait $up 2>/dev/null; rm -rf "$dir"' EXIT
+source "$root/scripts/one-node-cluster.sh"
 for _ in $(seq 1 600); do
   grep -qs 'deployment=hello@' "$dir/edge/node-1.log" && break
   sleep 0.1

@@ -4,34 +4,13 @@
 # connection (curl), then wrk at 16 connections for 10 s. Needs curl and wrk (Debian
 # packages; installed if missing when run as root).
 #   scripts/bench-tcp.sh            # the binaries of this checkout
-#   BIN=/path/to/bins scripts/bench-tcp.sh   # other edge, edge-node, edge-gateway builds
+#   BIN=/path/to/bins scripts/bench-tcp.sh   # other edge, edge-node and edge-gateway builds
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 if ! command -v wrk >/dev/null && [ "$(id -u)" -eq 0 ]; then
   apt-get install -y -qq wrk >/dev/null
 fi
-"$root/scripts/build-functions.sh"
-if [ -z "${BIN:-}" ]; then
-  (cd "$root" && cargo build --quiet --bins)
-  BIN=${CARGO_TARGET_DIR:-$root/target}/debug
-fi
-dir=$(mktemp -d)
-cat > "$dir/cluster.toml" <<TOML
-nodes = 1
-node_worker_threads = 2
-listen = "127.0.0.1:0"
-[[functions]]
-name = "hello"
-module = "$root/functions/target/wasm32-wasip1/release/hello.wasm"
-TOML
-"$BIN/edge" up --config "$dir/cluster.toml" --dir "$dir/edge" >"$dir/up.log" 2>&1 &
-up=$!
-trap 'kill $up 2>/dev/null; wait $up 2>/dev/null; rm -rf "$dir"' EXIT
-for _ in $(seq 1 600); do
-  grep -qs 'users connect to' "$dir/up.log" && break
-  sleep 0.1
-done
-addr=$(grep -o 'users connect to https://[^ ]*' "$dir/up.log" | cut -d/ -f3)
+source "$root/scripts/one-node-cluster.sh"
 url="https://$addr/hello"
 ca="$dir/edge/certs/ca.pem"
 urls=()

@@ -7,6 +7,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use edge_cli::cluster::LocalCluster;
 use edge_shared::config::{GatewayConfig, RoutingPolicy};
 use edge_shared::manifest::Limits;
 use http::StatusCode;
@@ -21,6 +22,17 @@ fn patient() -> Limits {
     }
 }
 
+/// Runs `wait` (a blocking wait on a process of the cluster) off the runtime; gives the
+/// cluster back with its result.
+async fn off_runtime<T: Send + 'static>(
+    mut cluster: LocalCluster,
+    wait: impl FnOnce(&mut LocalCluster) -> T + Send + 'static,
+) -> (T, LocalCluster) {
+    tokio::task::spawn_blocking(move || (wait(&mut cluster), cluster))
+        .await
+        .unwrap()
+}
+
 /// The grace period both daemons have by default.
 fn grace() -> Duration {
     Duration::from_millis(GatewayConfig::default().shutdown_grace_ms)
@@ -28,7 +40,7 @@ fn grace() -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_to_the_gateway_fails_no_request_in_flight_and_it_exits_within_its_grace() {
-    let (mut cluster, _dir) = start_with(1, vec![function("sleep", patient())], |_| {});
+    let (cluster, _dir) = start_with(1, vec![function("sleep", patient())], |_| {});
     let c = Arc::new(client(&cluster).await);
     let in_flight: Vec<_> = (0..4)
         .map(|_| {
@@ -54,13 +66,10 @@ async fn sigterm_to_the_gateway_fails_no_request_in_flight_and_it_exits_within_i
         assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
         assert!(r.body.starts_with(b"slept 1"), "{:?}", r.body);
     }
-    let exited = tokio::task::spawn_blocking(move || {
-        let status = cluster.wait_gateway(grace() + Duration::from_secs(5));
-        (status, cluster)
+    let (status, cluster) = off_runtime(cluster, |c| {
+        c.wait_gateway(grace() + Duration::from_secs(5))
     })
-    .await
-    .unwrap();
-    let (status, cluster) = exited;
+    .await;
     assert!(
         status.is_some_and(|s| s.success()),
         "the gateway did not exit cleanly within its grace period: {status:?}\\n{}",
@@ -72,7 +81,7 @@ async fn sigterm_to_the_gateway_fails_no_request_in_flight_and_it_exits_within_i
 async fn sigterm_to_a_node_finishes_its_requests_refuses_late_ones_for_retry_and_exits_in_time() {
     // Slow gossip (1 s rounds): the gateway learns of the drain a round or more after
     // the node starts refusing, so requests it sends meanwhile meet the refusal.
-    let (mut cluster, _dir) = start_with(
+    let (cluster, _dir) = start_with(
         2,
         vec![function("sleep", patient()), function("hello", patient())],
         |spec| {
@@ -112,14 +121,11 @@ async fn sigterm_to_a_node_finishes_its_requests_refuses_late_ones_for_retry_and
         let r = request.await.unwrap().expect("a request in flight failed");
         assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     }
-    let exited = tokio::task::spawn_blocking(move || {
-        // Its grace, plus the three rounds it stays reachable after draining.
-        let status = cluster.wait_node(0, grace() + Duration::from_secs(8));
-        (status, cluster)
+    // Its grace, plus the three rounds it stays reachable after draining.
+    let (status, cluster) = off_runtime(cluster, |c| {
+        c.wait_node(0, grace() + Duration::from_secs(8))
     })
-    .await
-    .unwrap();
-    let (status, cluster) = exited;
+    .await;
     assert!(
         status.is_some_and(|s| s.success()),
         "node-1 did not exit cleanly within its grace period: {status:?}\\n{}",
@@ -129,7 +135,7 @@ async fn sigterm_to_a_node_finishes_its_requests_refuses_late_ones_for_retry_and
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_sigterm_exits_the_gateway_at_once() {
-    let (mut cluster, _dir) = start_with(1, vec![function("sleep", patient())], |_| {});
+    let (cluster, _dir) = start_with(1, vec![function("sleep", patient())], |_| {});
     let c = Arc::new(client(&cluster).await);
     let long = {
         let (c, url) = (Arc::clone(&c), url(&cluster, "/sleep?ms=8000"));
@@ -143,22 +149,11 @@ async fn a_second_sigterm_exits_the_gateway_at_once() {
     );
     cluster.terminate_gateway();
     // The first signal waits for the request in flight; the second does not.
-    let draining = tokio::task::spawn_blocking(move || {
-        let status = cluster.wait_gateway(Duration::from_millis(500));
-        (status, cluster)
-    })
-    .await
-    .unwrap();
-    let (status, mut cluster) = draining;
+    let (status, cluster) =
+        off_runtime(cluster, |c| c.wait_gateway(Duration::from_millis(500))).await;
     assert!(status.is_none(), "the gateway left a request in flight");
     cluster.terminate_gateway();
-    let exited = tokio::task::spawn_blocking(move || {
-        let status = cluster.wait_gateway(Duration::from_secs(5));
-        (status, cluster)
-    })
-    .await
-    .unwrap();
-    let (status, _cluster) = exited;
+    let (status, _cluster) = off_runtime(cluster, |c| c.wait_gateway(Duration::from_secs(5))).await;
     assert_eq!(
         status.and_then(|s| s.code()),
         Some(edge_net::lifecycle::FORCED_EXIT),
