@@ -466,3 +466,59 @@ async fn a_burst_of_cold_requests_compiles_no_more_at_once_than_the_node_has_slo
         status.peak_concurrent_loads
     );
 }
+
+#[test]
+fn modules_with_threads_several_memories_or_memory64_are_refused_at_deploy() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node(dir.path(), |_| {});
+    let wat = |text: &str| wasmer::wat2wasm(text.as_bytes()).unwrap().into_owned();
+    for (what, module) in [
+        (
+            "shared memory",
+            r#"(module (memory (export "memory") 1 1 shared) (func (export "_start")))"#,
+        ),
+        (
+            "several memories",
+            r#"(module (memory (export "memory") 1) (memory 1) (func (export "_start")))"#,
+        ),
+        (
+            "memory64",
+            r#"(module (memory (export "memory") i64 1) (func (export "_start")))"#,
+        ),
+        (
+            "an atomic wait",
+            r#"(module (memory (export "memory") 1)
+                (func (export "_start")
+                  (drop (memory.atomic.wait32 (i32.const 0) (i32.const 0) (i64.const -1)))))"#,
+        ),
+    ] {
+        let wasm = wat(module);
+        let refused = node
+            .deploy(manifest("hostile", &wasm, Limits::default()), &wasm)
+            .expect_err(what);
+        assert!(
+            matches!(
+                refused,
+                DeployError::Module(edge_shared::module_check::ModuleError::UnsupportedFeature(
+                    _
+                ))
+            ),
+            "{what}: {refused}"
+        );
+        assert!(
+            refused.to_string().contains("feature edge does not run"),
+            "{what}: {refused}"
+        );
+    }
+    assert!(node.status().deployments.is_empty());
+    // The compiler itself refuses them too, should a module ever skip the check.
+    let shared = wat(r#"(module (memory 1 1 shared) (func (export "_start")))"#);
+    assert!(edge_node::runtime::engine::compile(&shared).is_err());
+    // The node serves on.
+    let id = deploy(&node, "hello", Limits::default());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let answer = runtime
+        .block_on(node.invoke(&node.deployment(&id).unwrap(), call("name=x")))
+        .unwrap();
+    assert_eq!(body(&answer), b"hello, x!\n");
+}

@@ -1,7 +1,8 @@
-//! Checks a module must pass before it is deployed: it is valid WebAssembly, exports
-//! `_start`, and imports nothing but the WASI preview1 functions the node's host provides.
+//! Checks a module must pass before it is deployed: it is valid WebAssembly of the
+//! features edge runs ([`accepted_features`]), exports `_start`, and imports nothing but
+//! the WASI preview1 functions the node's host provides.
 
-use wasmparser::{Parser, Payload, TypeRef, Validator};
+use wasmparser::{Parser, Payload, TypeRef, Validator, WasmFeatures};
 
 /// The WASI preview1 module name.
 pub const WASI_MODULE: &str = "wasi_snapshot_preview1";
@@ -30,6 +31,25 @@ pub const HOST_IMPORTS: &[&str] = &[
     "sched_yield",
 ];
 
+/// The WebAssembly features a module may use: WebAssembly 2.0 (SIMD, bulk memory,
+/// reference types, multi-value, sign extension, non-trapping conversions, mutable
+/// globals) and extended constants. Refused, because each would let a module hold what
+/// the node's budgets do not count, or reach what the host does not bound: threads and
+/// shared memories (a guest blocked in `memory.atomic.wait` outlives its deadline),
+/// several memories (only one is budgeted), 64-bit memories, exceptions, tail calls,
+/// GC and the component model. The node's compiler is configured to match.
+pub fn accepted_features() -> WasmFeatures {
+    WasmFeatures::MUTABLE_GLOBAL
+        | WasmFeatures::SATURATING_FLOAT_TO_INT
+        | WasmFeatures::SIGN_EXTENSION
+        | WasmFeatures::REFERENCE_TYPES
+        | WasmFeatures::MULTI_VALUE
+        | WasmFeatures::BULK_MEMORY
+        | WasmFeatures::SIMD
+        | WasmFeatures::FLOATS
+        | WasmFeatures::EXTENDED_CONST
+}
+
 /// Largest module accepted, in bytes.
 pub const MAX_MODULE_BYTES: usize = 64 << 20;
 
@@ -51,6 +71,12 @@ pub enum ModuleError {
     /// The validator rejected it.
     #[error("invalid WebAssembly: {0}")]
     Invalid(String),
+    /// It is valid, but uses a feature edge does not run (see [`accepted_features`]).
+    #[error(
+        "module uses a WebAssembly feature edge does not run (threads and shared memory, \
+         several memories, memory64, exceptions, tail calls and GC are refused): {0}"
+    )]
+    UnsupportedFeature(String),
     /// It has no exported function `_start`.
     #[error("module exports no function `_start`: build it as a WASI command (a `main`)")]
     NoStart,
@@ -75,9 +101,15 @@ pub fn check_module(module: &[u8]) -> Result<(), ModuleError> {
     if !module.starts_with(b"\0asm") {
         return Err(ModuleError::NotWasm);
     }
-    Validator::new()
-        .validate_all(module)
-        .map_err(|e| ModuleError::Invalid(e.to_string()))?;
+    if let Err(e) = Validator::new_with_features(accepted_features()).validate_all(module) {
+        // Valid with every feature on: it is the feature, not the module, that is refused.
+        return Err(
+            match Validator::new_with_features(WasmFeatures::all()).validate_all(module) {
+                Ok(_) => ModuleError::UnsupportedFeature(e.to_string()),
+                Err(_) => ModuleError::Invalid(e.to_string()),
+            },
+        );
+    }
     let mut has_start = false;
     for payload in Parser::new(0).parse_all(module) {
         match payload.map_err(|e| ModuleError::Invalid(e.to_string()))? {

@@ -30,7 +30,7 @@ use wasmer_middlewares::Metering;
 /// Identifies the compiler configuration an artifact was produced by. Part of every
 /// on-disk artifact's key: change it whenever compiling would produce different code
 /// (compiler, metering cost, wasmer release); wasmer's own header check is the backstop.
-pub const COMPILER_ID: &str = "wasmer-7.4-cranelift-metering1";
+pub const COMPILER_ID: &str = "wasmer-7.4-cranelift-metering1-features1";
 
 /// One unit of fuel per operator.
 fn operator_cost(_: &Operator) -> u64 {
@@ -44,12 +44,29 @@ pub fn compile(wasm: &[u8]) -> Result<Vec<u8>, CompileError> {
         &mut compiler,
         Arc::new(Metering::new(0, operator_cost)),
     );
-    let engine: Engine = EngineBuilder::new(compiler).engine().into();
+    let engine: Engine = EngineBuilder::new(compiler)
+        .set_features(Some(features()))
+        .engine()
+        .into();
     let module = Module::new(&engine, wasm)?;
     let artifact = module
         .serialize()
         .map_err(|e| CompileError::Codegen(format!("serializing the artifact: {e}")))?;
     Ok(artifact.to_vec())
+}
+
+/// The features the compiler accepts: those of
+/// [`edge_shared::module_check::accepted_features`], which every module was checked
+/// against at deploy, so a module the check let through compiles and no other does.
+fn features() -> wasmer::sys::Features {
+    let mut features = wasmer::sys::Features::none();
+    features
+        .reference_types(true)
+        .simd(true)
+        .bulk_memory(true)
+        .multi_value(true)
+        .extended_const(true);
+    features
 }
 
 /// The part of an artifact's key that names this host: compiler id, target and CPU
