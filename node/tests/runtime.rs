@@ -522,3 +522,109 @@ fn modules_with_threads_several_memories_or_memory64_are_refused_at_deploy() {
         .unwrap();
     assert_eq!(body(&answer), b"hello, x!\n");
 }
+
+/// A guest that makes one hostile host call, `call` (leaving an errno on the stack), and
+/// answers `survived` only if the host refused it with `errno`; otherwise it traps.
+fn hostile(call: &str, errno: i32) -> Vec<u8> {
+    let text = format!(
+        r#"(module
+          (import "wasi_snapshot_preview1" "random_get" (func $random_get (param i32 i32) (result i32)))
+          (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+          (import "wasi_snapshot_preview1" "environ_get" (func $environ_get (param i32 i32) (result i32)))
+          (memory (export "memory") 1)
+          (data (i32.const 64) "Status: 200\n\nsurvived\n")
+          (func (export "_start")
+            (if (i32.ne {call} (i32.const {errno})) (then unreachable))
+            (i32.store (i32.const 0) (i32.const 64))
+            (i32.store (i32.const 4) (i32.const 22))
+            (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 16)))))"#
+    );
+    wasmer::wat2wasm(text.as_bytes()).unwrap().into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_host_calls_get_an_errno_and_the_node_serves_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node(dir.path(), |_| {});
+    const FAULT: i32 = 21;
+    const FBIG: i32 = 22;
+    const INVAL: i32 = 28;
+    // An iovec of 4 GiB at address 200 first, for the calls that use one.
+    let huge_iovec =
+        "(i32.store (i32.const 200) (i32.const 0)) (i32.store (i32.const 204) (i32.const -1))";
+    let cases = [
+        (
+            "random_get of 4 GiB",
+            "(call $random_get (i32.const 0) (i32.const -1))".to_string(),
+            FAULT,
+        ),
+        (
+            "random_get past the end",
+            "(call $random_get (i32.const 65000) (i32.const 1000))".to_string(),
+            FAULT,
+        ),
+        (
+            "fd_write of 2^31 iovecs",
+            "(call $fd_write (i32.const 1) (i32.const 0) (i32.const 0x7fffffff) (i32.const 16))"
+                .to_string(),
+            INVAL,
+        ),
+        (
+            "fd_write of iovecs past the end",
+            "(call $fd_write (i32.const 1) (i32.const 65532) (i32.const 2) (i32.const 16))"
+                .to_string(),
+            FAULT,
+        ),
+        (
+            "a 4 GiB write to stderr",
+            format!(
+                "(block (result i32) {huge_iovec} (call $fd_write (i32.const 2) (i32.const 200) (i32.const 1) (i32.const 16)))"
+            ),
+            FAULT,
+        ),
+        (
+            "environ_get at the end of the address space",
+            "(call $environ_get (i32.const -8) (i32.const 0))".to_string(),
+            FAULT,
+        ),
+    ];
+    for (what, call_text, errno) in cases {
+        let wasm = hostile(&call_text, errno);
+        let name = "hostile";
+        let m = manifest(name, &wasm, Limits::default());
+        let id = m.deployment_id();
+        node.deploy(m, &wasm)
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let deployment = node.deployment(&id).unwrap();
+        let answer = node
+            .invoke(&deployment, call(""))
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(body(&answer), b"survived\n", "{what}");
+    }
+    // A 4 GiB write to stdout is refused before the host reads a byte of it (FBIG), and
+    // the request ends as over its response limit.
+    let wasm = hostile(
+        &format!(
+            "(block (result i32) {huge_iovec} (call $fd_write (i32.const 1) (i32.const 200) (i32.const 1) (i32.const 16)))"
+        ),
+        FBIG,
+    );
+    let m = manifest("hostile", &wasm, Limits::default());
+    let id = m.deployment_id();
+    node.deploy(m, &wasm).unwrap();
+    let failure = node
+        .invoke(&node.deployment(&id).unwrap(), call(""))
+        .await
+        .err()
+        .expect("a 4 GiB answer");
+    assert_eq!(failure.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(failure.to_string().contains("response limit"), "{failure}");
+
+    let id = deploy(&node, "hello", Limits::default());
+    let answer = node
+        .invoke(&node.deployment(&id).unwrap(), call("name=x"))
+        .await
+        .unwrap();
+    assert_eq!(body(&answer), b"hello, x!\n");
+}

@@ -169,8 +169,48 @@ fn write_bytes(view: &MemoryView<'_>, ptr: u32, bytes: &[u8]) -> Result<(), i32>
     view.write(u64::from(ptr), bytes).map_err(|_| errno::FAULT)
 }
 
+/// Most iovecs one call may pass (POSIX `IOV_MAX`).
+const MAX_IOVECS: u32 = 1024;
+/// Guest bytes the host copies at once: what a guest-chosen length can make the host
+/// allocate, whatever the length.
+const COPY_CHUNK: u32 = 64 << 10;
+
+/// `Ok` if `len` bytes from `ptr` lie inside guest memory. Every guest-chosen length is
+/// checked with it before the host allocates or copies anything for it.
+fn in_bounds(view: &MemoryView<'_>, ptr: u32, len: u64) -> Result<(), i32> {
+    match u64::from(ptr).checked_add(len) {
+        Some(end) if end <= view.data_size() => Ok(()),
+        _ => Err(errno::FAULT),
+    }
+}
+
+/// Hands the `len` guest bytes at `ptr` to `sink`, at most [`COPY_CHUNK`] at a time.
+fn copy_out(
+    view: &MemoryView<'_>,
+    ptr: u32,
+    len: u32,
+    mut sink: impl FnMut(&[u8]),
+) -> Result<(), i32> {
+    in_bounds(view, ptr, u64::from(len))?;
+    let mut buf = vec![0u8; len.min(COPY_CHUNK) as usize];
+    let mut done = 0u32;
+    while done < len {
+        let n = (len - done).min(COPY_CHUNK);
+        let part = &mut buf[..n as usize];
+        view.read(u64::from(ptr) + u64::from(done), part)
+            .map_err(|_| errno::FAULT)?;
+        sink(part);
+        done += n;
+    }
+    Ok(())
+}
+
 /// The (pointer, length) pairs of an iovec array.
 fn iovecs(view: &MemoryView<'_>, iovs: u32, count: u32) -> Result<Vec<(u32, u32)>, i32> {
+    if count > MAX_IOVECS {
+        return Err(errno::INVAL);
+    }
+    in_bounds(view, iovs, u64::from(count) * 8)?;
     let mut raw = vec![0u8; count as usize * 8];
     view.read(u64::from(iovs), &mut raw)
         .map_err(|_| errno::FAULT)?;
@@ -189,9 +229,17 @@ fn iovecs(view: &MemoryView<'_>, iovs: u32, count: u32) -> Result<Vec<(u32, u32)
 fn write_list(view: &MemoryView<'_>, items: &[Vec<u8>], ptrs: u32, buf: u32) -> Result<i32, i32> {
     let mut at = buf;
     for (i, item) in items.iter().enumerate() {
-        write_bytes(view, ptrs + 4 * i as u32, &at.to_le_bytes())?;
+        let slot = u32::try_from(i)
+            .ok()
+            .and_then(|i| i.checked_mul(4))
+            .and_then(|offset| ptrs.checked_add(offset))
+            .ok_or(errno::FAULT)?;
+        write_bytes(view, slot, &at.to_le_bytes())?;
         write_bytes(view, at, item)?;
-        at += item.len() as u32;
+        at = u32::try_from(item.len())
+            .ok()
+            .and_then(|len| at.checked_add(len))
+            .ok_or(errno::FAULT)?;
     }
     Ok(errno::SUCCESS)
 }
@@ -237,7 +285,8 @@ fn fd_read(mut env: Env<'_>, fd: u32, iovs: u32, iovs_len: u32, nread: u32) -> i
             let n = rest.len().min(len as usize);
             write_bytes(view, ptr, &rest[..n])?;
             io.stdin_pos += n;
-            total += n as u32;
+            // n <= len, a u32.
+            total = total.saturating_add(n as u32);
             if n < len as usize {
                 break;
             }
@@ -254,19 +303,19 @@ fn fd_write(mut env: Env<'_>, fd: u32, iovs: u32, iovs_len: u32, nwritten: u32) 
         }
         let mut total = 0u32;
         for (ptr, len) in iovecs(view, iovs, iovs_len)? {
-            let mut chunk = vec![0u8; len as usize];
-            view.read(u64::from(ptr), &mut chunk)
-                .map_err(|_| errno::FAULT)?;
+            // What one call reports written must fit its u32 result.
+            total = total.checked_add(len).ok_or(errno::INVAL)?;
             if fd == 1 {
-                if io.stdout.len() + chunk.len() > io.stdout_limit {
+                if io.stdout.len().saturating_add(len as usize) > io.stdout_limit {
                     io.stdout_overflow = true;
                     return Err(errno::FBIG);
                 }
-                io.stdout.extend_from_slice(&chunk);
+                let stdout = &mut io.stdout;
+                copy_out(view, ptr, len, |part| stdout.extend_from_slice(part))?;
             } else {
-                io.log.write(&chunk);
+                let log = &mut io.log;
+                copy_out(view, ptr, len, |part| log.write(part))?;
             }
-            total += len;
         }
         write_bytes(view, nwritten, &total.to_le_bytes())?;
         Ok(errno::SUCCESS)
@@ -340,9 +389,16 @@ fn clock_res_get(mut env: Env<'_>, id: u32, res: u32) -> i32 {
 
 fn random_get(mut env: Env<'_>, buf: u32, len: u32) -> i32 {
     with_memory(&mut env, |_, view| {
-        let mut bytes = vec![0u8; len as usize];
-        getrandom::fill(&mut bytes).map_err(|_| errno::INVAL)?;
-        write_bytes(view, buf, &bytes)?;
+        in_bounds(view, buf, u64::from(len))?;
+        let mut bytes = vec![0u8; len.min(COPY_CHUNK) as usize];
+        let mut done = 0u32;
+        while done < len {
+            let n = (len - done).min(COPY_CHUNK);
+            let part = &mut bytes[..n as usize];
+            getrandom::fill(part).map_err(|_| errno::INVAL)?;
+            write_bytes(view, buf + done, part)?;
+            done += n;
+        }
         Ok(errno::SUCCESS)
     })
 }
@@ -403,7 +459,11 @@ fn poll_oneoff(
                         };
                         timeout.saturating_sub(now_on_clock)
                     };
-                    waits.push(Wait::Until(userdata, now + Duration::from_nanos(after)));
+                    // A guest may ask for centuries: that is past any deadline, not a panic.
+                    let at = now
+                        .checked_add(Duration::from_nanos(after))
+                        .unwrap_or(now + Duration::from_secs(86_400 * 365));
+                    waits.push(Wait::Until(userdata, at));
                 }
                 kind @ (1 | 2) => {
                     let fd = u32::from_le_bytes(sub[16..20].try_into().unwrap_or_default());
