@@ -518,23 +518,18 @@ pub fn new_request_id() -> String {
     hex::encode(bytes)
 }
 
-/// Copies the headers a node may see: not hop-by-hop ones, not the cluster's own
-/// `x-edge-*` (users cannot forge them), not `host` (set separately).
+/// Copies the headers a node may see: not hop-by-hop ones nor those `Connection`
+/// nominates, not the cluster's own `x-edge-*` in any spelling (users cannot forge
+/// them), not `host` (set separately).
 fn copy_end_to_end_headers(from: &HeaderMap, to: &mut HeaderMap) {
+    let nominated = wire::connection_nominated(
+        from.get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    );
     for (name, value) in from {
         let n = name.as_str();
-        let skip = n.starts_with("x-edge-")
-            || matches!(
-                n,
-                "connection"
-                    | "keep-alive"
-                    | "te"
-                    | "transfer-encoding"
-                    | "upgrade"
-                    | "proxy-connection"
-                    | "host"
-            );
-        if !skip {
+        if !wire::is_internal_request_header(n) && !nominated.iter().any(|x| x == n) {
             to.append(name.clone(), value.clone());
         }
     }

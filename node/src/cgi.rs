@@ -1,16 +1,10 @@
 //! The WAGI convention: a request as CGI environment variables, and a CGI response
 //! (`Status:` and other headers, a blank line, the body) parsed back into HTTP.
 
+use edge_shared::wire::{
+    connection_nominated, is_internal_request_header, is_reserved_response_header,
+};
 use http::{HeaderName, HeaderValue, StatusCode};
-
-/// Request headers not passed to functions: the cluster's own, and hop-by-hop ones.
-fn is_internal(name: &str) -> bool {
-    name.starts_with("x-edge-")
-        || matches!(
-            name,
-            "connection" | "keep-alive" | "te" | "transfer-encoding" | "upgrade" | "host"
-        )
-}
 
 /// What the CGI variables are made of.
 #[derive(Clone, Copy)]
@@ -95,8 +89,15 @@ pub fn environment(
         env.push(("SERVER_NAME".to_string(), name.to_string()));
         env.push(("HTTP_HOST".to_string(), host.to_string()));
     }
+    let nominated = connection_nominated(
+        req.headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    );
     for name in req.headers.keys() {
-        if is_internal(name.as_str()) {
+        if is_internal_request_header(name.as_str()) || nominated.iter().any(|n| n == name.as_str())
+        {
             continue;
         }
         let values: Vec<&str> = req
@@ -165,13 +166,15 @@ pub fn parse_response(output: &[u8]) -> Result<CgiResponse, CgiError> {
                 .ok()
                 .and_then(|c| StatusCode::from_u16(c).ok())
                 .ok_or_else(|| CgiError::BadStatus(value.to_string()))?;
+            // 1xx (101 Switching Protocols among them) belongs to the connection, not
+            // to a function's answer.
+            if parsed.is_informational() {
+                return Err(CgiError::BadStatus(value.to_string()));
+            }
             status = Some(parsed);
             continue;
         }
-        if matches!(
-            name.as_str(),
-            "content-length" | "connection" | "transfer-encoding"
-        ) {
+        if is_reserved_response_header(&name) {
             continue;
         }
         location |= name == "location";
@@ -229,6 +232,23 @@ mod tests {
     }
 
     #[test]
+    fn a_guest_cannot_speak_for_the_node_or_the_connection() {
+        let out = b"Status: 200\nx-edge-refused: not-found\nX_Edge_Node: other\n\
+            server-timing: run;dur=0\nalt-svc: h3=\":1\"\nconnection: close\nupgrade: h2c\n\
+            content-length: 99\ntransfer-encoding: chunked\nset-cookie: a=b\n\nbody";
+        let r = parse_response(out).unwrap();
+        let names: Vec<&str> = r.headers.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["set-cookie"]);
+        for status in ["100 Continue", "101 Switching Protocols", "103"] {
+            let out = format!("Status: {status}\n\n");
+            assert!(
+                matches!(parse_response(out.as_bytes()), Err(CgiError::BadStatus(_))),
+                "{status}"
+            );
+        }
+    }
+
+    #[test]
     fn rejects_malformed_output() {
         assert_eq!(parse_response(b"hello").unwrap_err(), CgiError::NoHeaderEnd);
         assert!(matches!(
@@ -252,6 +272,9 @@ mod tests {
         headers.append("accept", "a".parse().unwrap());
         headers.append("accept", "b".parse().unwrap());
         headers.insert("x-edge-function", "f@0".parse().unwrap());
+        headers.insert("x_edge_request_id", "forged".parse().unwrap());
+        headers.insert("connection", "x-secret".parse().unwrap());
+        headers.insert("x-secret", "hop".parse().unwrap());
         let req = CgiRequest {
             host: Some("hello.edge.localhost:4433"),
             method: "POST",
@@ -273,6 +296,13 @@ mod tests {
         assert_eq!(get("SERVER_NAME"), Some("hello.edge.localhost"));
         assert_eq!(get("HTTP_HOST"), Some("hello.edge.localhost:4433"));
         assert_eq!(get("HTTP_X_EDGE_FUNCTION"), None);
+        assert_eq!(
+            get("HTTP_X_EDGE_REQUEST_ID"),
+            None,
+            "an alias of an internal header"
+        );
+        assert_eq!(get("HTTP_X_SECRET"), None, "nominated by Connection");
+        assert_eq!(get("HTTP_CONNECTION"), None);
         assert_eq!(get("GREETING"), Some("hi"));
         let root = CgiRequest {
             path: "/echo",

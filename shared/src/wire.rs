@@ -29,6 +29,69 @@ pub const NODE_SERVER_NAME: &str = "edge-node";
 /// ALPN protocol id of HTTP/3.
 pub const ALPN_H3: &[u8] = b"h3";
 
+/// Hop-by-hop headers (RFC 9110 7.6.1, and the older ones proxies still honour): they
+/// describe one connection, never pass through a proxy, and nobody outside the gateway
+/// sets them.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Whether a header name is the cluster's own once case and `_` are folded
+/// (`X_Edge_Function` is `x-edge-function` to a CGI guest, which sees both as
+/// `HTTP_X_EDGE_FUNCTION`).
+fn is_cluster_header(name: &str) -> bool {
+    name.len() >= 7
+        && name.as_bytes()[..7]
+            .iter()
+            .map(|b| {
+                if *b == b'_' {
+                    b'-'
+                } else {
+                    b.to_ascii_lowercase()
+                }
+            })
+            .eq(b"x-edge-".iter().copied())
+}
+
+/// Whether a user's request header is one a function never sees: the cluster's own
+/// (`x-edge-*` in any case, with `_` or `-`), hop-by-hop ones, and `host` (given
+/// separately). Headers a `Connection` header nominates are dropped too; see
+/// [`connection_nominated`].
+pub fn is_internal_request_header(name: &str) -> bool {
+    is_cluster_header(name)
+        || HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
+        || name.eq_ignore_ascii_case("host")
+}
+
+/// The header names a `Connection` header's values nominate as hop-by-hop, lower-cased.
+pub fn connection_nominated<'a>(values: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    values
+        .into_iter()
+        .flat_map(|v| v.split(','))
+        .map(|token| token.trim().to_ascii_lowercase())
+        .filter(|token| !token.is_empty())
+        .collect()
+}
+
+/// Whether a response header is one a function may not set: the cluster's own
+/// (`x-edge-*`, so no guest can speak for the node: refusals travel in
+/// `x-edge-refused`), hop-by-hop ones, `content-length` (the node frames the body),
+/// `server-timing` (the cluster's timings) and `alt-svc` (the gateway advertises its
+/// own HTTP/3 endpoint).
+pub fn is_reserved_response_header(name: &str) -> bool {
+    is_cluster_header(name)
+        || HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
+        || ["content-length", "server-timing", "alt-svc"]
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(name))
+}
+
 /// The body of a deploy request.
 pub fn encode_deploy_body(manifest: &crate::manifest::FunctionManifest, module: &[u8]) -> Vec<u8> {
     let mut body = serde_json::to_vec(manifest).expect("a manifest always encodes");
@@ -139,6 +202,38 @@ impl ServerTiming {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_headers_are_known_in_any_spelling() {
+        for name in [
+            "x-edge-function",
+            "X-Edge-Refused",
+            "x_edge_function",
+            "X_EDGE_node",
+        ] {
+            assert!(is_internal_request_header(name), "{name}");
+            assert!(is_reserved_response_header(name), "{name}");
+        }
+        for name in ["x-edgy", "x-edge", "accept", "set-cookie", "x-custom"] {
+            assert!(!is_internal_request_header(name), "{name}");
+            assert!(!is_reserved_response_header(name), "{name}");
+        }
+        for name in ["Connection", "upgrade", "TE", "host"] {
+            assert!(is_internal_request_header(name), "{name}");
+        }
+        for name in [
+            "Server-Timing",
+            "alt-svc",
+            "content-length",
+            "transfer-encoding",
+        ] {
+            assert!(is_reserved_response_header(name), "{name}");
+        }
+        assert_eq!(
+            connection_nominated(["keep-alive, X-Secret", " ,close"]),
+            ["keep-alive", "x-secret", "close"]
+        );
+    }
 
     #[test]
     fn server_timing_round_trips() {
