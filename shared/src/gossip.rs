@@ -51,6 +51,12 @@ impl Role {
     }
 }
 
+/// The largest count (requests, slots) a load report may carry: far above any real
+/// node, far below what sums of a few of them could overflow.
+pub const MAX_COUNT: usize = 1 << 24;
+/// The most gateways one load report may name.
+pub const MAX_GATEWAYS: usize = 1024;
+
 /// A member's load, as it last published it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LoadReport {
@@ -84,22 +90,31 @@ impl LoadReport {
         text
     }
 
-    /// The load in `text`; `None` if it is malformed.
+    /// The load in `text`; `None` if it is malformed or out of range (a member's
+    /// report is input from the network: no value in it may overflow the arithmetic
+    /// that routing does with it, see [`MAX_COUNT`]).
     pub fn decode(text: &str) -> Option<LoadReport> {
         let mut parts = text.split(' ');
         let mut next = || parts.next()?.parse::<u64>().ok();
+        let mut count = || usize::try_from(next()?).ok().filter(|&n| n <= MAX_COUNT);
         let mut load = LoadReport {
-            in_flight: usize::try_from(next()?).ok()?,
-            queued: usize::try_from(next()?).ok()?,
-            slots: usize::try_from(next()?).ok()?,
-            ewma_run_us: next()?,
-            cpu_permille: next()?,
+            in_flight: count()?,
+            queued: count()?,
+            slots: count()?,
+            ewma_run_us: 0,
+            cpu_permille: 0,
             from_gateways: Vec::new(),
         };
+        let mut next = || parts.next()?.parse::<u64>().ok();
+        load.ewma_run_us = next()?;
+        load.cpu_permille = next()?;
+        if parts.clone().count() > MAX_GATEWAYS {
+            return None;
+        }
         for pair in parts {
             let (gateway, n) = pair.rsplit_once('=')?;
-            load.from_gateways
-                .push((gateway.to_string(), n.parse().ok()?));
+            let n = n.parse().ok().filter(|&n| n <= MAX_COUNT)?;
+            load.from_gateways.push((gateway.to_string(), n));
         }
         Some(load)
     }
@@ -285,5 +300,17 @@ mod tests {
         assert_eq!(LoadReport::decode("1 2 3 4 5 gw"), None);
         assert_eq!(LoadReport::decode("1 2 3"), None);
         assert_eq!(LoadReport::decode("a b c d e"), None);
+        // Values that would overflow routing's arithmetic are refused where decoded.
+        let huge = format!("{} 0 4 0 0", usize::MAX);
+        assert_eq!(LoadReport::decode(&huge), None);
+        assert_eq!(
+            LoadReport::decode(&format!("0 {} 4 0 0", MAX_COUNT + 1)),
+            None
+        );
+        assert_eq!(
+            LoadReport::decode(&format!("0 0 4 0 0 gw={}", u64::MAX)),
+            None
+        );
+        assert!(LoadReport::decode(&format!("{MAX_COUNT} {MAX_COUNT} 4 0 0")).is_some());
     }
 }

@@ -149,8 +149,11 @@ fn rotate(items: &[usize], start: usize) -> Vec<usize> {
 /// own requests to it now, counted exactly (including those waiting on a cold start,
 /// which the node does not yet count as in flight or queued).
 pub fn estimated_load(node: &NodeState, own_in_flight_now: usize) -> f64 {
-    let others = (node.in_flight + node.queued).saturating_sub(node.own_in_flight_at_report);
-    (others + own_in_flight_now) as f64 / node.slots.max(1) as f64
+    let others = node
+        .in_flight
+        .saturating_add(node.queued)
+        .saturating_sub(node.own_in_flight_at_report);
+    others.saturating_add(own_in_flight_now) as f64 / node.slots.max(1) as f64
 }
 
 fn least_loaded_warm(input: &Input<'_>, usable: &[usize], rng: &mut dyn Rng) -> Vec<usize> {
