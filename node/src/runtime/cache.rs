@@ -191,7 +191,8 @@ pub struct ModuleCache {
 
 impl ModuleCache {
     /// A cache under `dir`, created if missing, holding up to `memory_budget` bytes of
-    /// compiled modules in memory.
+    /// compiled modules in memory. The folder and its subfolders are the node's alone
+    /// (0700): what is in them becomes native code in this process.
     pub fn open(dir: &Path, memory_budget: u64) -> Result<ModuleCache, LoadError> {
         let host = hex::encode(&Sha256::digest(engine::host_key().as_bytes())[..8]);
         let cache = ModuleCache {
@@ -200,11 +201,15 @@ impl ModuleCache {
             in_memory: Mutex::new(Lru::new(memory_budget)),
             stats: CacheStats::default(),
         };
-        for d in [&cache.blobs, &cache.artifacts] {
-            std::fs::create_dir_all(d).map_err(|source| LoadError::Io {
-                path: d.clone(),
-                source,
-            })?;
+        let artifacts = dir.join("artifacts");
+        for d in [dir, &cache.blobs, &artifacts, &cache.artifacts] {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::create_dir_all(d)
+                .and_then(|()| std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)))
+                .map_err(|source| LoadError::Io {
+                    path: d.to_path_buf(),
+                    source,
+                })?;
         }
         Ok(cache)
     }

@@ -46,7 +46,7 @@ pub struct LocalCluster {
 impl LocalCluster {
     /// Starts `spec`'s nodes and gateway, binaries taken from `bin_dir`, state in `dir`.
     pub fn start(spec: &ClusterConfig, dir: &Path, bin_dir: &Path) -> anyhow::Result<LocalCluster> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        crate::devcerts::private_dir(dir)?;
         let dir = dir.canonicalize()?;
         let certs = DevCerts::ensure(&dir.join("certs"), &spec.domain)?;
         let mut cluster = LocalCluster {

@@ -54,10 +54,20 @@ impl DevCerts {
             &certs.member_key,
             &certs.gossip_key,
         ];
+        let secrets = [
+            &certs.gateway_key,
+            &certs.node_key,
+            &certs.member_key,
+            &certs.gossip_key,
+        ];
         if all.iter().all(|p| p.is_file()) {
+            // Written by an older edge up with the umask's modes: ours to tighten.
+            for secret in secrets {
+                set_mode(secret, 0o600)?;
+            }
             return Ok(certs);
         }
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        private_dir(dir)?;
         let ca_key = KeyPair::generate()?;
         let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
         ca_params
@@ -76,7 +86,7 @@ impl DevCerts {
                 .push(DnType::CommonName, "edge development");
             let signed = params.signed_by(&key_pair, &issuer)?;
             write(cert, &signed.pem())?;
-            write(key, &key_pair.serialize_pem())
+            write_secret(key, &key_pair.serialize_pem())
         };
         leaf(
             vec![
@@ -101,7 +111,7 @@ impl DevCerts {
         )?;
         let mut gossip_key = [0u8; 32];
         getrandom::fill(&mut gossip_key).map_err(|e| anyhow::anyhow!("random source: {e}"))?;
-        write(&certs.gossip_key, &hex::encode(gossip_key))?;
+        write_secret(&certs.gossip_key, &hex::encode(gossip_key))?;
         write(&certs.ca, &ca_cert.pem())?;
         Ok(certs)
     }
@@ -109,4 +119,30 @@ impl DevCerts {
 
 fn write(path: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Writes a secret only its owner may read (0600), from its creation on.
+fn write_secret(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting the mode of {}", path.display()))
+}
+
+/// Creates `dir` (and its parents) if missing, and makes it its owner's alone (0700).
+pub fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    set_mode(dir, 0o700)
 }

@@ -188,3 +188,46 @@ fn an_invalid_module_is_refused_at_gateway_start() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("exports no function `_start`"), "{err}");
 }
+
+#[test]
+fn keys_are_written_for_their_owner_alone_and_a_loose_key_is_refused_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("certs");
+    let certs = edge_cli::devcerts::DevCerts::ensure(&state, "edge.localhost").unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&state), 0o700);
+    for secret in [
+        &certs.gateway_key,
+        &certs.node_key,
+        &certs.member_key,
+        &certs.gossip_key,
+    ] {
+        assert_eq!(mode(secret), 0o600, "{}", secret.display());
+    }
+
+    // A node whose cluster key others may read does not start, and says how to mend it.
+    std::fs::set_permissions(&certs.gossip_key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let node = dir.path().join("node.toml");
+    std::fs::write(
+        &node,
+        format!(
+            "tls_cert = {:?}\ntls_key = {:?}\ncluster_ca = {:?}\ncache_dir = {:?}\n[gossip]\nkey_file = {:?}\n",
+            certs.node_cert,
+            certs.node_key,
+            certs.ca,
+            dir.path().join("cache"),
+            certs.gossip_key
+        ),
+    )
+    .unwrap();
+    let (code, err) = run("edge-node", &node);
+    assert_ne!(code, 0, "{err}");
+    assert!(
+        err.contains("gossip.key") && err.contains("chmod 600"),
+        "{err}"
+    );
+    // edge up's certificates folder tightens what an older edge up left loose.
+    edge_cli::devcerts::DevCerts::ensure(&state, "edge.localhost").unwrap();
+    assert_eq!(mode(&certs.gossip_key), 0o600);
+}

@@ -47,12 +47,34 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
     Ok(certs)
 }
 
-/// The private key in a PEM file.
+/// The private key in a PEM file, which only its owner may read (see
+/// [`check_secret_file`]).
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::Pem {
+    let pem_error = |reason: String| TlsError::Pem {
         path: path.to_path_buf(),
-        reason: e.to_string(),
-    })
+        reason,
+    };
+    check_secret_file(path).map_err(pem_error)?;
+    PrivateKeyDer::from_pem_file(path).map_err(|e| pem_error(e.to_string()))
+}
+
+/// Refuses a secret (a private key, the cluster key) that others than its owner may
+/// read or write: a key readable by anyone on the host is a key for anyone on the host.
+/// The reason says how to mend it.
+pub fn check_secret_file(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .map_err(|e| e.to_string())?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "a secret that group or others may access (mode {:04o}): run chmod 600 {}",
+            mode & 0o7777,
+            path.display()
+        ));
+    }
+    Ok(())
 }
 
 /// A certificate chain and its private key, as PEM files.
@@ -143,5 +165,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("missing.key"), "{err}");
+    }
+
+    #[test]
+    fn a_key_others_may_read_is_refused_with_the_fix() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("loose.key");
+        std::fs::write(&key, "not even a key").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = load_key(&key).unwrap_err().to_string();
+        assert!(
+            err.contains("loose.key") && err.contains("0644") && err.contains("chmod 600"),
+            "{err}"
+        );
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(check_secret_file(&key).is_ok());
     }
 }

@@ -51,6 +51,8 @@ impl ClusterKey {
 
     /// Reads a key file: hex text (as `edge up` writes it, 64 digits for 32 bytes).
     pub fn read(path: &Path) -> anyhow::Result<ClusterKey> {
+        crate::tls::check_secret_file(path)
+            .map_err(|reason| anyhow::anyhow!("cluster key {}: {reason}", path.display()))?;
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading the cluster key {}", path.display()))?;
         let bytes = hex::decode(text.trim())
