@@ -52,6 +52,9 @@ pub enum Failure {
     /// The request is malformed.
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// Neither an invocation (no `x-edge-function`) nor a control path.
+    #[error("not an invocation, and no such control path")]
+    NoSuchControl,
     /// A control path asked with the wrong method.
     #[error("{0} only")]
     MethodNotAllowed(&'static str),
@@ -86,6 +89,7 @@ impl Failure {
     pub fn status(&self) -> StatusCode {
         match self {
             Failure::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Failure::NoSuchControl => StatusCode::NOT_FOUND,
             Failure::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Failure::DeployRefused(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Failure::Refused(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -104,7 +108,10 @@ impl Failure {
     /// deploy's refusal, which only a cluster member can ask for, says why.
     pub fn public_message(&self) -> String {
         match self {
-            Failure::BadRequest(_) | Failure::MethodNotAllowed(_) | Failure::DeployRefused(_) => {
+            Failure::BadRequest(_)
+            | Failure::NoSuchControl
+            | Failure::MethodNotAllowed(_)
+            | Failure::DeployRefused(_) => {
                 format!("{self}\n")
             }
             Failure::Refused(r) => format!("node refused the request: {}\n", r.as_str()),

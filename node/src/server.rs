@@ -24,18 +24,13 @@ impl Handler for Node {
             request_id: req.headers().get(wire::REQUEST_ID_HEADER).cloned(),
             function: req.headers().get(wire::FUNCTION_HEADER).cloned(),
         };
-        let path = req.uri().path();
-        let result = if let Some(id) = path.strip_prefix(wire::DEPLOY_PATH) {
-            if req.method() == Method::PUT {
-                deploy(&self, id, &mut stream).await
-            } else {
-                Err(Failure::MethodNotAllowed("PUT"))
-            }
-        } else if path == wire::STATUS_PATH {
-            let json = serde_json::to_vec(&self.status()).unwrap_or_default();
-            Ok(with_type(StatusCode::OK, "application/json", json.into()))
-        } else {
+        // A request naming a function is an invocation, whatever its path, host or other
+        // headers: a user's path never reaches a control handler (the gateway sets
+        // `x-edge-function` on every user's request and drops any the user sent).
+        let result = if req.headers().contains_key(wire::FUNCTION_HEADER) {
             invoke(&self, req, &mut stream).await
+        } else {
+            control(&self, &req, &mut stream).await
         };
         let (response, body) = match result {
             Ok(r) => r,
@@ -45,6 +40,29 @@ impl Handler for Node {
             tracing::debug!(error = %e, "sending the response failed");
         }
         http3::stop_reading(&mut stream);
+    }
+}
+
+/// The control plane: deploys and the status, for cluster members.
+async fn control(
+    node: &Arc<Node>,
+    req: &Request<()>,
+    stream: &mut ServerStream,
+) -> Result<(Response<()>, Bytes), Failure> {
+    let path = req.uri().path();
+    if let Some(id) = path.strip_prefix(wire::DEPLOY_PATH) {
+        if req.method() != Method::PUT {
+            return Err(Failure::MethodNotAllowed("PUT"));
+        }
+        deploy(node, id, stream).await
+    } else if path == wire::STATUS_PATH {
+        if req.method() != Method::GET {
+            return Err(Failure::MethodNotAllowed("GET"));
+        }
+        let json = serde_json::to_vec(&node.status()).unwrap_or_default();
+        Ok(with_type(StatusCode::OK, "application/json", json.into()))
+    } else {
+        Err(Failure::NoSuchControl)
     }
 }
 
