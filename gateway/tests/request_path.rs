@@ -262,6 +262,33 @@ async fn a_node_serves_only_cluster_members() {
         refused.is_err(),
         "a client without a cluster certificate was served: {refused:?}"
     );
+    // Nor is any certificate of the cluster CA a credential: the public one users see
+    // (whose key sits on every gateway's internet-facing side) has no member role.
+    let certs = cluster.certs();
+    let public = edge_net::tls::Identity {
+        cert: &certs.gateway_cert,
+        key: &certs.gateway_key,
+    };
+    let tls = edge_net::tls::client_config(&certs.ca, Some(public), &[edge_shared::wire::ALPN_H3])
+        .unwrap();
+    let refused = async {
+        let c = edge_net::client::H3Client::connect(
+            cluster.node_addrs()[0],
+            edge_shared::wire::NODE_SERVER_NAME,
+            tls,
+        )
+        .await?;
+        c.get(&format!(
+            "https://edge-node{}",
+            edge_shared::wire::STATUS_PATH
+        ))
+        .await
+    }
+    .await;
+    assert!(
+        refused.is_err(),
+        "the public certificate was taken for a gateway's: {refused:?}"
+    );
     // The gateway, a member, is served.
     let r = client(&cluster)
         .await

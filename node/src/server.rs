@@ -18,6 +18,11 @@ use crate::{Call, Failure, Node};
 const MAX_DEPLOY_BODY: u64 = edge_shared::module_check::MAX_MODULE_BYTES as u64 + (1 << 20);
 
 impl Handler for Node {
+    /// Gateways only: a client certificate of the cluster CA with the gateway role.
+    fn admits(&self, peer: &quinn::Connection) -> bool {
+        edge_net::tls::peer_has_name(peer, wire::GATEWAY_MEMBER_NAME)
+    }
+
     async fn handle(self: Arc<Self>, req: Request<()>, mut stream: ServerStream) {
         // For the log, should it fail (cheap clones: header values share their bytes).
         let named = Named {

@@ -24,8 +24,12 @@ pub const SCRIPT_NAME_HEADER: &str = "x-edge-script-name";
 pub const DEPLOY_PATH: &str = "/_edge/v1/deployments/";
 /// Path of the node's status endpoint (JSON).
 pub const STATUS_PATH: &str = "/_edge/v1/status";
-/// TLS server name in node certificates, checked by the gateway.
+/// TLS server name in node certificates, checked by the gateway: the node role.
 pub const NODE_SERVER_NAME: &str = "edge-node";
+/// The name in a gateway's cluster-member certificate: the gateway role. Nodes serve
+/// only clients whose certificate carries it, so no other certificate of the cluster CA
+/// (the public one users see, say) is a cluster credential.
+pub const GATEWAY_MEMBER_NAME: &str = "edge-gateway";
 /// ALPN protocol id of HTTP/3.
 pub const ALPN_H3: &[u8] = b"h3";
 

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use edge_shared::wire::NODE_SERVER_NAME;
+use edge_shared::wire::{GATEWAY_MEMBER_NAME, NODE_SERVER_NAME};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 
 /// Where the development certificates (and the gossip cluster key) are.
@@ -105,7 +105,7 @@ impl DevCerts {
             &certs.node_key,
         )?;
         leaf(
-            vec!["edge-gateway".into()],
+            vec![GATEWAY_MEMBER_NAME.into()],
             &certs.member_cert,
             &certs.member_key,
         )?;

@@ -16,6 +16,10 @@ use http::Request;
 
 use crate::lifecycle::{InFlight, Shutdown};
 
+/// The QUIC application error a connection from a peer without the right role is
+/// closed with (H3_REQUEST_REJECTED: nothing was processed).
+const REFUSED_ROLE: quinn::VarInt = quinn::VarInt::from_u32(0x10b);
+
 /// How long a connection stays open after its last answer on shutdown, unless the
 /// client closes it first: time for the last bytes to be acknowledged.
 const CLOSE_LINGER: Duration = Duration::from_millis(500);
@@ -25,6 +29,12 @@ pub type ServerStream = RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
 
 /// Handles one request: answers on its stream.
 pub trait Handler: Send + Sync + 'static {
+    /// Whether to serve the peer of a new connection at all (for example: only a given
+    /// role of cluster member); a refused connection is closed before any request.
+    fn admits(&self, _peer: &quinn::Connection) -> bool {
+        true
+    }
+
     /// Answers `request` on `stream`.
     fn handle(
         self: Arc<Self>,
@@ -82,6 +92,14 @@ async fn connection<H: Handler>(
 ) -> anyhow::Result<()> {
     let conn = incoming.await?;
     let remote = conn.remote_address();
+    if !handler.admits(&conn) {
+        tracing::warn!(%remote, "connection refused: the peer's certificate has no role here");
+        conn.close(
+            REFUSED_ROLE,
+            b"certificate without the role this server serves",
+        );
+        return Ok(());
+    }
     let quic = conn.clone();
     let mut h3 = h3::server::Connection::<_, Bytes>::new(h3_quinn::Connection::new(conn)).await?;
     // The requests of this connection: it stays open until they have answered.

@@ -58,6 +58,24 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_file(path).map_err(|e| pem_error(e.to_string()))
 }
 
+/// Whether the peer of `conn` presented a certificate valid for `name` (its role, as
+/// the cluster CA issued it). The chain was checked at the handshake; this checks
+/// which of the CA's certificates it is.
+pub fn peer_has_name(conn: &quinn::Connection, name: &str) -> bool {
+    let Some(identity) = conn.peer_identity() else {
+        return false;
+    };
+    let Ok(chain) = identity.downcast::<Vec<CertificateDer<'static>>>() else {
+        return false;
+    };
+    let (Some(leaf), Ok(name)) = (chain.first(), rustls::pki_types::ServerName::try_from(name))
+    else {
+        return false;
+    };
+    webpki::EndEntityCert::try_from(leaf)
+        .is_ok_and(|cert| cert.verify_is_valid_for_subject_name(&name).is_ok())
+}
+
 /// Refuses a secret (a private key, the cluster key) that others than its owner may
 /// read or write: a key readable by anyone on the host is a key for anyone on the host.
 /// The reason says how to mend it.
