@@ -64,9 +64,14 @@ impl Functions {
                 anyhow::bail!("function {:?}: {}", f.name, text.join("; "));
             }
             let deployment = manifest.deployment_id();
+            let mut limits = EffectiveLimits::resolve(&manifest.limits, &defaults);
+            // A function's own limit may lower the gateway's cap, never raise it.
+            limits.max_request_body_bytes = limits
+                .max_request_body_bytes
+                .min(config.max_request_body_bytes);
             list.push(Function {
                 key: fingerprint(deployment.as_str()),
-                limits: EffectiveLimits::resolve(&manifest.limits, &defaults),
+                limits,
                 deploy_body: Bytes::from(wire::encode_deploy_body(&manifest, &module)),
                 deployment,
                 manifest,

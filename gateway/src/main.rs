@@ -102,6 +102,8 @@ async fn run(
         phi_threshold: gossip::PHI_THRESHOLD,
     };
     let grace = Duration::from_millis(config.shutdown_grace_ms);
+    let user_limits = http3::Limits::for_users(&config.ingress);
+    let ingress = config.ingress.clone();
     // The status: for cluster members only, presenting the gateway's member certificate.
     let member = tls::Identity {
         cert: &config.cluster_cert,
@@ -134,6 +136,7 @@ async fn run(
             http3::serve(
                 &status_endpoint,
                 server,
+                http3::Limits::MEMBERS,
                 stop,
                 InFlight::default(),
                 CLOSE_WITHIN,
@@ -169,7 +172,7 @@ async fn run(
     let h3 = {
         let (gateway, stop, in_flight) = (Arc::clone(&gateway), stop.clone(), in_flight.clone());
         tokio::spawn(async move {
-            http3::serve(&endpoint, gateway, stop, in_flight, grace).await;
+            http3::serve(&endpoint, gateway, user_limits, stop, in_flight, grace).await;
             endpoint
         })
     };
@@ -177,6 +180,7 @@ async fn run(
         tcp,
         tcp_tls,
         Arc::clone(&gateway),
+        ingress,
         stop.clone(),
         in_flight.clone(),
     ));

@@ -61,6 +61,8 @@ enum GatewayError {
     NoRoute,
     #[error("request body over the {0} byte limit")]
     BodyTooLarge(u64),
+    #[error("the request body did not arrive in time")]
+    BodyTimeout,
     #[error("no node could take the request: {0}")]
     NoNode(String),
     #[error("function could not be loaded on a node: {0}")]
@@ -74,6 +76,7 @@ impl GatewayError {
         match self {
             GatewayError::NoRoute => StatusCode::NOT_FOUND,
             GatewayError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             GatewayError::NoNode(_) => StatusCode::BAD_GATEWAY,
             GatewayError::DeployFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
             GatewayError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -83,7 +86,9 @@ impl GatewayError {
     /// What users read; node addresses and internals stay in the log.
     fn public_message(&self) -> String {
         match self {
-            GatewayError::NoRoute | GatewayError::BodyTooLarge(_) => format!("{self}\n"),
+            GatewayError::NoRoute | GatewayError::BodyTooLarge(_) | GatewayError::BodyTimeout => {
+                format!("{self}\n")
+            }
             GatewayError::NoNode(_) => "no node could take the request\n".into(),
             GatewayError::DeployFailed(_) => "function could not be loaded\n".into(),
             GatewayError::Timeout(_) => "the function's node did not answer in time\n".into(),
@@ -205,6 +210,11 @@ impl Gateway {
             GatewayError::BodyTooLarge(routed.body_limit),
             &new_request_id(),
         )
+    }
+
+    /// The answer to a body that did not arrive within the ingress's body-read timeout.
+    pub fn body_timed_out(&self) -> Forwarded {
+        self.error_response(GatewayError::BodyTimeout, &new_request_id())
     }
 
     /// Forwards a routed request with its whole body to a node and returns the answer,

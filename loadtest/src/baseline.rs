@@ -53,9 +53,13 @@ pub async fn serve(endpoint: quinn::Endpoint) {
     // Never fired: the baseline runs until it is killed.
     let (_never, forever) = Shutdown::manual();
     let grace = std::time::Duration::ZERO;
+    // The gateway's default limits for users, as everything else about it.
+    let limits = http3::Limits::for_users(&edge_shared::config::IngressConfig::default());
+    let constant = Arc::new(Constant);
     http3::serve(
         &endpoint,
-        Arc::new(Constant),
+        constant,
+        limits,
         forever,
         InFlight::default(),
         grace,

@@ -83,7 +83,8 @@ async fn run(config: NodeConfig, announce: Option<PathBuf>) -> anyhow::Result<()
     let server = {
         let (node, in_flight) = (Arc::clone(&node), in_flight.clone());
         tokio::spawn(async move {
-            http3::serve(&endpoint, node, serving, in_flight, grace).await;
+            let limits = http3::Limits::MEMBERS;
+            http3::serve(&endpoint, node, limits, serving, in_flight, grace).await;
             endpoint
         })
     };

@@ -13,11 +13,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use edge_net::lifecycle::{InFlight, Shutdown};
+use edge_shared::config::IngressConfig;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use crate::proxy::{Forwarded, Gateway, ResponseBody};
@@ -35,16 +37,19 @@ pub(crate) async fn accept(listener: &TcpListener) -> std::io::Result<(TcpStream
     Ok((socket, remote))
 }
 
-/// Serves users on `listener` until `stop` fires, every connection counted in
-/// `in_flight` until it has closed.
+/// Serves users on `listener` until `stop` fires, under the `ingress` limits, every
+/// connection counted in `in_flight` until it has closed.
 pub async fn serve(
     listener: TcpListener,
     tls: rustls::ServerConfig,
     gateway: Arc<Gateway>,
+    ingress: IngressConfig,
     stop: Shutdown,
     in_flight: InFlight,
 ) {
     let acceptor = TlsAcceptor::from(Arc::new(tls));
+    let connections = Arc::new(Semaphore::new(ingress.max_connections));
+    let ingress = Arc::new(ingress);
     let stopped = stop.fired();
     tokio::pin!(stopped);
     loop {
@@ -59,24 +64,47 @@ pub async fn serve(
             },
             () = &mut stopped => break,
         };
+        let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+            tracing::debug!(%remote, "connection closed: at ingress.max_connections");
+            continue;
+        };
         let guard = in_flight.start();
         let acceptor = acceptor.clone();
-        let gateway = Arc::clone(&gateway);
+        let (gateway, ingress) = (Arc::clone(&gateway), Arc::clone(&ingress));
         let stop = stop.clone();
         tokio::spawn(async move {
-            let _guard = guard;
-            let tls = match acceptor.accept(socket).await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::debug!(%remote, error = %e, "TLS handshake failed");
-                    return;
-                }
-            };
+            let _held = (guard, permit);
+            let tls =
+                match tokio::time::timeout(ingress.handshake_timeout(), acceptor.accept(socket))
+                    .await
+                {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%remote, "TLS handshake timed out");
+                        return;
+                    }
+                };
+            let limits = Arc::clone(&ingress);
             let service = hyper::service::service_fn(move |request| {
-                let gateway = Arc::clone(&gateway);
-                async move { Ok::<_, Infallible>(handle(&gateway, request).await) }
+                let (gateway, limits) = (Arc::clone(&gateway), Arc::clone(&limits));
+                async move { Ok::<_, Infallible>(handle(&gateway, &limits, request).await) }
             });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(ingress.header_read_timeout())
+                .max_buf_size((ingress.max_header_bytes as usize).max(8192));
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .max_header_list_size(ingress.max_header_bytes)
+                .keep_alive_interval(ingress.header_read_timeout())
+                .keep_alive_timeout(ingress.write_timeout());
             let connection = builder.serve_connection(TokioIo::new(tls), service);
             tokio::pin!(connection);
             let served = tokio::select! {
@@ -93,24 +121,31 @@ pub async fn serve(
     }
 }
 
-async fn handle(gateway: &Gateway, request: http::Request<Incoming>) -> http::Response<Body> {
+async fn handle(
+    gateway: &Gateway,
+    ingress: &IngressConfig,
+    request: http::Request<Incoming>,
+) -> http::Response<Body> {
     let (parts, body) = request.into_parts();
     let head = http::Request::from_parts(parts, ());
     let forwarded = match gateway.route(&head) {
         None => gateway.not_found(),
         Some(routed) => {
             let limit = usize::try_from(routed.body_limit).unwrap_or(usize::MAX);
-            match Limited::new(body, limit).collect().await {
-                Ok(collected) => gateway.forward(routed, head, collected.to_bytes()).await,
-                Err(_) => gateway.body_too_large(&routed),
+            let read = Limited::new(body, limit).collect();
+            match tokio::time::timeout(ingress.body_read_timeout(), read).await {
+                Ok(Ok(collected)) => gateway.forward(routed, head, collected.to_bytes()).await,
+                Ok(Err(_)) => gateway.body_too_large(&routed),
+                Err(_) => gateway.body_timed_out(),
             }
         }
     };
-    to_hyper(forwarded)
+    to_hyper(forwarded, ingress.write_timeout())
 }
 
-/// Turns an answer into a hyper response, streaming a node's body through a channel.
-fn to_hyper(forwarded: Forwarded) -> http::Response<Body> {
+/// Turns an answer into a hyper response, streaming a node's body through a channel; a
+/// client that stops reading for `write_timeout` is abandoned.
+fn to_hyper(forwarded: Forwarded, write_timeout: Duration) -> http::Response<Body> {
     let Forwarded { head, body } = forwarded;
     let (mut parts, ()) = head.into_parts();
     // The head came from a node over HTTP/3; hyper writes the connection's own version.
@@ -124,7 +159,8 @@ fn to_hyper(forwarded: Forwarded) -> http::Response<Body> {
                 while let Some(chunk) = streamed.next_chunk().await {
                     match chunk {
                         Ok(bytes) => {
-                            if sender.send_data(bytes).await.is_err() {
+                            let sent = tokio::time::timeout(write_timeout, sender.send_data(bytes));
+                            if !matches!(sent.await, Ok(Ok(()))) {
                                 return;
                             }
                         }

@@ -77,6 +77,7 @@ impl LocalCluster {
                 ..GossipConfig::default()
             },
             status_listen: cluster.status,
+            ingress: spec.ingress.clone(),
             routing: spec.routing,
             functions: spec.functions.clone(),
             ..GatewayConfig::default()

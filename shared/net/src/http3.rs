@@ -43,13 +43,49 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl Future<Output = ()> + Send;
 }
 
-/// Serves HTTP/3 on `endpoint` with `handler` until `stop` fires, every request counted
-/// in `in_flight` while it runs. Then it accepts no more, and returns once every
-/// connection has closed (each after its requests have answered), at most `grace` later;
-/// the caller then closes the endpoint.
+/// What one peer's connections may hold, and for how long.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most connections open at once; more are refused as they arrive.
+    pub max_connections: usize,
+    /// Longest a QUIC handshake may take.
+    pub handshake_timeout: Duration,
+    /// Longest a request stream may take to deliver its headers.
+    pub header_read_timeout: Duration,
+    /// Largest header block (field section) of a request, refused before it is
+    /// buffered whole.
+    pub max_field_section_bytes: u64,
+}
+
+impl Limits {
+    /// For users, as the gateway's `[ingress]` says.
+    pub fn for_users(ingress: &edge_shared::config::IngressConfig) -> Limits {
+        Limits {
+            max_connections: ingress.max_connections,
+            handshake_timeout: ingress.handshake_timeout(),
+            header_read_timeout: ingress.header_read_timeout(),
+            max_field_section_bytes: u64::from(ingress.max_header_bytes),
+        }
+    }
+
+    /// For cluster members (gateways calling nodes, members reading a status): trusted
+    /// peers, generous limits.
+    pub const MEMBERS: Limits = Limits {
+        max_connections: 4096,
+        handshake_timeout: Duration::from_secs(10),
+        header_read_timeout: Duration::from_secs(30),
+        max_field_section_bytes: 1 << 20,
+    };
+}
+
+/// Serves HTTP/3 on `endpoint` with `handler` until `stop` fires, under `limits`, every
+/// request counted in `in_flight` while it runs. Then it accepts no more, and returns
+/// once every connection has closed (each after its requests have answered), at most
+/// `grace` later; the caller then closes the endpoint.
 pub async fn serve<H: Handler>(
     endpoint: &quinn::Endpoint,
     handler: Arc<H>,
+    limits: Limits,
     stop: Shutdown,
     in_flight: InFlight,
     grace: Duration,
@@ -61,12 +97,17 @@ pub async fn serve<H: Handler>(
         tokio::select! {
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
+                if connections.count() >= limits.max_connections {
+                    tracing::debug!(remote = %incoming.remote_address(), "connection refused: at max_connections");
+                    incoming.refuse();
+                    continue;
+                }
                 let open = connections.start();
                 let handler = Arc::clone(&handler);
                 let (stop, in_flight) = (stop.clone(), in_flight.clone());
                 tokio::spawn(async move {
                     let _open = open;
-                    if let Err(e) = connection(incoming, handler, stop, in_flight).await {
+                    if let Err(e) = connection(incoming, handler, limits, stop, in_flight).await {
                         tracing::debug!(error = %e, "HTTP/3 connection ended");
                     }
                 });
@@ -87,10 +128,13 @@ pub async fn serve<H: Handler>(
 async fn connection<H: Handler>(
     incoming: quinn::Incoming,
     handler: Arc<H>,
+    limits: Limits,
     stop: Shutdown,
     in_flight: InFlight,
 ) -> anyhow::Result<()> {
-    let conn = incoming.await?;
+    let conn = tokio::time::timeout(limits.handshake_timeout, incoming)
+        .await
+        .map_err(|_| anyhow::anyhow!("QUIC handshake timed out"))??;
     let remote = conn.remote_address();
     if !handler.admits(&conn) {
         tracing::warn!(%remote, "connection refused: the peer's certificate has no role here");
@@ -101,7 +145,10 @@ async fn connection<H: Handler>(
         return Ok(());
     }
     let quic = conn.clone();
-    let mut h3 = h3::server::Connection::<_, Bytes>::new(h3_quinn::Connection::new(conn)).await?;
+    let mut h3 = h3::server::builder()
+        .max_field_section_size(limits.max_field_section_bytes)
+        .build::<_, Bytes>(h3_quinn::Connection::new(conn))
+        .await?;
     // The requests of this connection: it stays open until they have answered.
     let own = InFlight::default();
     let stopped = stop.fired();
@@ -114,9 +161,13 @@ async fn connection<H: Handler>(
                 let handler = Arc::clone(&handler);
                 tokio::spawn(async move {
                     let _guards = guards;
-                    match resolver.resolve_request().await {
-                        Ok((request, stream)) => handler.handle(request, stream).await,
-                        Err(e) => tracing::debug!(%remote, error = %e, "malformed HTTP/3 request"),
+                    let resolved =
+                        tokio::time::timeout(limits.header_read_timeout, resolver.resolve_request())
+                            .await;
+                    match resolved {
+                        Ok(Ok((request, stream))) => handler.handle(request, stream).await,
+                        Ok(Err(e)) => tracing::debug!(%remote, error = %e, "malformed HTTP/3 request"),
+                        Err(_) => tracing::debug!(%remote, "request headers timed out"),
                     }
                 });
             }

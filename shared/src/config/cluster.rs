@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigFile, FunctionConfig, GossipConfig, RoutingPolicy, resolve};
+use super::{ConfigFile, FunctionConfig, GossipConfig, IngressConfig, RoutingPolicy, resolve};
 
 /// `edge up`'s cluster file: how many nodes, where users connect, which functions.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,6 +30,8 @@ pub struct ClusterConfig {
     pub routing: RoutingPolicy,
     /// Time between gossip rounds of every member, in ms.
     pub gossip_interval_ms: u64,
+    /// The gateway's ingress limits.
+    pub ingress: IngressConfig,
     /// Functions deployed at start.
     pub functions: Vec<FunctionConfig>,
 }
@@ -45,6 +47,7 @@ impl Default for ClusterConfig {
             domain: "edge.localhost".into(),
             routing: RoutingPolicy::LeastLoadedWarm,
             gossip_interval_ms: GossipConfig::default().interval_ms,
+            ingress: IngressConfig::default(),
             functions: Vec::new(),
         }
     }
@@ -64,6 +67,7 @@ impl ConfigFile for ClusterConfig {
         if !(1..=64).contains(&self.nodes) {
             problems.push("nodes: from 1 to 64".into());
         }
+        self.ingress.problems(&mut problems);
         if !(10..=10_000).contains(&self.gossip_interval_ms) {
             problems.push("gossip_interval_ms: must be between 10 and 10000".into());
         }

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    ConfigFile, FunctionConfig, GossipConfig, LogFormat, RoutingPolicy, check_grace, require_file,
-    resolve,
+    ConfigFile, FunctionConfig, GossipConfig, IngressConfig, LogFormat, RoutingPolicy, check_grace,
+    require_file, resolve,
 };
 
 /// `edge-gateway`'s configuration file.
@@ -40,8 +40,11 @@ pub struct GatewayConfig {
     pub request_timeout_ms: u64,
     /// How the gateway picks a node for each request.
     pub routing: RoutingPolicy,
-    /// Largest request body the gateway accepts for any function, in bytes.
+    /// Largest request body the gateway accepts for any function, in bytes: a
+    /// function's own limit may be lower, never higher.
     pub max_request_body_bytes: u64,
+    /// The ingress's connection and time limits.
+    pub ingress: IngressConfig,
     /// Functions deployed at start.
     pub functions: Vec<FunctionConfig>,
     /// On SIGTERM, longest the gateway lets the requests in flight finish after it stops
@@ -66,6 +69,7 @@ impl Default for GatewayConfig {
             request_timeout_ms: 30_000,
             routing: RoutingPolicy::LeastLoadedWarm,
             max_request_body_bytes: 16 << 20,
+            ingress: IngressConfig::default(),
             functions: Vec::new(),
             shutdown_grace_ms: 10_000,
             log_format: LogFormat::Text,
@@ -103,6 +107,7 @@ impl ConfigFile for GatewayConfig {
             problems.push("request_timeout_ms: must be greater than zero".into());
         }
         check_grace(&mut problems, self.shutdown_grace_ms);
+        self.ingress.problems(&mut problems);
         let mut names = std::collections::BTreeSet::new();
         for (i, f) in self.functions.iter().enumerate() {
             if !names.insert(&f.name) {

@@ -17,12 +17,14 @@ use crate::manifest::{Limits, Route};
 
 mod cluster;
 mod gateway;
+mod ingress;
 mod node;
 #[cfg(test)]
 mod tests;
 
 pub use cluster::ClusterConfig;
 pub use gateway::GatewayConfig;
+pub use ingress::IngressConfig;
 pub use node::{InstancePoolConfig, NodeConfig};
 
 /// A configuration file that could not be used.
