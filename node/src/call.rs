@@ -95,9 +95,11 @@ impl Failure {
             Failure::Refused(_) => StatusCode::SERVICE_UNAVAILABLE,
             Failure::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Failure::Deadline(_)
-            | Failure::Run(RunError::FuelExhausted { .. } | RunError::SleptPastDeadline) => {
-                StatusCode::GATEWAY_TIMEOUT
-            }
+            | Failure::Run(
+                RunError::FuelExhausted { .. }
+                | RunError::SleptPastDeadline
+                | RunError::Interrupted,
+            ) => StatusCode::GATEWAY_TIMEOUT,
             Failure::Run(_) | Failure::BadOutput(_) | Failure::Load(_) | Failure::Internal => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -117,9 +119,11 @@ impl Failure {
             Failure::Refused(r) => format!("node refused the request: {}\n", r.as_str()),
             Failure::BodyTooLarge(limit) => format!("request body over the {limit} byte limit\n"),
             Failure::Deadline(_)
-            | Failure::Run(RunError::FuelExhausted { .. } | RunError::SleptPastDeadline) => {
-                "function timed out\n".into()
-            }
+            | Failure::Run(
+                RunError::FuelExhausted { .. }
+                | RunError::SleptPastDeadline
+                | RunError::Interrupted,
+            ) => "function timed out\n".into(),
             Failure::Run(_) | Failure::BadOutput(_) | Failure::Load(_) | Failure::Internal => {
                 "function failed\n".into()
             }

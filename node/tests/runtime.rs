@@ -628,3 +628,70 @@ async fn hostile_host_calls_get_an_errno_and_the_node_serves_on() {
         .unwrap();
     assert_eq!(body(&answer), b"hello, x!\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_past_its_deadline_is_stopped_there_and_its_worker_freed() {
+    let dir = tempfile::tempdir().unwrap();
+    // One worker, and fuel for minutes: only the deadline can stop these guests.
+    let node = node(dir.path(), |c| {
+        c.worker_threads = 1;
+        c.fuel_per_ms = 1_000_000_000;
+    });
+    let wat = |body: &str| {
+        let text = format!(
+            r#"(module
+              (import "wasi_snapshot_preview1" "sched_yield" (func $sched_yield (result i32)))
+              (memory (export "memory") 1)
+              (func (export "_start") {body}))"#
+        );
+        wasmer::wat2wasm(text.as_bytes()).unwrap().into_owned()
+    };
+    let hello = deploy(
+        &node,
+        "hello",
+        Limits {
+            // Longer than a stopped guest keeps the worker, far shorter than the fuel.
+            queue_timeout_ms: Some(5_000),
+            ..Limits::default()
+        },
+    );
+    for (what, guest) in [
+        ("a hot loop", "(loop br 0)"),
+        (
+            "a host-call loop",
+            "(loop (drop (call $sched_yield)) (br 0))",
+        ),
+        (
+            "a memory.fill loop",
+            "(loop (memory.fill (i32.const 0) (i32.const 0) (i32.const 65536)) (br 0))",
+        ),
+    ] {
+        let wasm = wat(guest);
+        let m = manifest(
+            "runaway",
+            &wasm,
+            Limits {
+                timeout_ms: Some(200),
+                ..Limits::default()
+            },
+        );
+        let id = m.deployment_id();
+        node.deploy(m, &wasm).unwrap();
+        let failure = node
+            .invoke(&node.deployment(&id).unwrap(), call(""))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{what} answered"));
+        assert_eq!(
+            failure.status(),
+            StatusCode::GATEWAY_TIMEOUT,
+            "{what}: {failure}"
+        );
+        // The node's one worker is free again: the next request runs.
+        let answer = node
+            .invoke(&node.deployment(&hello).unwrap(), call("name=next"))
+            .await
+            .unwrap_or_else(|e| panic!("after {what}: {e}"));
+        assert_eq!(body(&answer), b"hello, next!\n", "after {what}");
+    }
+}

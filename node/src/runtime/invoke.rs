@@ -8,6 +8,7 @@ use wasmer::{Engine, Function, FunctionEnv, Instance, Memory, Module, Store};
 use wasmer_middlewares::metering::{MeteringPoints, get_remaining_points, set_remaining_points};
 
 use super::wasi::{self, Exit, RequestIo, SleptPastDeadline};
+use super::watchdog::Watchdog;
 
 /// A function ready to run: its compiled module in the engine of its memory limit.
 #[derive(Clone)]
@@ -88,6 +89,9 @@ pub enum RunError {
     /// The guest asked to sleep past its deadline.
     #[error("function slept past its deadline")]
     SleptPastDeadline,
+    /// The guest was still running at its deadline and was stopped there.
+    #[error("function stopped at its deadline")]
+    Interrupted,
     /// The guest used its whole fuel budget.
     #[error("function used its whole fuel budget of {fuel}")]
     FuelExhausted {
@@ -161,7 +165,9 @@ pub fn run(
     *io.as_mut(store) = request;
     set_remaining_points(store, instance, invocation.fuel);
 
+    let watched = Watchdog::get().arm(invocation.deadline, store.interrupter());
     let result = start.call(store, &[]);
+    drop(watched);
     let run = started.elapsed();
     let remaining = get_remaining_points(store, instance);
     let (stdout, overflow) = io.as_mut(store).take_stdout();
@@ -180,6 +186,9 @@ pub fn run(
             Some(Exit(code)) => return Err(RunError::Exit(*code)),
             None if error.downcast_ref::<SleptPastDeadline>().is_some() => {
                 return Err(RunError::SleptPastDeadline);
+            }
+            None if error.clone().to_trap() == Some(wasmer::sys::vm::TrapCode::HostInterrupt) => {
+                return Err(RunError::Interrupted);
             }
             None if remaining == MeteringPoints::Exhausted => {
                 return Err(RunError::FuelExhausted {

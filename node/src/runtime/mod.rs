@@ -1,6 +1,8 @@
-//! The wasm runtime: engines, the compiled-module cache, the WASI host, invocation.
+//! The wasm runtime: engines, the compiled-module cache, the WASI host, invocation, and
+//! the watchdog that stops a guest at its deadline.
 
 pub mod cache;
 pub mod engine;
 pub mod invoke;
 pub mod wasi;
+pub mod watchdog;
