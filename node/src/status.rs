@@ -81,6 +81,8 @@ pub struct NodeStatus {
     pub deserializations: u64,
     /// Modules evicted from memory since start.
     pub evictions: u64,
+    /// Artifacts on disk refused since start for a seal that is not this node's.
+    pub refused_artifacts: u64,
     /// The most cold loads (compile or deserialize on the request path) ever running at
     /// once: never more than the slots, since a cold load holds one.
     pub peak_concurrent_loads: usize,
@@ -154,6 +156,7 @@ impl Node {
             compiles: stats.compiles.load(Ordering::Relaxed),
             deserializations: stats.deserializations.load(Ordering::Relaxed),
             evictions: stats.evictions.load(Ordering::Relaxed),
+            refused_artifacts: stats.refused_artifacts.load(Ordering::Relaxed),
             peak_concurrent_loads: self.loads.1.load(Ordering::Relaxed),
             modules_in_memory,
             module_bytes,

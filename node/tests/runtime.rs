@@ -695,3 +695,43 @@ async fn a_guest_past_its_deadline_is_stopped_there_and_its_worker_freed() {
         assert_eq!(body(&answer), b"hello, next!\n", "after {what}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_artifact_not_sealed_by_this_node_is_never_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    // Room for one module in memory: deploying fib pushes hello out to its artifact.
+    let node = node(dir.path(), |c| c.module_cache_mib = 1);
+    let hello = deploy(&node, "hello", Limits::default());
+    deploy(&node, "fib", Limits::default());
+    let compiles = node.status().compiles;
+    // Someone who can write the cache folder swaps hello's artifact for other bytes.
+    let artifacts: Vec<_> = std::fs::read_dir(dir.path().join("artifacts"))
+        .unwrap()
+        .flat_map(|host| std::fs::read_dir(host.unwrap().path()).unwrap())
+        .map(|f| f.unwrap().path())
+        .collect();
+    let hello_wasm = example("hello");
+    let target = artifacts
+        .iter()
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(ContentId::of(&hello_wasm).as_str())
+        })
+        .unwrap();
+    let mut bytes = std::fs::read(target).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(target, &bytes).unwrap();
+
+    let answer = node
+        .invoke(&node.deployment(&hello).unwrap(), call("name=safe"))
+        .await
+        .unwrap();
+    assert_eq!(body(&answer), b"hello, safe!\n");
+    let status = node.status();
+    assert_eq!(status.refused_artifacts, 1, "{status:?}");
+    assert_eq!(status.compiles, compiles + 1, "compiled again instead");
+    assert_eq!(status.deserializations, 0);
+}

@@ -8,7 +8,14 @@
 //! so nothing else has to be kept in step.
 //!
 //! Layout under the cache folder: `blobs/{content id}.wasm` (the module bytes, verified
-//! against their hash) and `artifacts/{host key}/{content id}.bin` (compiled code).
+//! against their hash), `artifacts/{host key}/{content id}.bin` (compiled code, sealed)
+//! and `artifact.key`.
+//!
+//! An artifact is native code that `Module::deserialize` trusts blindly, so each one is
+//! sealed when written: an HMAC-SHA256 tag, made with the node's own secret
+//! (`artifact.key`, 0600), before its bytes. A tag that does not verify (a file written
+//! by anyone but this node) is never deserialized: the artifact is dropped and compiled
+//! again.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -18,6 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use edge_shared::manifest::{ContentId, DeploymentId};
+use hmac::{Hmac, Mac};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use wasmer::Module;
@@ -61,6 +69,8 @@ pub struct CacheStats {
     pub memory_hits: AtomicU64,
     /// Modules evicted from memory.
     pub evictions: AtomicU64,
+    /// Artifacts on disk refused for a seal that is not this node's.
+    pub refused_artifacts: AtomicU64,
 }
 
 /// Why a module could not be loaded.
@@ -81,6 +91,41 @@ pub enum LoadError {
         /// The error.
         source: std::io::Error,
     },
+}
+
+/// The node's artifact-sealing secret at `path`: read, or made (0600) if missing. One
+/// that others may read is refused: with it, anyone could seal native code.
+fn seal_key(path: &Path) -> Result<[u8; 32], LoadError> {
+    let io = |source| LoadError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if !path.exists() {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut key = [0u8; 32];
+        getrandom::fill(&mut key).map_err(|e| io(std::io::Error::other(e.to_string())))?;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .and_then(|mut f| f.write_all(&key))
+            .map_err(io)?;
+    }
+    edge_net::tls::check_secret_file(path).map_err(|reason| {
+        io(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            reason,
+        ))
+    })?;
+    let bytes = std::fs::read(path).map_err(io)?;
+    bytes.try_into().map_err(|_| {
+        io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not 32 bytes: delete it and the artifacts to start afresh",
+        ))
+    })
 }
 
 /// A compiled module's key in memory: its content id and the memory limit its engine
@@ -181,10 +226,15 @@ struct Warm {
     pools: HashMap<DeploymentId, Arc<InstancePool>>,
 }
 
+/// Bytes of an artifact's seal.
+const SEAL_LEN: usize = 32;
+
 /// The compiled-module cache.
 pub struct ModuleCache {
     blobs: PathBuf,
     artifacts: PathBuf,
+    /// The node's secret that seals its artifacts.
+    seal_key: [u8; 32],
     in_memory: Mutex<Lru<ModuleKey, Warm>>,
     stats: CacheStats,
 }
@@ -198,6 +248,7 @@ impl ModuleCache {
         let cache = ModuleCache {
             blobs: dir.join("blobs"),
             artifacts: dir.join("artifacts").join(host),
+            seal_key: [0; 32],
             in_memory: Mutex::new(Lru::new(memory_budget)),
             stats: CacheStats::default(),
         };
@@ -211,7 +262,30 @@ impl ModuleCache {
                     source,
                 })?;
         }
-        Ok(cache)
+        let seal_key = seal_key(&dir.join("artifact.key"))?;
+        Ok(ModuleCache { seal_key, ..cache })
+    }
+
+    fn mac(&self) -> Hmac<Sha256> {
+        <Hmac<Sha256> as Mac>::new_from_slice(&self.seal_key)
+            .expect("HMAC takes keys of any length")
+    }
+
+    /// `artifact` with its seal in front.
+    fn seal(&self, artifact: &[u8]) -> Vec<u8> {
+        let mut mac = self.mac();
+        mac.update(artifact);
+        let mut sealed = mac.finalize().into_bytes().to_vec();
+        sealed.extend_from_slice(artifact);
+        sealed
+    }
+
+    /// The artifact inside `sealed`, if its seal is this node's.
+    fn unseal<'a>(&self, sealed: &'a [u8]) -> Option<&'a [u8]> {
+        let (tag, artifact) = sealed.split_at_checked(SEAL_LEN)?;
+        let mut mac = self.mac();
+        mac.update(artifact);
+        mac.verify_slice(tag).ok().map(|()| artifact)
     }
 
     /// The counters.
@@ -297,19 +371,26 @@ impl ModuleCache {
         }
         let started = Instant::now();
         let artifact_path = self.artifacts.join(format!("{id}.bin"));
-        if let Ok(artifact) = std::fs::read(&artifact_path) {
-            match engine::deserialize(&engine, &artifact) {
-                Ok(module) => {
-                    self.stats.deserializations.fetch_add(1, Ordering::Relaxed);
-                    let took = started.elapsed();
-                    tracing::info!(function = name, content_id = %id, ms = took.as_secs_f64() * 1e3, "module loaded from the disk cache");
-                    self.keep(key, module.clone(), artifact.len());
-                    return Ok(loaded(module, Source::Disk, Duration::ZERO, took));
-                }
-                Err(e) => {
-                    tracing::warn!(path = %artifact_path.display(), error = %e, "unusable artifact, compiling again");
+        if let Ok(sealed) = std::fs::read(&artifact_path) {
+            match self.unseal(&sealed) {
+                None => {
+                    tracing::warn!(path = %artifact_path.display(), "artifact without this node's seal: not loaded, compiling again");
+                    self.stats.refused_artifacts.fetch_add(1, Ordering::Relaxed);
                     let _ = std::fs::remove_file(&artifact_path);
                 }
+                Some(artifact) => match engine::deserialize(&engine, artifact) {
+                    Ok(module) => {
+                        self.stats.deserializations.fetch_add(1, Ordering::Relaxed);
+                        let took = started.elapsed();
+                        tracing::info!(function = name, content_id = %id, ms = took.as_secs_f64() * 1e3, "module loaded from the disk cache");
+                        self.keep(key, module.clone(), artifact.len());
+                        return Ok(loaded(module, Source::Disk, Duration::ZERO, took));
+                    }
+                    Err(e) => {
+                        tracing::warn!(path = %artifact_path.display(), error = %e, "unusable artifact, compiling again");
+                        let _ = std::fs::remove_file(&artifact_path);
+                    }
+                },
             }
         }
         let blob_started = Instant::now();
@@ -327,7 +408,7 @@ impl ModuleCache {
         let compile_started = Instant::now();
         let artifact = engine::compile(&wasm).map_err(|e| LoadError::Compile(e.to_string()))?;
         self.stats.compiles.fetch_add(1, Ordering::Relaxed);
-        self.write_once(&artifact_path, &artifact)?;
+        self.write_once(&artifact_path, &self.seal(&artifact))?;
         let module = engine::deserialize(&engine, &artifact)
             .map_err(|e| LoadError::Compile(format!("loading the fresh artifact: {e}")))?;
         let took = compile_started.elapsed();

@@ -11,8 +11,9 @@
 //! This is the crate's one `unsafe` module: wasmer's `Tunables` trait has `unsafe` methods
 //! (they hand out memory definitions inside a VM context), and `Module::deserialize` is
 //! `unsafe` because it trusts the bytes. Our tunables only narrow the memory type and
-//! delegate to wasmer's own `BaseTunables`; artifacts are only ever ones this node wrote,
-//! under a key naming the engine and target.
+//! delegate to wasmer's own `BaseTunables`; an artifact is deserialized only once its
+//! seal, made with this node's own secret when it wrote it, verifies (see
+//! `runtime::cache`), and under a key naming the engine and target.
 #![allow(unsafe_code)]
 
 use std::ptr::NonNull;
@@ -30,7 +31,7 @@ use wasmer_middlewares::Metering;
 /// Identifies the compiler configuration an artifact was produced by. Part of every
 /// on-disk artifact's key: change it whenever compiling would produce different code
 /// (compiler, metering cost, wasmer release); wasmer's own header check is the backstop.
-pub const COMPILER_ID: &str = "wasmer-7.4-cranelift-metering1-features1";
+pub const COMPILER_ID: &str = "wasmer-7.4-cranelift-metering1-features1-interrupt1";
 
 /// One unit of fuel per operator.
 fn operator_cost(_: &Operator) -> u64 {
