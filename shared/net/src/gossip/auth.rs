@@ -6,6 +6,12 @@
 //! does not decode ([`Counters::undecodable`]). Signing is per datagram, so a member
 //! without the key can neither join, nor inject state, nor answer a digest.
 //!
+//! Each sealed datagram also carries the time it was sealed (ms since the Unix epoch,
+//! under the tag). One older or newer than [`FRESHNESS`] is refused as stale, and one
+//! whose tag was seen within that window is refused as a replay (both counted in
+//! [`Counters::replayed`]), so a captured datagram cannot be sent again. Members' clocks
+//! must agree within [`FRESHNESS`] (NTP).
+//!
 //! Datagrams travel over a [`Link`]: UDP in production, or a port of an in-memory
 //! [`Network`](super::memory::Network) in simulations, so both exercise this code.
 
@@ -24,6 +30,12 @@ use super::memory::Port;
 
 /// Bytes of the tag appended to each datagram.
 pub const TAG_LEN: usize = 16;
+/// Bytes of the seal time before the tag.
+const TIME_LEN: usize = 8;
+/// How far a datagram's seal time may be from the receiver's clock.
+pub const FRESHNESS: std::time::Duration = std::time::Duration::from_secs(30);
+/// Most recent tags remembered to refuse replays (about 1.5 MiB at the most).
+const MAX_SEEN: usize = 1 << 16;
 /// Largest datagram sent (the UDP payload limit).
 const MAX_DATAGRAM: usize = 65_507;
 
@@ -64,8 +76,14 @@ impl ClusterKey {
         <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes keys of any length")
     }
 
-    /// `payload` followed by its tag.
-    pub fn seal(&self, mut payload: Vec<u8>) -> Vec<u8> {
+    /// `payload` followed by the time now and its tag.
+    pub fn seal(&self, payload: Vec<u8>) -> Vec<u8> {
+        self.seal_at(payload, now_ms())
+    }
+
+    /// `payload` sealed at `time` (ms since the Unix epoch).
+    pub fn seal_at(&self, mut payload: Vec<u8>, time: u64) -> Vec<u8> {
+        payload.extend_from_slice(&time.to_be_bytes());
         let mut mac = self.mac();
         mac.update(&payload);
         let tag = mac.finalize().into_bytes();
@@ -73,14 +91,15 @@ impl ClusterKey {
         payload
     }
 
-    /// The payload of a sealed datagram whose tag checks.
-    pub fn open<'a>(&self, datagram: &'a [u8]) -> Option<&'a [u8]> {
+    /// The payload and seal time of a sealed datagram whose tag checks.
+    pub fn open<'a>(&self, datagram: &'a [u8]) -> Option<(&'a [u8], u64)> {
         let split = datagram.len().checked_sub(TAG_LEN)?;
-        let (payload, tag) = datagram.split_at(split);
+        let (signed, tag) = datagram.split_at(split);
         let mut mac = self.mac();
-        mac.update(payload);
+        mac.update(signed);
         mac.verify_truncated_left(tag).ok()?;
-        Some(payload)
+        let (payload, time) = signed.split_at(signed.len().checked_sub(TIME_LEN)?);
+        Some((payload, u64::from_be_bytes(time.try_into().ok()?)))
     }
 }
 
@@ -99,6 +118,8 @@ pub struct Counters {
     pub rejected: AtomicU64,
     /// Datagrams dropped: signed by a member but not a chitchat message.
     pub undecodable: AtomicU64,
+    /// Datagrams dropped: signed, but sealed outside the freshness window or seen before.
+    pub replayed: AtomicU64,
 }
 
 impl Counters {
@@ -212,6 +233,7 @@ impl Transport for SignedTransport {
             key: self.key.clone(),
             counters: Arc::clone(&self.counters),
             buf: Vec::new(),
+            seen: Seen::default(),
         }))
     }
 }
@@ -221,6 +243,42 @@ struct SignedSocket {
     key: ClusterKey,
     counters: Arc<Counters>,
     buf: Vec<u8>,
+    seen: Seen,
+}
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The tags of the datagrams accepted within the freshness window.
+#[derive(Default)]
+struct Seen {
+    tags: std::collections::HashMap<[u8; TAG_LEN], u64>,
+}
+
+impl Seen {
+    /// Whether a datagram sealed at `time` with `tag` is fresh and new at `now`; if so,
+    /// it is remembered.
+    fn admit(&mut self, tag: &[u8], time: u64, now: u64) -> bool {
+        let window = FRESHNESS.as_millis() as u64;
+        if time.abs_diff(now) > window {
+            return false;
+        }
+        let Ok(tag) = <[u8; TAG_LEN]>::try_from(tag) else {
+            return false;
+        };
+        if self.tags.len() >= MAX_SEEN {
+            self.tags.retain(|_, &mut at| at.abs_diff(now) <= window);
+        }
+        if self.tags.len() >= MAX_SEEN {
+            // A flood of fresh, signed datagrams: only a key holder can send those.
+            self.tags.clear();
+        }
+        self.tags.insert(tag, time).is_none()
+    }
 }
 
 #[async_trait::async_trait]
@@ -240,7 +298,7 @@ impl Socket for SignedSocket {
         loop {
             // Cancel-safe: a datagram is either fully handled here or still in the link.
             let from = self.link.recv_from(&mut self.buf).await?;
-            let Some(mut payload) = self.key.open(&self.buf) else {
+            let Some((mut payload, time)) = self.key.open(&self.buf) else {
                 let rejected = self.counters.rejected.fetch_add(1, Ordering::Relaxed) + 1;
                 // The first, then one in a thousand: a flood must not flood the log.
                 if rejected == 1 || rejected.is_multiple_of(1000) {
@@ -248,6 +306,14 @@ impl Socket for SignedSocket {
                 }
                 continue;
             };
+            let tag = &self.buf[self.buf.len() - TAG_LEN..];
+            if !self.seen.admit(tag, time, now_ms()) {
+                let replayed = self.counters.replayed.fetch_add(1, Ordering::Relaxed) + 1;
+                if replayed == 1 || replayed.is_multiple_of(1000) {
+                    tracing::warn!(%from, replayed, "stale or replayed gossip datagram dropped");
+                }
+                continue;
+            }
             match ChitchatMessage::deserialize(&mut payload) {
                 Ok(message) => {
                     Counters::add(&self.counters.received, 1);
@@ -271,14 +337,35 @@ mod tests {
     fn a_sealed_datagram_opens_only_with_its_key() {
         let key = ClusterKey::new(&[7; 32]).unwrap();
         let other = ClusterKey::new(&[8; 32]).unwrap();
-        let sealed = key.seal(b"load=1".to_vec());
-        assert_eq!(sealed.len(), 6 + TAG_LEN);
-        assert_eq!(key.open(&sealed), Some(&b"load=1"[..]));
+        let sealed = key.seal_at(b"load=1".to_vec(), 42);
+        assert_eq!(sealed.len(), 6 + TIME_LEN + TAG_LEN);
+        assert_eq!(key.open(&sealed), Some((&b"load=1"[..], 42)));
         assert_eq!(other.open(&sealed), None);
         let mut tampered = sealed.clone();
         tampered[0] ^= 1;
         assert_eq!(key.open(&tampered), None);
         assert_eq!(key.open(&sealed[..TAG_LEN - 1]), None);
         assert!(ClusterKey::new(&[1; 15]).is_err());
+    }
+
+    #[test]
+    fn a_stale_or_replayed_datagram_is_not_admitted() {
+        let mut seen = Seen::default();
+        let now = 1_000_000_000;
+        let window = FRESHNESS.as_millis() as u64;
+        assert!(seen.admit(&[1; TAG_LEN], now, now));
+        assert!(
+            !seen.admit(&[1; TAG_LEN], now, now + 5),
+            "the same datagram again"
+        );
+        assert!(
+            seen.admit(&[2; TAG_LEN], now - window, now),
+            "at the window's edge"
+        );
+        assert!(!seen.admit(&[3; TAG_LEN], now - window - 1, now), "stale");
+        assert!(
+            !seen.admit(&[4; TAG_LEN], now + window + 1, now),
+            "from the future"
+        );
     }
 }

@@ -20,8 +20,8 @@
 //! # Security
 //!
 //! Every datagram is signed with the cluster key ([`auth`]); unsigned or mis-signed ones
-//! are dropped and counted. Replaying a captured datagram only repeats state versions
-//! members already have, which chitchat ignores.
+//! are dropped and counted, and so are stale or replayed ones (each carries its seal
+//! time, and a tag is accepted once).
 
 pub mod auth;
 pub mod memory;
@@ -152,6 +152,7 @@ impl Gossip {
             received_bytes: Counters::get(&c.received_bytes),
             rejected: Counters::get(&c.rejected),
             undecodable: Counters::get(&c.undecodable),
+            replayed: Counters::get(&c.replayed),
         }
     }
 
@@ -271,6 +272,8 @@ pub struct GossipStats {
     pub rejected: u64,
     /// Signed datagrams that did not decode.
     pub undecodable: u64,
+    /// Signed datagrams dropped as stale or replayed.
+    pub replayed: u64,
 }
 
 /// This process's CPU use between calls, from `/proc/self/stat` (Linux; 0 elsewhere).
