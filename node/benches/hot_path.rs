@@ -80,7 +80,7 @@ fn benches(c: &mut Criterion) {
     let wasm = hello_wasm();
     let id = ContentId::of(&wasm);
     let dir = tempfile::tempdir().unwrap();
-    let cache = ModuleCache::open(dir.path(), 1 << 30).unwrap();
+    let cache = ModuleCache::open(dir.path(), 1 << 30, 10_000).unwrap();
     cache.store_blob(&id, &wasm).unwrap();
     let runnable = cache.load("hello", &id, 128).unwrap().runnable;
     let invocation = || Invocation {
@@ -163,7 +163,7 @@ fn benches(c: &mut Criterion) {
     for (name, module) in [("hello", &wasm), ("1mib", &big)] {
         let id = ContentId::of(module);
         let dir = tempfile::tempdir().unwrap();
-        let warmed = ModuleCache::open(dir.path(), 1 << 30).unwrap();
+        let warmed = ModuleCache::open(dir.path(), 1 << 30, 10_000).unwrap();
         warmed.store_blob(&id, module).unwrap();
         assert_eq!(
             warmed.load(name, &id, 128).unwrap().source,
@@ -171,7 +171,7 @@ fn benches(c: &mut Criterion) {
         );
         c.bench_function(&format!("cold/disk_{name}"), |b| {
             b.iter(|| {
-                let cache = ModuleCache::open(dir.path(), 1 << 30).unwrap();
+                let cache = ModuleCache::open(dir.path(), 1 << 30, 10_000).unwrap();
                 let loaded = cache.load(name, &id, 128).unwrap();
                 assert_eq!(loaded.source, Source::Disk);
                 invoke::prepare(&loaded.runnable).unwrap()

@@ -46,7 +46,7 @@ fn main() {
         let before = resident_bytes();
         let modules: Vec<_> = (0..MODULES)
             .map(|_| {
-                let engine = engine::headless(128);
+                let engine = engine::headless(128, 10_000);
                 engine::deserialize(&engine, &artifact).expect("deserializes")
             })
             .collect();
@@ -55,8 +55,9 @@ fn main() {
         let runnable = invoke::Runnable {
             name: name.into(),
             module: modules[0].clone(),
-            engine: engine::headless(128),
+            engine: engine::headless(128, 10_000),
             memory_limit_mib: 128,
+            table_bytes: 10_000 * engine::TABLE_ELEMENT_BYTES,
         };
         // Let the allocator settle with a first batch, then measure a second one.
         let warmup: Vec<_> = (0..50)

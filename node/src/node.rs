@@ -61,6 +61,7 @@ impl Node {
             cache: Arc::new(ModuleCache::open(
                 &config.cache_dir,
                 config.module_cache_mib << 20,
+                config.max_table_elements,
             )?),
             deployments: DashMap::new(),
             workers: WorkerPool::new(threads, &admitter),
@@ -142,7 +143,7 @@ impl Node {
         // of cold requests starts no more compiles than the node has slots.
         let admitted = self
             .admitter
-            .admit(&deployment.id, limits.admission(self.workers.size()))
+            .admit(&deployment.id, self.admission(deployment))
             .await;
         let Ok((permit, queued)) = admitted else {
             self.overloaded.fetch_add(1, Ordering::Relaxed);
@@ -279,6 +280,15 @@ impl Node {
         );
         tracing::info!(deployment = %deployment.id, source = ?source, ms = started.elapsed().as_secs_f64() * 1e3, "cold start");
         Ok((pool, true))
+    }
+
+    /// What a call of `deployment` is admitted under: its limits, and a reservation of
+    /// its linear memory's limit plus its tables at their cap.
+    fn admission(&self, deployment: &Deployment) -> edge_shared::admission::FunctionLimits {
+        let mut admission = deployment.limits.admission(self.workers.size());
+        admission.memory +=
+            u64::from(self.config.max_table_elements) * crate::runtime::engine::TABLE_ELEMENT_BYTES;
+        admission
     }
 
     /// The deployment's pool while its module is in memory (a use of the module).

@@ -735,3 +735,45 @@ async fn an_artifact_not_sealed_by_this_node_is_never_loaded() {
     assert_eq!(status.compiles, compiles + 1, "compiled again instead");
     assert_eq!(status.deserializations, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_are_capped_at_the_nodes_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node(dir.path(), |c| c.max_table_elements = 1_000);
+    let wat = |text: &str| wasmer::wat2wasm(text.as_bytes()).unwrap().into_owned();
+    // A guest growing its table far past the limit is told no (-1); it answers only then.
+    let grower = wat(
+        r#"(module
+          (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+          (memory (export "memory") 1)
+          (table 1 funcref)
+          (data (i32.const 64) "Status: 200\n\nrefused\n")
+          (func (export "_start")
+            (if (i32.ne (table.grow (ref.null func) (i32.const 100000000)) (i32.const -1))
+              (then unreachable))
+            (i32.store (i32.const 0) (i32.const 64))
+            (i32.store (i32.const 4) (i32.const 21))
+            (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 16)))))"#,
+    );
+    let m = manifest("grower", &grower, Limits::default());
+    let id = m.deployment_id();
+    node.deploy(m, &grower).unwrap();
+    let answer = node
+        .invoke(&node.deployment(&id).unwrap(), call(""))
+        .await
+        .unwrap();
+    assert_eq!(body(&answer), b"refused\n");
+    // A module whose table starts over the limit is refused at deploy, with the reason.
+    let big = wat(r#"(module (memory (export "memory") 1) (table 5000 funcref) (func (export "_start")))"#);
+    let refused = node
+        .deploy(manifest("big-table", &big, Limits::default()), &big)
+        .expect_err("a 5000-element table")
+        .to_string();
+    assert!(refused.contains("max_table_elements"), "{refused}");
+    // Tables count in the memory budget: a pooled instance reserves its cap too.
+    assert!(
+        until_status(&node, |s| s.load.memory_reserved >= 1_000 * 16).await,
+        "{:?}",
+        node.status().load
+    );
+}

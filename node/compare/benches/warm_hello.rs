@@ -51,7 +51,7 @@ fn cgi_env() -> Vec<(String, String)> {
 fn edge(c: &mut Criterion, wasm: &[u8]) {
     let id = ContentId::of(wasm);
     let dir = tempfile::tempdir().unwrap();
-    let cache = ModuleCache::open(dir.path(), 1 << 30).unwrap();
+    let cache = ModuleCache::open(dir.path(), 1 << 30, 10_000).unwrap();
     cache.store_blob(&id, wasm).unwrap();
     let runnable = cache.load("hello", &id, 128).unwrap().runnable;
     let invocation = || Invocation {

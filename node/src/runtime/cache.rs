@@ -235,20 +235,28 @@ pub struct ModuleCache {
     artifacts: PathBuf,
     /// The node's secret that seals its artifacts.
     seal_key: [u8; 32],
+    /// The most elements a table of a loaded module may hold.
+    max_table_elements: u32,
     in_memory: Mutex<Lru<ModuleKey, Warm>>,
     stats: CacheStats,
 }
 
 impl ModuleCache {
     /// A cache under `dir`, created if missing, holding up to `memory_budget` bytes of
-    /// compiled modules in memory. The folder and its subfolders are the node's alone
+    /// compiled modules in memory, whose instances' tables hold `max_table_elements` at
+    /// most. The folder and its subfolders are the node's alone
     /// (0700): what is in them becomes native code in this process.
-    pub fn open(dir: &Path, memory_budget: u64) -> Result<ModuleCache, LoadError> {
+    pub fn open(
+        dir: &Path,
+        memory_budget: u64,
+        max_table_elements: u32,
+    ) -> Result<ModuleCache, LoadError> {
         let host = hex::encode(&Sha256::digest(engine::host_key().as_bytes())[..8]);
         let cache = ModuleCache {
             blobs: dir.join("blobs"),
             artifacts: dir.join("artifacts").join(host),
             seal_key: [0; 32],
+            max_table_elements,
             in_memory: Mutex::new(Lru::new(memory_budget)),
             stats: CacheStats::default(),
         };
@@ -346,7 +354,7 @@ impl ModuleCache {
         id: &ContentId,
         memory_limit_mib: u64,
     ) -> Result<Loaded, LoadError> {
-        let engine = engine::headless(memory_limit_mib);
+        let engine = engine::headless(memory_limit_mib, self.max_table_elements);
         let key = (id.clone(), memory_limit_mib);
         let loaded = |module: Module, source, blob, load| Loaded {
             runnable: Runnable {
@@ -354,6 +362,7 @@ impl ModuleCache {
                 module,
                 engine: engine.clone(),
                 memory_limit_mib,
+                table_bytes: u64::from(self.max_table_elements) * engine::TABLE_ELEMENT_BYTES,
             },
             source,
             blob,

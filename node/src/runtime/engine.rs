@@ -81,19 +81,25 @@ pub fn host_key() -> String {
     )
 }
 
-/// A headless engine whose instances may grow memory to `limit_mib` MiB at most.
+/// Bytes one table element is counted as in the memory budget (a function reference
+/// and its type, as wasmer lays them out, rounded up).
+pub const TABLE_ELEMENT_BYTES: u64 = 16;
+
+/// A headless engine whose instances may grow memory to `limit_mib` MiB at most, and
+/// each table to `max_table_elements` elements.
 ///
 /// One per loaded module, never shared: a wasmer engine keeps the code memory of every
 /// module loaded into it until the engine itself is dropped, so a shared engine would
 /// keep an evicted module's code forever. With its own engine, a module's code goes when
 /// the module and its last instance do.
-pub fn headless(limit_mib: u64) -> Engine {
+pub fn headless(limit_mib: u64, max_table_elements: u32) -> Engine {
     let pages = u32::try_from(limit_mib.saturating_mul(16))
         .unwrap_or(u32::MAX)
         .min(65_536);
     let mut engine = <Engine as NativeEngineExt>::headless();
     engine.set_tunables(MemoryLimit {
         max_pages: Pages(pages),
+        max_table_elements,
         base: BaseTunables::new(),
     });
     engine
@@ -106,9 +112,11 @@ pub fn deserialize(engine: &Engine, artifact: &[u8]) -> Result<Module, Deseriali
     unsafe { Module::deserialize(engine, artifact) }
 }
 
-/// Tunables that cap every linear memory at `max_pages`, otherwise wasmer's defaults.
+/// Tunables that cap every linear memory at `max_pages` and every table at
+/// `max_table_elements`, otherwise wasmer's defaults.
 struct MemoryLimit {
     max_pages: Pages,
+    max_table_elements: u32,
     base: BaseTunables,
 }
 
@@ -122,6 +130,19 @@ impl MemoryLimit {
         }
         let mut narrowed = *ty;
         narrowed.maximum = Some(ty.maximum.map_or(self.max_pages, |m| m.min(self.max_pages)));
+        Ok(narrowed)
+    }
+
+    fn narrow_table(&self, ty: &TableType) -> Result<TableType, String> {
+        let max = self.max_table_elements;
+        if ty.minimum > max {
+            return Err(format!(
+                "a table of {} elements, over the node's max_table_elements {max}",
+                ty.minimum
+            ));
+        }
+        let mut narrowed = *ty;
+        narrowed.maximum = Some(ty.maximum.map_or(max, |m| m.min(max)));
         Ok(narrowed)
     }
 }
@@ -157,7 +178,7 @@ impl Tunables for MemoryLimit {
     }
 
     fn create_host_table(&self, ty: &TableType, style: &TableStyle) -> Result<VMTable, String> {
-        self.base.create_host_table(ty, style)
+        self.base.create_host_table(&self.narrow_table(ty)?, style)
     }
 
     unsafe fn create_vm_table(
@@ -167,7 +188,10 @@ impl Tunables for MemoryLimit {
         vm_definition_location: NonNull<VMTableDefinition>,
     ) -> Result<VMTable, String> {
         // SAFETY: same contract as ours, passed through unchanged.
-        unsafe { self.base.create_vm_table(ty, style, vm_definition_location) }
+        unsafe {
+            self.base
+                .create_vm_table(&self.narrow_table(ty)?, style, vm_definition_location)
+        }
     }
 
     fn vmconfig(&self) -> &VMConfig {

@@ -21,6 +21,9 @@ pub struct Runnable {
     pub engine: Engine,
     /// Memory limit in MiB, to tell a memory-limit failure from other traps.
     pub memory_limit_mib: u64,
+    /// Bytes an instance's tables may reach (their element cap), counted in the memory
+    /// budget beside its linear memory.
+    pub table_bytes: u64,
 }
 
 /// What one invocation gets.
@@ -58,12 +61,14 @@ pub struct Prepared {
     io: FunctionEnv<RequestIo>,
     memory: Memory,
     start: Function,
+    table_bytes: u64,
 }
 
 impl Prepared {
-    /// Bytes of linear memory the instance holds now.
+    /// Bytes the instance holds now, as the memory budget counts them: its linear
+    /// memory, and its tables at their cap.
     pub fn memory_bytes(&self) -> u64 {
-        self.memory.view(&self.store).data_size()
+        self.memory.view(&self.store).data_size() + self.table_bytes
     }
 }
 
@@ -135,6 +140,7 @@ pub fn prepare(runnable: &Runnable) -> Result<Prepared, RunError> {
         io,
         memory,
         start,
+        table_bytes: runnable.table_bytes,
     })
 }
 
@@ -152,6 +158,7 @@ pub fn run(
         io,
         memory,
         start,
+        ..
     } = prepared;
     let mut request = RequestIo::new(
         &runnable.name,

@@ -34,6 +34,10 @@ pub struct NodeConfig {
     /// Compiled modules kept in memory, in MiB of artifact; the least recently used
     /// go beyond it (their functions turn cold, their artifacts stay on disk).
     pub module_cache_mib: u64,
+    /// Most elements one table of an instance may hold. Each table is counted at this
+    /// cap (16 bytes an element) in the memory budget; a module whose table starts
+    /// larger cannot be deployed.
+    pub max_table_elements: u32,
     /// Pre-instantiated instances kept ready per function.
     pub instance_pool: InstancePoolConfig,
     /// Metering fuel granted per millisecond of a function's timeout (one unit per wasm
@@ -64,6 +68,7 @@ impl Default for NodeConfig {
             worker_threads: 0,
             memory_budget_mib: 2048,
             module_cache_mib: 512,
+            max_table_elements: 10_000,
             instance_pool: InstancePoolConfig::default(),
             fuel_per_ms: 10_000_000,
             defaults: LimitDefaults::default(),
@@ -112,6 +117,9 @@ impl ConfigFile for NodeConfig {
             ));
         }
         check_grace(&mut problems, self.shutdown_grace_ms);
+        if !(1..=10_000_000).contains(&self.max_table_elements) {
+            problems.push("max_table_elements: from 1 to 10000000".into());
+        }
         if self.fuel_per_ms == 0 {
             problems.push("fuel_per_ms: must be greater than zero".into());
         }
