@@ -742,8 +742,7 @@ async fn tables_are_capped_at_the_nodes_limit() {
     let node = node(dir.path(), |c| c.max_table_elements = 1_000);
     let wat = |text: &str| wasmer::wat2wasm(text.as_bytes()).unwrap().into_owned();
     // A guest growing its table far past the limit is told no (-1); it answers only then.
-    let grower = wat(
-        r#"(module
+    let grower = wat(r#"(module
           (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
           (memory (export "memory") 1)
           (table 1 funcref)
@@ -753,8 +752,7 @@ async fn tables_are_capped_at_the_nodes_limit() {
               (then unreachable))
             (i32.store (i32.const 0) (i32.const 64))
             (i32.store (i32.const 4) (i32.const 21))
-            (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 16)))))"#,
-    );
+            (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 16)))))"#);
     let m = manifest("grower", &grower, Limits::default());
     let id = m.deployment_id();
     node.deploy(m, &grower).unwrap();
@@ -764,7 +762,9 @@ async fn tables_are_capped_at_the_nodes_limit() {
         .unwrap();
     assert_eq!(body(&answer), b"refused\n");
     // A module whose table starts over the limit is refused at deploy, with the reason.
-    let big = wat(r#"(module (memory (export "memory") 1) (table 5000 funcref) (func (export "_start")))"#);
+    let big = wat(
+        r#"(module (memory (export "memory") 1) (table 5000 funcref) (func (export "_start")))"#,
+    );
     let refused = node
         .deploy(manifest("big-table", &big, Limits::default()), &big)
         .expect_err("a 5000-element table")

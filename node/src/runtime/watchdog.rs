@@ -8,18 +8,22 @@
 //! traps with `HostInterrupt` as soon as it runs wasm code again (an interrupt that
 //! lands in a host function takes effect when it returns). wasmer asks embedders to
 //! repeat an interrupt until the run is seen to end, so the watchdog repeats it every
-//! [`RETRY`] until the run disarms it.
+//! [`TICK`] until the run disarms it.
 //!
-//! One watchdog thread serves the whole node: it sleeps until the earliest deadline.
+//! One watchdog thread serves the whole node. It looks at the armed runs every [`TICK`]
+//! rather than being woken for each: arming and disarming a run on the request path is
+//! a map insert and remove under a lock, with no thread wake-up. A guest is therefore
+//! stopped within [`TICK`] of its deadline.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use wasmer::Interrupter;
 
-/// How often an interrupt is repeated until the guest has stopped.
-pub const RETRY: Duration = Duration::from_millis(5);
+/// How often the watchdog looks at the armed runs; an interrupt is repeated as often
+/// until the guest has stopped.
+pub const TICK: Duration = Duration::from_millis(10);
 
 #[derive(Default)]
 struct Armed {
@@ -31,7 +35,6 @@ struct Armed {
 /// The node's watchdog.
 pub struct Watchdog {
     armed: Mutex<Armed>,
-    wake: Condvar,
 }
 
 /// A run being watched; dropping it (the run ended) disarms it.
@@ -54,7 +57,6 @@ impl Watchdog {
         Arc::clone(WATCHDOG.get_or_init(|| {
             let watchdog = Arc::new(Watchdog {
                 armed: Mutex::default(),
-                wake: Condvar::new(),
             });
             let watching = Arc::clone(&watchdog);
             std::thread::Builder::new()
@@ -65,18 +67,14 @@ impl Watchdog {
         }))
     }
 
-    /// Interrupts the store behind `interrupter` at `deadline`, and again every
-    /// [`RETRY`], until the returned guard is dropped.
+    /// Interrupts the store behind `interrupter` once `deadline` has passed (within a
+    /// [`TICK`]), and again every [`TICK`], until the returned guard is dropped.
     pub fn arm(self: &Arc<Self>, deadline: Instant, interrupter: Interrupter) -> Watched {
         let mut armed = self.lock();
         let id = armed.next_id;
         armed.next_id += 1;
-        let earliest = armed.due.keys().next().is_none_or(|&(at, _)| deadline < at);
         armed.due.insert((deadline, id), interrupter);
         drop(armed);
-        if earliest {
-            self.wake.notify_one();
-        }
         Watched {
             watchdog: Arc::clone(self),
             id,
@@ -88,30 +86,23 @@ impl Watchdog {
     }
 
     fn watch(&self) {
-        let mut armed = self.lock();
         loop {
-            let now = Instant::now();
-            let due: Vec<(Instant, u64)> = armed
-                .due
-                .range(..(now, u64::MAX))
-                .map(|(k, _)| *k)
-                .collect();
-            for key in due {
-                if let Some(interrupter) = armed.due.remove(&key) {
-                    interrupter.interrupt();
-                    armed.due.insert((now + RETRY, key.1), interrupter);
+            {
+                let mut armed = self.lock();
+                let now = Instant::now();
+                let due: Vec<(Instant, u64)> = armed
+                    .due
+                    .range(..(now, u64::MAX))
+                    .map(|(k, _)| *k)
+                    .collect();
+                for key in due {
+                    if let Some(interrupter) = armed.due.remove(&key) {
+                        interrupter.interrupt();
+                        armed.due.insert((now + TICK, key.1), interrupter);
+                    }
                 }
             }
-            armed = match armed.due.keys().next() {
-                Some(&(at, _)) => {
-                    let wait = at.saturating_duration_since(Instant::now());
-                    self.wake
-                        .wait_timeout(armed, wait)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0
-                }
-                None => self.wake.wait(armed).unwrap_or_else(|p| p.into_inner()),
-            };
+            std::thread::sleep(TICK);
         }
     }
 }
