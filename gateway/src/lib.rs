@@ -19,6 +19,7 @@
 //! [`cluster`] turns gossip into snapshots, places functions on their home nodes and
 //! warms them ahead of need; [`status`] shows cluster members what this gateway sees.
 
+pub mod budget;
 pub mod cluster;
 pub mod functions;
 pub mod ingress;

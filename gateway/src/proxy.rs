@@ -19,6 +19,7 @@ use edge_shared::routing::{self, SplitMix64};
 use edge_shared::wire::{self, Refusal, ServerTiming};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 
+use crate::budget::BodyBudget;
 use crate::functions::{Function, Functions};
 use crate::membership::{InFlight, Membership, Snapshot};
 use crate::nodes::{ForwardError, NodePool};
@@ -63,6 +64,8 @@ enum GatewayError {
     BodyTooLarge(u64),
     #[error("the request body did not arrive in time")]
     BodyTimeout,
+    #[error("the gateway holds too many request bodies right now")]
+    BodyBudget,
     #[error("no node could take the request: {0}")]
     NoNode(String),
     #[error("function could not be loaded on a node: {0}")]
@@ -77,6 +80,7 @@ impl GatewayError {
             GatewayError::NoRoute => StatusCode::NOT_FOUND,
             GatewayError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            GatewayError::BodyBudget => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::NoNode(_) => StatusCode::BAD_GATEWAY,
             GatewayError::DeployFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
             GatewayError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -86,7 +90,10 @@ impl GatewayError {
     /// What users read; node addresses and internals stay in the log.
     fn public_message(&self) -> String {
         match self {
-            GatewayError::NoRoute | GatewayError::BodyTooLarge(_) | GatewayError::BodyTimeout => {
+            GatewayError::NoRoute
+            | GatewayError::BodyTooLarge(_)
+            | GatewayError::BodyTimeout
+            | GatewayError::BodyBudget => {
                 format!("{self}\n")
             }
             GatewayError::NoNode(_) => "no node could take the request\n".into(),
@@ -132,6 +139,7 @@ pub struct Gateway {
     /// Pairs being warmed now (asked for once).
     pub(crate) warming: Mutex<HashSet<(SocketAddr, usize)>>,
     alt_svc: HeaderValue,
+    body_budget: BodyBudget,
 }
 
 /// A request whose route has been resolved.
@@ -160,6 +168,7 @@ impl Gateway {
         let mut seed = [0u8; 8];
         getrandom::fill(&mut seed).expect("the OS random source");
         let (prewarm, prewarm_queue) = tokio::sync::mpsc::unbounded_channel();
+        let body_budget = BodyBudget::new(config.ingress.max_buffered_body_bytes);
         Ok(Gateway {
             name,
             prewarm,
@@ -173,6 +182,7 @@ impl Gateway {
             nodes,
             next_node: AtomicUsize::new(0),
             alt_svc,
+            body_budget,
         })
     }
 
@@ -210,6 +220,21 @@ impl Gateway {
             GatewayError::BodyTooLarge(routed.body_limit),
             &new_request_id(),
         )
+    }
+
+    /// The answer to a body the gateway-wide body budget has no room for.
+    pub fn body_over_budget(&self) -> Forwarded {
+        let mut answer = self.error_response(GatewayError::BodyBudget, &new_request_id());
+        answer
+            .head
+            .headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+        answer
+    }
+
+    /// The gateway-wide budget of request bodies held in memory.
+    pub fn body_budget(&self) -> &BodyBudget {
+        &self.body_budget
     }
 
     /// The answer to a body that did not arrive within the ingress's body-read timeout.

@@ -177,3 +177,26 @@ async fn a_header_flood_over_http3_is_refused_and_others_are_served() {
         StatusCode::OK
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_held_at_once_are_bounded_gateway_wide() {
+    let (cluster, _dir) = start_with(1, vec![function("echo", Limits::default())], |spec| {
+        spec.ingress = IngressConfig {
+            max_buffered_body_bytes: 64 << 10,
+            ..IngressConfig::default()
+        };
+    });
+    let c = client(&cluster).await;
+    let post = |size: usize| {
+        let request = http::Request::post(url(&cluster, "/echo")).body(()).unwrap();
+        (request, bytes::Bytes::from(vec![b'x'; size]))
+    };
+    // Within the function's 16 MiB limit, but more than the gateway holds at once.
+    let (request, body) = post(100 << 10);
+    let r = c.send(request, body).await.unwrap();
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.header("retry-after"), Some("1"));
+    let (request, body) = post(10 << 10);
+    let r = c.send(request, body).await.unwrap();
+    assert_eq!(r.status, StatusCode::OK, "what was held is given back");
+}

@@ -4,9 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::{Buf, Bytes, BytesMut};
 use edge_net::http3::{self, BodyError, Handler, ServerStream};
 use http::Request;
 
+use crate::budget::Held;
 use crate::proxy::{Forwarded, Gateway};
 
 impl Handler for Gateway {
@@ -15,9 +17,11 @@ impl Handler for Gateway {
         let forwarded = match self.route(&request) {
             None => self.not_found(),
             Some(routed) => {
-                let read = http3::read_body(&mut stream, routed.body_limit);
+                let mut held = Held::default();
+                let read = read_body(&self, &mut stream, routed.body_limit, &mut held);
                 match tokio::time::timeout(ingress.body_read_timeout(), read).await {
-                    Ok(Ok(body)) => self.forward(routed, request, body).await,
+                    Ok(Ok(Some(body))) => self.forward(routed, request, body).await,
+                    Ok(Ok(None)) => self.body_over_budget(),
                     Ok(Err(BodyError::TooLarge(_))) => self.body_too_large(&routed),
                     Ok(Err(e)) => {
                         tracing::debug!(error = %e, "reading the request body failed");
@@ -32,6 +36,28 @@ impl Handler for Gateway {
         }
         http3::stop_reading(&mut stream);
     }
+}
+
+/// Reads a request body under `limit`, covered by the gateway's body budget as it
+/// arrives (in `held`); `None` when the budget has no room for it.
+async fn read_body(
+    gateway: &Gateway,
+    stream: &mut ServerStream,
+    limit: u64,
+    held: &mut Held,
+) -> Result<Option<Bytes>, BodyError> {
+    let mut body = BytesMut::new();
+    while let Some(mut chunk) = stream.recv_data().await? {
+        let total = body.len() + chunk.remaining();
+        if total as u64 > limit {
+            return Err(BodyError::TooLarge(limit));
+        }
+        if !gateway.body_budget().cover(held, total) {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
+    }
+    Ok(Some(body.freeze()))
 }
 
 /// Streams the answer; a body that breaks off resets the stream, so the user sees a

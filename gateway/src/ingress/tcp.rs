@@ -11,17 +11,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use edge_net::lifecycle::{InFlight, Shutdown};
 use edge_shared::config::IngressConfig;
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
+use crate::budget::Held;
 use crate::proxy::{Forwarded, Gateway, ResponseBody};
 
 type Body = BoxBody<Bytes, std::io::Error>;
@@ -131,16 +132,52 @@ async fn handle(
     let forwarded = match gateway.route(&head) {
         None => gateway.not_found(),
         Some(routed) => {
-            let limit = usize::try_from(routed.body_limit).unwrap_or(usize::MAX);
-            let read = Limited::new(body, limit).collect();
+            let mut held = Held::default();
+            let read = read_body(gateway, body, routed.body_limit, &mut held);
             match tokio::time::timeout(ingress.body_read_timeout(), read).await {
-                Ok(Ok(collected)) => gateway.forward(routed, head, collected.to_bytes()).await,
-                Ok(Err(_)) => gateway.body_too_large(&routed),
+                Ok(Ok(body)) => gateway.forward(routed, head, body).await,
+                Ok(Err(Unread::TooLarge)) => gateway.body_too_large(&routed),
+                Ok(Err(Unread::OverBudget)) => gateway.body_over_budget(),
+                Ok(Err(Unread::Broken)) => gateway.body_timed_out(),
                 Err(_) => gateway.body_timed_out(),
             }
         }
     };
     to_hyper(forwarded, ingress.write_timeout())
+}
+
+/// Why a body was not read whole.
+enum Unread {
+    TooLarge,
+    OverBudget,
+    /// The client's stream failed.
+    Broken,
+}
+
+/// Reads a request body under `limit`, covered by the gateway's body budget as it
+/// arrives (in `held`).
+async fn read_body(
+    gateway: &Gateway,
+    mut body: Incoming,
+    limit: u64,
+    held: &mut Held,
+) -> Result<Bytes, Unread> {
+    let mut read = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| Unread::Broken)?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let total = read.len() + data.len();
+        if total as u64 > limit {
+            return Err(Unread::TooLarge);
+        }
+        if !gateway.body_budget().cover(held, total) {
+            return Err(Unread::OverBudget);
+        }
+        read.extend_from_slice(&data);
+    }
+    Ok(read.freeze())
 }
 
 /// Turns an answer into a hyper response, streaming a node's body through a channel; a

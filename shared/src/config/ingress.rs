@@ -25,6 +25,9 @@ pub struct IngressConfig {
     /// Largest header block of one request, in bytes (HTTP/3 field section, HTTP/2
     /// header list, HTTP/1.1 head): larger ones are refused before they are buffered.
     pub max_header_bytes: u32,
+    /// Request bodies the gateway holds in memory at once, over all requests, in bytes;
+    /// a request whose body would pass it gets `503` with `Retry-After`.
+    pub max_buffered_body_bytes: u64,
 }
 
 impl Default for IngressConfig {
@@ -36,6 +39,7 @@ impl Default for IngressConfig {
             body_read_timeout_ms: 30_000,
             write_timeout_ms: 30_000,
             max_header_bytes: 64 << 10,
+            max_buffered_body_bytes: 256 << 20,
         }
     }
 }
@@ -77,6 +81,9 @@ impl IngressConfig {
             if !(1..=3_600_000).contains(&value) {
                 problems.push(format!("{key}: from 1 to 3600000"));
             }
+        }
+        if self.max_buffered_body_bytes < 1024 {
+            problems.push("ingress.max_buffered_body_bytes: at least 1024".into());
         }
         if !(1024..=(1 << 20)).contains(&self.max_header_bytes) {
             problems.push("ingress.max_header_bytes: from 1024 to 1048576".into());
