@@ -188,7 +188,9 @@ async fn bodies_held_at_once_are_bounded_gateway_wide() {
     });
     let c = client(&cluster).await;
     let post = |size: usize| {
-        let request = http::Request::post(url(&cluster, "/echo")).body(()).unwrap();
+        let request = http::Request::post(url(&cluster, "/echo"))
+            .body(())
+            .unwrap();
         (request, bytes::Bytes::from(vec![b'x'; size]))
     };
     // Within the function's 16 MiB limit, but more than the gateway holds at once.

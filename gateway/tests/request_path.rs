@@ -239,25 +239,30 @@ async fn a_restarted_node_deserializes_instead_of_compiling() {
     assert_eq!(status["deserializations"], 1, "{status}");
 }
 
+/// Asks node 1 for its status over a client configured by `tls`.
+async fn status_with(
+    cluster: &edge_cli::cluster::LocalCluster,
+    tls: rustls::ClientConfig,
+) -> anyhow::Result<edge_net::client::Reply> {
+    let c = edge_net::client::H3Client::connect(
+        cluster.node_addrs()[0],
+        edge_shared::wire::NODE_SERVER_NAME,
+        tls,
+    )
+    .await?;
+    c.get(&format!(
+        "https://edge-node{}",
+        edge_shared::wire::STATUS_PATH
+    ))
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_serves_only_cluster_members() {
     let (cluster, _dir) = start(1, vec![function("hello", Limits::default())]);
     // Trusting the node is not enough: without a member certificate, no request gets through.
     let tls = edge_net::client::trusting(&cluster.certs().ca).unwrap();
-    let refused = async {
-        let c = edge_net::client::H3Client::connect(
-            cluster.node_addrs()[0],
-            edge_shared::wire::NODE_SERVER_NAME,
-            tls,
-        )
-        .await?;
-        c.get(&format!(
-            "https://edge-node{}",
-            edge_shared::wire::STATUS_PATH
-        ))
-        .await
-    }
-    .await;
+    let refused = status_with(&cluster, tls).await;
     assert!(
         refused.is_err(),
         "a client without a cluster certificate was served: {refused:?}"
@@ -271,20 +276,7 @@ async fn a_node_serves_only_cluster_members() {
     };
     let tls = edge_net::tls::client_config(&certs.ca, Some(public), &[edge_shared::wire::ALPN_H3])
         .unwrap();
-    let refused = async {
-        let c = edge_net::client::H3Client::connect(
-            cluster.node_addrs()[0],
-            edge_shared::wire::NODE_SERVER_NAME,
-            tls,
-        )
-        .await?;
-        c.get(&format!(
-            "https://edge-node{}",
-            edge_shared::wire::STATUS_PATH
-        ))
-        .await
-    }
-    .await;
+    let refused = status_with(&cluster, tls).await;
     assert!(
         refused.is_err(),
         "the public certificate was taken for a gateway's: {refused:?}"

@@ -212,6 +212,13 @@ fn in_bounds(view: &MemoryView<'_>, ptr: u32, len: u64) -> Result<(), i32> {
     }
 }
 
+/// The (offset, length) pieces of `len` bytes, [`COPY_CHUNK`] at most each.
+fn chunks(len: u32) -> impl Iterator<Item = (u32, u32)> {
+    (0..len)
+        .step_by(COPY_CHUNK as usize)
+        .map(move |at| (at, (len - at).min(COPY_CHUNK)))
+}
+
 /// Hands the `len` guest bytes at `ptr` to `sink`, at most [`COPY_CHUNK`] at a time.
 fn copy_out(
     view: &MemoryView<'_>,
@@ -221,14 +228,11 @@ fn copy_out(
 ) -> Result<(), i32> {
     in_bounds(view, ptr, u64::from(len))?;
     let mut buf = vec![0u8; len.min(COPY_CHUNK) as usize];
-    let mut done = 0u32;
-    while done < len {
-        let n = (len - done).min(COPY_CHUNK);
+    for (at, n) in chunks(len) {
         let part = &mut buf[..n as usize];
-        view.read(u64::from(ptr) + u64::from(done), part)
+        view.read(u64::from(ptr) + u64::from(at), part)
             .map_err(|_| errno::FAULT)?;
         sink(part);
-        done += n;
     }
     Ok(())
 }
@@ -419,13 +423,10 @@ fn random_get(mut env: Env<'_>, buf: u32, len: u32) -> i32 {
     with_memory(&mut env, |_, view| {
         in_bounds(view, buf, u64::from(len))?;
         let mut bytes = vec![0u8; len.min(COPY_CHUNK) as usize];
-        let mut done = 0u32;
-        while done < len {
-            let n = (len - done).min(COPY_CHUNK);
+        for (at, n) in chunks(len) {
             let part = &mut bytes[..n as usize];
             getrandom::fill(part).map_err(|_| errno::INVAL)?;
-            write_bytes(view, buf + done, part)?;
-            done += n;
+            write_bytes(view, buf + at, part)?;
         }
         Ok(errno::SUCCESS)
     })
