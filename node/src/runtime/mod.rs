@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod engine;
+mod guest_log;
 pub mod invoke;
 pub mod wasi;
 pub mod watchdog;

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use edge_shared::module_check::WASI_MODULE;
+
+use super::guest_log::FunctionLog;
 use wasmer::{Exports, Function, FunctionEnv, FunctionEnvMut, Imports, Memory, MemoryView, Store};
 
 /// WASI errno values used here.
@@ -23,11 +25,6 @@ mod errno {
     pub(super) const INVAL: i32 = 28;
     pub(super) const SPIPE: i32 = 70;
 }
-
-/// Most bytes of stderr kept per request; the rest is counted and dropped.
-const MAX_LOG_BYTES: usize = 64 << 10;
-/// Most log lines per request; the rest is counted and dropped.
-const MAX_LOG_LINES: usize = 100;
 
 /// `proc_exit` was called: unwinds the guest with its exit code.
 #[derive(Debug, thiserror::Error)]
@@ -76,14 +73,7 @@ impl RequestIo {
             stdout: Vec::new(),
             stdout_limit,
             stdout_overflow: false,
-            log: FunctionLog {
-                function: function.to_string(),
-                request_id: request_id.to_string(),
-                line: Vec::new(),
-                kept: 0,
-                lines: 0,
-                dropped: 0,
-            },
+            log: FunctionLog::new(function, request_id),
         }
     }
 
@@ -109,73 +99,6 @@ fn nul_terminated(bytes: &[u8]) -> Vec<u8> {
     v.extend(bytes.iter().map(|&b| if b == 0 { b'?' } else { b }));
     v.push(0);
     v
-}
-
-/// `text` with its control characters but tab written as escapes (`\u{1b}`).
-fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.chars().any(|c| c.is_control() && c != '\t') {
-        return std::borrow::Cow::Borrowed(text);
-    }
-    let mut escaped = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        if c.is_control() && c != '\t' {
-            escaped.extend(c.escape_default());
-        } else {
-            escaped.push(c);
-        }
-    }
-    std::borrow::Cow::Owned(escaped)
-}
-
-/// Turns stderr bytes into log lines: at most [`MAX_LOG_BYTES`] and [`MAX_LOG_LINES`] a
-/// request, control characters escaped (a guest cannot forge a log line or drive the
-/// operator's terminal).
-struct FunctionLog {
-    function: String,
-    request_id: String,
-    line: Vec<u8>,
-    kept: usize,
-    lines: usize,
-    dropped: usize,
-}
-
-impl FunctionLog {
-    fn write(&mut self, bytes: &[u8]) {
-        let room = MAX_LOG_BYTES.saturating_sub(self.kept);
-        let (keep, drop) = bytes.split_at(bytes.len().min(room));
-        self.kept += keep.len();
-        self.dropped += drop.len();
-        for &b in keep {
-            if b == b'\n' {
-                self.emit();
-            } else {
-                self.line.push(b);
-            }
-        }
-    }
-
-    fn emit(&mut self) {
-        if self.lines < MAX_LOG_LINES {
-            let text = String::from_utf8_lossy(&self.line);
-            let line = escape_controls(&text);
-            tracing::info!(target: "function", function = %self.function, request_id = %self.request_id, "{line}");
-            self.lines += 1;
-        } else {
-            self.dropped += self.line.len() + 1;
-        }
-        self.line.clear();
-    }
-
-    fn flush(&mut self) {
-        if !self.line.is_empty() {
-            self.emit();
-        }
-        if self.dropped > 0 {
-            tracing::warn!(function = %self.function, request_id = %self.request_id,
-                dropped_bytes = self.dropped, "function log over {MAX_LOG_BYTES} bytes or {MAX_LOG_LINES} lines, rest dropped");
-            self.dropped = 0;
-        }
-    }
 }
 
 type Env<'a> = FunctionEnvMut<'a, RequestIo>;
@@ -591,28 +514,6 @@ pub fn imports(store: &mut Store, env: &FunctionEnv<RequestIo>) -> Imports {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_guests_log_is_bounded_in_lines_and_bytes_and_escaped() {
-        let mut log = FunctionLog {
-            function: "f".into(),
-            request_id: "r".into(),
-            line: Vec::new(),
-            kept: 0,
-            lines: 0,
-            dropped: 0,
-        };
-        log.write(&b"\n".repeat(10_000));
-        assert_eq!(log.lines, MAX_LOG_LINES);
-        assert_eq!(log.dropped, 10_000 - MAX_LOG_LINES);
-        log.write(&vec![b'x'; 2 * MAX_LOG_BYTES]);
-        assert!(log.kept <= MAX_LOG_BYTES);
-        assert_eq!(escape_controls("plain\ttext"), "plain\ttext");
-        assert_eq!(
-            escape_controls("\u{1b}[31mred\r fake INFO line"),
-            "\\u{1b}[31mred\\r fake INFO line"
-        );
-    }
 
     #[test]
     fn host_provides_exactly_the_checked_imports() {
