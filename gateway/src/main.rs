@@ -27,10 +27,19 @@ struct Args {
     /// Once listening, write the bound address to this file.
     #[arg(long)]
     announce: Option<PathBuf>,
+    /// Write the status endpoint's bound address to this file (before `--announce`).
+    #[arg(long)]
+    announce_status: Option<PathBuf>,
     /// Before announcing, wait (up to 30 s) until gossip has brought this many nodes,
     /// and place every function on its home node among them.
     #[arg(long, default_value_t = 0)]
     expect_nodes: usize,
+}
+
+/// Where to write the bound addresses once serving.
+struct Announce {
+    users: Option<PathBuf>,
+    status: Option<PathBuf>,
 }
 
 /// Longest `--expect-nodes` waits.
@@ -49,7 +58,11 @@ fn main() {
     };
     logging::init(config.log_format);
     let runtime = tokio::runtime::Runtime::new().expect("starting the async runtime");
-    if let Err(e) = runtime.block_on(run(config, args.announce, args.expect_nodes)) {
+    let announced = Announce {
+        users: args.announce,
+        status: args.announce_status,
+    };
+    if let Err(e) = runtime.block_on(run(config, announced, args.expect_nodes)) {
         eprintln!("edge-gateway: {e:#}");
         std::process::exit(2);
     }
@@ -78,11 +91,7 @@ async fn bind(
     anyhow::bail!("found no port free on both UDP and TCP at {}", addr.ip())
 }
 
-async fn run(
-    config: GatewayConfig,
-    announce: Option<PathBuf>,
-    expect_nodes: usize,
-) -> anyhow::Result<()> {
+async fn run(config: GatewayConfig, announce: Announce, expect_nodes: usize) -> anyhow::Result<()> {
     let stop = Shutdown::on_signals()?;
     let identity = tls::Identity {
         cert: &config.tls_cert,
@@ -120,7 +129,8 @@ async fn run(
     let link = gossip::Link::udp(config.gossip.listen).await?;
     let gateway = Arc::new(Gateway::new(config, addr.port(), settings.name.clone())?);
     let gossip = Arc::new(Gossip::start(&settings, link, key).await?);
-    tracing::info!(%addr, gossip = %gossip.addr(), status = %status_endpoint.local_addr()?, seeds = ?settings.seeds, functions = gateway.functions().len(), "edge-gateway serving HTTP/3 on UDP, HTTP/1.1 and HTTP/2 on TCP");
+    let status_addr = status_endpoint.local_addr()?;
+    tracing::info!(%addr, gossip = %gossip.addr(), status = %status_addr, seeds = ?settings.seeds, functions = gateway.functions().len(), "edge-gateway serving HTTP/3 on UDP, HTTP/1.1 and HTTP/2 on TCP");
     let watch = tokio::spawn(Arc::clone(&gateway).watch_cluster(
         Arc::clone(&gossip),
         settings.interval,
@@ -163,7 +173,10 @@ async fn run(
         }
     }
     gateway.place(None).await;
-    if let Some(path) = announce {
+    if let Some(path) = announce.status {
+        std::fs::write(&path, status_addr.to_string())?;
+    }
+    if let Some(path) = announce.users {
         std::fs::write(&path, addr.to_string())?;
     }
 

@@ -56,7 +56,7 @@ impl LocalCluster {
             nodes: Vec::new(),
             gateway: None,
             seed: free_udp_port()?,
-            status: free_udp_port()?,
+            status: SocketAddr::from(([127, 0, 0, 1], 0)),
             spec: spec.clone(),
         };
         for _ in 0..spec.nodes {
@@ -76,7 +76,8 @@ impl LocalCluster {
                 interval_ms: spec.gossip_interval_ms,
                 ..GossipConfig::default()
             },
-            status_listen: cluster.status,
+            // Port 0: a port chosen ahead could be taken by then; the gateway says which.
+            status_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             ingress: spec.ingress.clone(),
             routing: spec.routing,
             functions: spec.functions.clone(),
@@ -85,14 +86,22 @@ impl LocalCluster {
         let config = cluster.dir.join("gateway.toml");
         std::fs::write(&config, toml::to_string(&gateway)?)?;
         let expect = spec.nodes.to_string();
+        let status_file = cluster.dir.join("gateway.status");
+        let _ = std::fs::remove_file(&status_file);
+        let status_arg = status_file.to_string_lossy().to_string();
         let gateway = cluster.spawn_with(
             "edge-gateway",
             "gateway",
             config,
             None,
-            &["--expect-nodes", &expect],
+            &["--expect-nodes", &expect, "--announce-status", &status_arg],
         )?;
         cluster.gateway = Some(gateway);
+        cluster.status = std::fs::read_to_string(&status_file)
+            .with_context(|| format!("reading {}", status_file.display()))?
+            .trim()
+            .parse()
+            .context("the gateway's status address")?;
         Ok(cluster)
     }
 
