@@ -55,10 +55,15 @@ fn node(dir: &Path, config: impl FnOnce(&mut NodeConfig)) -> Arc<Node> {
 }
 
 fn deploy(node: &Node, name: &str, limits: Limits) -> DeploymentId {
-    let wasm = example(name);
-    let m = manifest(name, &wasm, limits);
+    deploy_wasm(node, name, &example(name), limits)
+}
+
+/// Deploys `wasm` as function `name`; panics naming the function if it is refused.
+fn deploy_wasm(node: &Node, name: &str, wasm: &[u8], limits: Limits) -> DeploymentId {
+    let m = manifest(name, wasm, limits);
     let id = m.deployment_id();
-    node.deploy(m, &wasm).unwrap();
+    node.deploy(m, wasm)
+        .unwrap_or_else(|e| panic!("deploying {name}: {e}"));
     id
 }
 
@@ -590,11 +595,7 @@ async fn hostile_host_calls_get_an_errno_and_the_node_serves_on() {
     ];
     for (what, call_text, errno) in cases {
         let wasm = hostile(&call_text, errno);
-        let name = "hostile";
-        let m = manifest(name, &wasm, Limits::default());
-        let id = m.deployment_id();
-        node.deploy(m, &wasm)
-            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let id = deploy_wasm(&node, "hostile", &wasm, Limits::default());
         let deployment = node.deployment(&id).unwrap();
         let answer = node
             .invoke(&deployment, call(""))
@@ -610,9 +611,7 @@ async fn hostile_host_calls_get_an_errno_and_the_node_serves_on() {
         ),
         FBIG,
     );
-    let m = manifest("hostile", &wasm, Limits::default());
-    let id = m.deployment_id();
-    node.deploy(m, &wasm).unwrap();
+    let id = deploy_wasm(&node, "hostile", &wasm, Limits::default());
     let failure = node
         .invoke(&node.deployment(&id).unwrap(), call(""))
         .await
@@ -667,16 +666,11 @@ async fn a_guest_past_its_deadline_is_stopped_there_and_its_worker_freed() {
         ),
     ] {
         let wasm = wat(guest);
-        let m = manifest(
-            "runaway",
-            &wasm,
-            Limits {
-                timeout_ms: Some(200),
-                ..Limits::default()
-            },
-        );
-        let id = m.deployment_id();
-        node.deploy(m, &wasm).unwrap();
+        let limits = Limits {
+            timeout_ms: Some(200),
+            ..Limits::default()
+        };
+        let id = deploy_wasm(&node, "runaway", &wasm, limits);
         let failure = node
             .invoke(&node.deployment(&id).unwrap(), call(""))
             .await
@@ -753,9 +747,7 @@ async fn tables_are_capped_at_the_nodes_limit() {
             (i32.store (i32.const 0) (i32.const 64))
             (i32.store (i32.const 4) (i32.const 21))
             (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 16)))))"#);
-    let m = manifest("grower", &grower, Limits::default());
-    let id = m.deployment_id();
-    node.deploy(m, &grower).unwrap();
+    let id = deploy_wasm(&node, "grower", &grower, Limits::default());
     let answer = node
         .invoke(&node.deployment(&id).unwrap(), call(""))
         .await
