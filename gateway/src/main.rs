@@ -13,7 +13,7 @@ use edge_gateway::status::StatusServer;
 use edge_net::gossip::{self, ClusterKey, Gossip, Role};
 use edge_net::lifecycle::{InFlight, Shutdown};
 use edge_net::{http3, logging, quic, tls};
-use edge_shared::config::{self, GatewayConfig};
+use edge_shared::config::{self, GatewayConfig, IngressConfig};
 use edge_shared::wire;
 use tokio::net::TcpListener;
 
@@ -72,17 +72,22 @@ fn main() {
 async fn bind(
     addr: SocketAddr,
     quic_tls: rustls::ServerConfig,
+    ingress: &IngressConfig,
 ) -> anyhow::Result<(quinn::Endpoint, TcpListener)> {
+    let users = quic::Transport {
+        idle_timeout: ingress.idle_timeout(),
+        ..quic::USERS
+    };
     if addr.port() != 0 {
-        let endpoint = quic::server(addr, quic_tls, &quic::USERS)
-            .with_context(|| format!("binding UDP {addr}"))?;
+        let endpoint =
+            quic::server(addr, quic_tls, &users).with_context(|| format!("binding UDP {addr}"))?;
         let tcp = TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding TCP {addr}"))?;
         return Ok((endpoint, tcp));
     }
     for _ in 0..20 {
-        let endpoint = quic::server(addr, quic_tls.clone(), &quic::USERS)?;
+        let endpoint = quic::server(addr, quic_tls.clone(), &users)?;
         let chosen = endpoint.local_addr()?;
         if let Ok(tcp) = TcpListener::bind(chosen).await {
             return Ok((endpoint, tcp));
@@ -99,9 +104,15 @@ async fn run(config: GatewayConfig, announce: Announce, expect_nodes: usize) -> 
     };
     let quic_tls = tls::server_config(identity, None, &[wire::ALPN_H3], true)?;
     let tcp_tls = tls::server_config(identity, None, &[b"h2", b"http/1.1"], false)?;
-    let (endpoint, tcp) = bind(config.listen, quic_tls).await?;
+    let (endpoint, tcp) = bind(config.listen, quic_tls, &config.ingress).await?;
     let addr = endpoint.local_addr()?;
     let key = ClusterKey::read(&config.gossip.key_file)?;
+    // The member certificate: it signs the gateway's gossip identity, and the status
+    // endpoint (for cluster members only) presents it.
+    let member = tls::Identity {
+        cert: &config.cluster_cert,
+        key: &config.cluster_key,
+    };
     let settings = gossip::Settings {
         name: format!("gateway@{addr}"),
         role: Role::Gateway,
@@ -109,15 +120,11 @@ async fn run(config: GatewayConfig, announce: Announce, expect_nodes: usize) -> 
         seeds: config.gossip.seeds.clone(),
         interval: Duration::from_millis(config.gossip.interval_ms),
         phi_threshold: gossip::PHI_THRESHOLD,
+        credentials: gossip::Credentials::from_files(&config.cluster_ca, member)?,
     };
     let grace = Duration::from_millis(config.shutdown_grace_ms);
     let user_limits = http3::Limits::for_users(&config.ingress);
     let ingress = config.ingress.clone();
-    // The status: for cluster members only, presenting the gateway's member certificate.
-    let member = tls::Identity {
-        cert: &config.cluster_cert,
-        key: &config.cluster_key,
-    };
     let status_tls = tls::server_config(member, Some(&config.cluster_ca), &[wire::ALPN_H3], true)?;
     let status_endpoint = quic::server(config.status_listen, status_tls, &quic::MEMBERS)
         .with_context(|| {

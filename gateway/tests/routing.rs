@@ -242,15 +242,16 @@ async fn a_node_started_later_joins_by_gossip_and_a_draining_node_is_skipped() {
 async fn a_node_with_a_certificate_from_another_ca_never_serves_a_request() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = fib_cluster(dir.path(), 1, RoutingPolicy::RoundRobin);
-    // It has the gossip key, so it joins the cluster view; its TLS certificate comes
-    // from a CA of its own, so the gateway's handshake with it fails.
+    // It has the gossip key, so its datagrams pass; its certificate comes from a CA of
+    // its own, so its signed identity does not verify and it never joins the view.
     let rogue_certs =
         edge_cli::devcerts::DevCerts::ensure(&dir.path().join("rogue-certs"), "edge.localhost")
             .unwrap();
+    let own = rogue_certs.node("rogue").unwrap();
     let config = edge_shared::config::NodeConfig {
         name: "rogue".into(),
-        tls_cert: rogue_certs.node_cert.clone(),
-        tls_key: rogue_certs.node_key.clone(),
+        tls_cert: own.cert,
+        tls_key: own.key,
         cluster_ca: rogue_certs.ca.clone(),
         cache_dir: dir.path().join("rogue-cache"),
         worker_threads: 1,
@@ -271,25 +272,26 @@ async fn a_node_with_a_certificate_from_another_ca_never_serves_a_request() {
         .stderr(log)
         .spawn()
         .unwrap();
-    let joined = support::eventually(std::time::Duration::from_secs(10), || async {
-        support::node_state(&cluster, "rogue").await.as_deref() == Some("usable")
+    // The gateway received its identity and refused it.
+    let refused = support::eventually(std::time::Duration::from_secs(10), || async {
+        support::gateway_status(&cluster).await["gossip"]["forged"].as_u64() >= Some(1)
     })
     .await;
+    let in_view = support::node_state(&cluster, "rogue").await;
     let c = client(&cluster).await;
     let answers = answered_by(&c, &url(&cluster, "/fib?n=10"), 24).await;
     let _ = rogue.kill();
     let _ = rogue.wait();
     assert!(
-        joined,
-        "the rogue node never reached the view: {}",
+        refused,
+        "the rogue node's identity was never refused: {}",
         cluster.log("gateway")
     );
+    assert_eq!(in_view, None, "the rogue node reached the view");
     assert!(!answers.contains_key("rogue"), "{answers:?}");
     assert_eq!(answers.values().sum::<usize>(), 24);
-    // The gateway tried it (placement, then requests at most every 2 s) and refused it
-    // at the handshake.
     assert!(
-        cluster.log("gateway").contains("invalid peer certificate"),
+        cluster.log("gateway").contains("gossip identity refused"),
         "{}",
         cluster.log("gateway")
     );

@@ -58,6 +58,7 @@ async fn run(config: NodeConfig, announce: Option<PathBuf>) -> anyhow::Result<()
         seeds: config.gossip.seeds.clone(),
         interval: Duration::from_millis(config.gossip.interval_ms),
         phi_threshold: gossip::PHI_THRESHOLD,
+        credentials: gossip::Credentials::from_files(&config.cluster_ca, identity)?,
     };
     let grace = Duration::from_millis(config.shutdown_grace_ms);
     let link = gossip::Link::udp(config.gossip.listen).await?;

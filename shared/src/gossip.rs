@@ -3,13 +3,12 @@
 //!
 //! | key | value |
 //! | --- | --- |
-//! | `role` | `node` or `gateway` |
-//! | `name` | the member's configured name |
-//! | `quic` | the address gateways send HTTP/3 requests to |
-//! | `version` | the member's software version |
-//! | `draining` | `1` once it is shutting down, else `0` |
+//! | `identity` | the member's [`Claims`] (role, name, HTTP/3 address, version, draining, incarnation), its certificate, and its signature over both (see [`SignedClaims`]) |
 //! | `load` | `in_flight queued slots ewma_run_us cpu_permille`, then `GATEWAY=N` for each gateway with requests here (spaces between) |
 //! | `warm.0` … `warm.f` | the warm set: 48-bit fingerprints of deployment ids, 12 hex digits each, sorted, split in 16 shards by first digit |
+//!
+//! A member's identity is signed with its own key, not the shared cluster key, so a
+//! member can write only its own (the gossip agent verifies it: `edge_net::gossip`).
 //!
 //! Sharding the warm set means a deploy or an eviction re-gossips one shard, not the
 //! whole set: 3,000 warm functions make 16 values of about 2.3 KB each.
@@ -42,7 +41,8 @@ impl Role {
         }
     }
 
-    fn parse(text: &str) -> Option<Role> {
+    /// The role named `text` on the wire.
+    pub fn parse(text: &str) -> Option<Role> {
         match text {
             "node" => Some(Role::Node),
             "gateway" => Some(Role::Gateway),
@@ -193,6 +193,146 @@ pub fn warm_key(i: usize) -> String {
     format!("warm.{i:x}")
 }
 
+/// The key of a member's signed identity.
+pub const IDENTITY_KEY: &str = "identity";
+/// The tag an identity value starts with: the format's version.
+const IDENTITY_FORMAT: &str = "edge-identity/1";
+/// The longest identity value accepted (a certificate of a few hundred bytes, in hex).
+pub const MAX_IDENTITY_BYTES: usize = 16 * 1024;
+
+/// Whether `name` may name a member: a DNS label (`[a-z0-9-]{1,63}`, no leading or
+/// trailing `-`), since a node's certificate names it (see [`member_dns_name`]).
+pub fn is_member_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+/// The DNS name a node's certificate carries for its member name: what binds the
+/// name a node claims in gossip to the key it signs with.
+pub fn member_dns_name(name: &str) -> String {
+    format!("{name}.node.edge")
+}
+
+/// What a member says of itself in gossip, signed with its own key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claims {
+    /// What it is.
+    pub role: Role,
+    /// Its configured name.
+    pub name: String,
+    /// Where it serves HTTP/3.
+    pub quic: SocketAddr,
+    /// Its software version.
+    pub version: String,
+    /// Whether it is shutting down.
+    pub draining: bool,
+    /// Its incarnation (the gossip layer's generation): a signed identity is valid for
+    /// one incarnation only.
+    pub generation: u64,
+    /// Its gossip address (part of the gossip layer's id of it).
+    pub gossip: SocketAddr,
+    /// When it signed these claims (Unix milliseconds): of two valid identities of one
+    /// incarnation, the later counts, so an old one replayed never undoes a newer one.
+    pub issued_ms: u64,
+}
+
+/// A member's identity as it travels: its claims, its certificate and its signature
+/// over both.
+///
+/// Value: `edge-identity/1 ROLE NAME QUIC VERSION DRAINING GENERATION GOSSIP ISSUED
+/// CERT | SCHEME SIGNATURE`, the certificate (DER) and the signature in hex. The
+/// signature covers everything before ` | `; `SCHEME` is the TLS signature scheme's
+/// number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedClaims {
+    /// What it claims.
+    pub claims: Claims,
+    /// Its certificate (DER), issued by the cluster CA.
+    pub certificate: Vec<u8>,
+    /// The text the signature covers.
+    pub signed: String,
+    /// The TLS signature scheme (its IANA number).
+    pub scheme: u16,
+    /// The signature.
+    pub signature: Vec<u8>,
+}
+
+impl Claims {
+    /// The text a member signs: its claims and its certificate.
+    pub fn to_be_signed(&self, certificate: &[u8]) -> String {
+        format!(
+            "{IDENTITY_FORMAT} {} {} {} {} {} {} {} {} {}",
+            self.role.as_str(),
+            self.name,
+            self.quic,
+            self.version,
+            u8::from(self.draining),
+            self.generation,
+            self.gossip,
+            self.issued_ms,
+            hex::encode(certificate)
+        )
+    }
+}
+
+impl SignedClaims {
+    /// The identity value: `signed` (from [`Claims::to_be_signed`]) with its signature.
+    pub fn encode(signed: &str, scheme: u16, signature: &[u8]) -> String {
+        format!("{signed} | {scheme} {}", hex::encode(signature))
+    }
+
+    /// Parses an identity value (input from the network); `None` if malformed. The
+    /// signature is not checked here: that is the gossip agent's, with the CA.
+    pub fn decode(text: &str) -> Option<SignedClaims> {
+        if text.len() > MAX_IDENTITY_BYTES {
+            return None;
+        }
+        let (signed, signature) = text.split_once(" | ")?;
+        let (scheme, signature) = signature.split_once(' ')?;
+        let mut fields = signed.split(' ');
+        let mut next = || fields.next();
+        if next()? != IDENTITY_FORMAT {
+            return None;
+        }
+        let role = Role::parse(next()?)?;
+        let name = next()?.to_string();
+        let quic = next()?.parse().ok()?;
+        let version = next()?.to_string();
+        let draining = match next()? {
+            "0" => false,
+            "1" => true,
+            _ => return None,
+        };
+        let generation = next()?.parse().ok()?;
+        let gossip = next()?.parse().ok()?;
+        let issued_ms = next()?.parse().ok()?;
+        let certificate = hex::decode(next()?).ok()?;
+        if next().is_some() || name.is_empty() {
+            return None;
+        }
+        Some(SignedClaims {
+            claims: Claims {
+                role,
+                name,
+                quic,
+                version,
+                draining,
+                generation,
+                gossip,
+                issued_ms,
+            },
+            certificate,
+            signed: signed.to_string(),
+            scheme: scheme.parse().ok()?,
+            signature: hex::decode(signature).ok()?,
+        })
+    }
+}
+
 /// One member as gossip knows it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Member {
@@ -221,28 +361,32 @@ pub struct Member {
 }
 
 impl Member {
-    /// Decodes a member from its key-values (`get` looks one up); `None` until its
-    /// identity keys have arrived. `identity` is what the gossip layer itself knows of it.
-    pub fn decode<'a>(get: impl Fn(&str) -> Option<&'a str>, identity: Identity) -> Option<Member> {
+    /// A member from its verified `claims` and its other key-values (`get` looks one
+    /// up). `identity` is what the gossip layer itself knows of it.
+    pub fn decode<'a>(
+        claims: &Claims,
+        get: impl Fn(&str) -> Option<&'a str>,
+        identity: Identity,
+    ) -> Member {
         let mut warm = WarmSet::default();
         for i in 0..WARM_SHARDS {
             if let Some(text) = get(&warm_key(i)) {
                 warm.add_shard(text);
             }
         }
-        Some(Member {
-            name: get("name")?.to_string(),
-            role: Role::parse(get("role")?)?,
-            quic: get("quic")?.parse().ok()?,
-            version: get("version").unwrap_or_default().to_string(),
-            draining: get("draining") == Some("1"),
+        Member {
+            name: claims.name.clone(),
+            role: claims.role,
+            quic: claims.quic,
+            version: claims.version.clone(),
+            draining: claims.draining,
             live: identity.live,
             gossip: identity.gossip,
             generation: identity.generation,
             load: get("load").and_then(LoadReport::decode).unwrap_or_default(),
             warm,
             state_version: identity.state_version,
-        })
+        }
     }
 }
 
@@ -282,6 +426,66 @@ mod tests {
         back.add_shard("nothex");
         back.add_shard("zzzzzzzzzzzz");
         assert_eq!(back.len(), 3000);
+    }
+
+    fn claims() -> Claims {
+        Claims {
+            role: Role::Node,
+            name: "node-1".into(),
+            quic: "127.0.0.1:5000".parse().unwrap(),
+            version: "0.1.0".into(),
+            draining: true,
+            generation: 17,
+            gossip: "127.0.0.1:7946".parse().unwrap(),
+            issued_ms: 1_700_000_000_000,
+        }
+    }
+
+    #[test]
+    fn signed_identities_round_trip_and_malformed_ones_are_refused() {
+        let signed = claims().to_be_signed(b"cert");
+        let text = SignedClaims::encode(&signed, 0x0403, b"sig");
+        let back = SignedClaims::decode(&text).unwrap();
+        assert_eq!(back.claims, claims());
+        assert_eq!(back.certificate, b"cert");
+        assert_eq!(back.signed, signed);
+        assert_eq!(
+            (back.scheme, back.signature.as_slice()),
+            (0x0403, &b"sig"[..])
+        );
+        for bad in [
+            String::new(),
+            signed.clone(),
+            text.replacen("edge-identity/1", "edge-identity/2", 1),
+            text.replacen(" node ", " queen ", 1),
+            text.replacen(" 1 17 ", " 2 17 ", 1),
+            text.replacen(" | ", " extra | ", 1),
+            text.replace("63657274", "zz"),
+            format!("{text}{}", "0".repeat(MAX_IDENTITY_BYTES)),
+        ] {
+            assert_eq!(SignedClaims::decode(&bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn member_names_are_dns_labels() {
+        for good in ["node-1", "n", "a1-b2", &"x".repeat(63)] {
+            assert!(is_member_name(good), "{good}");
+        }
+        let long = "x".repeat(64);
+        for bad in [
+            "",
+            "Node",
+            "node_1",
+            "-a",
+            "a-",
+            "a.b",
+            "gateway@127.0.0.1:1",
+            &long,
+        ] {
+            assert!(!is_member_name(bad), "{bad}");
+        }
+        assert_eq!(member_dns_name("node-1"), "node-1.node.edge");
     }
 
     #[test]

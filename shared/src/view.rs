@@ -46,15 +46,16 @@ pub struct ClusterView {
 
 impl ClusterView {
     /// The view of `members` (the nodes among them) as the gateway named `me` sees it. A
-    /// node restarted on the same address appears twice in gossip: its newest
-    /// incarnation counts.
+    /// restarted node appears twice in gossip: its newest incarnation counts. Nodes are
+    /// told apart by name, which each proves with its certificate, not by the address
+    /// they claim: a node claiming another's address never hides it.
     pub fn build(members: &[Member], me: &str) -> ClusterView {
-        let mut newest: HashMap<SocketAddr, &Member> = HashMap::new();
+        let mut newest: HashMap<&str, &Member> = HashMap::new();
         for m in members.iter().filter(|m| m.role == Role::Node) {
-            match newest.get(&m.quic) {
+            match newest.get(m.name.as_str()) {
                 Some(seen) if seen.generation > m.generation => {}
                 _ => {
-                    newest.insert(m.quic, m);
+                    newest.insert(&m.name, m);
                 }
             }
         }

@@ -110,10 +110,11 @@ impl LocalCluster {
     pub fn add_node(&mut self) -> anyhow::Result<usize> {
         let i = self.nodes.len();
         let name = format!("node-{}", i + 1);
+        let own = self.certs.node(&name)?;
         let config = NodeConfig {
             name: name.clone(),
-            tls_cert: self.certs.node_cert.clone(),
-            tls_key: self.certs.node_key.clone(),
+            tls_cert: own.cert,
+            tls_key: own.key,
             cluster_ca: self.certs.ca.clone(),
             cache_dir: self.dir.join(&name).join("cache"),
             worker_threads: self

@@ -1,28 +1,30 @@
-//! Development certificates: a cluster CA; the certificate users see (for `localhost`,
-//! `127.0.0.1` and the function domain); the nodes' certificate (for `edge-node`); and the
-//! gateway's cluster-member certificate, which it presents to nodes (mutual TLS). All are
-//! issued by that CA. Existing files are kept, so a browser or curl that trusts the CA
-//! keeps trusting it across `edge up` runs.
+//! Development certificates, issued by a development cluster CA ([`edge_net::pki`]): the
+//! certificate users see (for `localhost`, `127.0.0.1` and the function domain; a TLS
+//! server's only); one certificate and key per node (`edge-node` and its member name);
+//! and the gateway's cluster-member certificate, which it presents to nodes (mutual TLS;
+//! a TLS client's only). Existing files are kept, so a browser or curl that trusts the
+//! CA keeps trusting it across `edge up` runs, and the CA's key is kept (owner-only) to
+//! issue certificates for nodes added later.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use edge_shared::wire::{GATEWAY_MEMBER_NAME, NODE_SERVER_NAME};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use edge_net::gossip::Role;
+use edge_net::pki::{ClusterCa, Issued, Usage};
 
 /// Where the development certificates (and the gossip cluster key) are.
 #[derive(Debug, Clone)]
 pub struct DevCerts {
-    /// CA certificate (trust this to call the gateway, and the gateway trusts it for nodes).
+    dir: PathBuf,
+    /// CA certificate (trust this to call the gateway, and members trust it for each
+    /// other).
     pub ca: PathBuf,
-    /// Gateway certificate and key.
+    /// The CA's private key.
+    pub ca_key: PathBuf,
+    /// The certificate users see.
     pub gateway_cert: PathBuf,
-    /// Gateway private key.
+    /// Its private key.
     pub gateway_key: PathBuf,
-    /// Node certificate.
-    pub node_cert: PathBuf,
-    /// Node private key.
-    pub node_key: PathBuf,
     /// Certificate the gateway presents to nodes.
     pub member_cert: PathBuf,
     /// Its private key.
@@ -31,64 +33,47 @@ pub struct DevCerts {
     pub gossip_key: PathBuf,
 }
 
+/// A node's own certificate and key.
+#[derive(Debug, Clone)]
+pub struct NodeCerts {
+    /// Its certificate (`edge-node`, `NAME.node.edge`).
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+}
+
 impl DevCerts {
-    /// Creates the certificates in `dir` unless they are all there already.
+    /// Creates the CA, the public and member certificates and the cluster key in `dir`
+    /// unless they are all there already.
     pub fn ensure(dir: &Path, domain: &str) -> anyhow::Result<DevCerts> {
         let certs = DevCerts {
+            dir: dir.to_path_buf(),
             ca: dir.join("ca.pem"),
+            ca_key: dir.join("ca.key"),
             gateway_cert: dir.join("gateway.pem"),
             gateway_key: dir.join("gateway.key"),
-            node_cert: dir.join("node.pem"),
-            node_key: dir.join("node.key"),
             member_cert: dir.join("member.pem"),
             member_key: dir.join("member.key"),
             gossip_key: dir.join("gossip.key"),
         };
-        let all = [
-            &certs.ca,
-            &certs.gateway_cert,
-            &certs.gateway_key,
-            &certs.node_cert,
-            &certs.node_key,
-            &certs.member_cert,
-            &certs.member_key,
-            &certs.gossip_key,
-        ];
         let secrets = [
+            &certs.ca_key,
             &certs.gateway_key,
-            &certs.node_key,
             &certs.member_key,
             &certs.gossip_key,
         ];
-        if all.iter().all(|p| p.is_file()) {
+        let all = [&certs.ca, &certs.gateway_cert, &certs.member_cert];
+        if all.iter().chain(&secrets).all(|p| p.is_file()) {
             // Written by an older edge up with the umask's modes: ours to tighten.
+            private_dir(dir)?;
             for secret in secrets {
                 set_mode(secret, 0o600)?;
             }
             return Ok(certs);
         }
         private_dir(dir)?;
-        let ca_key = KeyPair::generate()?;
-        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "edge development CA");
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let ca_cert = ca_params.self_signed(&ca_key)?;
-        let issuer = Issuer::new(ca_params, ca_key);
-
-        let leaf = |names: Vec<String>, cert: &Path, key: &Path| -> anyhow::Result<()> {
-            let key_pair = KeyPair::generate()?;
-            let mut params = CertificateParams::new(names)?;
-            params
-                .distinguished_name
-                .push(DnType::CommonName, "edge development");
-            let signed = params.signed_by(&key_pair, &issuer)?;
-            write(cert, &signed.pem())?;
-            write_secret(key, &key_pair.serialize_pem())
-        };
-        leaf(
+        let ca = ClusterCa::generate()?;
+        let public = ca.issue(
             vec![
                 "localhost".into(),
                 "127.0.0.1".into(),
@@ -96,25 +81,48 @@ impl DevCerts {
                 domain.to_string(),
                 format!("*.{domain}"),
             ],
-            &certs.gateway_cert,
-            &certs.gateway_key,
+            Usage::Server,
         )?;
-        leaf(
-            vec![NODE_SERVER_NAME.into()],
-            &certs.node_cert,
-            &certs.node_key,
-        )?;
-        leaf(
-            vec![GATEWAY_MEMBER_NAME.into()],
-            &certs.member_cert,
-            &certs.member_key,
-        )?;
+        write_issued(&public, &certs.gateway_cert, &certs.gateway_key)?;
+        // The gateway's member name is not its certificate's business: gateways are
+        // told apart by their gossip id; the role is what nodes check.
+        let member = ca.issue_member(Role::Gateway, "gateway")?;
+        write_issued(&member, &certs.member_cert, &certs.member_key)?;
         let mut gossip_key = [0u8; 32];
         getrandom::fill(&mut gossip_key).map_err(|e| anyhow::anyhow!("random source: {e}"))?;
         write_secret(&certs.gossip_key, &hex::encode(gossip_key))?;
-        write(&certs.ca, &ca_cert.pem())?;
+        write_secret(&certs.ca_key, &ca.key_pem())?;
+        // Nodes issued by an older CA would not chain to this one.
+        let _ = std::fs::remove_dir_all(dir.join("nodes"));
+        write(&certs.ca, ca.cert_pem())?;
         Ok(certs)
     }
+
+    /// Node `name`'s own certificate and key (in `nodes/`), issued now if missing.
+    pub fn node(&self, name: &str) -> anyhow::Result<NodeCerts> {
+        let dir = self.dir.join("nodes");
+        let node = NodeCerts {
+            cert: dir.join(format!("{name}.pem")),
+            key: dir.join(format!("{name}.key")),
+        };
+        if node.cert.is_file() && node.key.is_file() {
+            set_mode(&node.key, 0o600)?;
+            return Ok(node);
+        }
+        private_dir(&dir)?;
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+        };
+        let ca = ClusterCa::from_pem(&read(&self.ca)?, &read(&self.ca_key)?)
+            .with_context(|| format!("loading the CA in {}", self.dir.display()))?;
+        write_issued(&ca.issue_member(Role::Node, name)?, &node.cert, &node.key)?;
+        Ok(node)
+    }
+}
+
+fn write_issued(issued: &Issued, cert: &Path, key: &Path) -> anyhow::Result<()> {
+    write(cert, &issued.cert_pem)?;
+    write_secret(key, &issued.key_pem)
 }
 
 fn write(path: &Path, text: &str) -> anyhow::Result<()> {

@@ -197,9 +197,12 @@ fn keys_are_written_for_their_owner_alone_and_a_loose_key_is_refused_at_start() 
     let certs = edge_cli::devcerts::DevCerts::ensure(&state, "edge.localhost").unwrap();
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&state), 0o700);
+    let node_certs = certs.node("node").unwrap();
+    assert_eq!(mode(&state.join("nodes")), 0o700);
     for secret in [
+        &certs.ca_key,
         &certs.gateway_key,
-        &certs.node_key,
+        &node_certs.key,
         &certs.member_key,
         &certs.gossip_key,
     ] {
@@ -213,8 +216,8 @@ fn keys_are_written_for_their_owner_alone_and_a_loose_key_is_refused_at_start() 
         &node,
         format!(
             "tls_cert = {:?}\ntls_key = {:?}\ncluster_ca = {:?}\ncache_dir = {:?}\n[gossip]\nkey_file = {:?}\n",
-            certs.node_cert,
-            certs.node_key,
+            node_certs.cert,
+            node_certs.key,
             certs.ca,
             dir.path().join("cache"),
             certs.gossip_key

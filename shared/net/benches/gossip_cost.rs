@@ -110,7 +110,15 @@ async fn over_udp(n: usize) -> anyhow::Result<()> {
     let mut members = Vec::new();
     let mut seed: Option<SocketAddr> = None;
     let start = std::time::Instant::now();
+    let ca = edge_net::pki::ClusterCa::generate()?;
     for i in 0..n {
+        let issued = ca.issue_member(Role::Node, &format!("m{i}"))?;
+        let credentials = edge_net::gossip::Credentials::from_pem(
+            ca.cert_pem(),
+            &issued.cert_pem,
+            &issued.key_pem,
+        )
+        .map_err(anyhow::Error::msg)?;
         let link = Link::udp(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
         let settings = Settings {
             name: format!("m{i}"),
@@ -119,6 +127,7 @@ async fn over_udp(n: usize) -> anyhow::Result<()> {
             seeds: seed.iter().map(ToString::to_string).collect(),
             interval: ROUND,
             phi_threshold: edge_net::gossip::PHI_THRESHOLD,
+            credentials,
         };
         let gossip = Gossip::start(&settings, link, key()).await?;
         seed.get_or_insert(gossip.addr());

@@ -7,8 +7,10 @@
 //!   and drain on shutdown) and bounded body reading;
 //! - [`client`]: connecting, the request exchange, and a small whole-response client;
 //! - [`tls`]: PEM loading and rustls configurations (ring provider, TLS 1.3 for QUIC);
+//! - [`pki`]: the cluster CA and the role certificates it issues;
 //! - [`gossip`]: the gossip agent (chitchat over UDP, every datagram signed with the
-//!   cluster key) and an in-memory network to simulate clusters;
+//!   cluster key, every identity with its member's key) and an in-memory network to
+//!   simulate clusters;
 //! - [`lifecycle`]: the shutdown signal that reaches every loop, and the count of
 //!   requests in flight a server drains before it leaves;
 //! - [`logging`]: the process's `tracing` subscriber.
@@ -18,5 +20,6 @@ pub mod gossip;
 pub mod http3;
 pub mod lifecycle;
 pub mod logging;
+pub mod pki;
 pub mod quic;
 pub mod tls;

@@ -155,3 +155,31 @@ async fn a_member_without_the_cluster_key_is_dropped_and_counted() {
     assert_eq!(intruder_rejected, 0, "members never answered the intruder");
     converges(&sim, &[0, 1, 2], Duration::from_secs(5)).await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_key_holder_cannot_pass_as_another_member() {
+    let mut sim = cluster(3).await;
+    converges(&sim, &[0, 1, 2], Duration::from_secs(10)).await;
+    // Member 3 holds the cluster key and a node certificate of its own, for `m3`, and
+    // joins as `m1` (a later incarnation, which would shadow the real one), draining.
+    let own = sim.credentials("m3").unwrap();
+    sim.start_as(3, &[0], key(1), "m1", own).await.unwrap();
+    sim.member(3).unwrap().set_draining().await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    for observer in [0, 2] {
+        let members = sim.member(observer).unwrap().members().await;
+        let named_m1: Vec<_> = members.iter().filter(|m| m.name == "m1").collect();
+        assert_eq!(named_m1.len(), 1, "{observer} sees {named_m1:?}");
+        assert_eq!(named_m1[0].gossip, Simulation::addr(1));
+        assert!(!named_m1[0].draining);
+        assert!(
+            !members.iter().any(|m| m.gossip == Simulation::addr(3)),
+            "{observer} admitted the impostor"
+        );
+        let forged = Counters::get(&sim.member(observer).unwrap().counters().forged);
+        assert!(forged >= 1, "{observer} counted no forgery");
+    }
+    // Datagrams were signed with the cluster key: the transport let them through.
+    let received = Counters::get(&sim.member(0).unwrap().counters().rejected);
+    assert_eq!(received, 0);
+}

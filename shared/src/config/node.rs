@@ -92,8 +92,11 @@ impl ConfigFile for NodeConfig {
 
     fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
-        if self.name.is_empty() || self.name.contains(char::is_whitespace) {
-            problems.push("name: must be non-empty without spaces".into());
+        if !crate::gossip::is_member_name(&self.name) {
+            problems.push(format!(
+                "name: {:?} must be a DNS label, [a-z0-9-] up to 63 characters (the node's certificate names it)",
+                self.name
+            ));
         }
         require_file(&mut problems, "tls_cert", &self.tls_cert);
         require_file(&mut problems, "tls_key", &self.tls_key);

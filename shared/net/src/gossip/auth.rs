@@ -120,6 +120,9 @@ pub struct Counters {
     pub undecodable: AtomicU64,
     /// Datagrams dropped: signed, but sealed outside the freshness window or seen before.
     pub replayed: AtomicU64,
+    /// Member identities refused: not signed by the member they name (see
+    /// [`super::identity`]), or older than the one accepted.
+    pub forged: AtomicU64,
 }
 
 impl Counters {

@@ -21,9 +21,11 @@
 //!
 //! Every datagram is signed with the cluster key ([`auth`]); unsigned or mis-signed ones
 //! are dropped and counted, and so are stale or replayed ones (each carries its seal
-//! time, and a tag is accepted once).
+//! time, and a tag is accepted once). Each member's identity is signed with its own
+//! certificate's key besides ([`identity`]), so a key holder can write only its own.
 
 pub mod auth;
+pub mod identity;
 pub mod memory;
 pub mod simulation;
 
@@ -37,8 +39,11 @@ use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig
 use tokio::sync::watch;
 
 pub use self::auth::{ClusterKey, Counters, Link, SignedTransport};
+pub use self::identity::Credentials;
+use self::identity::{Accepted, node_id, unix_ms};
 pub use edge_shared::gossip::{
-    Identity, LoadReport, Member, Role, WARM_SHARDS, WarmSet, fingerprint, warm_key,
+    Claims, IDENTITY_KEY, Identity, LoadReport, Member, Role, WARM_SHARDS, WarmSet, fingerprint,
+    warm_key,
 };
 
 /// Chitchat's cluster id: a member of another edge cluster (another key) could not
@@ -64,6 +69,9 @@ pub struct Settings {
     pub interval: Duration,
     /// Phi-accrual threshold above which a silent member counts as down.
     pub phi_threshold: f64,
+    /// Its certificate and key, which sign its identity, and the cluster CA, which
+    /// others' identities must chain to.
+    pub credentials: Credentials,
 }
 
 /// A running gossip agent.
@@ -77,6 +85,10 @@ pub struct Gossip {
     live_members: AtomicUsize,
     cpu: std::sync::Mutex<CpuMeter>,
     changes: watch::Receiver<BTreeMap<ChitchatId, NodeState>>,
+    credentials: Credentials,
+    /// What this member claims; re-signed when it starts draining.
+    claims: std::sync::Mutex<Claims>,
+    accepted: std::sync::Mutex<Accepted>,
 }
 
 impl Gossip {
@@ -87,7 +99,7 @@ impl Gossip {
         let generation = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as u64);
-        let id = ChitchatId::new(format!("{}@{addr}", settings.name), generation, addr);
+        let id = ChitchatId::new(node_id(&settings.name, addr), generation, addr);
         let interval = settings.interval;
         let config = ChitchatConfig {
             chitchat_id: id,
@@ -107,12 +119,22 @@ impl Gossip {
             catchup_callback: None,
             extra_liveness_predicate: None,
         };
+        let claims = Claims {
+            role: settings.role,
+            name: settings.name.clone(),
+            quic: settings.quic,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            draining: false,
+            generation,
+            gossip: addr,
+            issued_ms: unix_ms(),
+        };
+        let signed = settings
+            .credentials
+            .sign(&claims)
+            .map_err(|e| anyhow::anyhow!("signing this member's gossip identity: {e}"))?;
         let mut identity = vec![
-            ("role".to_string(), settings.role.as_str().to_string()),
-            ("name".to_string(), settings.name.clone()),
-            ("quic".to_string(), settings.quic.to_string()),
-            ("version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
-            ("draining".to_string(), "0".to_string()),
+            (IDENTITY_KEY.to_string(), signed),
             ("load".to_string(), LoadReport::default().encode()),
         ];
         identity.extend((0..WARM_SHARDS).map(|i| (warm_key(i), String::new())));
@@ -127,6 +149,9 @@ impl Gossip {
             live_members: AtomicUsize::new(0),
             cpu: std::sync::Mutex::new(CpuMeter::default()),
             changes,
+            credentials: settings.credentials.clone(),
+            claims: std::sync::Mutex::new(claims),
+            accepted: std::sync::Mutex::new(Accepted::default()),
         })
     }
 
@@ -153,6 +178,7 @@ impl Gossip {
             rejected: Counters::get(&c.rejected),
             undecodable: Counters::get(&c.undecodable),
             replayed: Counters::get(&c.replayed),
+            forged: Counters::get(&c.forged),
         }
     }
 
@@ -187,28 +213,55 @@ impl Gossip {
 
     /// Says this member is shutting down: gateways skip it from the next round on.
     pub async fn set_draining(&self) {
-        let chitchat = &self.chitchat;
-        chitchat.lock().await.self_node_state().set("draining", "1");
+        let signed = {
+            let mut claims = self.claims.lock().unwrap_or_else(|p| p.into_inner());
+            claims.draining = true;
+            claims.issued_ms = unix_ms().max(claims.issued_ms + 1);
+            self.credentials.sign(&claims)
+        };
+        match signed {
+            Ok(signed) => {
+                let chitchat = &self.chitchat;
+                chitchat
+                    .lock()
+                    .await
+                    .self_node_state()
+                    .set(IDENTITY_KEY, signed);
+            }
+            Err(e) => tracing::error!(error = %e, "could not sign the draining identity"),
+        }
     }
 
-    /// Every other member with a complete identity, live or not.
+    /// Every other member with a valid identity, live or not. Identities that fail
+    /// verification are counted in `forged` (and logged, the first and one in a
+    /// thousand); the member's last valid one stands.
     pub async fn members(&self) -> Vec<Member> {
         let chitchat = &self.chitchat;
         let chitchat = chitchat.lock().await;
         let me = chitchat.self_chitchat_id().clone();
         let live: std::collections::HashSet<&ChitchatId> = chitchat.live_nodes().collect();
-        chitchat
-            .node_states()
+        let mut accepted = self.accepted.lock().unwrap_or_else(|p| p.into_inner());
+        let states = chitchat.node_states();
+        accepted.retain(|id| states.contains_key(id));
+        states
             .iter()
             .filter(|(id, _)| **id != me)
             .filter_map(|(id, state)| {
+                let text = state.get(IDENTITY_KEY)?;
+                let forged = |reason: &'static str| {
+                    let forged = self.counters.forged.fetch_add(1, Ordering::Relaxed) + 1;
+                    if forged == 1 || forged.is_multiple_of(1000) {
+                        tracing::warn!(member = %id.node_id, reason, forged, "gossip identity refused");
+                    }
+                };
+                let claims = accepted.check(&self.credentials, id, text, forged)?;
                 let identity = Identity {
                     gossip: id.gossip_advertise_addr,
                     generation: id.generation_id,
                     live: live.contains(id),
                     state_version: state.max_version(),
                 };
-                Member::decode(|key| state.get(key), identity)
+                Some(Member::decode(claims, |key| state.get(key), identity))
             })
             .collect()
     }
@@ -274,6 +327,8 @@ pub struct GossipStats {
     pub undecodable: u64,
     /// Signed datagrams dropped as stale or replayed.
     pub replayed: u64,
+    /// Member identities refused as not signed by the member they name.
+    pub forged: u64,
 }
 
 /// This process's CPU use between calls, from `/proc/self/stat` (Linux; 0 elsewhere).

@@ -6,12 +6,15 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use super::memory::Network;
-use super::{ClusterKey, Gossip, Link, LoadReport, Member, Role, Settings, WarmSet};
+use super::{ClusterKey, Credentials, Gossip, Link, LoadReport, Member, Role, Settings, WarmSet};
+use crate::pki::ClusterCa;
 
 /// Members of a simulated cluster, by index.
 pub struct Simulation {
     /// The network they talk over: cut, delay and isolate through it.
     pub network: Network,
+    /// The cluster CA, which issues each member's certificate.
+    pub ca: ClusterCa,
     key: ClusterKey,
     interval: Duration,
     members: Vec<Option<Gossip>>,
@@ -25,6 +28,7 @@ impl Simulation {
     pub fn new(key: ClusterKey, interval: Duration) -> Simulation {
         Simulation {
             network: Network::default(),
+            ca: ClusterCa::generate().expect("a new CA"),
             key,
             interval,
             members: Vec::new(),
@@ -49,8 +53,35 @@ impl Simulation {
         seeds: &[usize],
         key: ClusterKey,
     ) -> anyhow::Result<()> {
+        let credentials = self.credentials(&Simulation::name(i))?;
+        self.start_as(i, seeds, key, &Simulation::name(i), credentials)
+            .await
+    }
+
+    /// Member `i`'s name: `m{i}`.
+    pub fn name(i: usize) -> String {
+        format!("m{i}")
+    }
+
+    /// A node certificate for `name`, issued by the cluster's CA.
+    pub fn credentials(&self, name: &str) -> anyhow::Result<Credentials> {
+        let issued = self.ca.issue_member(Role::Node, name)?;
+        Credentials::from_pem(self.ca.cert_pem(), &issued.cert_pem, &issued.key_pem)
+            .map_err(|e| anyhow::anyhow!(e))
+    }
+
+    /// Starts member `i` as a node named `name`, signing its identity with
+    /// `credentials` and its datagrams with `key`: an impostor, when they are not its.
+    pub async fn start_as(
+        &mut self,
+        i: usize,
+        seeds: &[usize],
+        key: ClusterKey,
+        name: &str,
+        credentials: Credentials,
+    ) -> anyhow::Result<()> {
         let settings = Settings {
-            name: format!("m{i}"),
+            name: name.to_string(),
             role: Role::Node,
             quic: SocketAddr::from((Simulation::addr(i).ip(), 5000)),
             seeds: seeds
@@ -59,6 +90,7 @@ impl Simulation {
                 .collect(),
             interval: self.interval,
             phi_threshold: super::PHI_THRESHOLD,
+            credentials,
         };
         let link = Link::Memory(self.network.bind(Simulation::addr(i))?);
         let gossip = Gossip::start(&settings, link, key).await?;
