@@ -4,7 +4,8 @@
 //! with Nagle's algorithm the second write waits for the client's delayed ACK (about
 //! 40 ms a request, measured in BENCHMARKS.md). On shutdown the listener closes and
 //! every connection shuts down gracefully: requests in flight are answered, idle
-//! keep-alive connections close.
+//! keep-alive connections close. A connection with no request in flight for
+//! `ingress.idle_timeout_ms` shuts down the same way.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -22,6 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
+use super::connection::{Activity, WriteStall};
 use crate::budget::Held;
 use crate::proxy::{Forwarded, Gateway, ResponseBody};
 
@@ -90,9 +92,17 @@ pub async fn serve(
                     }
                 };
             let limits = Arc::clone(&ingress);
+            let activity = Arc::new(Activity::default());
+            let busy = Arc::clone(&activity);
             let service = hyper::service::service_fn(move |request| {
                 let (gateway, limits) = (Arc::clone(&gateway), Arc::clone(&limits));
-                async move { Ok::<_, Infallible>(handle(&gateway, &limits, request).await) }
+                let request_in_flight = busy.begin();
+                let activity = Arc::clone(&busy);
+                async move {
+                    let response = handle(&gateway, &limits, request, activity).await;
+                    drop(request_in_flight);
+                    Ok::<_, Infallible>(response)
+                }
             });
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             builder
@@ -106,6 +116,7 @@ pub async fn serve(
                 .max_header_list_size(ingress.max_header_bytes)
                 .keep_alive_interval(ingress.header_read_timeout())
                 .keep_alive_timeout(ingress.write_timeout());
+            let tls = WriteStall::new(tls, ingress.write_timeout(), Arc::clone(&activity));
             let connection = builder.serve_connection(TokioIo::new(tls), service);
             tokio::pin!(connection);
             let served = tokio::select! {
@@ -113,6 +124,15 @@ pub async fn serve(
                 () = stop.fired() => {
                     connection.as_mut().graceful_shutdown();
                     connection.await
+                }
+                () = activity.idle_for(ingress.idle_timeout()) => {
+                    tracing::debug!(%remote, "connection closed: idle past ingress.idle_timeout_ms");
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+                () = activity.abandoned() => {
+                    tracing::debug!(%remote, "connection reset: the client stopped reading an answer");
+                    return;
                 }
             };
             if let Err(e) = served {
@@ -126,6 +146,7 @@ async fn handle(
     gateway: &Gateway,
     ingress: &IngressConfig,
     request: http::Request<Incoming>,
+    activity: Arc<Activity>,
 ) -> http::Response<Body> {
     let (parts, body) = request.into_parts();
     let head = http::Request::from_parts(parts, ());
@@ -143,7 +164,7 @@ async fn handle(
             }
         }
     };
-    to_hyper(forwarded, ingress.write_timeout())
+    to_hyper(forwarded, ingress.write_timeout(), activity)
 }
 
 /// Why a body was not read whole.
@@ -181,8 +202,14 @@ async fn read_body(
 }
 
 /// Turns an answer into a hyper response, streaming a node's body through a channel; a
-/// client that stops reading for `write_timeout` is abandoned.
-fn to_hyper(forwarded: Forwarded, write_timeout: Duration) -> http::Response<Body> {
+/// client that stops reading for `write_timeout` is abandoned: its connection is reset
+/// (hyper no longer polls a body that HTTP/2 flow control holds back, so failing the
+/// body alone would leave the stream stalled).
+fn to_hyper(
+    forwarded: Forwarded,
+    write_timeout: Duration,
+    activity: Arc<Activity>,
+) -> http::Response<Body> {
     let Forwarded { head, body } = forwarded;
     let (mut parts, ()) = head.into_parts();
     // The head came from a node over HTTP/3; hyper writes the connection's own version.
@@ -197,8 +224,14 @@ fn to_hyper(forwarded: Forwarded, write_timeout: Duration) -> http::Response<Bod
                     match chunk {
                         Ok(bytes) => {
                             let sent = tokio::time::timeout(write_timeout, sender.send_data(bytes));
-                            if !matches!(sent.await, Ok(Ok(()))) {
-                                return;
+                            match sent.await {
+                                Ok(Ok(())) => {}
+                                // The client went: nothing to tell.
+                                Ok(Err(_)) => return,
+                                Err(_) => {
+                                    activity.abandon();
+                                    return;
+                                }
                             }
                         }
                         Err(e) => {

@@ -19,6 +19,9 @@ use crate::lifecycle::{InFlight, Shutdown};
 /// The QUIC application error a connection from a peer without the right role is
 /// closed with (H3_REQUEST_REJECTED: nothing was processed).
 const REFUSED_ROLE: quinn::VarInt = quinn::VarInt::from_u32(0x10b);
+/// The QUIC application error a connection is closed with when a request's headers do
+/// not arrive in time (H3_REQUEST_INCOMPLETE).
+const H3_REQUEST_INCOMPLETE: quinn::VarInt = quinn::VarInt::from_u32(0x10d);
 
 /// How long a connection stays open after its last answer on shutdown, unless the
 /// client closes it first: time for the last bytes to be acknowledged.
@@ -159,6 +162,7 @@ async fn connection<H: Handler>(
                 let Some(resolver) = accepted? else { break };
                 let guards = (in_flight.start(), own.start());
                 let handler = Arc::clone(&handler);
+                let quic = quic.clone();
                 tokio::spawn(async move {
                     let _guards = guards;
                     let resolved =
@@ -167,7 +171,13 @@ async fn connection<H: Handler>(
                     match resolved {
                         Ok(Ok((request, stream))) => handler.handle(request, stream).await,
                         Ok(Err(e)) => tracing::debug!(%remote, error = %e, "malformed HTTP/3 request"),
-                        Err(_) => tracing::debug!(%remote, "request headers timed out"),
+                        Err(_) => {
+                            // A stream that stalls its headers keeps its place in the
+                            // connection's stream limit until the client lets it go,
+                            // which a hostile one never does: the connection goes.
+                            tracing::debug!(%remote, "request headers timed out: connection closed");
+                            quic.close(H3_REQUEST_INCOMPLETE, b"request headers timed out");
+                        }
                     }
                 });
             }

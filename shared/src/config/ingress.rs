@@ -22,6 +22,9 @@ pub struct IngressConfig {
     /// Longest one write of an answer may wait for a client that does not read, in ms;
     /// then the answer is abandoned.
     pub write_timeout_ms: u64,
+    /// Longest a connection may stay open with no request in flight, in ms (HTTP/1.1
+    /// keep-alive and HTTP/2 on TCP; a QUIC connection with no packets either way).
+    pub idle_timeout_ms: u64,
     /// Largest header block of one request, in bytes (HTTP/3 field section, HTTP/2
     /// header list, HTTP/1.1 head): larger ones are refused before they are buffered.
     pub max_header_bytes: u32,
@@ -38,6 +41,7 @@ impl Default for IngressConfig {
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 30_000,
             write_timeout_ms: 30_000,
+            idle_timeout_ms: 30_000,
             max_header_bytes: 64 << 10,
             max_buffered_body_bytes: 256 << 20,
         }
@@ -65,6 +69,11 @@ impl IngressConfig {
         Duration::from_millis(self.write_timeout_ms)
     }
 
+    /// The idle timeout.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+
     pub(crate) fn problems(&self, problems: &mut Vec<String>) {
         if !(1..=1_000_000).contains(&self.max_connections) {
             problems.push("ingress.max_connections: from 1 to 1000000".into());
@@ -77,6 +86,7 @@ impl IngressConfig {
             ),
             ("ingress.body_read_timeout_ms", self.body_read_timeout_ms),
             ("ingress.write_timeout_ms", self.write_timeout_ms),
+            ("ingress.idle_timeout_ms", self.idle_timeout_ms),
         ] {
             if !(1..=3_600_000).contains(&value) {
                 problems.push(format!("{key}: from 1 to 3600000"));
