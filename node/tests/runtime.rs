@@ -7,6 +7,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
+use edge_node::runtime::invoke::RunError;
 use edge_node::{Call, DeployError, Failure, Node};
 use edge_shared::config::NodeConfig;
 use edge_shared::manifest::{ContentId, DeploymentId, FunctionManifest, Limits, Route};
@@ -626,6 +627,65 @@ async fn hostile_host_calls_get_an_errno_and_the_node_serves_on() {
         .await
         .unwrap();
     assert_eq!(body(&answer), b"hello, x!\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_operations_and_host_copies_pay_fuel_by_their_length() {
+    let dir = tempfile::tempdir().unwrap();
+    // 10 M units for a 10 s request: a loop of 1 MiB bulk operations or host copies
+    // charged one unit each would run into the deadline; charged by length, it runs
+    // out of fuel after about 80 of them.
+    let node = node(dir.path(), |c| c.fuel_per_ms = 1_000);
+    let hello = deploy(&node, "hello", Limits::default());
+    let wat = |body: &str| {
+        let text = format!(
+            r#"(module
+              (import "wasi_snapshot_preview1" "random_get" (func $random_get (param i32 i32) (result i32)))
+              (memory (export "memory") 32)
+              (table 1000 1000 funcref)
+              (func (export "_start") {body}))"#
+        );
+        wasmer::wat2wasm(text.as_bytes()).unwrap().into_owned()
+    };
+    for (what, guest) in [
+        (
+            "memory.fill",
+            "(loop (memory.fill (i32.const 0) (i32.const 0) (i32.const 1048576)) (br 0))",
+        ),
+        (
+            "memory.copy",
+            "(loop (memory.copy (i32.const 0) (i32.const 1048576) (i32.const 1048576)) (br 0))",
+        ),
+        (
+            "table.fill",
+            "(loop (table.fill (i32.const 0) (ref.null func) (i32.const 1000)) (br 0))",
+        ),
+        (
+            "random_get",
+            "(loop (drop (call $random_get (i32.const 0) (i32.const 1048576))) (br 0))",
+        ),
+    ] {
+        let limits = Limits {
+            timeout_ms: Some(10_000),
+            memory_limit_mib: Some(64),
+            ..Limits::default()
+        };
+        let id = deploy_wasm(&node, "bulk", &wat(guest), limits);
+        let failure = node
+            .invoke(&node.deployment(&id).unwrap(), call(""))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{what} answered"));
+        assert!(
+            matches!(failure, Failure::Run(RunError::FuelExhausted { .. })),
+            "{what}: {failure}"
+        );
+        let answer = node
+            .invoke(&node.deployment(&hello).unwrap(), call("name=next"))
+            .await
+            .unwrap_or_else(|e| panic!("after {what}: {e}"));
+        assert_eq!(body(&answer), b"hello, next!\n", "after {what}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -31,9 +31,10 @@ use wasmer_middlewares::Metering;
 /// Identifies the compiler configuration an artifact was produced by. Part of every
 /// on-disk artifact's key: change it whenever compiling would produce different code
 /// (compiler, metering cost, wasmer release); wasmer's own header check is the backstop.
-pub const COMPILER_ID: &str = "wasmer-7.4-cranelift-metering1-features1-interrupt1";
+pub const COMPILER_ID: &str = "wasmer-7.4-cranelift-metering2-features1-interrupt1";
 
-/// One unit of fuel per operator.
+/// One unit of fuel per operator; bulk operations pay their length on top
+/// ([`super::metering`]).
 fn operator_cost(_: &Operator) -> u64 {
     1
 }
@@ -44,6 +45,10 @@ pub fn compile(wasm: &[u8]) -> Result<Vec<u8>, CompileError> {
     wasmer::sys::CompilerConfig::push_middleware(
         &mut compiler,
         Arc::new(Metering::new(0, operator_cost)),
+    );
+    wasmer::sys::CompilerConfig::push_middleware(
+        &mut compiler,
+        Arc::new(super::metering::BulkMetering::default()),
     );
     let engine: Engine = EngineBuilder::new(compiler)
         .set_features(Some(features()))

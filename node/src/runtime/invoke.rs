@@ -7,6 +7,7 @@ use bytes::Bytes;
 use wasmer::{Engine, Function, FunctionEnv, Instance, Memory, Module, Store};
 use wasmer_middlewares::metering::{MeteringPoints, get_remaining_points, set_remaining_points};
 
+use super::metering;
 use super::wasi::{self, Exit, RequestIo, SleptPastDeadline};
 use super::watchdog::Watchdog;
 
@@ -169,6 +170,9 @@ pub fn run(
     );
     request.set_memory(memory.clone());
     request.set_deadline(invocation.deadline);
+    if let Ok(fuel) = instance.exports.get_global(metering::REMAINING_POINTS) {
+        request.set_fuel(fuel.clone());
+    }
     *io.as_mut(store) = request;
     set_remaining_points(store, instance, invocation.fuel);
 

@@ -5,5 +5,6 @@ pub mod cache;
 pub mod engine;
 mod guest_log;
 pub mod invoke;
+pub mod metering;
 pub mod wasi;
 pub mod watchdog;

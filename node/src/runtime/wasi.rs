@@ -14,7 +14,11 @@ use bytes::Bytes;
 use edge_shared::module_check::WASI_MODULE;
 
 use super::guest_log::FunctionLog;
-use wasmer::{Exports, Function, FunctionEnv, FunctionEnvMut, Imports, Memory, MemoryView, Store};
+use super::metering;
+use wasmer::{
+    Exports, Function, FunctionEnv, FunctionEnvMut, Global, Imports, Memory, MemoryView, Store,
+    Value,
+};
 
 /// WASI errno values used here.
 mod errno {
@@ -40,6 +44,10 @@ pub struct SleptPastDeadline;
 pub struct RequestIo {
     deadline: Option<Instant>,
     memory: Option<Memory>,
+    /// The instance's remaining fuel, which host copies are charged to.
+    fuel: Option<Global>,
+    /// Bytes the current host call copied, charged when it returns.
+    copied: u64,
     args: Vec<Vec<u8>>,
     env: Vec<Vec<u8>>,
     stdin: Bytes,
@@ -63,6 +71,8 @@ impl RequestIo {
         RequestIo {
             deadline: None,
             memory: None,
+            fuel: None,
+            copied: 0,
             args: vec![nul_terminated(function.as_bytes())],
             env: env
                 .iter()
@@ -80,6 +90,14 @@ impl RequestIo {
     /// Gives the host functions the instance's exported memory.
     pub fn set_memory(&mut self, memory: Memory) {
         self.memory = Some(memory);
+    }
+
+    /// The instance's remaining-fuel global ([`metering::REMAINING_POINTS`]): a host call
+    /// is charged one unit per [`metering::BYTES_PER_UNIT`] bytes it copies, beyond its
+    /// call. A call the fuel does not cover leaves none, and the guest traps at its next
+    /// metering check, as if it had run out itself.
+    pub fn set_fuel(&mut self, remaining: Global) {
+        self.fuel = Some(remaining);
     }
 
     /// The instant past which the guest may not sleep.
@@ -108,12 +126,20 @@ fn with_memory(
     env: &mut Env<'_>,
     f: impl FnOnce(&mut RequestIo, &MemoryView<'_>) -> Result<i32, i32>,
 ) -> i32 {
-    let (io, store) = env.data_and_store_mut();
+    let (io, mut store) = env.data_and_store_mut();
     let Some(memory) = io.memory.clone() else {
         return errno::FAULT;
     };
     let view = memory.view(&store);
-    f(io, &view).unwrap_or_else(|e| e)
+    let result = f(io, &view).unwrap_or_else(|e| e);
+    let charge = std::mem::take(&mut io.copied) / metering::BYTES_PER_UNIT;
+    if let Some(fuel) = &io.fuel
+        && let Value::I64(remaining) = fuel.get(&mut store)
+    {
+        let left = (remaining as u64).saturating_sub(charge);
+        let _ = fuel.set(&mut store, Value::I64(left as i64));
+    }
+    result
 }
 
 fn write_bytes(view: &MemoryView<'_>, ptr: u32, bytes: &[u8]) -> Result<(), i32> {
@@ -218,7 +244,10 @@ fn args_sizes_get(mut env: Env<'_>, count: u32, size: u32) -> i32 {
 }
 
 fn args_get(mut env: Env<'_>, ptrs: u32, buf: u32) -> i32 {
-    with_memory(&mut env, |io, view| write_list(view, &io.args, ptrs, buf))
+    with_memory(&mut env, |io, view| {
+        io.copied += io.args.iter().map(|a| a.len() as u64 + 4).sum::<u64>();
+        write_list(view, &io.args, ptrs, buf)
+    })
 }
 
 fn environ_sizes_get(mut env: Env<'_>, count: u32, size: u32) -> i32 {
@@ -226,7 +255,10 @@ fn environ_sizes_get(mut env: Env<'_>, count: u32, size: u32) -> i32 {
 }
 
 fn environ_get(mut env: Env<'_>, ptrs: u32, buf: u32) -> i32 {
-    with_memory(&mut env, |io, view| write_list(view, &io.env, ptrs, buf))
+    with_memory(&mut env, |io, view| {
+        io.copied += io.env.iter().map(|e| e.len() as u64 + 4).sum::<u64>();
+        write_list(view, &io.env, ptrs, buf)
+    })
 }
 
 fn fd_read(mut env: Env<'_>, fd: u32, iovs: u32, iovs_len: u32, nread: u32) -> i32 {
@@ -240,6 +272,7 @@ fn fd_read(mut env: Env<'_>, fd: u32, iovs: u32, iovs_len: u32, nread: u32) -> i
             let n = rest.len().min(len as usize);
             write_bytes(view, ptr, &rest[..n])?;
             io.stdin_pos += n;
+            io.copied += n as u64;
             // n <= len, a u32.
             total = total.saturating_add(n as u32);
             if n < len as usize {
@@ -260,6 +293,7 @@ fn fd_write(mut env: Env<'_>, fd: u32, iovs: u32, iovs_len: u32, nwritten: u32) 
         for (ptr, len) in iovecs(view, iovs, iovs_len)? {
             // What one call reports written must fit its u32 result.
             total = total.checked_add(len).ok_or(errno::INVAL)?;
+            io.copied += u64::from(len);
             if fd == 1 {
                 if io.stdout.len().saturating_add(len as usize) > io.stdout_limit {
                     io.stdout_overflow = true;
@@ -343,8 +377,9 @@ fn clock_res_get(mut env: Env<'_>, id: u32, res: u32) -> i32 {
 }
 
 fn random_get(mut env: Env<'_>, buf: u32, len: u32) -> i32 {
-    with_memory(&mut env, |_, view| {
+    with_memory(&mut env, |io, view| {
         in_bounds(view, buf, u64::from(len))?;
+        io.copied += u64::from(len);
         let mut bytes = vec![0u8; len.min(COPY_CHUNK) as usize];
         for (at, n) in chunks(len) {
             let part = &mut bytes[..n as usize];
