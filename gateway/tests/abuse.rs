@@ -205,13 +205,11 @@ async fn small_window_connection(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keep_alive_connection_left_idle_is_closed() {
-    let (cluster, _dir) = start_with(1, vec![function("hello", Limits::default())], |spec| {
-        spec.ingress = IngressConfig {
-            idle_timeout_ms: 500,
-            // Longer than the test waits: the idle timeout, not this, closes it.
-            header_read_timeout_ms: 600_000,
-            ..IngressConfig::default()
-        };
+    let (cluster, _dir) = support::hello_with_ingress(IngressConfig {
+        idle_timeout_ms: 500,
+        // Longer than the test waits: the idle timeout, not this, closes it.
+        header_read_timeout_ms: 600_000,
+        ..IngressConfig::default()
     });
     let mut stream = small_buffer_tls(&cluster, b"http/1.1").await;
     stream
@@ -239,11 +237,9 @@ async fn a_keep_alive_connection_left_idle_is_closed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_streams_on_one_connection_are_bounded() {
-    let (cluster, _dir) = start_with(1, vec![function("hello", Limits::default())], |spec| {
-        spec.ingress = IngressConfig {
-            header_read_timeout_ms: 300,
-            ..IngressConfig::default()
-        };
+    let (cluster, _dir) = support::hello_with_ingress(IngressConfig {
+        header_read_timeout_ms: 300,
+        ..IngressConfig::default()
     });
     // 2,000 requests at once on one connection: the gateway lets 256 run at a time
     // (the QUIC stream limit), and answers them all.
@@ -302,11 +298,9 @@ async fn thousands_of_streams_on_one_connection_are_bounded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_header_flood_over_http2_is_refused_and_others_are_served() {
-    let (cluster, dir) = start_with(1, vec![function("hello", Limits::default())], |spec| {
-        spec.ingress = IngressConfig {
-            max_header_bytes: 4096,
-            ..IngressConfig::default()
-        };
+    let (cluster, dir) = support::hello_with_ingress(IngressConfig {
+        max_header_bytes: 4096,
+        ..IngressConfig::default()
     });
     // 2,000 headers of 40 bytes: 80 KB of header block, in CONTINUATION frames.
     let headers = dir.path().join("headers.txt");

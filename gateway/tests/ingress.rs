@@ -35,12 +35,10 @@ fn closed_by_server(mut socket: std::net::TcpStream) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_and_slow_header_connections_are_closed_on_time_while_others_are_served() {
-    let (cluster, _dir) = start_with(1, vec![function("hello", Limits::default())], |spec| {
-        spec.ingress = IngressConfig {
-            handshake_timeout_ms: 300,
-            header_read_timeout_ms: 300,
-            ..IngressConfig::default()
-        };
+    let (cluster, _dir) = support::hello_with_ingress(IngressConfig {
+        handshake_timeout_ms: 300,
+        header_read_timeout_ms: 300,
+        ..IngressConfig::default()
     });
     let addr = cluster.gateway_addr();
     // 20 connections that never start TLS.
@@ -98,11 +96,9 @@ async fn silent_and_slow_header_connections_are_closed_on_time_while_others_are_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_connection_cap_holds_and_frees_up() {
-    let (cluster, _dir) = start_with(1, vec![function("hello", Limits::default())], |spec| {
-        spec.ingress = IngressConfig {
-            max_connections: 3,
-            ..IngressConfig::default()
-        };
+    let (cluster, _dir) = support::hello_with_ingress(IngressConfig {
+        max_connections: 3,
+        ..IngressConfig::default()
     });
     let addr = cluster.gateway_addr();
     let held: Vec<_> = (0..3)
@@ -154,11 +150,9 @@ async fn the_connection_cap_holds_and_frees_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_header_flood_over_http3_is_refused_and_others_are_served() {
-    let (cluster, _dir) = start_with(1, vec![function("hello", Limits::default())], |spec| {
-        spec.ingress = IngressConfig {
-            max_header_bytes: 4096,
-            ..IngressConfig::default()
-        };
+    let (cluster, _dir) = support::hello_with_ingress(IngressConfig {
+        max_header_bytes: 4096,
+        ..IngressConfig::default()
     });
     let c = client(&cluster).await;
     let flood = "x".repeat(64 << 10);

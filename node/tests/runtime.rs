@@ -671,21 +671,33 @@ async fn bulk_operations_and_host_copies_pay_fuel_by_their_length() {
             ..Limits::default()
         };
         let id = deploy_wasm(&node, "bulk", &wat(guest), limits);
-        let failure = node
-            .invoke(&node.deployment(&id).unwrap(), call(""))
-            .await
-            .err()
-            .unwrap_or_else(|| panic!("{what} answered"));
+        let failure = fails_then_hello_runs(&node, &id, &hello, what).await;
         assert!(
             matches!(failure, Failure::Run(RunError::FuelExhausted { .. })),
             "{what}: {failure}"
         );
-        let answer = node
-            .invoke(&node.deployment(&hello).unwrap(), call("name=next"))
-            .await
-            .unwrap_or_else(|e| panic!("after {what}: {e}"));
-        assert_eq!(body(&answer), b"hello, next!\n", "after {what}");
     }
+}
+
+/// Invokes `id`, which must fail (`what` names it), then `hello`, which must answer:
+/// the failed run gave its worker back. Returns the failure.
+async fn fails_then_hello_runs(
+    node: &Node,
+    id: &DeploymentId,
+    hello: &DeploymentId,
+    what: &str,
+) -> Failure {
+    let failure = node
+        .invoke(&node.deployment(id).unwrap(), call(""))
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("{what} answered"));
+    let answer = node
+        .invoke(&node.deployment(hello).unwrap(), call("name=next"))
+        .await
+        .unwrap_or_else(|e| panic!("after {what}: {e}"));
+    assert_eq!(body(&answer), b"hello, next!\n", "after {what}");
+    failure
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -731,22 +743,13 @@ async fn a_guest_past_its_deadline_is_stopped_there_and_its_worker_freed() {
             ..Limits::default()
         };
         let id = deploy_wasm(&node, "runaway", &wasm, limits);
-        let failure = node
-            .invoke(&node.deployment(&id).unwrap(), call(""))
-            .await
-            .err()
-            .unwrap_or_else(|| panic!("{what} answered"));
+        // The node's one worker is free again: the next request runs.
+        let failure = fails_then_hello_runs(&node, &id, &hello, what).await;
         assert_eq!(
             failure.status(),
             StatusCode::GATEWAY_TIMEOUT,
             "{what}: {failure}"
         );
-        // The node's one worker is free again: the next request runs.
-        let answer = node
-            .invoke(&node.deployment(&hello).unwrap(), call("name=next"))
-            .await
-            .unwrap_or_else(|e| panic!("after {what}: {e}"));
-        assert_eq!(body(&answer), b"hello, next!\n", "after {what}");
     }
 }
 

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use edge_cli::cluster::{self, LocalCluster};
 use edge_net::client::{self, H3Client};
-use edge_shared::config::ClusterConfig;
 pub use edge_shared::config::FunctionConfig;
+use edge_shared::config::{ClusterConfig, IngressConfig};
 use edge_shared::manifest::Limits;
 
 /// The repository's root: the first folder above this crate holding `functions/`.
@@ -71,6 +71,13 @@ pub fn start_with(
 }
 
 /// An HTTP/3 client to the cluster's gateway, checking its certificate for `server_name`.
+/// A one-node cluster serving `hello`, with these ingress limits.
+pub fn hello_with_ingress(ingress: IngressConfig) -> (LocalCluster, tempfile::TempDir) {
+    start_with(1, vec![function("hello", Limits::default())], |spec| {
+        spec.ingress = ingress;
+    })
+}
+
 pub async fn client_for(cluster: &LocalCluster, server_name: &str) -> H3Client {
     let tls = client::trusting(&cluster.certs().ca).unwrap();
     H3Client::connect(cluster.gateway_addr(), server_name, tls)
