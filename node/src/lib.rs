@@ -21,11 +21,14 @@
 //! 4. The guest's CGI output is parsed back ([`cgi`]) into an [`Answer`], or the call
 //!    ends in a [`Failure`] with its status code ([`Failure::status`]). [`status`] is
 //!    what the node says of itself to gossip and operators.
+//!
+//! [`fuzz`] holds what the node's fuzz targets check (the CGI parser, the WASI host).
 
 pub mod admission;
 pub mod call;
 pub mod cgi;
 pub mod deployment;
+pub mod fuzz;
 pub mod node;
 pub mod pool;
 pub mod runtime;

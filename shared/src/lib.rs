@@ -19,11 +19,13 @@
 //!
 //! And around it: [`module_check`], the checks a module passes before anything runs it;
 //! [`gossip`], the key-values each member publishes and their codecs; [`config`], the
-//! configuration files, checked field by field, every error naming its file and key.
+//! configuration files, checked field by field, every error naming its file and key;
+//! [`fuzz`], what the fuzz targets check of each input taken from strangers.
 
 pub mod admission;
 pub mod attempt;
 pub mod config;
+pub mod fuzz;
 pub mod gossip;
 pub mod limits;
 pub mod manifest;

@@ -1,0 +1,4 @@
+#![no_main]
+//! See the harness, `edge_shared::fuzz::manifest`.
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| edge_shared::fuzz::manifest(data));
