@@ -92,8 +92,11 @@ impl DevCerts {
         getrandom::fill(&mut gossip_key).map_err(|e| anyhow::anyhow!("random source: {e}"))?;
         write_secret(&certs.gossip_key, &hex::encode(gossip_key))?;
         write_secret(&certs.ca_key, &ca.key_pem())?;
-        // Nodes issued by an older CA would not chain to this one.
+        // Nodes issued by an older CA would not chain to this one; and an older edge up
+        // gave all nodes one key pair, in node.pem.
         let _ = std::fs::remove_dir_all(dir.join("nodes"));
+        let _ = std::fs::remove_file(dir.join("node.pem"));
+        let _ = std::fs::remove_file(dir.join("node.key"));
         write(&certs.ca, ca.cert_pem())?;
         Ok(certs)
     }
