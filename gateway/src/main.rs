@@ -30,6 +30,10 @@ struct Args {
     /// Write the status endpoint's bound address to this file (before `--announce`).
     #[arg(long)]
     announce_status: Option<PathBuf>,
+    /// Write the gossip address bound to this file as soon as gossip runs, before
+    /// `--expect-nodes` waits: nodes started then can seed with it.
+    #[arg(long)]
+    announce_gossip: Option<PathBuf>,
     /// Before announcing, wait (up to 30 s) until gossip has brought this many nodes,
     /// and place every function on its home node among them.
     #[arg(long, default_value_t = 0)]
@@ -40,6 +44,7 @@ struct Args {
 struct Announce {
     users: Option<PathBuf>,
     status: Option<PathBuf>,
+    gossip: Option<PathBuf>,
 }
 
 /// Longest `--expect-nodes` waits.
@@ -61,6 +66,7 @@ fn main() {
     let announced = Announce {
         users: args.announce,
         status: args.announce_status,
+        gossip: args.announce_gossip,
     };
     if let Err(e) = runtime.block_on(run(config, announced, args.expect_nodes)) {
         eprintln!("edge-gateway: {e:#}");
@@ -136,6 +142,9 @@ async fn run(config: GatewayConfig, announce: Announce, expect_nodes: usize) -> 
     let link = gossip::Link::udp(config.gossip.listen).await?;
     let gateway = Arc::new(Gateway::new(config, addr.port(), settings.name.clone())?);
     let gossip = Arc::new(Gossip::start(&settings, link, key).await?);
+    if let Some(path) = &announce.gossip {
+        std::fs::write(path, gossip.addr().to_string())?;
+    }
     let status_addr = status_endpoint.local_addr()?;
     tracing::info!(%addr, gossip = %gossip.addr(), status = %status_addr, seeds = ?settings.seeds, functions = gateway.functions().len(), "edge-gateway serving HTTP/3 on UDP, HTTP/1.1 and HTTP/2 on TCP");
     let watch = tokio::spawn(Arc::clone(&gateway).watch_cluster(

@@ -236,11 +236,8 @@ async fn a_keep_alive_connection_left_idle_is_closed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn thousands_of_streams_on_one_connection_are_bounded() {
-    let (cluster, _dir) = support::hello_with_ingress(IngressConfig {
-        header_read_timeout_ms: 300,
-        ..IngressConfig::default()
-    });
+async fn thousands_of_requests_on_one_connection_run_256_at_a_time_and_all_answer() {
+    let (cluster, _dir) = support::hello_with_ingress(IngressConfig::default());
     // 2,000 requests at once on one connection: the gateway lets 256 run at a time
     // (the QUIC stream limit), and answers them all.
     let (_endpoint, sender) = small_window_h3(&cluster).await;
@@ -265,7 +262,14 @@ async fn thousands_of_streams_on_one_connection_are_bounded() {
         ok += usize::from(status.unwrap().unwrap() == StatusCode::OK);
     }
     assert_eq!(ok, 2000);
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_whose_streams_stall_their_headers_is_closed() {
+    let (cluster, _dir) = support::hello_with_ingress(IngressConfig {
+        header_read_timeout_ms: 300,
+        ..IngressConfig::default()
+    });
     // 3,000 streams that each start a HEADERS frame (type 1, 128 bytes announced) and
     // never finish it, held open: the first to stall past the header-read timeout
     // closes the connection, so it never holds more than its 256 streams.

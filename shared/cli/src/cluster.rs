@@ -1,10 +1,12 @@
 //! A local cluster of real processes: `edge up`, and the integration tests.
 //!
 //! Writes development certificates, the gossip cluster key and a configuration file per
-//! process into a state folder, starts the nodes, each naming the gateway's gossip
-//! address as its only seed, then the gateway, which announces itself once gossip has
-//! brought it every node. No process is given a list of nodes. Each process logs to
-//! `NAME.log` in the folder. Dropping the cluster kills every process it started.
+//! process into a state folder, starts the gateway, which binds gossip on a port of the
+//! system's choosing and says which, then the nodes, each naming that address as its
+//! only seed; the gateway announces itself once gossip has brought it every node. No
+//! process is given a list of nodes, and no port is picked ahead (another process could
+//! take it first). Each process logs to `NAME.log` in the folder. Dropping the cluster
+//! kills every process it started.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -27,6 +29,68 @@ struct Process {
     addr: SocketAddr,
     /// CPUs it is pinned to (`taskset -c`), if any.
     cpus: Option<String>,
+}
+
+/// A process started, not yet known to serve; killed if dropped so.
+struct Launched {
+    name: String,
+    /// Taken once it serves.
+    child: Option<Child>,
+    config: PathBuf,
+    cpus: Option<String>,
+    /// Where it writes its address once serving.
+    announce: PathBuf,
+    log_path: PathBuf,
+    deadline: Instant,
+}
+
+impl Launched {
+    /// The address it writes to `file`, once it has (checking every 20 ms that it is
+    /// still running, until the start timeout).
+    fn announced(&mut self, file: &Path) -> anyhow::Result<SocketAddr> {
+        loop {
+            if let Ok(text) = std::fs::read_to_string(file)
+                && let Ok(addr) = text.trim().parse()
+            {
+                return Ok(addr);
+            }
+            let child = self.child.as_mut().expect("not yet serving");
+            if let Some(status) = child.try_wait()? {
+                let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+                bail!("{} exited at start ({status}); its log:\n{log}", self.name);
+            }
+            if Instant::now() > self.deadline {
+                bail!(
+                    "{} did not announce {} within {START_TIMEOUT:?}",
+                    self.name,
+                    file.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The process, once it serves (has announced its address).
+    fn serving(mut self) -> anyhow::Result<Process> {
+        let announce = self.announce.clone();
+        let addr = self.announced(&announce)?;
+        Ok(Process {
+            name: self.name.clone(),
+            child: self.child.take().expect("not yet serving"),
+            config: self.config.clone(),
+            addr,
+            cpus: self.cpus.clone(),
+        })
+    }
+}
+
+impl Drop for Launched {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 /// A running local cluster.
@@ -55,13 +119,10 @@ impl LocalCluster {
             certs,
             nodes: Vec::new(),
             gateway: None,
-            seed: free_udp_port()?,
+            seed: SocketAddr::from(([127, 0, 0, 1], 0)),
             status: SocketAddr::from(([127, 0, 0, 1], 0)),
             spec: spec.clone(),
         };
-        for _ in 0..spec.nodes {
-            cluster.add_node()?;
-        }
         let gateway = GatewayConfig {
             listen: spec.listen,
             domain: spec.domain.clone(),
@@ -71,12 +132,12 @@ impl LocalCluster {
             cluster_cert: cluster.certs.member_cert.clone(),
             cluster_key: cluster.certs.member_key.clone(),
             gossip: GossipConfig {
-                listen: cluster.seed,
+                // Port 0 for gossip and status: the gateway says which it got.
+                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
                 key_file: cluster.certs.gossip_key.clone(),
                 interval_ms: spec.gossip_interval_ms,
                 ..GossipConfig::default()
             },
-            // Port 0: a port chosen ahead could be taken by then; the gateway says which.
             status_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             ingress: spec.ingress.clone(),
             routing: spec.routing,
@@ -87,15 +148,32 @@ impl LocalCluster {
         std::fs::write(&config, toml::to_string(&gateway)?)?;
         let expect = spec.nodes.to_string();
         let status_file = cluster.dir.join("gateway.status");
+        let gossip_file = cluster.dir.join("gateway.gossip");
+        let (status_arg, gossip_arg) = (
+            status_file.to_string_lossy().to_string(),
+            gossip_file.to_string_lossy().to_string(),
+        );
         let _ = std::fs::remove_file(&status_file);
-        let status_arg = status_file.to_string_lossy().to_string();
-        let gateway = cluster.spawn_with(
+        let _ = std::fs::remove_file(&gossip_file);
+        let mut launched = cluster.launch(
             "edge-gateway",
             "gateway",
             config,
             None,
-            &["--expect-nodes", &expect, "--announce-status", &status_arg],
+            &[
+                "--expect-nodes",
+                &expect,
+                "--announce-status",
+                &status_arg,
+                "--announce-gossip",
+                &gossip_arg,
+            ],
         )?;
+        cluster.seed = launched.announced(&gossip_file)?;
+        for _ in 0..spec.nodes {
+            cluster.add_node()?;
+        }
+        let gateway = launched.serving()?;
         cluster.gateway = Some(gateway);
         cluster.status = std::fs::read_to_string(&status_file)
             .with_context(|| format!("reading {}", status_file.display()))?
@@ -165,6 +243,19 @@ impl LocalCluster {
         cpus: Option<String>,
         args: &[&str],
     ) -> anyhow::Result<Process> {
+        self.launch(binary, name, config, cpus, args)?.serving()
+    }
+
+    /// Starts `binary` (pinned to `cpus` with `taskset` if given), asking it to
+    /// announce its address.
+    fn launch(
+        &self,
+        binary: &str,
+        name: &str,
+        config: PathBuf,
+        cpus: Option<String>,
+        args: &[&str],
+    ) -> anyhow::Result<Launched> {
         let announce = self.dir.join(format!("{name}.addr"));
         let _ = std::fs::remove_file(&announce);
         let log_path = self.dir.join(format!("{name}.log"));
@@ -182,7 +273,7 @@ impl LocalCluster {
             }
             None => Command::new(&exe),
         };
-        let mut child = command
+        let child = command
             .arg("--config")
             .arg(&config)
             .arg("--announce")
@@ -193,29 +284,15 @@ impl LocalCluster {
             .stderr(log)
             .spawn()
             .with_context(|| format!("starting {}", exe.display()))?;
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Ok(text) = std::fs::read_to_string(&announce)
-                && let Ok(addr) = text.trim().parse()
-            {
-                return Ok(Process {
-                    name: name.to_string(),
-                    child,
-                    config,
-                    addr,
-                    cpus,
-                });
-            }
-            if let Some(status) = child.try_wait()? {
-                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                bail!("{name} exited at start ({status}); its log:\n{log}");
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                bail!("{name} did not announce its address within {START_TIMEOUT:?}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        Ok(Launched {
+            name: name.to_string(),
+            child: Some(child),
+            config,
+            cpus,
+            announce,
+            log_path,
+            deadline: Instant::now() + START_TIMEOUT,
+        })
     }
 
     /// The gateway's user address.
@@ -345,13 +422,6 @@ impl Drop for LocalCluster {
             let _ = p.child.wait();
         }
     }
-}
-
-/// A UDP port free on loopback now (for the gateway's gossip address, which the nodes
-/// must know before the gateway starts).
-fn free_udp_port() -> anyhow::Result<SocketAddr> {
-    let socket = std::net::UdpSocket::bind(("127.0.0.1", 0)).context("finding a free UDP port")?;
-    Ok(socket.local_addr()?)
 }
 
 /// Polls `child` every 20 ms until it exits or `within` passes.
