@@ -230,20 +230,7 @@ impl LocalCluster {
     ) -> anyhow::Result<Process> {
         let config = self.dir.join(format!("{name}.toml"));
         std::fs::write(&config, config_text)?;
-        self.spawn_with(binary, name, config, cpus, &[])
-    }
-
-    /// Starts `binary` (pinned to `cpus` with `taskset` if given) and waits for its
-    /// announced address.
-    fn spawn_with(
-        &self,
-        binary: &str,
-        name: &str,
-        config: PathBuf,
-        cpus: Option<String>,
-        args: &[&str],
-    ) -> anyhow::Result<Process> {
-        self.launch(binary, name, config, cpus, args)?.serving()
+        self.launch(binary, name, config, cpus, &[])?.serving()
     }
 
     /// Starts `binary` (pinned to `cpus` with `taskset` if given), asking it to
@@ -377,7 +364,7 @@ impl LocalCluster {
         let mut text: NodeConfig = toml::from_str(&std::fs::read_to_string(&config)?)?;
         text.listen = addr;
         std::fs::write(&config, toml::to_string(&text)?)?;
-        self.nodes[i] = self.spawn_with("edge-node", &name, config, cpus, &[])?;
+        self.nodes[i] = self.launch("edge-node", &name, config, cpus, &[])?.serving()?;
         Ok(())
     }
 
