@@ -364,7 +364,9 @@ impl LocalCluster {
         let mut text: NodeConfig = toml::from_str(&std::fs::read_to_string(&config)?)?;
         text.listen = addr;
         std::fs::write(&config, toml::to_string(&text)?)?;
-        self.nodes[i] = self.launch("edge-node", &name, config, cpus, &[])?.serving()?;
+        self.nodes[i] = self
+            .launch("edge-node", &name, config, cpus, &[])?
+            .serving()?;
         Ok(())
     }
 
