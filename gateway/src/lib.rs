@@ -17,8 +17,10 @@
 //!    answers in one place.
 //!
 //! [`cluster`] turns gossip into snapshots, places functions on their home nodes and
-//! warms them ahead of need; [`status`] shows cluster members what this gateway sees.
+//! warms them ahead of need; [`status`] shows cluster members what this gateway sees;
+//! [`admin`] is the operators' API, on a listener of its own.
 
+pub mod admin;
 pub mod budget;
 pub mod cluster;
 pub mod functions;

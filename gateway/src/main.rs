@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use edge_gateway::admin::{self, Admin, Token};
 use edge_gateway::ingress;
 use edge_gateway::proxy::Gateway;
 use edge_gateway::status::StatusServer;
@@ -34,6 +35,9 @@ struct Args {
     /// `--expect-nodes` waits: nodes started then can seed with it.
     #[arg(long)]
     announce_gossip: Option<PathBuf>,
+    /// Write the admin API's bound address to this file (before `--announce`).
+    #[arg(long)]
+    announce_admin: Option<PathBuf>,
     /// Before announcing, wait (up to 30 s) until gossip has brought this many nodes,
     /// and place every function on its home node among them.
     #[arg(long, default_value_t = 0)]
@@ -45,6 +49,7 @@ struct Announce {
     users: Option<PathBuf>,
     status: Option<PathBuf>,
     gossip: Option<PathBuf>,
+    admin: Option<PathBuf>,
 }
 
 /// Longest `--expect-nodes` waits.
@@ -67,6 +72,7 @@ fn main() {
         users: args.announce,
         status: args.announce_status,
         gossip: args.announce_gossip,
+        admin: args.announce_admin,
     };
     if let Err(e) = runtime.block_on(run(config, announced, args.expect_nodes)) {
         eprintln!("edge-gateway: {e:#}");
@@ -139,6 +145,17 @@ async fn run(config: GatewayConfig, announce: Announce, expect_nodes: usize) -> 
                 config.status_listen
             )
         })?;
+    // The admin API runs only with a token file; both are checked before serving.
+    let admin = if config.admin.token_file.as_os_str().is_empty() {
+        None
+    } else {
+        let token = Token::read(&config.admin.token_file)?;
+        let listen = config.admin.listen;
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding the admin API on TCP {listen}"))?;
+        Some((token, listener))
+    };
     let link = gossip::Link::udp(config.gossip.listen).await?;
     let gateway = Arc::new(Gateway::new(config, addr.port(), settings.name.clone())?);
     let gossip = Arc::new(Gossip::start(&settings, link, key).await?);
@@ -152,11 +169,29 @@ async fn run(config: GatewayConfig, announce: Announce, expect_nodes: usize) -> 
         settings.interval,
         stop.clone(),
     ));
+    let server = Arc::new(StatusServer {
+        gateway: Arc::clone(&gateway),
+        gossip: Arc::clone(&gossip),
+    });
+    let admin = match admin {
+        None => None,
+        Some((token, listener)) => {
+            let at = listener.local_addr()?;
+            tracing::info!(%at, "admin API serving HTTPS");
+            if let Some(path) = &announce.admin {
+                std::fs::write(path, at.to_string())?;
+            }
+            let status = Arc::clone(&server);
+            let admin = Arc::new(Admin { token, status });
+            Some(tokio::spawn(admin::serve(
+                listener,
+                tcp_tls.clone(),
+                admin,
+                stop.clone(),
+            )))
+        }
+    };
     let status = {
-        let server = Arc::new(StatusServer {
-            gateway: Arc::clone(&gateway),
-            gossip: Arc::clone(&gossip),
-        });
         let stop = stop.clone();
         tokio::spawn(async move {
             http3::serve(
@@ -231,6 +266,9 @@ async fn run(config: GatewayConfig, announce: Announce, expect_nodes: usize) -> 
     }
     watch.await?;
     status.await?;
+    if let Some(admin) = admin {
+        admin.await?;
+    }
     gossip.leave().await;
     tokio::join!(
         quic::close(&endpoint, "gateway shutting down", CLOSE_WITHIN),

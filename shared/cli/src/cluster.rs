@@ -14,7 +14,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use edge_shared::config::{ClusterConfig, GatewayConfig, GossipConfig, NodeConfig};
+use edge_shared::config::{AdminConfig, ClusterConfig, GatewayConfig, GossipConfig, NodeConfig};
 
 use crate::devcerts::DevCerts;
 
@@ -104,6 +104,8 @@ pub struct LocalCluster {
     seed: SocketAddr,
     /// The gateway's status address (for cluster members).
     status: SocketAddr,
+    /// The gateway's admin API address.
+    admin: SocketAddr,
     spec: ClusterConfig,
 }
 
@@ -121,6 +123,7 @@ impl LocalCluster {
             gateway: None,
             seed: SocketAddr::from(([127, 0, 0, 1], 0)),
             status: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
             spec: spec.clone(),
         };
         let gateway = GatewayConfig {
@@ -139,6 +142,10 @@ impl LocalCluster {
                 ..GossipConfig::default()
             },
             status_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin: AdminConfig {
+                listen: spec.admin_listen,
+                token_file: cluster.certs.admin_token.clone(),
+            },
             ingress: spec.ingress.clone(),
             routing: spec.routing,
             functions: spec.functions.clone(),
@@ -149,12 +156,12 @@ impl LocalCluster {
         let expect = spec.nodes.to_string();
         let status_file = cluster.dir.join("gateway.status");
         let gossip_file = cluster.dir.join("gateway.gossip");
-        let (status_arg, gossip_arg) = (
-            status_file.to_string_lossy().to_string(),
-            gossip_file.to_string_lossy().to_string(),
-        );
-        let _ = std::fs::remove_file(&status_file);
-        let _ = std::fs::remove_file(&gossip_file);
+        let admin_file = cluster.dir.join("gateway.admin");
+        let [status_arg, gossip_arg, admin_arg] =
+            [&status_file, &gossip_file, &admin_file].map(|file| {
+                let _ = std::fs::remove_file(file);
+                file.to_string_lossy().to_string()
+            });
         let mut launched = cluster.launch(
             "edge-gateway",
             "gateway",
@@ -167,6 +174,8 @@ impl LocalCluster {
                 &status_arg,
                 "--announce-gossip",
                 &gossip_arg,
+                "--announce-admin",
+                &admin_arg,
             ],
         )?;
         cluster.seed = launched.announced(&gossip_file)?;
@@ -175,11 +184,15 @@ impl LocalCluster {
         }
         let gateway = launched.serving()?;
         cluster.gateway = Some(gateway);
-        cluster.status = std::fs::read_to_string(&status_file)
-            .with_context(|| format!("reading {}", status_file.display()))?
-            .trim()
-            .parse()
-            .context("the gateway's status address")?;
+        let announced = |file: &Path| -> anyhow::Result<SocketAddr> {
+            std::fs::read_to_string(file)
+                .with_context(|| format!("reading {}", file.display()))?
+                .trim()
+                .parse()
+                .with_context(|| format!("the address in {}", file.display()))
+        };
+        cluster.status = announced(&status_file)?;
+        cluster.admin = announced(&admin_file)?;
         Ok(cluster)
     }
 
@@ -291,6 +304,12 @@ impl LocalCluster {
     /// certificate; the gateway's name is `edge-gateway`).
     pub fn gateway_status_addr(&self) -> SocketAddr {
         self.status
+    }
+
+    /// The gateway's admin API address (HTTPS; the bearer token is in
+    /// `certs().admin_token`).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
     }
 
     /// The gateway's gossip address, every node's seed.

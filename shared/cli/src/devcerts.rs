@@ -1,10 +1,10 @@
 //! Development certificates, issued by a development cluster CA ([`edge_net::pki`]): the
 //! certificate users see (for `localhost`, `127.0.0.1` and the function domain; a TLS
 //! server's only); one certificate and key per node (`edge-node` and its member name);
-//! and the gateway's cluster-member certificate, which it presents to nodes (mutual TLS;
-//! a TLS client's only). Existing files are kept, so a browser or curl that trusts the
-//! CA keeps trusting it across `edge up` runs, and the CA's key is kept (owner-only) to
-//! issue certificates for nodes added later.
+//! the gateway's cluster-member certificate, which it presents to nodes (mutual TLS); and
+//! the secrets: the gossip cluster key and the admin API's token. Existing files are kept,
+//! so a browser or curl that trusts the CA keeps trusting it across `edge up` runs, and
+//! the CA's key is kept (owner-only) to issue certificates for nodes added later.
 
 use std::path::{Path, PathBuf};
 
@@ -31,6 +31,8 @@ pub struct DevCerts {
     pub member_key: PathBuf,
     /// The cluster key that signs gossip (32 random bytes, hex).
     pub gossip_key: PathBuf,
+    /// The bearer token of the gateway's admin API (32 random bytes, hex).
+    pub admin_token: PathBuf,
 }
 
 /// A node's own certificate and key.
@@ -55,6 +57,7 @@ impl DevCerts {
             member_cert: dir.join("member.pem"),
             member_key: dir.join("member.key"),
             gossip_key: dir.join("gossip.key"),
+            admin_token: dir.join("admin.token"),
         };
         let secrets = [
             &certs.ca_key,
@@ -68,6 +71,9 @@ impl DevCerts {
             private_dir(dir)?;
             for secret in secrets {
                 set_mode(secret, 0o600)?;
+            }
+            if !certs.admin_token.is_file() {
+                write_secret(&certs.admin_token, &random_hex()?)?;
             }
             return Ok(certs);
         }
@@ -88,9 +94,8 @@ impl DevCerts {
         // told apart by their gossip id; the role is what nodes check.
         let member = ca.issue_member(Role::Gateway, "gateway")?;
         write_issued(&member, &certs.member_cert, &certs.member_key)?;
-        let mut gossip_key = [0u8; 32];
-        getrandom::fill(&mut gossip_key).map_err(|e| anyhow::anyhow!("random source: {e}"))?;
-        write_secret(&certs.gossip_key, &hex::encode(gossip_key))?;
+        write_secret(&certs.gossip_key, &random_hex()?)?;
+        write_secret(&certs.admin_token, &random_hex()?)?;
         write_secret(&certs.ca_key, &ca.key_pem())?;
         // Nodes issued by an older CA would not chain to this one; and an older edge up
         // gave all nodes one key pair, in node.pem.
@@ -121,6 +126,13 @@ impl DevCerts {
         write_issued(&ca.issue_member(Role::Node, name)?, &node.cert, &node.key)?;
         Ok(node)
     }
+}
+
+/// 32 random bytes, in hex.
+fn random_hex() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("random source: {e}"))?;
+    Ok(hex::encode(bytes))
 }
 
 fn write_issued(issued: &Issued, cert: &Path, key: &Path) -> anyhow::Result<()> {

@@ -116,6 +116,11 @@ fn up(config_file: Option<&Path>, dir: &Path) -> anyhow::Result<()> {
     }
     println!("edge: try  curl --cacert {ca} https://{addr}/hello");
     println!("edge:  or  edge call --ca {ca} https://{addr}/hello");
+    let (admin, token) = (cluster.admin_addr(), cluster.certs().admin_token.display());
+    println!("edge: admin API at https://{admin}/v1/ (bearer token in {token}):");
+    println!(
+        "edge:       curl --cacert {ca} -H \"Authorization: Bearer $(cat {token})\" https://{admin}/v1/cluster"
+    );
     println!("edge: Ctrl-C stops the cluster");
     std::io::stdout().flush()?;
 

@@ -24,6 +24,9 @@ pub struct ClusterConfig {
     pub node_cpus: Vec<String>,
     /// The gateway's user address (UDP and TCP).
     pub listen: SocketAddr,
+    /// The gateway's admin API address (TCP); port 0, the default, picks a free one
+    /// (`config/cluster.toml`, what `edge up` runs, sets 4480).
+    pub admin_listen: SocketAddr,
     /// Domain under which functions answer as `NAME.<domain>`.
     pub domain: String,
     /// The gateway's routing policy.
@@ -44,6 +47,7 @@ impl Default for ClusterConfig {
             worker_threads_per_node: Vec::new(),
             node_cpus: Vec::new(),
             listen: SocketAddr::from(([127, 0, 0, 1], 4433)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             domain: "edge.localhost".into(),
             routing: RoutingPolicy::LeastLoadedWarm,
             gossip_interval_ms: GossipConfig::default().interval_ms,

@@ -45,6 +45,8 @@ pub struct GatewayConfig {
     pub max_request_body_bytes: u64,
     /// The ingress's connection and time limits.
     pub ingress: IngressConfig,
+    /// The admin API.
+    pub admin: AdminConfig,
     /// Functions deployed at start.
     pub functions: Vec<FunctionConfig>,
     /// On SIGTERM, longest the gateway lets the requests in flight finish after it stops
@@ -70,9 +72,31 @@ impl Default for GatewayConfig {
             routing: RoutingPolicy::LeastLoadedWarm,
             max_request_body_bytes: 16 << 20,
             ingress: IngressConfig::default(),
+            admin: AdminConfig::default(),
             functions: Vec::new(),
             shutdown_grace_ms: 10_000,
             log_format: LogFormat::Text,
+        }
+    }
+}
+
+/// `[admin]`: the admin API, HTTPS (HTTP/1.1 and HTTP/2) on a listener of its own,
+/// never the users' port, for callers presenting the bearer token in `token_file`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// TCP address of the admin API; port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// File holding the bearer token (owner-only, at least 32 characters). Unset, the
+    /// admin API does not run.
+    pub token_file: PathBuf,
+}
+
+impl Default for AdminConfig {
+    fn default() -> AdminConfig {
+        AdminConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 4480)),
+            token_file: PathBuf::new(),
         }
     }
 }
@@ -87,6 +111,9 @@ impl ConfigFile for GatewayConfig {
         resolve(base, &mut self.cluster_cert);
         resolve(base, &mut self.cluster_key);
         resolve(base, &mut self.gossip.key_file);
+        if !self.admin.token_file.as_os_str().is_empty() {
+            resolve(base, &mut self.admin.token_file);
+        }
         for f in &mut self.functions {
             resolve(base, &mut f.module);
         }
@@ -108,6 +135,9 @@ impl ConfigFile for GatewayConfig {
         }
         check_grace(&mut problems, self.shutdown_grace_ms);
         self.ingress.problems(&mut problems);
+        if !self.admin.token_file.as_os_str().is_empty() {
+            require_file(&mut problems, "admin.token_file", &self.admin.token_file);
+        }
         let mut names = std::collections::BTreeSet::new();
         for (i, f) in self.functions.iter().enumerate() {
             if !names.insert(&f.name) {

@@ -23,7 +23,7 @@ mod node;
 mod tests;
 
 pub use cluster::ClusterConfig;
-pub use gateway::GatewayConfig;
+pub use gateway::{AdminConfig, GatewayConfig};
 pub use ingress::IngressConfig;
 pub use node::{InstancePoolConfig, NodeConfig};
 
