@@ -5,6 +5,13 @@
 //!
 //! - `GET /v1/cluster`: the members as this gateway sees them (state, load, warm
 //!   deployments) and its gossip.
+//! - `PUT /v1/functions/{name}`: a module (base64) with routes, env and limits makes a
+//!   new version serving (the same module and settings again return the version
+//!   serving). Checked first, as the cluster file's functions are at start: `400` for
+//!   what is not valid, `409` for a route another function has, each naming it.
+//! - `GET /v1/functions`, `GET /v1/functions/{name}`: versions, content ids, routes,
+//!   and the nodes holding the version serving warm.
+//! - `DELETE /v1/functions/{name}`.
 //!
 //! A call without the token, or with another, is answered `401` and logged with its
 //! remote address.
@@ -15,8 +22,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use base64::Engine as _;
 use bytes::Bytes;
 use edge_net::lifecycle::Shutdown;
+use edge_shared::manifest::{Limits, Route};
 use http::{HeaderValue, Method, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -25,6 +34,9 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
+use crate::functions::{self, Functions, Refusal};
+use crate::proxy::Gateway;
+use crate::registry::{FunctionRecord, FunctionSpec, Registry};
 use crate::status::StatusServer;
 
 /// The shortest token accepted.
@@ -35,6 +47,8 @@ const MAX_CONNECTIONS: usize = 64;
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request head.
 const MAX_HEAD_BYTES: usize = 16 << 10;
+/// Largest deploy request (a module of up to about 48 MiB, in base64).
+pub const MAX_DEPLOY_BYTES: usize = 64 << 20;
 
 /// The bearer token callers must present.
 pub struct Token(String);
@@ -75,6 +89,46 @@ pub struct Admin {
     pub token: Token,
     /// The gateway's view of the cluster.
     pub status: Arc<StatusServer>,
+    /// The gateway whose functions it changes.
+    pub gateway: Arc<Gateway>,
+    /// Where functions are kept.
+    pub registry: Arc<dyn Registry>,
+    /// Held by a deploy or a delete: each starts from the functions the previous left.
+    pub changing: tokio::sync::Mutex<()>,
+}
+
+/// `PUT /v1/functions/{name}`'s body.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeployRequest {
+    /// The module, base64.
+    module: String,
+    #[serde(default)]
+    routes: Vec<Route>,
+    #[serde(default)]
+    env: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    limits: Limits,
+}
+
+/// A function as the admin API shows it.
+#[derive(serde::Serialize)]
+struct FunctionView {
+    name: String,
+    /// The version serving.
+    serving: u64,
+    /// Its routes in force.
+    routes: Vec<Route>,
+    /// The nodes holding the version serving warm.
+    warm_on: Vec<String>,
+    versions: Vec<VersionView>,
+}
+
+#[derive(serde::Serialize)]
+struct VersionView {
+    number: u64,
+    content_id: String,
+    created_ms: u64,
 }
 
 /// Serves the admin API on `listener` until `stop` fires.
@@ -113,7 +167,7 @@ pub async fn serve(
             };
             let service = hyper::service::service_fn(move |request| {
                 let admin = Arc::clone(&admin);
-                async move { Ok::<_, Infallible>(admin.answer(&request, remote)) }
+                async move { Ok::<_, Infallible>(admin.answer(request, remote).await) }
             });
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             builder
@@ -130,12 +184,12 @@ pub async fn serve(
 }
 
 impl Admin {
-    fn answer(
+    async fn answer(
         &self,
-        request: &http::Request<Incoming>,
+        request: http::Request<Incoming>,
         remote: SocketAddr,
     ) -> Response<Full<Bytes>> {
-        let path = request.uri().path();
+        let path = request.uri().path().to_string();
         if !self
             .token
             .admits(request.headers().get(http::header::AUTHORIZATION))
@@ -148,12 +202,172 @@ impl Admin {
             );
             return answer;
         }
-        match (request.method(), path) {
-            (&Method::GET, "/v1/cluster") => json(StatusCode::OK, &self.status.status()),
+        let method = request.method().clone();
+        match (method, path.as_str()) {
+            (Method::GET, "/v1/cluster") => json(StatusCode::OK, &self.status.status()),
             (_, "/v1/cluster") => error(StatusCode::METHOD_NOT_ALLOWED, "GET only"),
+            (Method::GET, "/v1/functions") => match self.views(None).await {
+                Ok(views) => json(StatusCode::OK, &views),
+                Err(e) => internal(&e),
+            },
+            (method, _) if path.starts_with("/v1/functions/") => {
+                let name = path["/v1/functions/".len()..].to_string();
+                match method {
+                    Method::GET => match self.views(Some(&name)).await {
+                        Ok(views) if !views.is_empty() => json(StatusCode::OK, &views[0]),
+                        Ok(_) => error(StatusCode::NOT_FOUND, &format!("no function {name:?}")),
+                        Err(e) => internal(&e),
+                    },
+                    Method::PUT => self.deploy(&name, request.into_body(), remote).await,
+                    Method::DELETE => self.delete(&name, remote).await,
+                    _ => error(StatusCode::METHOD_NOT_ALLOWED, "GET, PUT or DELETE"),
+                }
+            }
             _ => error(StatusCode::NOT_FOUND, "no such admin call"),
         }
     }
+
+    /// The functions (or the one named), as the registry and the cluster have them.
+    async fn views(&self, only: Option<&str>) -> Result<Vec<FunctionView>, String> {
+        let records: Vec<FunctionRecord> =
+            self.registry.functions().await.map_err(|e| e.to_string())?;
+        let served = self.gateway.functions();
+        let snapshot = self.gateway.membership.snapshot();
+        Ok(records
+            .into_iter()
+            .filter(|r| only.is_none_or(|name| r.name == name))
+            .map(|r| {
+                let function = served.list.iter().find(|f| f.manifest.name == r.name);
+                let warm_on = function.map_or_else(Vec::new, |f| {
+                    let nodes = snapshot.view.nodes.iter();
+                    nodes
+                        .filter(|n| n.warm.contains(f.key))
+                        .map(|n| n.name.clone())
+                        .collect()
+                });
+                FunctionView {
+                    serving: r.serving,
+                    routes: function.map_or_else(Vec::new, |f| f.manifest.routes.clone()),
+                    warm_on,
+                    versions: r
+                        .versions
+                        .iter()
+                        .map(|v| VersionView {
+                            number: v.number,
+                            content_id: v.content_id.as_str().to_string(),
+                            created_ms: v.created_ms,
+                        })
+                        .collect(),
+                    name: r.name,
+                }
+            })
+            .collect())
+    }
+
+    async fn deploy(
+        &self,
+        name: &str,
+        body: Incoming,
+        remote: SocketAddr,
+    ) -> Response<Full<Bytes>> {
+        let body = match read_limited(body, MAX_DEPLOY_BYTES).await {
+            Ok(body) => body,
+            Err(why) => return error(StatusCode::BAD_REQUEST, &why),
+        };
+        let request: DeployRequest = match serde_json::from_slice(&body) {
+            Ok(request) => request,
+            Err(e) => return error(StatusCode::BAD_REQUEST, &format!("body: {e}")),
+        };
+        let Ok(module) = base64::engine::general_purpose::STANDARD.decode(&request.module) else {
+            return error(StatusCode::BAD_REQUEST, "module: not base64");
+        };
+        let spec = FunctionSpec {
+            routes: request.routes,
+            env: request.env,
+            limits: request.limits,
+        };
+        let _changing = self.changing.lock().await;
+        let current = self.gateway.functions();
+        let config = self.gateway.config();
+        match functions::deploy(&*self.registry, &current, config, name, spec, module.into()).await
+        {
+            Ok((deployed, next)) => {
+                let content_id = next
+                    .list
+                    .iter()
+                    .find(|f| f.manifest.name == name)
+                    .map(|f| f.manifest.content_id.as_str().to_string());
+                self.gateway.serve_functions(next);
+                tracing::info!(%remote, function = name, version = deployed.version, created = deployed.created, "deployed");
+                let status = if deployed.created {
+                    StatusCode::CREATED
+                } else {
+                    StatusCode::OK
+                };
+                json(
+                    status,
+                    &serde_json::json!({
+                        "name": name,
+                        "version": deployed.version,
+                        "content_id": content_id,
+                        "created": deployed.created,
+                    }),
+                )
+            }
+            Err(Refusal::Invalid(why)) => error(StatusCode::BAD_REQUEST, &why),
+            Err(Refusal::Conflict(why)) => error(StatusCode::CONFLICT, &why),
+            Err(Refusal::Registry(e)) => internal(&e.to_string()),
+        }
+    }
+
+    async fn delete(&self, name: &str, remote: SocketAddr) -> Response<Full<Bytes>> {
+        let _changing = self.changing.lock().await;
+        match self.registry.delete(name).await {
+            Ok(true) => {}
+            Ok(false) => return error(StatusCode::NOT_FOUND, &format!("no function {name:?}")),
+            Err(e) => return internal(&e.to_string()),
+        }
+        let rest: Vec<_> = self
+            .gateway
+            .functions()
+            .list
+            .iter()
+            .filter(|f| f.manifest.name != name)
+            .cloned()
+            .collect();
+        match Functions::new(rest) {
+            Ok(rest) => self.gateway.serve_functions(rest),
+            Err(e) => return internal(&e.to_string()),
+        }
+        tracing::info!(%remote, function = name, "deleted");
+        let mut answer = Response::new(Full::new(Bytes::new()));
+        *answer.status_mut() = StatusCode::NO_CONTENT;
+        answer
+    }
+}
+
+/// A request body, refused past `limit` bytes.
+async fn read_limited(mut body: Incoming, limit: usize) -> Result<Bytes, String> {
+    use http_body_util::BodyExt;
+    let mut read = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| format!("body: {e}"))?;
+        if let Ok(data) = frame.into_data() {
+            if read.len() + data.len() > limit {
+                return Err(format!("body: over the {limit} byte limit"));
+            }
+            read.extend_from_slice(&data);
+        }
+    }
+    Ok(read.freeze())
+}
+
+fn internal(why: &str) -> Response<Full<Bytes>> {
+    tracing::error!(error = %why, "admin call failed");
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "the gateway could not complete the call",
+    )
 }
 
 fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Full<Bytes>> {

@@ -11,6 +11,7 @@ use edge_net::gossip::{Gossip, LoadReport, WarmSet};
 use edge_net::lifecycle::Shutdown;
 use edge_shared::routing;
 
+use crate::functions::Function;
 use crate::proxy::Gateway;
 
 impl Gateway {
@@ -77,15 +78,15 @@ impl Gateway {
         self.membership.snapshot().view.usable()
     }
 
-    /// Deploys function `f` on `node` ahead of need (a pre-warm), then lets it be asked
+    /// Deploys `function` on `node` ahead of need (a pre-warm), then lets it be asked
     /// for again once gossip shows it warm (or after a failure).
-    async fn prewarm(&self, node: SocketAddr, f: usize, round: Duration) {
-        if self.deploy_logged(node, f, "pre-warm").await {
-            tracing::info!(%node, deployment = %self.functions.list[f].deployment, "pre-warmed");
+    async fn prewarm(&self, node: SocketAddr, function: Arc<Function>, round: Duration) {
+        if self.deploy_logged(node, &function, "pre-warm").await {
+            tracing::info!(%node, deployment = %function.deployment, "pre-warmed");
         }
         // Until gossip lists it warm, routing would ask again: wait for it.
         tokio::time::sleep(round * 3).await;
-        self.warming().remove(&(node, f));
+        self.warming().remove(&(node, function.key));
     }
 
     /// Places each function on its home node, the usable node its cold starts go to
@@ -97,14 +98,14 @@ impl Gateway {
     pub async fn place(&self, only: Option<SocketAddr>) {
         self.placed.store(true, Ordering::Release);
         let snapshot = self.membership.snapshot();
-        for (f, function) in self.functions.list.iter().enumerate() {
+        for function in &self.functions().list {
             let Some(home) =
                 routing::home(&snapshot.view, function.key).map(|i| snapshot.view.nodes[i].addr)
             else {
                 continue;
             };
             if only.is_none_or(|node| node == home) {
-                self.deploy_logged(home, f, "placement").await;
+                self.deploy_logged(home, function, "placement").await;
             }
         }
     }

@@ -1,7 +1,11 @@
 //! The functions a gateway serves: each one's manifest, deployment id, limits in force,
-//! and the deploy body nodes get; and the route table that finds them.
+//! and the deploy body nodes get; the route table that finds them; and the checks a
+//! deploy passes before the registry keeps it. Functions come from the registry
+//! ([`crate::registry`]): the cluster file's at start, the admin API's later, by the
+//! same path ([`deploy`]).
 
-use anyhow::Context;
+use std::sync::Arc;
+
 use bytes::Bytes;
 use edge_net::gossip::fingerprint;
 use edge_shared::config::{GatewayConfig, LimitDefaults};
@@ -10,6 +14,8 @@ use edge_shared::manifest::{ContentId, DeploymentId, FunctionManifest};
 use edge_shared::module_check::check_module;
 use edge_shared::routes::{RouteTable, default_routes};
 use edge_shared::wire;
+
+use crate::registry::{Deployed, FunctionSpec, Registry, RegistryError};
 
 /// A function the gateway serves.
 pub struct Function {
@@ -23,62 +29,141 @@ pub struct Function {
     pub limits: EffectiveLimits,
     /// Body of the deploy request nodes get (manifest and module).
     pub deploy_body: Bytes,
+    /// Its version in the registry.
+    pub version: u64,
+}
+
+/// Why a deploy was refused; nothing changed.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// The name, the module, the spec or a limit is not valid (the message names it).
+    #[error("{0}")]
+    Invalid(String),
+    /// A route is another function's (the message names it).
+    #[error("{0}")]
+    Conflict(String),
+    /// The registry failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+impl Function {
+    /// The function `name` serves as with `spec` and `module`, checked: the module
+    /// passes the node's checks and the manifest every field's.
+    pub fn new(
+        name: &str,
+        spec: &FunctionSpec,
+        module: &[u8],
+        version: u64,
+        config: &GatewayConfig,
+    ) -> Result<Function, Refusal> {
+        check_module(module).map_err(|e| Refusal::Invalid(format!("module: {e}")))?;
+        let manifest = FunctionManifest {
+            name: name.to_string(),
+            content_id: ContentId::of(module),
+            routes: if spec.routes.is_empty() {
+                default_routes(name, &config.domain)
+            } else {
+                spec.routes.clone()
+            },
+            env: spec.env.clone(),
+            limits: spec.limits.clone(),
+        };
+        if let Err(problems) = manifest.validate() {
+            let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            return Err(Refusal::Invalid(text.join("; ")));
+        }
+        // The gateway enforces the request body; its cap is the default, and a
+        // function's own limit may lower it, never raise it.
+        let defaults = LimitDefaults {
+            max_request_body_bytes: config.max_request_body_bytes,
+            ..LimitDefaults::default()
+        };
+        let mut limits = EffectiveLimits::resolve(&manifest.limits, &defaults);
+        limits.max_request_body_bytes = limits
+            .max_request_body_bytes
+            .min(config.max_request_body_bytes);
+        let deployment = manifest.deployment_id();
+        Ok(Function {
+            key: fingerprint(deployment.as_str()),
+            limits,
+            deploy_body: Bytes::from(wire::encode_deploy_body(&manifest, module)),
+            deployment,
+            manifest,
+            version,
+        })
+    }
 }
 
 /// Every function served, and the routes to them.
 pub struct Functions {
-    /// The functions, in configuration order.
-    pub list: Vec<Function>,
+    /// The functions, by name.
+    pub list: Vec<Arc<Function>>,
     /// Host and path routes to them (indexes into `list`).
     pub routes: RouteTable,
 }
 
 impl Functions {
-    /// Loads and checks every function module of `config` and builds the route table.
-    pub fn load(config: &GatewayConfig) -> anyhow::Result<Functions> {
-        // The gateway enforces the request body; its cap is the default.
-        let defaults = LimitDefaults {
-            max_request_body_bytes: config.max_request_body_bytes,
-            ..LimitDefaults::default()
-        };
-        let mut list = Vec::new();
-        for f in &config.functions {
-            let module = std::fs::read(&f.module).with_context(|| {
-                format!("function {:?}: reading {}", f.name, f.module.display())
-            })?;
-            check_module(&module)
-                .with_context(|| format!("function {:?}: module {}", f.name, f.module.display()))?;
-            let manifest = FunctionManifest {
-                name: f.name.clone(),
-                content_id: ContentId::of(&module),
-                routes: if f.routes.is_empty() {
-                    default_routes(&f.name, &config.domain)
-                } else {
-                    f.routes.clone()
-                },
-                env: f.env.clone(),
-                limits: f.limits.clone(),
-            };
-            if let Err(problems) = manifest.validate() {
-                let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
-                anyhow::bail!("function {:?}: {}", f.name, text.join("; "));
-            }
-            let deployment = manifest.deployment_id();
-            let mut limits = EffectiveLimits::resolve(&manifest.limits, &defaults);
-            // A function's own limit may lower the gateway's cap, never raise it.
-            limits.max_request_body_bytes = limits
-                .max_request_body_bytes
-                .min(config.max_request_body_bytes);
-            list.push(Function {
-                key: fingerprint(deployment.as_str()),
-                limits,
-                deploy_body: Bytes::from(wire::encode_deploy_body(&manifest, &module)),
-                deployment,
-                manifest,
-            });
-        }
+    /// These functions and their route table; a route two claim is a conflict naming
+    /// both.
+    pub fn new(mut list: Vec<Arc<Function>>) -> Result<Functions, Refusal> {
+        list.sort_by(|a, b| a.manifest.name.cmp(&b.manifest.name));
         let manifests: Vec<FunctionManifest> = list.iter().map(|f| f.manifest.clone()).collect();
-        let routes = RouteTable::new(&manifests).map_err(anyhow::Error::msg)?;
+        let routes = RouteTable::new(&manifests).map_err(Refusal::Conflict)?;
         Ok(Functions { list, routes })
     }
+
+    /// The functions the registry holds, each at the version serving.
+    pub async fn from_registry(
+        registry: &dyn Registry,
+        config: &GatewayConfig,
+    ) -> Result<Functions, Refusal> {
+        let mut list = Vec::new();
+        for record in registry.functions().await? {
+            let Some(version) = record.serving() else {
+                continue;
+            };
+            let module = registry.module(&version.content_id).await?.ok_or_else(|| {
+                Refusal::Invalid(format!(
+                    "function {:?}: module {} missing from the registry",
+                    record.name,
+                    version.content_id.as_str()
+                ))
+            })?;
+            let function =
+                Function::new(&record.name, &version.spec, &module, version.number, config)?;
+            list.push(Arc::new(function));
+        }
+        Functions::new(list)
+    }
+
+    /// These functions with `function` in place of its name's.
+    fn with(&self, function: Function) -> Result<Functions, Refusal> {
+        let mut list: Vec<Arc<Function>> = self
+            .list
+            .iter()
+            .filter(|f| f.manifest.name != function.manifest.name)
+            .cloned()
+            .collect();
+        list.push(Arc::new(function));
+        Functions::new(list)
+    }
+}
+
+/// Deploys `module` with `spec` as function `name`: checked against `current` (a route
+/// another function has is a conflict), then kept in `registry`, durably. Returns the
+/// version and the functions to serve from now on. Refused, nothing changes.
+pub async fn deploy(
+    registry: &dyn Registry,
+    current: &Functions,
+    config: &GatewayConfig,
+    name: &str,
+    spec: FunctionSpec,
+    module: Bytes,
+) -> Result<(Deployed, Functions), Refusal> {
+    // Checked with a provisional version: its routes and limits do not depend on it.
+    current.with(Function::new(name, &spec, &module, 0, config)?)?;
+    let deployed = registry.deploy(name, spec.clone(), module.clone()).await?;
+    let function = Function::new(name, &spec, &module, deployed.version, config)?;
+    Ok((deployed, current.with(function)?))
 }

@@ -28,4 +28,5 @@ pub mod ingress;
 pub mod membership;
 pub mod nodes;
 pub mod proxy;
+pub mod registry;
 pub mod status;

@@ -8,8 +8,10 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use edge_gateway::admin::{self, Admin, Token};
+use edge_gateway::functions::Functions;
 use edge_gateway::ingress;
 use edge_gateway::proxy::Gateway;
+use edge_gateway::registry::{Embedded, FunctionSpec, Registry};
 use edge_gateway::status::StatusServer;
 use edge_net::gossip::{self, ClusterKey, Gossip, Role};
 use edge_net::lifecycle::{InFlight, Shutdown};
@@ -78,6 +80,42 @@ fn main() {
         eprintln!("edge-gateway: {e:#}");
         std::process::exit(2);
     }
+}
+
+/// The functions in the registry, with the configuration file's deployed through it the
+/// way the admin API deploys (a new version only where something changed).
+async fn deploy_configured(
+    registry: &dyn Registry,
+    config: &GatewayConfig,
+) -> anyhow::Result<Functions> {
+    let mut functions = Functions::from_registry(registry, config)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    for (i, f) in config.functions.iter().enumerate() {
+        let at = || format!("functions[{i}] {:?} ({})", f.name, f.module.display());
+        let module =
+            std::fs::read(&f.module).map_err(|e| anyhow::anyhow!("{}: reading it: {e}", at()))?;
+        let spec = FunctionSpec {
+            routes: f.routes.clone(),
+            env: f.env.clone(),
+            limits: f.limits.clone(),
+        };
+        let (deployed, next) = edge_gateway::functions::deploy(
+            registry,
+            &functions,
+            config,
+            &f.name,
+            spec,
+            module.into(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{}: {e}", at()))?;
+        if deployed.created {
+            tracing::info!(function = %f.name, version = deployed.version, "deployed from the configuration file");
+        }
+        functions = next;
+    }
+    Ok(functions)
 }
 
 /// Binds UDP and TCP on the same port; with port 0, a port free for both.
@@ -157,13 +195,20 @@ async fn run(config: GatewayConfig, announce: Announce, expect_nodes: usize) -> 
         Some((token, listener))
     };
     let link = gossip::Link::udp(config.gossip.listen).await?;
-    let gateway = Arc::new(Gateway::new(config, addr.port(), settings.name.clone())?);
+    let registry = Arc::new(Embedded::open(&config.state_dir.join("registry.redb"))?);
+    let functions = deploy_configured(&*registry, &config).await?;
+    let gateway = Arc::new(Gateway::new(
+        config,
+        functions,
+        addr.port(),
+        settings.name.clone(),
+    )?);
     let gossip = Arc::new(Gossip::start(&settings, link, key).await?);
     if let Some(path) = &announce.gossip {
         std::fs::write(path, gossip.addr().to_string())?;
     }
     let status_addr = status_endpoint.local_addr()?;
-    tracing::info!(%addr, gossip = %gossip.addr(), status = %status_addr, seeds = ?settings.seeds, functions = gateway.functions().len(), "edge-gateway serving HTTP/3 on UDP, HTTP/1.1 and HTTP/2 on TCP");
+    tracing::info!(%addr, gossip = %gossip.addr(), status = %status_addr, seeds = ?settings.seeds, functions = gateway.functions().list.len(), "edge-gateway serving HTTP/3 on UDP, HTTP/1.1 and HTTP/2 on TCP");
     let watch = tokio::spawn(Arc::clone(&gateway).watch_cluster(
         Arc::clone(&gossip),
         settings.interval,
@@ -181,8 +226,13 @@ async fn run(config: GatewayConfig, announce: Announce, expect_nodes: usize) -> 
             if let Some(path) = &announce.admin {
                 std::fs::write(path, at.to_string())?;
             }
-            let status = Arc::clone(&server);
-            let admin = Arc::new(Admin { token, status });
+            let admin = Arc::new(Admin {
+                token,
+                status: Arc::clone(&server),
+                gateway: Arc::clone(&gateway),
+                registry: Arc::clone(&registry) as Arc<dyn Registry>,
+                changing: tokio::sync::Mutex::new(()),
+            });
             Some(tokio::spawn(admin::serve(
                 listener,
                 tcp_tls.clone(),

@@ -7,9 +7,10 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use bytes::{Buf, Bytes};
 use edge_net::client::{ClientStream, read_to_end};
 use edge_net::tls;
@@ -124,7 +125,9 @@ pub struct Gateway {
     pub(crate) config: GatewayConfig,
     /// Its member name in gossip, sent to nodes with each request.
     pub(crate) name: String,
-    pub(crate) functions: Functions,
+    /// The functions served: a snapshot swapped whole when they change; a request keeps
+    /// the function it was routed to until it has answered.
+    functions: ArcSwap<Functions>,
     nodes: NodePool,
     next_node: AtomicUsize,
     /// The nodes as gossip tells of them, and this gateway's own counters of each.
@@ -133,28 +136,34 @@ pub struct Gateway {
     pub(crate) placed: AtomicBool,
     rng: Mutex<SplitMix64>,
     /// (node, function) pairs to warm ahead of need, for [`Gateway::watch_cluster`].
-    pub(crate) prewarm: tokio::sync::mpsc::UnboundedSender<(SocketAddr, usize)>,
-    pub(crate) prewarm_queue:
-        Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(SocketAddr, usize)>>>,
-    /// Pairs being warmed now (asked for once).
-    pub(crate) warming: Mutex<HashSet<(SocketAddr, usize)>>,
+    pub(crate) prewarm: tokio::sync::mpsc::UnboundedSender<Prewarm>,
+    pub(crate) prewarm_queue: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Prewarm>>>,
+    /// (node, deployment fingerprint) pairs being warmed now (asked for once).
+    pub(crate) warming: Mutex<HashSet<(SocketAddr, u64)>>,
     alt_svc: HeaderValue,
     body_budget: BodyBudget,
 }
 
+/// A function to warm on a node ahead of need.
+pub(crate) type Prewarm = (SocketAddr, Arc<Function>);
+
 /// A request whose route has been resolved.
 pub struct Routed {
-    function: usize,
+    function: Arc<Function>,
     script_name: String,
     /// Largest body to accept for it.
     pub body_limit: u64,
 }
 
 impl Gateway {
-    /// Loads and checks every function module, builds the route table and the node pool.
+    /// A gateway serving `functions` (from the registry), with its node pool.
     /// `h3_port` is advertised in `alt-svc`; `name` is the gateway's gossip member name.
-    pub fn new(config: GatewayConfig, h3_port: u16, name: String) -> anyhow::Result<Gateway> {
-        let functions = Functions::load(&config)?;
+    pub fn new(
+        config: GatewayConfig,
+        functions: Functions,
+        h3_port: u16,
+        name: String,
+    ) -> anyhow::Result<Gateway> {
         let member = tls::Identity {
             cert: &config.cluster_cert,
             key: &config.cluster_key,
@@ -178,7 +187,7 @@ impl Gateway {
             placed: AtomicBool::new(false),
             rng: Mutex::new(SplitMix64(u64::from_le_bytes(seed))),
             config,
-            functions,
+            functions: ArcSwap::from_pointee(functions),
             nodes,
             next_node: AtomicUsize::new(0),
             alt_svc,
@@ -186,9 +195,20 @@ impl Gateway {
         })
     }
 
-    /// The functions served.
-    pub fn functions(&self) -> &[Function] {
-        &self.functions.list
+    /// The functions served now.
+    pub fn functions(&self) -> Arc<Functions> {
+        self.functions.load_full()
+    }
+
+    /// Serves `functions` from now on; requests routed before finish on the function
+    /// they were routed to.
+    pub fn serve_functions(&self, functions: Functions) {
+        self.functions.store(Arc::new(functions));
+    }
+
+    /// The gateway's configuration.
+    pub fn config(&self) -> &GatewayConfig {
+        &self.config
     }
 
     /// Resolves the function of a request.
@@ -199,13 +219,13 @@ impl Gateway {
                 .get(http::header::HOST)
                 .and_then(|h| h.to_str().ok())
         });
-        let m = self.functions.routes.resolve(host, request.uri().path())?;
+        let functions = self.functions.load();
+        let m = functions.routes.resolve(host, request.uri().path())?;
+        let function = Arc::clone(&functions.list[m.function]);
         Some(Routed {
-            function: m.function,
+            body_limit: function.limits.max_request_body_bytes,
             script_name: m.script_name.to_string(),
-            body_limit: self.functions.list[m.function]
-                .limits
-                .max_request_body_bytes,
+            function,
         })
     }
 
@@ -247,11 +267,11 @@ impl Gateway {
     pub async fn forward(&self, routed: Routed, request: Request<()>, body: Bytes) -> Forwarded {
         let started = Instant::now();
         let request_id = new_request_id();
-        let function = &self.functions.list[routed.function];
+        let function = &routed.function;
         let snapshot = self.membership.snapshot();
-        let decision = self.decide(&snapshot, routed.function);
+        let decision = self.decide(&snapshot, function);
         if let Some(i) = decision.prewarm {
-            self.ask_prewarm(snapshot.view.nodes[i].addr, routed.function);
+            self.ask_prewarm(snapshot.view.nodes[i].addr, function);
         }
         let mut attempts = Attempts::new(decision.order, request.method().is_idempotent());
         let mut deploying = Duration::ZERO;
@@ -348,13 +368,13 @@ impl Gateway {
         Duration::from_millis(self.config.request_timeout_ms)
     }
 
-    /// The routing decision for function `f`, with this gateway's own in-flight counts
+    /// The routing decision for `function`, with this gateway's own in-flight counts
     /// and recent failures as input.
-    fn decide(&self, snapshot: &Snapshot, f: usize) -> routing::Decision {
+    fn decide(&self, snapshot: &Snapshot, function: &Function) -> routing::Decision {
         let (own, failed) = self.membership.health(snapshot);
         let input = routing::Input {
             view: &snapshot.view,
-            function: self.functions.list[f].key,
+            function: function.key,
             own_in_flight: &own,
             recently_failed: &failed,
             sequence: self.next_node.fetch_add(1, Ordering::Relaxed),
@@ -363,14 +383,14 @@ impl Gateway {
         routing::decide(self.config.routing, &input, &mut *rng)
     }
 
-    /// Asks the cluster loop to warm function `f` on `node`, once until it is done.
-    fn ask_prewarm(&self, node: SocketAddr, f: usize) {
-        if self.warming().insert((node, f)) {
-            let _ = self.prewarm.send((node, f));
+    /// Asks the cluster loop to warm `function` on `node`, once until it is done.
+    fn ask_prewarm(&self, node: SocketAddr, function: &Arc<Function>) {
+        if self.warming().insert((node, function.key)) {
+            let _ = self.prewarm.send((node, Arc::clone(function)));
         }
     }
 
-    pub(crate) fn warming(&self) -> MutexGuard<'_, HashSet<(SocketAddr, usize)>> {
+    pub(crate) fn warming(&self) -> MutexGuard<'_, HashSet<(SocketAddr, u64)>> {
         self.warming.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -463,9 +483,13 @@ impl Gateway {
         Err(DeployError::Refused(reason))
     }
 
-    /// Deploys function `f` on `node` ahead of need; `false` (logged) if that failed.
-    pub(crate) async fn deploy_logged(&self, node: SocketAddr, f: usize, why: &str) -> bool {
-        let function = &self.functions.list[f];
+    /// Deploys `function` on `node` ahead of need; `false` (logged) if that failed.
+    pub(crate) async fn deploy_logged(
+        &self,
+        node: SocketAddr,
+        function: &Function,
+        why: &str,
+    ) -> bool {
         match self.deploy(node, function).await {
             Ok(()) => true,
             Err(DeployError::Refused(reason)) => {

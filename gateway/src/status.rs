@@ -83,7 +83,7 @@ impl StatusServer {
             .collect();
         GatewayStatus {
             name: self.gateway.name.clone(),
-            functions: self.gateway.functions().len(),
+            functions: self.gateway.functions().list.len(),
             nodes,
             gossip: self.gossip.stats(),
         }

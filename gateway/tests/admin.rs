@@ -1,12 +1,17 @@
 //! The admin API over real processes, with curl: its own listener, the bearer token
-//! (401 and a log line without it), and `gateway/openapi.json` checked against what the
-//! server answers.
+//! (401 and a log line without it), deploying, replacing and removing functions that
+//! users then reach over HTTP/3, the refusals, and `gateway/openapi.json` checked
+//! against what the server answers.
 
 mod support;
 
+use std::path::Path;
+
+use base64::Engine as _;
 use edge_cli::cluster::LocalCluster;
 use edge_shared::manifest::Limits;
-use support::{function, start_with};
+use http::StatusCode;
+use support::{client, example, function, start_with, url};
 
 /// What curl got: status, body, and the headers as text.
 struct Answer {
@@ -24,6 +29,18 @@ async fn curl(
     url: &str,
     token: Option<&str>,
 ) -> Answer {
+    curl_with(cluster, version, method, url, token, None).await
+}
+
+/// [`curl`] with a body: the file `body`, as JSON.
+async fn curl_with(
+    cluster: &LocalCluster,
+    version: &str,
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: Option<&Path>,
+) -> Answer {
     let dir = tempfile::tempdir().unwrap();
     let headers = dir.path().join("headers");
     let mut command = tokio::process::Command::new("curl");
@@ -37,6 +54,11 @@ async fn curl(
         command
             .arg("-H")
             .arg(format!("Authorization: Bearer {token}"));
+    }
+    if let Some(body) = body {
+        command
+            .args(["-H", "Content-Type: application/json", "--data-binary"])
+            .arg(format!("@{}", body.display()));
     }
     let output = command.arg(url).output().await.unwrap();
     let text = String::from_utf8_lossy(&output.stdout).to_string();
@@ -112,6 +134,188 @@ async fn the_admin_api_needs_its_token_and_is_never_on_the_users_port() {
     assert_eq!(answer.status, 404, "{}", answer.body);
 }
 
+/// Writes a deploy body for the example function `module` with these extra settings
+/// (JSON object fields) into `dir`, and returns its path.
+fn deploy_body(dir: &Path, module: &str, extra: serde_json::Value) -> std::path::PathBuf {
+    let wasm = std::fs::read(example(module)).unwrap();
+    let mut body = serde_json::json!({
+        "module": base64::engine::general_purpose::STANDARD.encode(wasm),
+    });
+    if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+        body.extend(extra.clone());
+    }
+    let file = dir.join(format!("{module}-{}.json", rand_suffix()));
+    std::fs::write(&file, body.to_string()).unwrap();
+    file
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn functions_deployed_through_the_admin_api_are_served_replaced_and_removed() {
+    let (cluster, dir) = start_with(1, vec![function("hello", Limits::default())], |_| {});
+    let token = token(&cluster);
+    let greet = admin_url(&cluster, "/v1/functions/greet");
+    let put = |body: std::path::PathBuf| {
+        let (cluster, token, greet) = (&cluster, token.clone(), greet.clone());
+        async move {
+            curl_with(
+                cluster,
+                "--http1.1",
+                "PUT",
+                &greet,
+                Some(&token),
+                Some(&body),
+            )
+            .await
+        }
+    };
+    let users = client(&cluster).await;
+    let answer_of = |path: &'static str| {
+        let (users, url) = (&users, url(&cluster, path));
+        async move {
+            let r = users.get(&url).await.unwrap();
+            (r.status, String::from_utf8_lossy(&r.body).to_string())
+        }
+    };
+
+    // A first version: served at /greet over HTTP/3.
+    let first = put(deploy_body(dir.path(), "hello", serde_json::json!({}))).await;
+    assert_eq!(first.status, 201, "{}", first.body);
+    let first: serde_json::Value = serde_json::from_str(&first.body).unwrap();
+    assert_eq!(
+        (first["version"].as_u64(), first["created"].as_bool()),
+        (Some(1), Some(true))
+    );
+    assert_eq!(
+        answer_of("/greet?name=you").await,
+        (StatusCode::OK, "hello, you!\n".into())
+    );
+
+    // Another module: version 2 answers instead. The same again: still version 2.
+    let echo = deploy_body(
+        dir.path(),
+        "echo",
+        serde_json::json!({ "env": { "K": "V" } }),
+    );
+    let second = put(echo.clone()).await;
+    assert_eq!(second.status, 201, "{}", second.body);
+    let (status, body) = answer_of("/greet?x=1").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("\"query\":\"x=1\""), "{body}");
+    let again = put(echo).await;
+    assert_eq!(again.status, 200, "{}", again.body);
+    let again: serde_json::Value = serde_json::from_str(&again.body).unwrap();
+    assert_eq!(
+        (again["version"].as_u64(), again["created"].as_bool()),
+        (Some(2), Some(false))
+    );
+
+    let view = curl(&cluster, "--http1.1", "GET", &greet, Some(&token)).await;
+    let view: serde_json::Value = serde_json::from_str(&view.body).unwrap();
+    assert_eq!(view["serving"], 2, "{view}");
+    assert_eq!(view["versions"].as_array().unwrap().len(), 2, "{view}");
+    let all = curl(
+        &cluster,
+        "--http1.1",
+        "GET",
+        &admin_url(&cluster, "/v1/functions"),
+        Some(&token),
+    )
+    .await;
+    let names: Vec<String> = serde_json::from_str::<serde_json::Value>(&all.body)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        names,
+        ["greet", "hello"],
+        "the cluster file's function is in the registry too"
+    );
+
+    // Refusals, each naming what is wrong, and changing nothing.
+    for (name, extra, status, says) in [
+        ("Bad_Name", serde_json::json!({}), 400, "name"),
+        (
+            "greet",
+            serde_json::json!({ "routes": [{ "path": "/hello" }] }),
+            409,
+            "hello",
+        ),
+        (
+            "greet",
+            serde_json::json!({ "limits": { "timeout_ms": 0 } }),
+            400,
+            "timeout_ms",
+        ),
+        (
+            "greet",
+            serde_json::json!({ "limits": { "timeout": 5 } }),
+            400,
+            "timeout",
+        ),
+        (
+            "greet",
+            serde_json::json!({ "module": "not base64!" }),
+            400,
+            "module",
+        ),
+        (
+            "greet",
+            serde_json::json!({ "module": "AGFzbQEAAAA=" }),
+            400,
+            "_start",
+        ),
+    ] {
+        let body = deploy_body(dir.path(), "hello", extra.clone());
+        let url = admin_url(&cluster, &format!("/v1/functions/{name}"));
+        let answer = curl_with(
+            &cluster,
+            "--http1.1",
+            "PUT",
+            &url,
+            Some(&token),
+            Some(&body),
+        )
+        .await;
+        assert_eq!(answer.status, status, "{name} {extra}: {}", answer.body);
+        assert!(
+            answer.body.contains(says),
+            "{name} {extra}: {}",
+            answer.body
+        );
+    }
+    assert_eq!(answer_of("/hello").await.0, StatusCode::OK);
+    assert!(
+        answer_of("/greet?x=1").await.1.contains("\"query\""),
+        "still version 2"
+    );
+
+    // Removed: users get 404, and so does the admin API.
+    let removed = curl(&cluster, "--http1.1", "DELETE", &greet, Some(&token)).await;
+    assert_eq!(removed.status, 204, "{}", removed.body);
+    assert_eq!(answer_of("/greet").await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        curl(&cluster, "--http1.1", "GET", &greet, Some(&token))
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        curl(&cluster, "--http1.1", "DELETE", &greet, Some(&token))
+            .await
+            .status,
+        404
+    );
+}
+
 /// The schema `value` names, following one `$ref` into `spec`.
 fn resolve<'a>(spec: &'a serde_json::Value, value: &'a serde_json::Value) -> &'a serde_json::Value {
     match value["$ref"].as_str() {
@@ -154,41 +358,74 @@ fn conforms(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_call_in_openapi_json_answers_as_it_says() {
-    let (cluster, _dir) = start_with(1, vec![function("hello", Limits::default())], |_| {});
+    let (cluster, dir) = start_with(1, vec![function("hello", Limits::default())], |_| {});
     let spec: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.json")).unwrap(),
     )
     .unwrap();
     let token = token(&cluster);
-    let mut checked = 0;
-    for (path, operations) in spec["paths"].as_object().unwrap() {
-        for (method, operation) in operations.as_object().unwrap() {
-            let url = admin_url(&cluster, path);
-            let method = method.to_uppercase();
-            // With the token: a documented success, whose body has the documented shape.
-            let answer = curl(&cluster, "--http1.1", &method, &url, Some(&token)).await;
-            let documented = &operation["responses"][answer.status.to_string()];
-            assert!(
-                documented.is_object() && answer.status < 300,
-                "{method} {path}: {} is not a documented success: {}",
-                answer.status,
-                answer.body
-            );
-            let response = resolve(&spec, documented);
-            let schema = &response["content"]["application/json"]["schema"];
-            let body: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
-            conforms(&spec, schema, &body).unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-            // Without it: the documented 401.
-            let refused = curl(&cluster, "--http1.1", &method, &url, None).await;
-            assert_eq!(refused.status, 401, "{method} {path}");
-            assert!(
-                operation["responses"]["401"].is_object(),
-                "{method} {path}: 401 undocumented"
-            );
-            let error: serde_json::Value = serde_json::from_str(&refused.body).unwrap();
-            conforms(&spec, &spec["components"]["schemas"]["Error"], &error).unwrap();
-            checked += 1;
+    // Every documented operation, on a function of its own (`probe`): deploys first,
+    // removals last, so each finds what it needs.
+    let mut operations = Vec::new();
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let rank = match method.as_str() {
+                "put" => 0,
+                "get" => 1,
+                "delete" => 2,
+                "parameters" => continue,
+                other => panic!("{other} {path}: no rule to exercise it"),
+            };
+            operations.push((
+                rank,
+                path.replace("{name}", "probe"),
+                method.to_uppercase(),
+                operation,
+            ));
         }
     }
-    assert!(checked > 0, "openapi.json documents no call");
+    operations.sort_by_key(|(rank, path, ..)| (*rank, path.clone()));
+    for (_, path, method, operation) in &operations {
+        let url = admin_url(&cluster, path);
+        let body = operation["requestBody"]
+            .is_object()
+            .then(|| deploy_body(dir.path(), "hello", serde_json::json!({})));
+        // With the token: a documented success, whose body has the documented shape.
+        let answer = curl_with(
+            &cluster,
+            "--http1.1",
+            method,
+            &url,
+            Some(&token),
+            body.as_deref(),
+        )
+        .await;
+        let documented = &operation["responses"][answer.status.to_string()];
+        assert!(
+            documented.is_object() && answer.status < 300,
+            "{method} {path}: {} is not a documented success: {}",
+            answer.status,
+            answer.body
+        );
+        let response = resolve(&spec, documented);
+        let schema = &response["content"]["application/json"]["schema"];
+        if schema.is_object() {
+            let body: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
+            conforms(&spec, schema, &body).unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        }
+        // Without it: the documented 401.
+        let refused = curl(&cluster, "--http1.1", method, &url, None).await;
+        assert_eq!(refused.status, 401, "{method} {path}");
+        assert!(
+            operation["responses"]["401"].is_object(),
+            "{method} {path}: 401 undocumented"
+        );
+        let error: serde_json::Value = serde_json::from_str(&refused.body).unwrap();
+        conforms(&spec, &spec["components"]["schemas"]["Error"], &error).unwrap();
+    }
+    assert!(
+        operations.len() >= 5,
+        "openapi.json documents {} calls",
+        operations.len()
+    );
 }

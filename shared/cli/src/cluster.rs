@@ -146,6 +146,7 @@ impl LocalCluster {
                 listen: spec.admin_listen,
                 token_file: cluster.certs.admin_token.clone(),
             },
+            state_dir: cluster.dir.join("gateway-state"),
             ingress: spec.ingress.clone(),
             routing: spec.routing,
             functions: spec.functions.clone(),

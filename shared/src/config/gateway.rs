@@ -47,7 +47,11 @@ pub struct GatewayConfig {
     pub ingress: IngressConfig,
     /// The admin API.
     pub admin: AdminConfig,
-    /// Functions deployed at start.
+    /// The gateway's state folder: its registry of functions and versions
+    /// (`registry.redb`).
+    pub state_dir: PathBuf,
+    /// Functions deployed at start, through the registry as an admin deploy would be
+    /// (a new version when a module or setting changed).
     pub functions: Vec<FunctionConfig>,
     /// On SIGTERM, longest the gateway lets the requests in flight finish after it stops
     /// accepting new ones, in milliseconds; then it leaves gossip and closes.
@@ -73,6 +77,7 @@ impl Default for GatewayConfig {
             max_request_body_bytes: 16 << 20,
             ingress: IngressConfig::default(),
             admin: AdminConfig::default(),
+            state_dir: PathBuf::from("state"),
             functions: Vec::new(),
             shutdown_grace_ms: 10_000,
             log_format: LogFormat::Text,
@@ -111,6 +116,7 @@ impl ConfigFile for GatewayConfig {
         resolve(base, &mut self.cluster_cert);
         resolve(base, &mut self.cluster_key);
         resolve(base, &mut self.gossip.key_file);
+        resolve(base, &mut self.state_dir);
         if !self.admin.token_file.as_os_str().is_empty() {
             resolve(base, &mut self.admin.token_file);
         }
