@@ -8,7 +8,9 @@
 //! - `PUT /v1/functions/{name}`: a module (base64) with routes, env and limits makes a
 //!   new version serving (the same module and settings again return the version
 //!   serving). Checked first, as the cluster file's functions are at start: `400` for
-//!   what is not valid, `409` for a route another function has, each naming it.
+//!   what is not valid, `409` for a route another function has, each naming it. A new
+//!   version is deployed on its home node before it serves, so its compile is not on a
+//!   user's request.
 //! - `GET /v1/functions`, `GET /v1/functions/{name}`: versions, content ids, routes,
 //!   and the nodes holding the version serving warm.
 //! - `DELETE /v1/functions/{name}`.
@@ -292,13 +294,22 @@ impl Admin {
         match functions::deploy(&*self.registry, &current, config, name, spec, module.into()).await
         {
             Ok((deployed, next)) => {
-                let content_id = next
+                let function = next
                     .list
                     .iter()
                     .find(|f| f.manifest.name == name)
+                    .map(Arc::clone);
+                let content_id = function
+                    .as_ref()
                     .map(|f| f.manifest.content_id.as_str().to_string());
+                // Compiled on its home node before it takes traffic, so the first user
+                // request is not a compile.
+                let placed = match &function {
+                    Some(f) if deployed.created => self.gateway.place_new(f).await,
+                    _ => false,
+                };
                 self.gateway.serve_functions(next);
-                tracing::info!(%remote, function = name, version = deployed.version, created = deployed.created, "deployed");
+                tracing::info!(%remote, function = name, version = deployed.version, created = deployed.created, placed, "deployed");
                 let status = if deployed.created {
                     StatusCode::CREATED
                 } else {

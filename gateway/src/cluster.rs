@@ -109,4 +109,20 @@ impl Gateway {
             }
         }
     }
+
+    /// Deploys `function` (a new version) on its home node, where its compile then
+    /// happens before it takes traffic rather than on a user's request; `false` if
+    /// there is no usable node or the deploy failed (logged: requests deploy again on
+    /// demand).
+    pub async fn place_new(&self, function: &Function) -> bool {
+        let snapshot = self.membership.snapshot();
+        match routing::home(&snapshot.view, function.key) {
+            Some(i) => {
+                let home = snapshot.view.nodes[i].addr;
+                self.deploy_logged(home, function, "placement at deploy")
+                    .await
+            }
+            None => false,
+        }
+    }
 }

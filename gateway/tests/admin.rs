@@ -191,9 +191,13 @@ async fn functions_deployed_through_the_admin_api_are_served_replaced_and_remove
         (first["version"].as_u64(), first["created"].as_bool()),
         (Some(1), Some(true))
     );
-    assert_eq!(
-        answer_of("/greet?name=you").await,
-        (StatusCode::OK, "hello, you!\n".into())
+    // It was compiled on its node at deploy: the first request finds it warm there.
+    let r = users.get(&url(&cluster, "/greet?name=you")).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&r.body), "hello, you!\n");
+    let timing = r.header("server-timing").unwrap_or_default().to_string();
+    assert!(
+        timing.contains("deploy;dur=0.000") && timing.contains("cold;dur=0.000"),
+        "the first request waited for a deploy or a compile: {timing}"
     );
 
     // Another module: version 2 answers instead. The same again: still version 2.
