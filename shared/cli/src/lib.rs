@@ -1,12 +1,15 @@
-//! The operator's side of edge: the `edge` CLI (`edge up`, `edge call`) and what it
+//! The operator's side of edge: the `edge` CLI (`edge up`, `edge call`, and `edge deploy`,
+//! `edge functions`, `edge rm`, `edge cluster` over the admin API) and what it
 //! needs beyond the daemons. A crate of its own, so that neither the gateway daemon nor
 //! the load tester carries process orchestration.
 //!
+//! - [`admin`]: the admin API's client and what the commands send and print;
 //! - [`cluster`]: a local cluster of real processes, as `edge up`, the integration tests
 //!   and `edge-loadtest compare` start it: configuration per process, nodes joining
 //!   through the gateway's gossip address, logs in a state folder;
 //! - [`devcerts`]: a development cluster CA and the certificates each process presents,
-//!   and the gossip cluster key.
+//!   the gossip cluster key and the admin token.
 
+pub mod admin;
 pub mod cluster;
 pub mod devcerts;

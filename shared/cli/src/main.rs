@@ -1,5 +1,7 @@
 //! `edge`: the operator CLI. `edge up` starts a local cluster; `edge call URL` makes one
-//! HTTP/3 request.
+//! HTTP/3 request; `edge deploy`, `edge functions`, `edge rm` and `edge cluster` use a
+//! gateway's admin API. Exit codes: 0 done, 2 refused by the API (the reason on stderr),
+//! 1 anything else.
 
 use std::io::Write;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -9,6 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
+use edge_cli::admin::{AdminClient, DeployOptions, deploy_body, functions_table};
 use edge_cli::cluster::{self, LocalCluster};
 use edge_net::client::{self, H3Client};
 use edge_shared::config::{self, ClusterConfig};
@@ -59,12 +62,145 @@ enum Command {
         #[arg(long)]
         connect: Option<SocketAddr>,
     },
+    /// Deploy a module as a new version of function NAME, serving at once.
+    Deploy {
+        /// The function's name: [a-z0-9-], up to 63.
+        name: String,
+        /// The module (a WASI preview1 command).
+        module: PathBuf,
+        /// A path route (repeatable); with no route or host, /NAME and NAME.<domain>.
+        #[arg(long = "route")]
+        routes: Vec<String>,
+        /// A host route (repeatable).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        /// An environment variable, KEY=VALUE (repeatable).
+        #[arg(long)]
+        env: Vec<String>,
+        /// Its timeout: 2s, 500ms.
+        #[arg(long)]
+        timeout: Option<String>,
+        /// Its memory limit: 64MiB, 1GiB.
+        #[arg(long)]
+        memory: Option<String>,
+        /// Most of its requests running at once on a node.
+        #[arg(long)]
+        max_concurrency: Option<u32>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List the functions: versions, routes, warm nodes.
+    Functions {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Remove function NAME and its versions.
+    Rm {
+        /// The function.
+        name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Show the cluster as the gateway sees it.
+    Cluster {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
 }
+
+/// Where the admin API is, and how to call it.
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// The gateway's admin API.
+    #[arg(long, default_value = "https://127.0.0.1:4480")]
+    admin: String,
+    /// CA certificate to trust.
+    #[arg(long, default_value = ".edge/certs/ca.pem")]
+    ca: PathBuf,
+    /// File holding the admin token.
+    #[arg(long, default_value = ".edge/certs/admin.token")]
+    token_file: PathBuf,
+    /// Print the API's JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A call the API refused (4xx): exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Refused(String);
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Up { config, dir } => up(config.as_deref(), &dir),
+        Command::Deploy {
+            name,
+            module,
+            routes,
+            hosts,
+            env,
+            timeout,
+            memory,
+            max_concurrency,
+            admin,
+        } => {
+            let options = DeployOptions {
+                routes,
+                hosts,
+                env,
+                timeout,
+                memory,
+                max_concurrency,
+            };
+            let started = std::time::Instant::now();
+            deploy_body(&module, &options).and_then(|body| {
+                let path = format!("/v1/functions/{name}");
+                admin_call(&admin, http::Method::PUT, &path, Some(body), |d| {
+                    let new = if d["created"] == true {
+                        "new"
+                    } else {
+                        "already serving"
+                    };
+                    format!(
+                        "deployed {name}: version {} ({new}), content {}, in {} ms\n",
+                        d["version"],
+                        d["content_id"].as_str().unwrap_or_default(),
+                        started.elapsed().as_millis()
+                    )
+                })
+            })
+        }
+        Command::Functions { admin } => admin_call(
+            &admin,
+            http::Method::GET,
+            "/v1/functions",
+            None,
+            functions_table,
+        ),
+        Command::Rm { name, admin } => {
+            let path = format!("/v1/functions/{name}");
+            admin_call(&admin, http::Method::DELETE, &path, None, |_| {
+                format!("removed {name}\n")
+            })
+        }
+        Command::Cluster { admin } => {
+            admin_call(&admin, http::Method::GET, "/v1/cluster", None, |c| {
+                let mut out = format!("gateway {}\n", c["name"].as_str().unwrap_or_default());
+                for n in c["nodes"].as_array().into_iter().flatten() {
+                    out += &format!(
+                        "  {:<12} {:<22} {:<9} slots {:>3}  load {:>4}  warm {:>4}\n",
+                        n["name"].as_str().unwrap_or_default(),
+                        n["addr"].as_str().unwrap_or_default(),
+                        n["state"].as_str().unwrap_or_default(),
+                        n["slots"],
+                        n["reported_load"],
+                        n["warm"]
+                    );
+                }
+                out
+            })
+        }
         Command::Call {
             url,
             method,
@@ -88,8 +224,42 @@ fn main() {
     };
     if let Err(e) = result {
         eprintln!("edge: {e:#}");
-        std::process::exit(1);
+        std::process::exit(if e.downcast_ref::<Refused>().is_some() {
+            2
+        } else {
+            1
+        });
     }
+}
+
+/// Runs an admin command: `method path` with `body`, then prints the answer with `show`
+/// (or as JSON with `--json`).
+fn admin_call(
+    args: &AdminArgs,
+    method: http::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+    show: impl FnOnce(&serde_json::Value) -> String,
+) -> anyhow::Result<()> {
+    let client = AdminClient::new(&args.admin, &args.ca, &args.token_file)?;
+    let runtime = tokio::runtime::Runtime::new().expect("starting the async runtime");
+    let reply = runtime.block_on(client.call(method, path, body.as_ref()))?;
+    if reply.status.is_client_error() {
+        let why = reply.body["error"]
+            .as_str()
+            .unwrap_or("refused")
+            .to_string();
+        return Err(Refused(format!("{} {why}", reply.status.as_u16())).into());
+    }
+    if !reply.status.is_success() {
+        bail!("the admin API answered {}: {}", reply.status, reply.body);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&reply.body)?);
+    } else {
+        print!("{}", show(&reply.body));
+    }
+    Ok(())
 }
 
 fn up(config_file: Option<&Path>, dir: &Path) -> anyhow::Result<()> {

@@ -234,3 +234,89 @@ fn keys_are_written_for_their_owner_alone_and_a_loose_key_is_refused_at_start() 
     edge_cli::devcerts::DevCerts::ensure(&state, "edge.localhost").unwrap();
     assert_eq!(mode(&certs.gossip_key), 0o600);
 }
+
+/// `edge ARGS` against `cluster`'s admin API; exit code, stdout, stderr.
+fn edge_admin(cluster: &edge_cli::cluster::LocalCluster, args: &[&str]) -> (i32, String, String) {
+    let admin = format!("https://127.0.0.1:{}", cluster.admin_addr().port());
+    let out = Command::new(bin_dir().unwrap().join("edge"))
+        .args(args)
+        .arg("--admin")
+        .arg(&admin)
+        .arg("--ca")
+        .arg(&cluster.certs().ca)
+        .arg("--token-file")
+        .arg(&cluster.certs().admin_token)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_deploy_functions_and_rm_drive_the_admin_api_with_exit_codes_scripts_can_trust() {
+    let (cluster, dir) = support::start_with(
+        1,
+        vec![support::function("hello", Default::default())],
+        |_| {},
+    );
+    let module = example("echo");
+    let module = module.to_str().unwrap();
+    let deploy = [
+        "deploy",
+        "greet",
+        module,
+        "--route",
+        "/hi",
+        "--env",
+        "GREETING=hey",
+        "--timeout",
+        "2s",
+        "--memory",
+        "32MiB",
+    ];
+    let (code, out, err) = edge_admin(&cluster, &deploy);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("deployed greet: version 1 (new)"), "{out}");
+    let (code, out, _) = edge_admin(&cluster, &deploy);
+    assert_eq!(code, 0);
+    assert!(out.contains("version 1 (already serving)"), "{out}");
+
+    // Users reach it at its route, with its environment.
+    let c = support::client(&cluster).await;
+    let r = c.get(&support::url(&cluster, "/hi/x")).await.unwrap();
+    assert_eq!(r.status, http::StatusCode::OK);
+    assert!(String::from_utf8_lossy(&r.body).contains("\"path\":\"/x\""));
+
+    let (code, out, _) = edge_admin(&cluster, &["functions"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("greet") && out.contains("/hi") && out.contains("hello"),
+        "{out}"
+    );
+    let (code, out, _) = edge_admin(&cluster, &["functions", "--json"]);
+    assert_eq!(code, 0);
+    let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+    let (code, out, _) = edge_admin(&cluster, &["cluster"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("node-1") && out.contains("usable"), "{out}");
+
+    // Refusals exit 2 with the API's reason; a bad flag exits 1 before any call.
+    let not_wasm = dir.path().join("not.wasm");
+    std::fs::write(&not_wasm, "text").unwrap();
+    let (code, _, err) = edge_admin(&cluster, &["deploy", "bad", not_wasm.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("400") && err.contains("module"), "{err}");
+    let (code, _, err) = edge_admin(&cluster, &["deploy", "x", module, "--timeout", "soon"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--timeout"), "{err}");
+
+    let (code, out, _) = edge_admin(&cluster, &["rm", "greet"]);
+    assert_eq!((code, out.as_str()), (0, "removed greet\n"));
+    let (code, _, err) = edge_admin(&cluster, &["rm", "greet"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("404"), "{err}");
+}

@@ -1,0 +1,237 @@
+//! The admin API's client, for `edge deploy`, `edge functions`, `edge rm` and `edge
+//! cluster`: one HTTPS (HTTP/1.1) call per command, with the bearer token.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use base64::Engine as _;
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+
+/// A client of one gateway's admin API.
+pub struct AdminClient {
+    addr: SocketAddr,
+    host: String,
+    tls: tokio_rustls::TlsConnector,
+    token: String,
+}
+
+/// What a call answered.
+#[derive(Debug)]
+pub struct Reply {
+    /// Its status.
+    pub status: StatusCode,
+    /// Its JSON body (`null` when empty).
+    pub body: serde_json::Value,
+}
+
+impl AdminClient {
+    /// A client of the admin API at `url` (`https://HOST:PORT`), trusting `ca`, with the
+    /// token in `token_file`.
+    pub fn new(url: &str, ca: &Path, token_file: &Path) -> anyhow::Result<AdminClient> {
+        let uri: http::Uri = url.parse().with_context(|| format!("admin URL {url:?}"))?;
+        if uri.scheme_str() != Some("https") {
+            bail!("admin URL {url:?}: the admin API is https://");
+        }
+        let host = uri.host().context("admin URL without a host")?;
+        let host = host.trim_matches(['[', ']']).to_string();
+        let port = uri.port_u16().unwrap_or(443);
+        let addr = (host.as_str(), port)
+            .to_socket_addrs()
+            .with_context(|| format!("resolving {host}"))?
+            .next()
+            .with_context(|| format!("{host} has no address"))?;
+        let tls = edge_net::tls::client_config(ca, None, &[b"http/1.1"])
+            .with_context(|| format!("CA certificate {}", ca.display()))?;
+        let token = std::fs::read_to_string(token_file)
+            .with_context(|| format!("reading the admin token {}", token_file.display()))?;
+        Ok(AdminClient {
+            addr,
+            host,
+            tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
+            token: token.trim().to_string(),
+        })
+    }
+
+    /// `method path` with `body` as JSON.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> anyhow::Result<Reply> {
+        let tcp = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .with_context(|| format!("connecting to the admin API at {}", self.addr))?;
+        let name = rustls::pki_types::ServerName::try_from(self.host.clone())?;
+        let tls = self
+            .tls
+            .connect(name, tcp)
+            .await
+            .context("TLS with the admin API")?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+        tokio::spawn(connection);
+        let bytes = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
+        let request = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(http::header::HOST, &self.host)
+            .header(
+                http::header::AUTHORIZATION,
+                format!("Bearer {}", self.token),
+            )
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(bytes))?;
+        let response = sender.send_request(request).await?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        let body = if body.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(&body).context("the admin API's answer is not JSON")?
+        };
+        Ok(Reply { status, body })
+    }
+}
+
+/// What `edge deploy` says of the function besides its module.
+#[derive(Debug, Default)]
+pub struct DeployOptions {
+    /// Path routes (`/p`).
+    pub routes: Vec<String>,
+    /// Host routes.
+    pub hosts: Vec<String>,
+    /// `KEY=VALUE` environment variables.
+    pub env: Vec<String>,
+    /// The timeout: `2s`, `500ms`, or milliseconds.
+    pub timeout: Option<String>,
+    /// The memory limit: `64MiB`, `1GiB`, or MiB.
+    pub memory: Option<String>,
+    /// Most requests at once per node.
+    pub max_concurrency: Option<u32>,
+}
+
+/// The body of `PUT /v1/functions/{name}` for `module` with `options`.
+pub fn deploy_body(module: &Path, options: &DeployOptions) -> anyhow::Result<serde_json::Value> {
+    let wasm = std::fs::read(module).with_context(|| format!("reading {}", module.display()))?;
+    let mut routes: Vec<serde_json::Value> = options
+        .routes
+        .iter()
+        .map(|p| serde_json::json!({ "path": p }))
+        .collect();
+    routes.extend(
+        options
+            .hosts
+            .iter()
+            .map(|h| serde_json::json!({ "host": h })),
+    );
+    let mut env = serde_json::Map::new();
+    for pair in &options.env {
+        let (key, value) = pair
+            .split_once('=')
+            .with_context(|| format!("--env {pair:?}: KEY=VALUE"))?;
+        env.insert(key.to_string(), value.into());
+    }
+    let mut limits = serde_json::Map::new();
+    if let Some(t) = &options.timeout {
+        limits.insert("timeout_ms".into(), duration_ms(t)?.into());
+    }
+    if let Some(m) = &options.memory {
+        limits.insert("memory_limit_mib".into(), mib(m)?.into());
+    }
+    if let Some(n) = options.max_concurrency {
+        limits.insert("max_concurrency".into(), n.into());
+    }
+    Ok(serde_json::json!({
+        "module": base64::engine::general_purpose::STANDARD.encode(wasm),
+        "routes": routes,
+        "env": env,
+        "limits": limits,
+    }))
+}
+
+/// `2s`, `1.5s`, `500ms` or plain milliseconds, in milliseconds.
+pub fn duration_ms(text: &str) -> anyhow::Result<u64> {
+    let bad = || anyhow::anyhow!("--timeout {text:?}: like 2s, 500ms or 1500");
+    if let Some(ms) = text.strip_suffix("ms") {
+        return ms.trim().parse().map_err(|_| bad());
+    }
+    if let Some(s) = text.strip_suffix('s') {
+        let seconds: f64 = s.trim().parse().map_err(|_| bad())?;
+        if !(seconds.is_finite() && seconds >= 0.0) {
+            return Err(bad());
+        }
+        return Ok((seconds * 1000.0).round() as u64);
+    }
+    text.trim().parse().map_err(|_| bad())
+}
+
+/// `64MiB`, `1GiB` or plain MiB, in MiB.
+pub fn mib(text: &str) -> anyhow::Result<u64> {
+    let bad = || anyhow::anyhow!("--memory {text:?}: like 64MiB, 1GiB or 64");
+    let (number, scale) = if let Some(n) = text.strip_suffix("GiB") {
+        (n, 1024)
+    } else if let Some(n) = text.strip_suffix("MiB") {
+        (n, 1)
+    } else {
+        (text, 1)
+    };
+    let n: u64 = number.trim().parse().map_err(|_| bad())?;
+    n.checked_mul(scale).ok_or_else(bad)
+}
+
+/// The functions of `GET /v1/functions` as a table for people.
+pub fn functions_table(functions: &serde_json::Value) -> String {
+    let mut out = format!(
+        "{:<20} {:>7} {:>8}  {:<40} {}\n",
+        "NAME", "SERVING", "VERSIONS", "ROUTES", "WARM ON"
+    );
+    for f in functions.as_array().into_iter().flatten() {
+        let routes: Vec<String> = f["routes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["path"].as_str().or(r["host"].as_str()).map(String::from))
+            .collect();
+        let warm: Vec<&str> = f["warm_on"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|n| n.as_str())
+            .collect();
+        out += &format!(
+            "{:<20} {:>7} {:>8}  {:<40} {}\n",
+            f["name"].as_str().unwrap_or_default(),
+            f["serving"],
+            f["versions"].as_array().map_or(0, Vec::len),
+            routes.join(", "),
+            warm.join(", ")
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_sizes_read_as_people_write_them() {
+        assert_eq!(duration_ms("2s").unwrap(), 2000);
+        assert_eq!(duration_ms("1.5s").unwrap(), 1500);
+        assert_eq!(duration_ms("500ms").unwrap(), 500);
+        assert_eq!(duration_ms("750").unwrap(), 750);
+        for bad in ["two", "-1s", "s", "1m"] {
+            assert!(duration_ms(bad).is_err(), "{bad}");
+        }
+        assert_eq!(mib("64MiB").unwrap(), 64);
+        assert_eq!(mib("1GiB").unwrap(), 1024);
+        assert_eq!(mib("32").unwrap(), 32);
+        assert!(mib("lots").is_err());
+    }
+}
