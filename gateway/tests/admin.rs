@@ -433,3 +433,46 @@ async fn every_call_in_openapi_json_answers_as_it_says() {
         operations.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_gateway_keeps_every_function_and_version() {
+    let (mut cluster, dir) = start_with(1, vec![function("hello", Limits::default())], |_| {});
+    let token = token(&cluster);
+    let greet = admin_url(&cluster, "/v1/functions/greet");
+    for module in ["hello", "echo"] {
+        let body = deploy_body(dir.path(), module, serde_json::json!({}));
+        let answer = curl_with(
+            &cluster,
+            "--http1.1",
+            "PUT",
+            &greet,
+            Some(&token),
+            Some(&body),
+        )
+        .await;
+        assert_eq!(answer.status, 201, "{}", answer.body);
+    }
+
+    cluster.restart_gateway().unwrap();
+
+    let view = curl(&cluster, "--http1.1", "GET", &greet, Some(&token)).await;
+    assert_eq!(view.status, 200, "{}", view.body);
+    let view: serde_json::Value = serde_json::from_str(&view.body).unwrap();
+    assert_eq!(view["serving"], 2, "{view}");
+    assert_eq!(view["versions"].as_array().unwrap().len(), 2, "{view}");
+    // The cluster file's function, deployed again at start, is still its version 1.
+    let hello = admin_url(&cluster, "/v1/functions/hello");
+    let hello: serde_json::Value = serde_json::from_str(
+        &curl(&cluster, "--http1.1", "GET", &hello, Some(&token))
+            .await
+            .body,
+    )
+    .unwrap();
+    assert_eq!(hello["versions"].as_array().unwrap().len(), 1, "{hello}");
+    let users = client(&cluster).await;
+    let r = users.get(&url(&cluster, "/greet?x=1")).await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(String::from_utf8_lossy(&r.body).contains("\"query\":\"x=1\""));
+    let r = users.get(&url(&cluster, "/hello")).await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+}

@@ -18,6 +18,20 @@ use edge_shared::config::{AdminConfig, ClusterConfig, GatewayConfig, GossipConfi
 
 use crate::devcerts::DevCerts;
 
+/// Files in the state folder where the gateway writes the addresses it bound.
+const STATUS_FILE: &str = "gateway.status";
+const GOSSIP_FILE: &str = "gateway.gossip";
+const ADMIN_FILE: &str = "gateway.admin";
+
+/// The address a process wrote to `file`.
+fn announced(file: &Path) -> anyhow::Result<SocketAddr> {
+    std::fs::read_to_string(file)
+        .with_context(|| format!("reading {}", file.display()))?
+        .trim()
+        .parse()
+        .with_context(|| format!("the address in {}", file.display()))
+}
+
 /// Longest a process may take to announce its address.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -154,16 +168,27 @@ impl LocalCluster {
         };
         let config = cluster.dir.join("gateway.toml");
         std::fs::write(&config, toml::to_string(&gateway)?)?;
-        let expect = spec.nodes.to_string();
-        let status_file = cluster.dir.join("gateway.status");
-        let gossip_file = cluster.dir.join("gateway.gossip");
-        let admin_file = cluster.dir.join("gateway.admin");
-        let [status_arg, gossip_arg, admin_arg] =
-            [&status_file, &gossip_file, &admin_file].map(|file| {
-                let _ = std::fs::remove_file(file);
-                file.to_string_lossy().to_string()
-            });
-        let mut launched = cluster.launch(
+        let mut launched = cluster.launch_gateway(config)?;
+        // Known once the gateway has bound its gossip port: every node's seed.
+        cluster.seed = launched.announced(&cluster.dir.join(GOSSIP_FILE))?;
+        for _ in 0..spec.nodes {
+            cluster.add_node()?;
+        }
+        cluster.gateway = Some(launched.serving()?);
+        cluster.status = announced(&cluster.dir.join(STATUS_FILE))?;
+        cluster.admin = announced(&cluster.dir.join(ADMIN_FILE))?;
+        Ok(cluster)
+    }
+
+    /// Starts the gateway with `config`, asking it to announce each address in its file.
+    fn launch_gateway(&self, config: PathBuf) -> anyhow::Result<Launched> {
+        let expect = self.spec.nodes.to_string();
+        let [status, gossip, admin] = [STATUS_FILE, GOSSIP_FILE, ADMIN_FILE].map(|name| {
+            let file = self.dir.join(name);
+            let _ = std::fs::remove_file(&file);
+            file.to_string_lossy().to_string()
+        });
+        self.launch(
             "edge-gateway",
             "gateway",
             config,
@@ -172,29 +197,31 @@ impl LocalCluster {
                 "--expect-nodes",
                 &expect,
                 "--announce-status",
-                &status_arg,
+                &status,
                 "--announce-gossip",
-                &gossip_arg,
+                &gossip,
                 "--announce-admin",
-                &admin_arg,
+                &admin,
             ],
-        )?;
-        cluster.seed = launched.announced(&gossip_file)?;
-        for _ in 0..spec.nodes {
-            cluster.add_node()?;
+        )
+    }
+
+    /// Stops the gateway (SIGTERM, waiting for it to drain) and starts it again on the
+    /// same addresses, its state folder kept: what a restart or an upgrade does.
+    pub fn restart_gateway(&mut self) -> anyhow::Result<()> {
+        self.terminate_gateway();
+        if self.wait_gateway(Duration::from_secs(30)).is_none() {
+            bail!("the gateway did not exit within 30 s of SIGTERM");
         }
-        let gateway = launched.serving()?;
-        cluster.gateway = Some(gateway);
-        let announced = |file: &Path| -> anyhow::Result<SocketAddr> {
-            std::fs::read_to_string(file)
-                .with_context(|| format!("reading {}", file.display()))?
-                .trim()
-                .parse()
-                .with_context(|| format!("the address in {}", file.display()))
-        };
-        cluster.status = announced(&status_file)?;
-        cluster.admin = announced(&admin_file)?;
-        Ok(cluster)
+        let config = self.dir.join("gateway.toml");
+        let mut text: GatewayConfig = toml::from_str(&std::fs::read_to_string(&config)?)?;
+        text.listen = self.gateway_addr();
+        text.gossip.listen = self.seed;
+        text.status_listen = self.status;
+        text.admin.listen = self.admin;
+        std::fs::write(&config, toml::to_string(&text)?)?;
+        self.gateway = Some(self.launch_gateway(config)?.serving()?);
+        Ok(())
     }
 
     /// Starts one more node, `node-N`, that joins through the gateway's gossip address
