@@ -476,3 +476,73 @@ async fn a_restarted_gateway_keeps_every_function_and_version() {
     let r = users.get(&url(&cluster, "/hello")).await.unwrap();
     assert_eq!(r.status, StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_killed_during_a_deploy_has_the_old_version_or_the_new_never_a_broken_one() {
+    let (mut cluster, dir) = start_with(1, vec![function("hello", Limits::default())], |_| {});
+    let token = token(&cluster);
+    let greet = admin_url(&cluster, "/v1/functions/greet");
+    let first = deploy_body(dir.path(), "hello", serde_json::json!({}));
+    let answer = curl_with(
+        &cluster,
+        "--http1.1",
+        "PUT",
+        &greet,
+        Some(&token),
+        Some(&first),
+    )
+    .await;
+    assert_eq!(answer.status, 201, "{}", answer.body);
+    // Each round kills the gateway a little later into a deploy of a new version.
+    let mut outcomes = Vec::new();
+    for (round, delay_ms) in [0u64, 2, 5, 10, 20, 40].into_iter().enumerate() {
+        let env = serde_json::json!({ "env": { "ROUND": round.to_string() } });
+        let body = deploy_body(dir.path(), "echo", env);
+        let put = {
+            let (greet, token, ca) = (greet.clone(), token.clone(), cluster.certs().ca.clone());
+            tokio::process::Command::new("curl")
+                .args([
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    "-X",
+                    "PUT",
+                    "--max-time",
+                    "10",
+                    "--cacert",
+                ])
+                .arg(ca)
+                .arg("-H")
+                .arg(format!("Authorization: Bearer {token}"))
+                .arg("--data-binary")
+                .arg(format!("@{}", body.display()))
+                .arg(greet)
+                .spawn()
+                .unwrap()
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+        cluster.kill_gateway();
+        let _ = put.wait_with_output().await;
+        cluster.restart_gateway().unwrap();
+
+        let view = curl(&cluster, "--http1.1", "GET", &greet, Some(&token)).await;
+        assert_eq!(view.status, 200, "round {round}: {}", view.body);
+        let view: serde_json::Value = serde_json::from_str(&view.body).unwrap();
+        let serving = view["serving"].as_u64().unwrap();
+        assert_eq!(
+            serving,
+            view["versions"].as_array().unwrap().len() as u64,
+            "{view}"
+        );
+        // Whichever version serves, it loads and answers.
+        let r = client(&cluster)
+            .await
+            .get(&url(&cluster, "/greet?x=1"))
+            .await
+            .unwrap();
+        assert_eq!(r.status, StatusCode::OK, "round {round}, version {serving}");
+        outcomes.push(serving);
+    }
+    eprintln!("versions serving after each kill: {outcomes:?}");
+    assert!(outcomes.windows(2).all(|w| w[0] <= w[1]), "{outcomes:?}");
+}

@@ -206,8 +206,9 @@ impl LocalCluster {
         )
     }
 
-    /// Stops the gateway (SIGTERM, waiting for it to drain) and starts it again on the
-    /// same addresses, its state folder kept: what a restart or an upgrade does.
+    /// Stops the gateway (SIGTERM, waiting for it to drain; at once if it is dead already)
+    /// and starts it again on the same addresses, its state folder kept: what a restart
+    /// or an upgrade does.
     pub fn restart_gateway(&mut self) -> anyhow::Result<()> {
         self.terminate_gateway();
         if self.wait_gateway(Duration::from_secs(30)).is_none() {
@@ -370,6 +371,15 @@ impl LocalCluster {
         let node = &mut self.nodes[i];
         let _ = node.child.kill();
         let _ = node.child.wait();
+    }
+
+    /// Kills the gateway (SIGKILL), as a crash would; [`LocalCluster::restart_gateway`]
+    /// brings it back.
+    pub fn kill_gateway(&mut self) {
+        if let Some(gateway) = &mut self.gateway {
+            let _ = gateway.child.kill();
+            let _ = gateway.child.wait();
+        }
     }
 
     /// Sends SIGTERM to node `i` (0-based): it says it is draining, then exits.
