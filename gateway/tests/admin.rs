@@ -134,6 +134,11 @@ async fn the_admin_api_needs_its_token_and_is_never_on_the_users_port() {
     assert_eq!(answer.status, 404, "{}", answer.body);
 }
 
+/// `PUT url` with the deploy body in `body`.
+async fn put(cluster: &LocalCluster, url: &str, token: &str, body: &Path) -> Answer {
+    curl_with(cluster, "--http1.1", "PUT", url, Some(token), Some(body)).await
+}
+
 /// Writes a deploy body for the example function `module` with these extra settings
 /// (JSON object fields) into `dir`, and returns its path.
 fn deploy_body(dir: &Path, module: &str, extra: serde_json::Value) -> std::path::PathBuf {
@@ -160,19 +165,9 @@ async fn functions_deployed_through_the_admin_api_are_served_replaced_and_remove
     let (cluster, dir) = start_with(1, vec![function("hello", Limits::default())], |_| {});
     let token = token(&cluster);
     let greet = admin_url(&cluster, "/v1/functions/greet");
-    let put = |body: std::path::PathBuf| {
+    let deploy = |body: std::path::PathBuf| {
         let (cluster, token, greet) = (&cluster, token.clone(), greet.clone());
-        async move {
-            curl_with(
-                cluster,
-                "--http1.1",
-                "PUT",
-                &greet,
-                Some(&token),
-                Some(&body),
-            )
-            .await
-        }
+        async move { put(cluster, &greet, &token, &body).await }
     };
     let users = client(&cluster).await;
     let answer_of = |path: &'static str| {
@@ -184,7 +179,7 @@ async fn functions_deployed_through_the_admin_api_are_served_replaced_and_remove
     };
 
     // A first version: served at /greet over HTTP/3.
-    let first = put(deploy_body(dir.path(), "hello", serde_json::json!({}))).await;
+    let first = deploy(deploy_body(dir.path(), "hello", serde_json::json!({}))).await;
     assert_eq!(first.status, 201, "{}", first.body);
     let first: serde_json::Value = serde_json::from_str(&first.body).unwrap();
     assert_eq!(
@@ -206,12 +201,12 @@ async fn functions_deployed_through_the_admin_api_are_served_replaced_and_remove
         "echo",
         serde_json::json!({ "env": { "K": "V" } }),
     );
-    let second = put(echo.clone()).await;
+    let second = deploy(echo.clone()).await;
     assert_eq!(second.status, 201, "{}", second.body);
     let (status, body) = answer_of("/greet?x=1").await;
     assert_eq!(status, StatusCode::OK);
     assert!(body.contains("\"query\":\"x=1\""), "{body}");
-    let again = put(echo).await;
+    let again = deploy(echo).await;
     assert_eq!(again.status, 200, "{}", again.body);
     let again: serde_json::Value = serde_json::from_str(&again.body).unwrap();
     assert_eq!(
@@ -441,15 +436,7 @@ async fn a_restarted_gateway_keeps_every_function_and_version() {
     let greet = admin_url(&cluster, "/v1/functions/greet");
     for module in ["hello", "echo"] {
         let body = deploy_body(dir.path(), module, serde_json::json!({}));
-        let answer = curl_with(
-            &cluster,
-            "--http1.1",
-            "PUT",
-            &greet,
-            Some(&token),
-            Some(&body),
-        )
-        .await;
+        let answer = put(&cluster, &greet, &token, &body).await;
         assert_eq!(answer.status, 201, "{}", answer.body);
     }
 
@@ -483,22 +470,14 @@ async fn a_gateway_killed_during_a_deploy_has_the_old_version_or_the_new_never_a
     let token = token(&cluster);
     let greet = admin_url(&cluster, "/v1/functions/greet");
     let first = deploy_body(dir.path(), "hello", serde_json::json!({}));
-    let answer = curl_with(
-        &cluster,
-        "--http1.1",
-        "PUT",
-        &greet,
-        Some(&token),
-        Some(&first),
-    )
-    .await;
+    let answer = put(&cluster, &greet, &token, &first).await;
     assert_eq!(answer.status, 201, "{}", answer.body);
     // Each round kills the gateway a little later into a deploy of a new version.
     let mut outcomes = Vec::new();
     for (round, delay_ms) in [0u64, 2, 5, 10, 20, 40].into_iter().enumerate() {
         let env = serde_json::json!({ "env": { "ROUND": round.to_string() } });
         let body = deploy_body(dir.path(), "echo", env);
-        let put = {
+        let deploying = {
             let (greet, token, ca) = (greet.clone(), token.clone(), cluster.certs().ca.clone());
             tokio::process::Command::new("curl")
                 .args([
@@ -522,7 +501,7 @@ async fn a_gateway_killed_during_a_deploy_has_the_old_version_or_the_new_never_a
         };
         tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
         cluster.kill_gateway();
-        let _ = put.wait_with_output().await;
+        let _ = deploying.wait_with_output().await;
         cluster.restart_gateway().unwrap();
 
         let view = curl(&cluster, "--http1.1", "GET", &greet, Some(&token)).await;

@@ -100,19 +100,25 @@ impl AdminClient {
 }
 
 /// What `edge deploy` says of the function besides its module.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, clap::Args)]
 pub struct DeployOptions {
-    /// Path routes (`/p`).
+    /// A path route (repeatable); with no route or host, /NAME and NAME.<domain>.
+    #[arg(long = "route")]
     pub routes: Vec<String>,
-    /// Host routes.
+    /// A host route (repeatable).
+    #[arg(long = "host")]
     pub hosts: Vec<String>,
-    /// `KEY=VALUE` environment variables.
+    /// An environment variable, KEY=VALUE (repeatable).
+    #[arg(long)]
     pub env: Vec<String>,
-    /// The timeout: `2s`, `500ms`, or milliseconds.
+    /// Its timeout: 2s, 500ms.
+    #[arg(long)]
     pub timeout: Option<String>,
-    /// The memory limit: `64MiB`, `1GiB`, or MiB.
+    /// Its memory limit: 64MiB, 1GiB.
+    #[arg(long)]
     pub memory: Option<String>,
-    /// Most requests at once per node.
+    /// Most of its requests running at once on a node.
+    #[arg(long)]
     pub max_concurrency: Option<u32>,
 }
 

@@ -68,24 +68,8 @@ enum Command {
         name: String,
         /// The module (a WASI preview1 command).
         module: PathBuf,
-        /// A path route (repeatable); with no route or host, /NAME and NAME.<domain>.
-        #[arg(long = "route")]
-        routes: Vec<String>,
-        /// A host route (repeatable).
-        #[arg(long = "host")]
-        hosts: Vec<String>,
-        /// An environment variable, KEY=VALUE (repeatable).
-        #[arg(long)]
-        env: Vec<String>,
-        /// Its timeout: 2s, 500ms.
-        #[arg(long)]
-        timeout: Option<String>,
-        /// Its memory limit: 64MiB, 1GiB.
-        #[arg(long)]
-        memory: Option<String>,
-        /// Most of its requests running at once on a node.
-        #[arg(long)]
-        max_concurrency: Option<u32>,
+        #[command(flatten)]
+        options: DeployOptions,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -137,22 +121,9 @@ fn main() {
         Command::Deploy {
             name,
             module,
-            routes,
-            hosts,
-            env,
-            timeout,
-            memory,
-            max_concurrency,
+            options,
             admin,
         } => {
-            let options = DeployOptions {
-                routes,
-                hosts,
-                env,
-                timeout,
-                memory,
-                max_concurrency,
-            };
             let started = std::time::Instant::now();
             deploy_body(&module, &options).and_then(|body| {
                 let path = format!("/v1/functions/{name}");
