@@ -14,6 +14,9 @@
 //! - `GET /v1/functions`, `GET /v1/functions/{name}`: versions, content ids, routes,
 //!   and the nodes holding the version serving warm.
 //! - `DELETE /v1/functions/{name}`.
+//! - `POST /v1/functions/{name}/rollback`, optionally `{"version": N}`: a new version
+//!   with the module and settings of version N, or of the one that served before the
+//!   one serving, serving at once.
 //!
 //! A call without the token, or with another, is answered `401` and logged with its
 //! remote address.
@@ -38,7 +41,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::functions::{self, Functions, Refusal};
 use crate::proxy::Gateway;
-use crate::registry::{FunctionRecord, FunctionSpec, Registry};
+use crate::registry::{FunctionRecord, FunctionSpec, Registry, RegistryError};
 use crate::status::StatusServer;
 
 /// The shortest token accepted.
@@ -113,6 +116,14 @@ struct DeployRequest {
     limits: Limits,
 }
 
+/// `POST /v1/functions/{name}/rollback`'s body, if any.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RollbackRequest {
+    /// The version to roll back to; default: the one that served before.
+    version: Option<u64>,
+}
+
 /// A function as the admin API shows it.
 #[derive(serde::Serialize)]
 struct FunctionView {
@@ -131,6 +142,8 @@ struct VersionView {
     number: u64,
     content_id: String,
     created_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    restores: Option<u64>,
 }
 
 /// Serves the admin API on `listener` until `stop` fires.
@@ -212,6 +225,12 @@ impl Admin {
                 Ok(views) => json(StatusCode::OK, &views),
                 Err(e) => internal(&e),
             },
+            (Method::POST, _)
+                if path.starts_with("/v1/functions/") && path.ends_with("/rollback") =>
+            {
+                let name = &path["/v1/functions/".len()..path.len() - "/rollback".len()];
+                self.rollback(name, request.into_body(), remote).await
+            }
             (method, _) if path.starts_with("/v1/functions/") => {
                 let name = path["/v1/functions/".len()..].to_string();
                 match method {
@@ -258,6 +277,7 @@ impl Admin {
                             number: v.number,
                             content_id: v.content_id.as_str().to_string(),
                             created_ms: v.created_ms,
+                            restores: v.restores,
                         })
                         .collect(),
                     name: r.name,
@@ -325,9 +345,54 @@ impl Admin {
                     }),
                 )
             }
-            Err(Refusal::Invalid(why)) => error(StatusCode::BAD_REQUEST, &why),
-            Err(Refusal::Conflict(why)) => error(StatusCode::CONFLICT, &why),
-            Err(Refusal::Registry(e)) => internal(&e.to_string()),
+            Err(refusal) => refused(refusal),
+        }
+    }
+
+    async fn rollback(
+        &self,
+        name: &str,
+        body: Incoming,
+        remote: SocketAddr,
+    ) -> Response<Full<Bytes>> {
+        let body = match read_limited(body, MAX_HEAD_BYTES).await {
+            Ok(body) => body,
+            Err(why) => return error(StatusCode::BAD_REQUEST, &why),
+        };
+        let to = if body.is_empty() {
+            None
+        } else {
+            match serde_json::from_slice::<RollbackRequest>(&body) {
+                Ok(request) => request.version,
+                Err(e) => return error(StatusCode::BAD_REQUEST, &format!("body: {e}")),
+            }
+        };
+        let _changing = self.changing.lock().await;
+        let current = self.gateway.functions();
+        let config = self.gateway.config();
+        match functions::rollback(&*self.registry, &current, config, name, to).await {
+            Ok((rolled, next)) => {
+                let function = next
+                    .list
+                    .iter()
+                    .find(|f| f.manifest.name == name)
+                    .map(Arc::clone);
+                if let Some(f) = &function {
+                    self.gateway.place_new(f).await;
+                }
+                self.gateway.serve_functions(next);
+                tracing::info!(%remote, function = name, version = rolled.version, restores = rolled.restores, "rolled back");
+                json(
+                    StatusCode::CREATED,
+                    &serde_json::json!({
+                        "name": name,
+                        "version": rolled.version,
+                        "restores": rolled.restores,
+                        "content_id": function.map(|f| f.manifest.content_id.as_str().to_string()),
+                    }),
+                )
+            }
+            Err(refusal) => refused(refusal),
         }
     }
 
@@ -371,6 +436,18 @@ async fn read_limited(mut body: Incoming, limit: usize) -> Result<Bytes, String>
         }
     }
     Ok(read.freeze())
+}
+
+/// The answer to a refused deploy or rollback.
+fn refused(refusal: Refusal) -> Response<Full<Bytes>> {
+    match refusal {
+        Refusal::Invalid(why) => error(StatusCode::BAD_REQUEST, &why),
+        Refusal::Conflict(why) | Refusal::Registry(RegistryError::Conflict(why)) => {
+            error(StatusCode::CONFLICT, &why)
+        }
+        Refusal::Registry(RegistryError::NotFound(why)) => error(StatusCode::NOT_FOUND, &why),
+        Refusal::Registry(e) => internal(&e.to_string()),
+    }
 }
 
 fn internal(why: &str) -> Response<Full<Bytes>> {

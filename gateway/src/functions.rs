@@ -15,7 +15,7 @@ use edge_shared::module_check::check_module;
 use edge_shared::routes::{RouteTable, default_routes};
 use edge_shared::wire;
 
-use crate::registry::{Deployed, FunctionSpec, Registry, RegistryError};
+use crate::registry::{Deployed, FunctionSpec, Registry, RegistryError, RolledBack};
 
 /// A function the gateway serves.
 pub struct Function {
@@ -166,4 +166,29 @@ pub async fn deploy(
     let deployed = registry.deploy(name, spec.clone(), module.clone()).await?;
     let function = Function::new(name, &spec, &module, deployed.version, config)?;
     Ok((deployed, current.with(function)?))
+}
+
+/// Rolls function `name` back to version `to`, or to the one that served before the one
+/// serving: a new version with that one's module and settings, checked against
+/// `current` like a deploy, then kept. Refused, nothing changes.
+pub async fn rollback(
+    registry: &dyn Registry,
+    current: &Functions,
+    config: &GatewayConfig,
+    name: &str,
+    to: Option<u64>,
+) -> Result<(RolledBack, Functions), Refusal> {
+    let records = registry.functions().await?;
+    let record = records
+        .iter()
+        .find(|r| r.name == name)
+        .ok_or_else(|| RegistryError::NotFound(format!("no function {name:?}")))?;
+    let target = record.rollback_target(to)?;
+    let module = registry.module(&target.content_id).await?.ok_or_else(|| {
+        RegistryError::NotFound(format!("the module of version {}", target.number))
+    })?;
+    current.with(Function::new(name, &target.spec, &module, 0, config)?)?;
+    let rolled = registry.rollback(name, to).await?;
+    let function = Function::new(name, &target.spec, &module, rolled.version, config)?;
+    Ok((rolled, current.with(function)?))
 }

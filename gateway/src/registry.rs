@@ -6,6 +6,11 @@
 //! same module and spec as the version serving returns that version. A deploy is
 //! acknowledged only once its write transaction has committed, durably: a gateway
 //! killed during a deploy comes back with the old version or the new, never a part.
+//!
+//! A rollback is a deploy too: a new version with the module and settings of an earlier
+//! one, serving at once, in one transaction. Without a version named, it goes to the
+//! version that served before the one serving; each function keeps the history of the
+//! versions that served, and a rollback steps back through it.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -42,6 +47,9 @@ pub struct Version {
     pub spec: FunctionSpec,
     /// When it was deployed (Unix milliseconds).
     pub created_ms: u64,
+    /// The version it is a rollback to, if it is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restores: Option<u64>,
 }
 
 /// A function: its versions and the one serving.
@@ -53,12 +61,41 @@ pub struct FunctionRecord {
     pub versions: Vec<Version>,
     /// The number of the version serving.
     pub serving: u64,
+    /// The versions that served, oldest first, the one serving last: a deploy adds
+    /// its version, a rollback to the previous steps back.
+    #[serde(default)]
+    pub history: Vec<u64>,
 }
 
 impl FunctionRecord {
     /// The version serving.
     pub fn serving(&self) -> Option<&Version> {
-        self.versions.iter().find(|v| v.number == self.serving)
+        self.version(self.serving)
+    }
+
+    /// Version `number`.
+    pub fn version(&self, number: u64) -> Option<&Version> {
+        self.versions.iter().find(|v| v.number == number)
+    }
+
+    /// The version a rollback goes to: `to`, or the one that served before the one
+    /// serving.
+    pub fn rollback_target(&self, to: Option<u64>) -> Result<&Version, RegistryError> {
+        let number = match to {
+            Some(n) => n,
+            None => match self.history.len() {
+                2.. => self.history[self.history.len() - 2],
+                _ => {
+                    return Err(RegistryError::Conflict(format!(
+                        "function {:?} has no earlier version that served",
+                        self.name
+                    )));
+                }
+            },
+        };
+        self.version(number).ok_or_else(|| {
+            RegistryError::NotFound(format!("function {:?} has no version {number}", self.name))
+        })
     }
 }
 
@@ -71,15 +108,33 @@ pub struct Deployed {
     pub created: bool,
 }
 
-/// The registry could not be read or written.
+/// What the registry could not do.
 #[derive(Debug, thiserror::Error)]
-#[error("registry: {0}")]
-pub struct RegistryError(String);
+pub enum RegistryError {
+    /// No such function or version (the message names it).
+    #[error("{0}")]
+    NotFound(String),
+    /// The call does not fit the function's state (the message says why).
+    #[error("{0}")]
+    Conflict(String),
+    /// It could not be read or written.
+    #[error("registry: {0}")]
+    Storage(String),
+}
 
 impl RegistryError {
     fn of(e: impl std::fmt::Display) -> RegistryError {
-        RegistryError(e.to_string())
+        RegistryError::Storage(e.to_string())
     }
+}
+
+/// What a rollback made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RolledBack {
+    /// The new version, serving.
+    pub version: u64,
+    /// The version whose module and settings it has.
+    pub restores: u64,
 }
 
 /// Where functions and their versions are kept.
@@ -102,6 +157,11 @@ pub trait Registry: Send + Sync {
 
     /// Removes `name` and its versions; whether it was there.
     async fn delete(&self, name: &str) -> Result<bool, RegistryError>;
+
+    /// Makes a new version of `name` with the module and settings of version `to`, or
+    /// of the one that served before the one serving ([`FunctionRecord::rollback_target`]),
+    /// serving at once.
+    async fn rollback(&self, name: &str, to: Option<u64>) -> Result<RolledBack, RegistryError>;
 }
 
 /// Function name → its record (JSON).
@@ -171,6 +231,7 @@ impl Registry for Embedded {
                         name: name.clone(),
                         versions: Vec::new(),
                         serving: 0,
+                        history: Vec::new(),
                     },
                 };
                 if let Some(serving) = record.serving()
@@ -188,8 +249,10 @@ impl Registry for Embedded {
                     content_id: content_id.clone(),
                     spec,
                     created_ms: now_ms(),
+                    restores: None,
                 });
                 record.serving = number;
+                record.history.push(number);
                 let json = serde_json::to_vec(&record).map_err(RegistryError::of)?;
                 functions
                     .insert(name.as_str(), json.as_slice())
@@ -237,6 +300,50 @@ impl Registry for Embedded {
             let table = tx.open_table(MODULES).map_err(RegistryError::of)?;
             let module = table.get(key.as_str()).map_err(RegistryError::of)?;
             Ok(module.map(|m| Bytes::copy_from_slice(m.value())))
+        })
+        .await
+    }
+
+    async fn rollback(&self, name: &str, to: Option<u64>) -> Result<RolledBack, RegistryError> {
+        let name = name.to_string();
+        self.blocking(move |db| {
+            let tx = db.begin_write().map_err(RegistryError::of)?;
+            let rolled = {
+                let mut functions = tx.open_table(FUNCTIONS).map_err(RegistryError::of)?;
+                let mut record: FunctionRecord =
+                    match functions.get(name.as_str()).map_err(RegistryError::of)? {
+                        Some(json) => {
+                            serde_json::from_slice(json.value()).map_err(RegistryError::of)?
+                        }
+                        None => {
+                            return Err(RegistryError::NotFound(format!("no function {name:?}")));
+                        }
+                    };
+                let target = record.rollback_target(to)?.clone();
+                let number = record.versions.last().map_or(1, |v| v.number + 1);
+                record.versions.push(Version {
+                    number,
+                    created_ms: now_ms(),
+                    restores: Some(target.number),
+                    ..target.clone()
+                });
+                if to.is_none() {
+                    // Back past the one serving and the one it restores.
+                    record.history.truncate(record.history.len() - 2);
+                }
+                record.history.push(number);
+                record.serving = number;
+                let json = serde_json::to_vec(&record).map_err(RegistryError::of)?;
+                functions
+                    .insert(name.as_str(), json.as_slice())
+                    .map_err(RegistryError::of)?;
+                RolledBack {
+                    version: number,
+                    restores: target.number,
+                }
+            };
+            tx.commit().map_err(RegistryError::of)?;
+            Ok(rolled)
         })
         .await
     }
@@ -317,6 +424,45 @@ mod tests {
             registry.module(&ContentId::of(&two)).await.unwrap(),
             Some(two)
         );
+        // Rollbacks step back through what served: 4 then 3 served last.
+        let back = registry.rollback("greet", None).await.unwrap();
+        assert_eq!(
+            back,
+            RolledBack {
+                version: 5,
+                restores: 3
+            }
+        );
+        let back = registry.rollback("greet", None).await.unwrap();
+        assert_eq!(
+            back,
+            RolledBack {
+                version: 6,
+                restores: 2
+            }
+        );
+        let named = registry.rollback("greet", Some(4)).await.unwrap();
+        assert_eq!(
+            named,
+            RolledBack {
+                version: 7,
+                restores: 4
+            }
+        );
+        let records = registry.functions().await.unwrap();
+        let serving = records[0].serving().unwrap();
+        assert_eq!(
+            (serving.content_id.clone(), serving.restores),
+            (ContentId::of(&one), Some(4))
+        );
+        assert!(matches!(
+            registry.rollback("greet", Some(99)).await,
+            Err(RegistryError::NotFound(_))
+        ));
+        assert!(matches!(
+            registry.rollback("nobody", None).await,
+            Err(RegistryError::NotFound(_))
+        ));
         assert!(registry.delete("greet").await.unwrap());
         assert!(!registry.delete("greet").await.unwrap());
         assert!(registry.functions().await.unwrap().is_empty());

@@ -239,6 +239,51 @@ async fn functions_deployed_through_the_admin_api_are_served_replaced_and_remove
         "the cluster file's function is in the registry too"
     );
 
+    // Rolled back to what served before (version 1, as a new version 3), then again:
+    // nothing earlier served; then to version 2 by name.
+    let rollback = admin_url(&cluster, "/v1/functions/greet/rollback");
+    let back = curl(&cluster, "--http1.1", "POST", &rollback, Some(&token)).await;
+    assert_eq!(back.status, 201, "{}", back.body);
+    let back: serde_json::Value = serde_json::from_str(&back.body).unwrap();
+    assert_eq!(
+        (back["version"].as_u64(), back["restores"].as_u64()),
+        (Some(3), Some(1))
+    );
+    assert_eq!(answer_of("/greet?name=back").await.1, "hello, back!\n");
+    let again = curl(&cluster, "--http1.1", "POST", &rollback, Some(&token)).await;
+    assert_eq!(again.status, 409, "{}", again.body);
+    assert!(again.body.contains("no earlier version"), "{}", again.body);
+    let named = dir.path().join("to-2.json");
+    std::fs::write(&named, r#"{"version": 2}"#).unwrap();
+    let to_two = curl_with(
+        &cluster,
+        "--http1.1",
+        "POST",
+        &rollback,
+        Some(&token),
+        Some(&named),
+    )
+    .await;
+    assert_eq!(to_two.status, 201, "{}", to_two.body);
+    assert!(
+        answer_of("/greet?x=1")
+            .await
+            .1
+            .contains("\"query\":\"x=1\"")
+    );
+    let missing = dir.path().join("to-9.json");
+    std::fs::write(&missing, r#"{"version": 9}"#).unwrap();
+    let nine = curl_with(
+        &cluster,
+        "--http1.1",
+        "POST",
+        &rollback,
+        Some(&token),
+        Some(&missing),
+    )
+    .await;
+    assert_eq!(nine.status, 404, "{}", nine.body);
+
     // Refusals, each naming what is wrong, and changing nothing.
     for (name, extra, status, says) in [
         ("Bad_Name", serde_json::json!({}), 400, "name"),
@@ -370,8 +415,9 @@ async fn every_call_in_openapi_json_answers_as_it_says() {
         for (method, operation) in item.as_object().unwrap() {
             let rank = match method.as_str() {
                 "put" => 0,
-                "get" => 1,
-                "delete" => 2,
+                "post" => 1,
+                "get" => 2,
+                "delete" => 3,
                 "parameters" => continue,
                 other => panic!("{other} {path}: no rule to exercise it"),
             };
@@ -386,9 +432,17 @@ async fn every_call_in_openapi_json_answers_as_it_says() {
     operations.sort_by_key(|(rank, path, ..)| (*rank, path.clone()));
     for (_, path, method, operation) in &operations {
         let url = admin_url(&cluster, path);
-        let body = operation["requestBody"]
-            .is_object()
-            .then(|| deploy_body(dir.path(), "hello", serde_json::json!({})));
+        // The documented example as the body, else (a deploy) a real module's.
+        let content = &operation["requestBody"]["content"]["application/json"];
+        let body = if content["example"].is_object() {
+            let file = dir.path().join(format!("example-{}.json", rand_suffix()));
+            std::fs::write(&file, content["example"].to_string()).unwrap();
+            Some(file)
+        } else {
+            content
+                .is_object()
+                .then(|| deploy_body(dir.path(), "hello", serde_json::json!({})))
+        };
         // With the token: a documented success, whose body has the documented shape.
         let answer = curl_with(
             &cluster,

@@ -210,7 +210,13 @@ impl LocalCluster {
     /// and starts it again on the same addresses, its state folder kept: what a restart
     /// or an upgrade does.
     pub fn restart_gateway(&mut self) -> anyhow::Result<()> {
-        self.terminate_gateway();
+        let running = self
+            .gateway
+            .as_mut()
+            .is_some_and(|g| matches!(g.child.try_wait(), Ok(None)));
+        if running {
+            self.terminate_gateway();
+        }
         if self.wait_gateway(Duration::from_secs(30)).is_none() {
             bail!("the gateway did not exit within 30 s of SIGTERM");
         }

@@ -1,6 +1,6 @@
 //! `edge`: the operator CLI. `edge up` starts a local cluster; `edge call URL` makes one
-//! HTTP/3 request; `edge deploy`, `edge functions`, `edge rm` and `edge cluster` use a
-//! gateway's admin API. Exit codes: 0 done, 2 refused by the API (the reason on stderr),
+//! HTTP/3 request; `edge deploy`, `edge functions`, `edge rollback`, `edge rm` and
+//! `edge cluster` use a gateway's admin API. Exit codes: 0 done, 2 refused by the API (the reason on stderr),
 //! 1 anything else.
 
 use std::io::Write;
@@ -78,6 +78,16 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Roll function NAME back to VERSION, or to the version that served before: a new
+    /// version with its module and settings, serving at once.
+    Rollback {
+        /// The function.
+        name: String,
+        /// The version to roll back to.
+        version: Option<u64>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Remove function NAME and its versions.
     Rm {
         /// The function.
@@ -149,6 +159,20 @@ fn main() {
             None,
             functions_table,
         ),
+        Command::Rollback {
+            name,
+            version,
+            admin,
+        } => {
+            let path = format!("/v1/functions/{name}/rollback");
+            let body = version.map(|v| serde_json::json!({ "version": v }));
+            admin_call(&admin, http::Method::POST, &path, body, |r| {
+                format!(
+                    "rolled {name} back: version {} (restores version {}), serving\n",
+                    r["version"], r["restores"]
+                )
+            })
+        }
         Command::Rm { name, admin } => {
             let path = format!("/v1/functions/{name}");
             admin_call(&admin, http::Method::DELETE, &path, None, |_| {

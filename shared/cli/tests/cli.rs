@@ -314,6 +314,20 @@ async fn edge_deploy_functions_and_rm_drive_the_admin_api_with_exit_codes_script
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("--timeout"), "{err}");
 
+    // A second version, then back to the first.
+    let hello = example("hello");
+    let (code, _, err) = edge_admin(
+        &cluster,
+        &["deploy", "greet", hello.to_str().unwrap(), "--route", "/hi"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = edge_admin(&cluster, &["rollback", "greet"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("version 3 (restores version 1)"), "{out}");
+    let (code, _, err) = edge_admin(&cluster, &["rollback", "greet", "9"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("404"), "{err}");
+
     let (code, out, _) = edge_admin(&cluster, &["rm", "greet"]);
     assert_eq!((code, out.as_str()), (0, "removed greet\n"));
     let (code, _, err) = edge_admin(&cluster, &["rm", "greet"]);
