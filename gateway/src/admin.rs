@@ -314,22 +314,8 @@ impl Admin {
         match functions::deploy(&*self.registry, &current, config, name, spec, module.into()).await
         {
             Ok((deployed, next)) => {
-                let function = next
-                    .list
-                    .iter()
-                    .find(|f| f.manifest.name == name)
-                    .map(Arc::clone);
-                let content_id = function
-                    .as_ref()
-                    .map(|f| f.manifest.content_id.as_str().to_string());
-                // Compiled on its home node before it takes traffic, so the first user
-                // request is not a compile.
-                let placed = match &function {
-                    Some(f) if deployed.created => self.gateway.place_new(f).await,
-                    _ => false,
-                };
-                self.gateway.serve_functions(next);
-                tracing::info!(%remote, function = name, version = deployed.version, created = deployed.created, placed, "deployed");
+                let content_id = self.take_traffic(next, name, deployed.created).await;
+                tracing::info!(%remote, function = name, version = deployed.version, created = deployed.created, "deployed");
                 let status = if deployed.created {
                     StatusCode::CREATED
                 } else {
@@ -347,6 +333,22 @@ impl Admin {
             }
             Err(refusal) => refused(refusal),
         }
+    }
+
+    /// Serves `next`, in which `name` has a version that is `new` or not. A new one is
+    /// deployed on its home node first, so its compile is not on a user's request.
+    /// Returns its content id.
+    async fn take_traffic(&self, next: Functions, name: &str, new: bool) -> Option<String> {
+        let function = next
+            .list
+            .iter()
+            .find(|f| f.manifest.name == name)
+            .map(Arc::clone);
+        if let Some(f) = function.as_ref().filter(|_| new) {
+            self.gateway.place_new(f).await;
+        }
+        self.gateway.serve_functions(next);
+        function.map(|f| f.manifest.content_id.as_str().to_string())
     }
 
     async fn rollback(
@@ -372,15 +374,7 @@ impl Admin {
         let config = self.gateway.config();
         match functions::rollback(&*self.registry, &current, config, name, to).await {
             Ok((rolled, next)) => {
-                let function = next
-                    .list
-                    .iter()
-                    .find(|f| f.manifest.name == name)
-                    .map(Arc::clone);
-                if let Some(f) = &function {
-                    self.gateway.place_new(f).await;
-                }
-                self.gateway.serve_functions(next);
+                let content_id = self.take_traffic(next, name, true).await;
                 tracing::info!(%remote, function = name, version = rolled.version, restores = rolled.restores, "rolled back");
                 json(
                     StatusCode::CREATED,
@@ -388,7 +382,7 @@ impl Admin {
                         "name": name,
                         "version": rolled.version,
                         "restores": rolled.restores,
-                        "content_id": function.map(|f| f.manifest.content_id.as_str().to_string()),
+                        "content_id": content_id,
                     }),
                 )
             }
