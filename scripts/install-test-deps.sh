@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond cargo, if missing: the wasm32-wasip1 target
-# (scripts/build-functions.sh adds it), curl (HTTP/1.1 and HTTP/2 client), pgrep, and
-# aioquic (an independent HTTP/3 client) for python3.
+# (scripts/build-functions.sh adds it), curl (HTTP/1.1 and HTTP/2 client), pgrep,
+# nats-server (the shared registry's JetStream), and aioquic (an independent HTTP/3
+# client) for python3.
 set -euo pipefail
 missing=()
 command -v curl >/dev/null || missing+=(curl)
 command -v pgrep >/dev/null || missing+=(procps)
+command -v nats-server >/dev/null || missing+=(nats-server)
 command -v python3 >/dev/null || missing+=(python3 python3-pip)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

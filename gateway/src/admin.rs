@@ -5,22 +5,27 @@
 //!
 //! - `GET /v1/cluster`: the members as this gateway sees them (state, load, warm
 //!   deployments) and its gossip.
-//! - `PUT /v1/functions/{name}`: a module (base64) with routes, env and limits makes a
-//!   new version serving (the same module and settings again return the version
-//!   serving). Checked first, as the cluster file's functions are at start: `400` for
-//!   what is not valid, `409` for a route another function has, each naming it. A new
-//!   version is deployed on its home node before it serves, so its compile is not on a
-//!   user's request.
-//! - `GET /v1/functions`, `GET /v1/functions/{name}`: versions, content ids, routes,
-//!   and the nodes holding the version serving warm.
+//! - `PUT /v1/functions/{name}`: a module (base64) with routes, env, secrets, limits and
+//!   a schedule makes a new version serving all traffic (or, with `"promote": false`,
+//!   0% beside the version serving); the same module and settings again return the
+//!   version serving. Checked first, as the cluster file's functions are at start:
+//!   `400` for what is not valid, `409` for a route another function has, each naming
+//!   it. A new version is deployed on its home node before it serves, so its compile is
+//!   not on a user's request.
+//! - `GET /v1/functions`, `GET /v1/functions/{name}`: versions, content ids, routes, the
+//!   traffic split, the nodes holding each version warm, secrets by name only, and a
+//!   schedule's last and next run.
 //! - `DELETE /v1/functions/{name}`.
+//! - `PUT /v1/functions/{name}/traffic`: `{"traffic": [{"version": 7, "percent": 10},
+//!   {"version": 6, "percent": 90}]}`, at most two versions.
 //! - `POST /v1/functions/{name}/rollback`, optionally `{"version": N}`: a new version
-//!   with the module and settings of version N, or of the one that served before the
-//!   one serving, serving at once.
+//!   with the module and settings of version N, or of the previous version that served
+//!   all traffic, serving all traffic at once.
 //!
 //! A call without the token, or with another, is answered `401` and logged with its
-//! remote address.
+//! remote address. Secrets are never in an answer nor a log line.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -30,7 +35,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use bytes::Bytes;
 use edge_net::lifecycle::Shutdown;
-use edge_shared::manifest::{Limits, Route};
+use edge_shared::manifest::{Limits, Route, Secrets};
 use http::{HeaderValue, Method, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -41,7 +46,8 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::functions::{self, Functions, Refusal};
 use crate::proxy::Gateway;
-use crate::registry::{FunctionRecord, FunctionSpec, Registry, RegistryError};
+use crate::registry::{FunctionRecord, FunctionSpec, Registry, RegistryError, RunRecord, Share};
+use crate::schedule::Schedule;
 use crate::status::StatusServer;
 
 /// The shortest token accepted.
@@ -98,8 +104,6 @@ pub struct Admin {
     pub gateway: Arc<Gateway>,
     /// Where functions are kept.
     pub registry: Arc<dyn Registry>,
-    /// Held by a deploy or a delete: each starts from the functions the previous left.
-    pub changing: tokio::sync::Mutex<()>,
 }
 
 /// `PUT /v1/functions/{name}`'s body.
@@ -111,9 +115,27 @@ struct DeployRequest {
     #[serde(default)]
     routes: Vec<Route>,
     #[serde(default)]
-    env: std::collections::BTreeMap<String, String>,
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    secrets: Secrets,
     #[serde(default)]
     limits: Limits,
+    #[serde(default)]
+    schedule: Option<String>,
+    /// Whether the new version serves all traffic (else 0% beside the version serving).
+    #[serde(default = "yes")]
+    promote: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `PUT /v1/functions/{name}/traffic`'s body.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TrafficRequest {
+    traffic: Vec<Share>,
 }
 
 /// `POST /v1/functions/{name}/rollback`'s body, if any.
@@ -128,12 +150,16 @@ struct RollbackRequest {
 #[derive(serde::Serialize)]
 struct FunctionView {
     name: String,
-    /// The version serving.
-    serving: u64,
-    /// Its routes in force.
+    /// The versions taking traffic, with their percentages.
+    traffic: Vec<Share>,
+    /// Its routes in force (its primary version's).
     routes: Vec<Route>,
-    /// The nodes holding the version serving warm.
-    warm_on: Vec<String>,
+    /// Where users reach it at this gateway.
+    urls: Vec<String>,
+    /// The names of its secrets (never their values).
+    secrets: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    schedule: Option<ScheduleView>,
     versions: Vec<VersionView>,
 }
 
@@ -144,6 +170,19 @@ struct VersionView {
     created_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     restores: Option<u64>,
+    /// The nodes holding it warm (versions taking traffic).
+    warm_on: Vec<String>,
+}
+
+#[derive(serde::Serialize)]
+struct ScheduleView {
+    cron: String,
+    /// The next tick (Unix milliseconds).
+    next_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last: Option<RunRecord>,
+    runs: u64,
+    failed: u64,
 }
 
 /// Serves the admin API on `listener` until `stop` fires.
@@ -218,32 +257,39 @@ impl Admin {
             return answer;
         }
         let method = request.method().clone();
-        match (method, path.as_str()) {
-            (Method::GET, "/v1/cluster") => json(StatusCode::OK, &self.status.status()),
-            (_, "/v1/cluster") => error(StatusCode::METHOD_NOT_ALLOWED, "GET only"),
-            (Method::GET, "/v1/functions") => match self.views(None).await {
-                Ok(views) => json(StatusCode::OK, &views),
+        if path == "/v1/cluster" {
+            return match method {
+                Method::GET => json(StatusCode::OK, &self.status.status()),
+                _ => error(StatusCode::METHOD_NOT_ALLOWED, "GET only"),
+            };
+        }
+        if path == "/v1/functions" {
+            return match method {
+                Method::GET => match self.views(None).await {
+                    Ok(views) => json(StatusCode::OK, &views),
+                    Err(e) => internal(&e),
+                },
+                _ => error(StatusCode::METHOD_NOT_ALLOWED, "GET only"),
+            };
+        }
+        let Some(rest) = path.strip_prefix("/v1/functions/") else {
+            return error(StatusCode::NOT_FOUND, "no such admin call");
+        };
+        let (name, call) = rest.split_once('/').unwrap_or((rest, ""));
+        let body = request.into_body();
+        match (call, method) {
+            ("", Method::GET) => match self.views(Some(name)).await {
+                Ok(views) if !views.is_empty() => json(StatusCode::OK, &views[0]),
+                Ok(_) => error(StatusCode::NOT_FOUND, &format!("no function {name:?}")),
                 Err(e) => internal(&e),
             },
-            (Method::POST, _)
-                if path.starts_with("/v1/functions/") && path.ends_with("/rollback") =>
-            {
-                let name = &path["/v1/functions/".len()..path.len() - "/rollback".len()];
-                self.rollback(name, request.into_body(), remote).await
-            }
-            (method, _) if path.starts_with("/v1/functions/") => {
-                let name = path["/v1/functions/".len()..].to_string();
-                match method {
-                    Method::GET => match self.views(Some(&name)).await {
-                        Ok(views) if !views.is_empty() => json(StatusCode::OK, &views[0]),
-                        Ok(_) => error(StatusCode::NOT_FOUND, &format!("no function {name:?}")),
-                        Err(e) => internal(&e),
-                    },
-                    Method::PUT => self.deploy(&name, request.into_body(), remote).await,
-                    Method::DELETE => self.delete(&name, remote).await,
-                    _ => error(StatusCode::METHOD_NOT_ALLOWED, "GET, PUT or DELETE"),
-                }
-            }
+            ("", Method::PUT) => self.deploy(name, body, remote).await,
+            ("", Method::DELETE) => self.delete(name, remote).await,
+            ("", _) => error(StatusCode::METHOD_NOT_ALLOWED, "GET, PUT or DELETE"),
+            ("rollback", Method::POST) => self.rollback(name, body, remote).await,
+            ("rollback", _) => error(StatusCode::METHOD_NOT_ALLOWED, "POST only"),
+            ("traffic", Method::PUT) => self.traffic(name, body, remote).await,
+            ("traffic", _) => error(StatusCode::METHOD_NOT_ALLOWED, "PUT only"),
             _ => error(StatusCode::NOT_FOUND, "no such admin call"),
         }
     }
@@ -252,24 +298,43 @@ impl Admin {
     async fn views(&self, only: Option<&str>) -> Result<Vec<FunctionView>, String> {
         let records: Vec<FunctionRecord> =
             self.registry.functions().await.map_err(|e| e.to_string())?;
+        let runs = self.registry.runs().await.map_err(|e| e.to_string())?;
         let served = self.gateway.functions();
         let snapshot = self.gateway.membership.snapshot();
+        let now = crate::registry::now_ms();
         Ok(records
             .into_iter()
             .filter(|r| only.is_none_or(|name| r.name == name))
             .map(|r| {
-                let function = served.list.iter().find(|f| f.manifest.name == r.name);
-                let warm_on = function.map_or_else(Vec::new, |f| {
+                let function = served.named(&r.name);
+                let primary = function.map(|f| f.primary());
+                let warm_on = |number: u64| {
+                    let Some(version) = function.and_then(|f| f.version(number)) else {
+                        return Vec::new();
+                    };
                     let nodes = snapshot.view.nodes.iter();
                     nodes
-                        .filter(|n| n.warm.contains(f.key))
+                        .filter(|n| n.warm.contains(version.key))
                         .map(|n| n.name.clone())
                         .collect()
+                };
+                let spec = r.primary().map(|v| &v.spec);
+                let schedule = spec.and_then(|s| s.schedule.clone()).map(|cron| {
+                    let of = runs.get(&r.name).cloned().unwrap_or_default();
+                    ScheduleView {
+                        next_ms: Schedule::parse(&cron).ok().and_then(|s| s.next_tick(now)),
+                        cron,
+                        last: of.last,
+                        runs: of.count,
+                        failed: of.failed,
+                    }
                 });
                 FunctionView {
-                    serving: r.serving,
-                    routes: function.map_or_else(Vec::new, |f| f.manifest.routes.clone()),
-                    warm_on,
+                    traffic: r.traffic.clone(),
+                    routes: primary.map_or_else(Vec::new, |f| f.manifest.routes.clone()),
+                    urls: primary.map_or_else(Vec::new, |f| self.gateway.urls(f)),
+                    secrets: spec.map_or_else(Vec::new, |s| s.secrets.names().cloned().collect()),
+                    schedule,
                     versions: r
                         .versions
                         .iter()
@@ -278,6 +343,7 @@ impl Admin {
                             content_id: v.content_id.as_str().to_string(),
                             created_ms: v.created_ms,
                             restores: v.restores,
+                            warm_on: warm_on(v.number),
                         })
                         .collect(),
                     name: r.name,
@@ -306,49 +372,110 @@ impl Admin {
         let spec = FunctionSpec {
             routes: request.routes,
             env: request.env,
+            secrets: request.secrets,
             limits: request.limits,
+            schedule: request.schedule,
         };
-        let _changing = self.changing.lock().await;
+        let promote = request.promote;
+        let _changing = self.gateway.changing.lock().await;
         let current = self.gateway.functions();
         let config = self.gateway.config();
-        match functions::deploy(&*self.registry, &current, config, name, spec, module.into()).await
-        {
+        let deployed = functions::deploy(
+            &*self.registry,
+            &current,
+            config,
+            name,
+            spec,
+            module.into(),
+            promote,
+        )
+        .await;
+        match deployed {
             Ok((deployed, next)) => {
-                let content_id = self.take_traffic(next, name, deployed.created).await;
-                tracing::info!(%remote, function = name, version = deployed.version, created = deployed.created, "deployed");
+                let version = deployed.version;
+                let placed = self
+                    .take_traffic(next, name, deployed.created.then_some(version))
+                    .await;
+                tracing::info!(%remote, function = name, version, created = deployed.created, promote, "deployed");
                 let status = if deployed.created {
                     StatusCode::CREATED
                 } else {
                     StatusCode::OK
                 };
+                let mut answer = placed.answer(name, version);
+                answer["created"] = deployed.created.into();
+                json(status, &answer)
+            }
+            Err(refusal) => refused(refusal),
+        }
+    }
+
+    async fn traffic(
+        &self,
+        name: &str,
+        body: Incoming,
+        remote: SocketAddr,
+    ) -> Response<Full<Bytes>> {
+        let body = match read_limited(body, MAX_HEAD_BYTES).await {
+            Ok(body) => body,
+            Err(why) => return error(StatusCode::BAD_REQUEST, &why),
+        };
+        let request: TrafficRequest = match serde_json::from_slice(&body) {
+            Ok(request) => request,
+            Err(e) => return error(StatusCode::BAD_REQUEST, &format!("body: {e}")),
+        };
+        let _changing = self.gateway.changing.lock().await;
+        let current = self.gateway.functions();
+        let config = self.gateway.config();
+        match functions::set_traffic(&*self.registry, &current, config, name, request.traffic).await
+        {
+            Ok((record, next)) => {
+                let split: Vec<String> = record
+                    .traffic
+                    .iter()
+                    .map(|s| format!("v{}={}%", s.version, s.percent))
+                    .collect();
+                // A version new to traffic is placed before it takes any.
+                for share in &record.traffic {
+                    let fresh = current
+                        .named(name)
+                        .is_none_or(|f| f.version(share.version).is_none());
+                    if fresh
+                        && let Some(f) = next.named(name).and_then(|f| f.version(share.version))
+                    {
+                        self.gateway.place_new(f).await;
+                    }
+                }
+                self.gateway.serve_functions(next);
+                tracing::info!(%remote, function = name, traffic = %split.join(" "), "traffic split");
                 json(
-                    status,
-                    &serde_json::json!({
-                        "name": name,
-                        "version": deployed.version,
-                        "content_id": content_id,
-                        "created": deployed.created,
-                    }),
+                    StatusCode::OK,
+                    &serde_json::json!({ "name": name, "traffic": record.traffic }),
                 )
             }
             Err(refusal) => refused(refusal),
         }
     }
 
-    /// Serves `next`, in which `name` has a version that is `new` or not. A new one is
+    /// Serves `next`, in which `name` has version `new` if it is new: that one is
     /// deployed on its home node first, so its compile is not on a user's request.
-    /// Returns its content id.
-    async fn take_traffic(&self, next: Functions, name: &str, new: bool) -> Option<String> {
+    async fn take_traffic(&self, next: Functions, name: &str, new: Option<u64>) -> Placed {
         let function = next
-            .list
-            .iter()
-            .find(|f| f.manifest.name == name)
+            .named(name)
+            .and_then(|f| new.and_then(|n| f.version(n)).or(Some(f.primary())))
             .map(Arc::clone);
-        if let Some(f) = function.as_ref().filter(|_| new) {
+        if let Some(f) = function.as_ref().filter(|_| new.is_some()) {
             self.gateway.place_new(f).await;
         }
         self.gateway.serve_functions(next);
-        function.map(|f| f.manifest.content_id.as_str().to_string())
+        Placed {
+            content_id: function
+                .as_ref()
+                .map(|f| f.manifest.content_id.as_str().to_string()),
+            urls: function
+                .as_ref()
+                .map_or_else(Vec::new, |f| self.gateway.urls(f)),
+        }
     }
 
     async fn rollback(
@@ -369,50 +496,51 @@ impl Admin {
                 Err(e) => return error(StatusCode::BAD_REQUEST, &format!("body: {e}")),
             }
         };
-        let _changing = self.changing.lock().await;
+        let _changing = self.gateway.changing.lock().await;
         let current = self.gateway.functions();
         let config = self.gateway.config();
         match functions::rollback(&*self.registry, &current, config, name, to).await {
             Ok((rolled, next)) => {
-                let content_id = self.take_traffic(next, name, true).await;
+                let placed = self.take_traffic(next, name, Some(rolled.version)).await;
                 tracing::info!(%remote, function = name, version = rolled.version, restores = rolled.restores, "rolled back");
-                json(
-                    StatusCode::CREATED,
-                    &serde_json::json!({
-                        "name": name,
-                        "version": rolled.version,
-                        "restores": rolled.restores,
-                        "content_id": content_id,
-                    }),
-                )
+                let mut answer = placed.answer(name, rolled.version);
+                answer["restores"] = rolled.restores.into();
+                json(StatusCode::CREATED, &answer)
             }
             Err(refusal) => refused(refusal),
         }
     }
 
     async fn delete(&self, name: &str, remote: SocketAddr) -> Response<Full<Bytes>> {
-        let _changing = self.changing.lock().await;
+        let _changing = self.gateway.changing.lock().await;
         match self.registry.delete(name).await {
             Ok(true) => {}
             Ok(false) => return error(StatusCode::NOT_FOUND, &format!("no function {name:?}")),
             Err(e) => return internal(&e.to_string()),
         }
-        let rest: Vec<_> = self
-            .gateway
-            .functions()
-            .list
-            .iter()
-            .filter(|f| f.manifest.name != name)
-            .cloned()
-            .collect();
-        match Functions::new(rest) {
-            Ok(rest) => self.gateway.serve_functions(rest),
-            Err(e) => return internal(&e.to_string()),
-        }
+        self.gateway
+            .serve_functions(self.gateway.functions().without(name));
         tracing::info!(%remote, function = name, "deleted");
         let mut answer = Response::new(Full::new(Bytes::new()));
         *answer.status_mut() = StatusCode::NO_CONTENT;
         answer
+    }
+}
+
+/// What a change that took traffic reports: the version's content id and URLs.
+struct Placed {
+    content_id: Option<String>,
+    urls: Vec<String>,
+}
+
+impl Placed {
+    fn answer(self, name: &str, version: u64) -> serde_json::Value {
+        serde_json::json!({
+            "name": name,
+            "version": version,
+            "content_id": self.content_id,
+            "urls": self.urls,
+        })
     }
 }
 
@@ -435,7 +563,9 @@ async fn read_limited(mut body: Incoming, limit: usize) -> Result<Bytes, String>
 /// The answer to a refused deploy or rollback.
 fn refused(refusal: Refusal) -> Response<Full<Bytes>> {
     match refusal {
-        Refusal::Invalid(why) => error(StatusCode::BAD_REQUEST, &why),
+        Refusal::Invalid(why) | Refusal::Registry(RegistryError::Invalid(why)) => {
+            error(StatusCode::BAD_REQUEST, &why)
+        }
         Refusal::Conflict(why) | Refusal::Registry(RegistryError::Conflict(why)) => {
             error(StatusCode::CONFLICT, &why)
         }

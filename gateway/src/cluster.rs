@@ -98,7 +98,7 @@ impl Gateway {
     pub async fn place(&self, only: Option<SocketAddr>) {
         self.placed.store(true, Ordering::Release);
         let snapshot = self.membership.snapshot();
-        for function in &self.functions().list {
+        for function in self.functions().versions() {
             let Some(home) =
                 routing::home(&snapshot.view, function.key).map(|i| snapshot.view.nodes[i].addr)
             else {

@@ -1,8 +1,10 @@
-//! The functions a gateway serves: each one's manifest, deployment id, limits in force,
-//! and the deploy body nodes get; the route table that finds them; and the checks a
-//! deploy passes before the registry keeps it. Functions come from the registry
-//! ([`crate::registry`]): the cluster file's at start, the admin API's later, by the
-//! same path ([`deploy`]).
+//! The functions a gateway serves: each version taking traffic with its manifest,
+//! deployment id, limits in force and the deploy body nodes get; how a function's
+//! traffic is split between its versions; the route table that finds them; and the
+//! checks a deploy, a traffic change or a rollback passes before the registry keeps it.
+//! Functions come from the registry ([`crate::registry`]): the cluster file's at start,
+//! the admin API's later, by the same path ([`deploy`]), and, with a shared registry,
+//! the changes other gateways made ([`Functions::apply`]).
 
 use std::sync::Arc;
 
@@ -15,9 +17,11 @@ use edge_shared::module_check::check_module;
 use edge_shared::routes::{RouteTable, default_routes};
 use edge_shared::wire;
 
-use crate::registry::{Deployed, FunctionSpec, Registry, RegistryError, RolledBack};
+use crate::registry::{
+    Deployed, FunctionRecord, FunctionSpec, Registry, RegistryError, RolledBack, Share, check_split,
+};
 
-/// A function the gateway serves.
+/// A version of a function the gateway serves.
 pub struct Function {
     /// Its manifest.
     pub manifest: FunctionManifest,
@@ -67,8 +71,13 @@ impl Function {
                 spec.routes.clone()
             },
             env: spec.env.clone(),
+            secrets: spec.secrets.clone(),
             limits: spec.limits.clone(),
         };
+        if let Some(schedule) = &spec.schedule {
+            crate::schedule::Schedule::parse(schedule)
+                .map_err(|e| Refusal::Invalid(format!("schedule: {e}")))?;
+        }
         if let Err(problems) = manifest.validate() {
             let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
             return Err(Refusal::Invalid(text.join("; ")));
@@ -95,64 +104,221 @@ impl Function {
     }
 }
 
+/// A function's versions taking traffic, and how its requests are split between them.
+pub struct Served {
+    /// The function's name.
+    pub name: String,
+    /// Each version with its percentage: one at 100, or two adding to 100 (a version
+    /// at 0 is reached only by a request naming it).
+    pub shares: Vec<(Arc<Function>, u8)>,
+    /// The cron schedule it is invoked on (its primary version's), if any.
+    pub schedule: Option<String>,
+    /// The registry record's generation it was built from.
+    pub generation: u64,
+}
+
+impl Served {
+    /// The version taking the most traffic, the newer at a tie: its routes are the
+    /// function's.
+    pub fn primary(&self) -> &Arc<Function> {
+        let (function, _) = self
+            .shares
+            .iter()
+            .max_by_key(|(f, percent)| (*percent, f.version))
+            .expect("a served function has a version");
+        function
+    }
+
+    /// The version for a request whose split key hashes to `key`: the share its bucket
+    /// (`key % 100`) falls in. The same key always picks the same version.
+    pub fn pick(&self, key: u64) -> &Arc<Function> {
+        let bucket = (key % 100) as u8;
+        let mut below = 0u8;
+        for (function, percent) in &self.shares {
+            below = below.saturating_add(*percent);
+            if bucket < below {
+                return function;
+            }
+        }
+        self.primary()
+    }
+
+    /// Version `number`, if it takes traffic (at any percentage, 0 too).
+    pub fn version(&self, number: u64) -> Option<&Arc<Function>> {
+        self.shares
+            .iter()
+            .map(|(f, _)| f)
+            .find(|f| f.version == number)
+    }
+}
+
 /// Every function served, and the routes to them.
 pub struct Functions {
     /// The functions, by name.
-    pub list: Vec<Arc<Function>>,
+    pub list: Vec<Served>,
     /// Host and path routes to them (indexes into `list`).
     pub routes: RouteTable,
 }
 
 impl Functions {
-    /// These functions and their route table; a route two claim is a conflict naming
-    /// both.
-    pub fn new(mut list: Vec<Arc<Function>>) -> Result<Functions, Refusal> {
-        list.sort_by(|a, b| a.manifest.name.cmp(&b.manifest.name));
-        let manifests: Vec<FunctionManifest> = list.iter().map(|f| f.manifest.clone()).collect();
+    /// These functions and their route table (each function's primary version's
+    /// routes); a route two claim is a conflict naming both.
+    pub fn new(mut list: Vec<Served>) -> Result<Functions, Refusal> {
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        let manifests: Vec<FunctionManifest> =
+            list.iter().map(|s| s.primary().manifest.clone()).collect();
         let routes = RouteTable::new(&manifests).map_err(Refusal::Conflict)?;
         Ok(Functions { list, routes })
     }
 
-    /// The functions the registry holds, each at the version serving.
+    /// No functions.
+    pub fn none() -> Functions {
+        Functions::new(Vec::new()).expect("no routes cannot collide")
+    }
+
+    /// Every version taking traffic, of every function.
+    pub fn versions(&self) -> impl Iterator<Item = &Arc<Function>> {
+        self.list
+            .iter()
+            .flat_map(|s| s.shares.iter().map(|(f, _)| f))
+    }
+
+    /// Function `name`, if served.
+    pub fn named(&self, name: &str) -> Option<&Served> {
+        self.list.iter().find(|s| s.name == name)
+    }
+
+    /// The functions the registry holds, each with its versions taking traffic.
     pub async fn from_registry(
         registry: &dyn Registry,
         config: &GatewayConfig,
     ) -> Result<Functions, Refusal> {
-        let mut list = Vec::new();
+        let mut functions = Functions::none();
         for record in registry.functions().await? {
-            let Some(version) = record.serving() else {
-                continue;
-            };
-            let module = registry.module(&version.content_id).await?.ok_or_else(|| {
-                Refusal::Invalid(format!(
-                    "function {:?}: module {} missing from the registry",
-                    record.name,
-                    version.content_id.as_str()
-                ))
-            })?;
-            let function =
-                Function::new(&record.name, &version.spec, &module, version.number, config)?;
-            list.push(Arc::new(function));
+            functions = functions.apply(registry, config, &record).await?;
         }
+        Ok(functions)
+    }
+
+    /// These functions with `record` in force for its function: its versions taking
+    /// traffic are loaded (from these functions if served already, else from the
+    /// registry) and checked.
+    pub async fn apply(
+        &self,
+        registry: &dyn Registry,
+        config: &GatewayConfig,
+        record: &FunctionRecord,
+    ) -> Result<Functions, Refusal> {
+        self.with(self.served(registry, config, record, None).await?)
+    }
+
+    /// These functions without `name`.
+    pub fn without(&self, name: &str) -> Functions {
+        let rest = self
+            .list
+            .iter()
+            .filter(|s| s.name != name)
+            .map(Served::clone_of);
+        Functions::new(rest.collect()).expect("fewer routes cannot collide")
+    }
+
+    /// These functions with `served` in place of its name's.
+    fn with(&self, served: Served) -> Result<Functions, Refusal> {
+        let mut list: Vec<Served> = self
+            .list
+            .iter()
+            .filter(|s| s.name != served.name)
+            .map(Served::clone_of)
+            .collect();
+        list.push(served);
         Functions::new(list)
     }
 
-    /// These functions with `function` in place of its name's.
-    fn with(&self, function: Function) -> Result<Functions, Refusal> {
-        let mut list: Vec<Arc<Function>> = self
-            .list
-            .iter()
-            .filter(|f| f.manifest.name != function.manifest.name)
-            .cloned()
-            .collect();
-        list.push(Arc::new(function));
-        Functions::new(list)
+    /// The versions of `record` taking traffic, as served: each reused if these
+    /// functions serve it, else built from its module (`fresh` if it is that one, else
+    /// the registry's). The versions of a split must have the same routes.
+    async fn served(
+        &self,
+        registry: &dyn Registry,
+        config: &GatewayConfig,
+        record: &FunctionRecord,
+        fresh: Option<&Bytes>,
+    ) -> Result<Served, Refusal> {
+        let name = &record.name;
+        let mut shares = Vec::new();
+        for share in &record.traffic {
+            let version = record.version(share.version).ok_or_else(|| {
+                RegistryError::NotFound(format!(
+                    "function {name:?} has no version {}",
+                    share.version
+                ))
+            })?;
+            let known = self
+                .named(name)
+                .and_then(|s| s.version(version.number))
+                .filter(|f| f.manifest.content_id == version.content_id);
+            let function = match known {
+                Some(f) => Arc::clone(f),
+                None => {
+                    let module = match fresh.filter(|m| ContentId::of(m) == version.content_id) {
+                        Some(module) => module.clone(),
+                        None => registry.module(&version.content_id).await?.ok_or_else(|| {
+                            Refusal::Invalid(format!(
+                                "function {name:?}: module {} missing from the registry",
+                                version.content_id.as_str()
+                            ))
+                        })?,
+                    };
+                    Arc::new(Function::new(
+                        name,
+                        &version.spec,
+                        &module,
+                        version.number,
+                        config,
+                    )?)
+                }
+            };
+            shares.push((function, share.percent));
+        }
+        if let [(a, _), (b, _)] = shares.as_slice()
+            && a.manifest.routes != b.manifest.routes
+        {
+            return Err(Refusal::Conflict(format!(
+                "traffic: versions {} and {} of {name:?} have different routes; a split needs one set",
+                a.version, b.version
+            )));
+        }
+        if shares.is_empty() {
+            return Err(Refusal::Invalid(format!(
+                "function {name:?} has no version taking traffic"
+            )));
+        }
+        let schedule = record.primary().and_then(|v| v.spec.schedule.clone());
+        Ok(Served {
+            name: name.clone(),
+            shares,
+            schedule,
+            generation: record.generation,
+        })
     }
 }
 
-/// Deploys `module` with `spec` as function `name`: checked against `current` (a route
-/// another function has is a conflict), then kept in `registry`, durably. Returns the
-/// version and the functions to serve from now on. Refused, nothing changes.
+impl Served {
+    fn clone_of(&self) -> Served {
+        Served {
+            name: self.name.clone(),
+            shares: self.shares.clone(),
+            schedule: self.schedule.clone(),
+            generation: self.generation,
+        }
+    }
+}
+
+/// Deploys `module` with `spec` as a version of function `name`, serving all its
+/// traffic or, without `promote`, 0% beside the version serving all. Checked against
+/// `current` first (a route another function has is a conflict), then kept in
+/// `registry`, durably. Returns the version and the functions to serve from now on.
+/// Refused, nothing changes.
 pub async fn deploy(
     registry: &dyn Registry,
     current: &Functions,
@@ -160,16 +326,52 @@ pub async fn deploy(
     name: &str,
     spec: FunctionSpec,
     module: Bytes,
+    promote: bool,
 ) -> Result<(Deployed, Functions), Refusal> {
     // Checked with a provisional version: its routes and limits do not depend on it.
-    current.with(Function::new(name, &spec, &module, 0, config)?)?;
-    let deployed = registry.deploy(name, spec.clone(), module.clone()).await?;
-    let function = Function::new(name, &spec, &module, deployed.version, config)?;
-    Ok((deployed, current.with(function)?))
+    Function::new(name, &spec, &module, 0, config)?;
+    let mut prospect = registry
+        .function(name)
+        .await?
+        .unwrap_or_else(|| FunctionRecord::new(name));
+    prospect.deploy(ContentId::of(&module), spec.clone(), promote, 0)?;
+    current.with(
+        current
+            .served(registry, config, &prospect, Some(&module))
+            .await?,
+    )?;
+    let (deployed, record) = registry.deploy(name, spec, module.clone(), promote).await?;
+    let next = current.with(
+        current
+            .served(registry, config, &record, Some(&module))
+            .await?,
+    )?;
+    Ok((deployed, next))
 }
 
-/// Rolls function `name` back to version `to`, or to the one that served before the one
-/// serving: a new version with that one's module and settings, checked against
+/// Splits function `name`'s traffic as `shares` say, checked against `current` like a
+/// deploy, then kept. Refused, nothing changes.
+pub async fn set_traffic(
+    registry: &dyn Registry,
+    current: &Functions,
+    config: &GatewayConfig,
+    name: &str,
+    shares: Vec<Share>,
+) -> Result<(FunctionRecord, Functions), Refusal> {
+    check_split(&shares).map_err(Refusal::Invalid)?;
+    let mut prospect = registry
+        .function(name)
+        .await?
+        .ok_or_else(|| RegistryError::NotFound(format!("no function {name:?}")))?;
+    prospect.set_traffic(&shares)?;
+    current.with(current.served(registry, config, &prospect, None).await?)?;
+    let record = registry.set_traffic(name, shares).await?;
+    let next = current.apply(registry, config, &record).await?;
+    Ok((record, next))
+}
+
+/// Rolls function `name` back to version `to`, or to the previous version that served
+/// all its traffic: a new version with that one's module and settings, checked against
 /// `current` like a deploy, then kept. Refused, nothing changes.
 pub async fn rollback(
     registry: &dyn Registry,
@@ -178,17 +380,13 @@ pub async fn rollback(
     name: &str,
     to: Option<u64>,
 ) -> Result<(RolledBack, Functions), Refusal> {
-    let records = registry.functions().await?;
-    let record = records
-        .iter()
-        .find(|r| r.name == name)
+    let mut prospect = registry
+        .function(name)
+        .await?
         .ok_or_else(|| RegistryError::NotFound(format!("no function {name:?}")))?;
-    let target = record.rollback_target(to)?;
-    let module = registry.module(&target.content_id).await?.ok_or_else(|| {
-        RegistryError::NotFound(format!("the module of version {}", target.number))
-    })?;
-    current.with(Function::new(name, &target.spec, &module, 0, config)?)?;
-    let rolled = registry.rollback(name, to).await?;
-    let function = Function::new(name, &target.spec, &module, rolled.version, config)?;
-    Ok((rolled, current.with(function)?))
+    prospect.rollback(to, 0)?;
+    current.with(current.served(registry, config, &prospect, None).await?)?;
+    let (rolled, record) = registry.rollback(name, to).await?;
+    let next = current.apply(registry, config, &record).await?;
+    Ok((rolled, next))
 }

@@ -6,7 +6,8 @@
 //! each request to [`proxy::Gateway`]:
 //!
 //! 1. [`functions`] finds the function in the route table (host `NAME.<domain>` or path
-//!    prefix `/NAME`) and its limits in force; the body is read up to its limit;
+//!    prefix `/NAME`), the version its traffic split (or the request) picks, and its
+//!    limits in force; the body is read up to its limit;
 //! 2. the routing policy of `edge_shared::routing` orders the nodes over the
 //!    [`membership`] snapshot that gossip keeps current, with this gateway's own
 //!    in-flight counts and recent failures as input;
@@ -18,7 +19,9 @@
 //!
 //! [`cluster`] turns gossip into snapshots, places functions on their home nodes and
 //! warms them ahead of need; [`status`] shows cluster members what this gateway sees;
-//! [`admin`] is the operators' API, on a listener of its own.
+//! [`admin`] is the operators' API, on a listener of its own; [`registry`] keeps every
+//! function's versions and traffic, durably (embedded, or shared on NATS JetStream:
+//! [`nats`]); [`schedule`] fires scheduled functions.
 
 pub mod admin;
 pub mod budget;
@@ -26,7 +29,9 @@ pub mod cluster;
 pub mod functions;
 pub mod ingress;
 pub mod membership;
+pub mod nats;
 pub mod nodes;
 pub mod proxy;
 pub mod registry;
+pub mod schedule;
 pub mod status;

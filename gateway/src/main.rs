@@ -10,13 +10,14 @@ use clap::Parser;
 use edge_gateway::admin::{self, Admin, Token};
 use edge_gateway::functions::Functions;
 use edge_gateway::ingress;
+use edge_gateway::nats::Shared;
 use edge_gateway::proxy::Gateway;
 use edge_gateway::registry::{Embedded, FunctionSpec, Registry};
 use edge_gateway::status::StatusServer;
 use edge_net::gossip::{self, ClusterKey, Gossip, Role};
 use edge_net::lifecycle::{InFlight, Shutdown};
 use edge_net::{http3, logging, quic, tls};
-use edge_shared::config::{self, GatewayConfig, IngressConfig};
+use edge_shared::config::{self, GatewayConfig, IngressConfig, RegistryKind};
 use edge_shared::wire;
 use tokio::net::TcpListener;
 
@@ -98,7 +99,9 @@ async fn deploy_configured(
         let spec = FunctionSpec {
             routes: f.routes.clone(),
             env: f.env.clone(),
+            secrets: f.secrets.clone(),
             limits: f.limits.clone(),
+            schedule: f.schedule.clone(),
         };
         let (deployed, next) = edge_gateway::functions::deploy(
             registry,
@@ -107,6 +110,7 @@ async fn deploy_configured(
             &f.name,
             spec,
             module.into(),
+            true,
         )
         .await
         .map_err(|e| anyhow::anyhow!("{}: {e}", at()))?;
@@ -195,8 +199,24 @@ async fn run(config: GatewayConfig, announce: Announce, expect_nodes: usize) -> 
         Some((token, listener))
     };
     let link = gossip::Link::udp(config.gossip.listen).await?;
-    let registry = Arc::new(Embedded::open(&config.state_dir.join("registry.redb"))?);
+    // With a shared registry, changes are watched from before the functions are read,
+    // so none made meanwhile is missed.
+    let (registry, shared): (Arc<dyn Registry>, _) = match config.registry.kind {
+        RegistryKind::Embedded => (
+            Arc::new(Embedded::open(&config.state_dir.join("registry.redb"))?),
+            None,
+        ),
+        RegistryKind::Nats => {
+            let shared = Arc::new(Shared::connect(&config.registry).await?);
+            let changes = shared.changes().await?;
+            (
+                Arc::clone(&shared) as Arc<dyn Registry>,
+                Some((shared, changes)),
+            )
+        }
+    };
     let functions = deploy_configured(&*registry, &config).await?;
+    let watched = shared.as_ref().map(|_| config.clone());
     let gateway = Arc::new(Gateway::new(
         config,
         functions,
@@ -212,6 +232,21 @@ async fn run(config: GatewayConfig, announce: Announce, expect_nodes: usize) -> 
     let watch = tokio::spawn(Arc::clone(&gateway).watch_cluster(
         Arc::clone(&gossip),
         settings.interval,
+        stop.clone(),
+    ));
+    if let (Some((shared, changes)), Some(config)) = (shared, watched) {
+        tokio::spawn(edge_gateway::nats::watch(
+            changes,
+            Arc::clone(&gateway),
+            shared,
+            config,
+            stop.clone(),
+        ));
+    }
+    tokio::spawn(edge_gateway::schedule::run(
+        Arc::clone(&gateway),
+        Arc::clone(&registry),
+        settings.name.clone(),
         stop.clone(),
     ));
     let server = Arc::new(StatusServer {
@@ -230,8 +265,7 @@ async fn run(config: GatewayConfig, announce: Announce, expect_nodes: usize) -> 
                 token,
                 status: Arc::clone(&server),
                 gateway: Arc::clone(&gateway),
-                registry: Arc::clone(&registry) as Arc<dyn Registry>,
-                changing: tokio::sync::Mutex::new(()),
+                registry: Arc::clone(&registry),
             });
             Some(tokio::spawn(admin::serve(
                 listener,

@@ -13,10 +13,11 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use bytes::{Buf, Bytes};
 use edge_net::client::{ClientStream, read_to_end};
+use edge_net::gossip::fingerprint;
 use edge_net::tls;
 use edge_shared::attempt::{self, Attempts, Outcome, Step};
 use edge_shared::config::GatewayConfig;
-use edge_shared::routing::{self, SplitMix64};
+use edge_shared::routing::{self, Rng as _, SplitMix64};
 use edge_shared::wire::{self, Refusal, ServerTiming};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 
@@ -61,6 +62,8 @@ pub struct Forwarded {
 enum GatewayError {
     #[error("no function is routed at this host and path")]
     NoRoute,
+    #[error("function {0:?} has no version {1:?} taking traffic")]
+    NoVersion(String, String),
     #[error("request body over the {0} byte limit")]
     BodyTooLarge(u64),
     #[error("the request body did not arrive in time")]
@@ -78,7 +81,7 @@ enum GatewayError {
 impl GatewayError {
     fn status(&self) -> StatusCode {
         match self {
-            GatewayError::NoRoute => StatusCode::NOT_FOUND,
+            GatewayError::NoRoute | GatewayError::NoVersion(..) => StatusCode::NOT_FOUND,
             GatewayError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             GatewayError::BodyBudget => StatusCode::SERVICE_UNAVAILABLE,
@@ -92,6 +95,7 @@ impl GatewayError {
     fn public_message(&self) -> String {
         match self {
             GatewayError::NoRoute
+            | GatewayError::NoVersion(..)
             | GatewayError::BodyTooLarge(_)
             | GatewayError::BodyTimeout
             | GatewayError::BodyBudget => {
@@ -128,6 +132,9 @@ pub struct Gateway {
     /// The functions served: a snapshot swapped whole when they change; a request keeps
     /// the function it was routed to until it has answered.
     functions: ArcSwap<Functions>,
+    /// Held while the functions served change (a deploy, a registry change from another
+    /// gateway): each change starts from the functions the previous one left.
+    pub changing: tokio::sync::Mutex<()>,
     nodes: NodePool,
     next_node: AtomicUsize,
     /// The nodes as gossip tells of them, and this gateway's own counters of each.
@@ -141,11 +148,22 @@ pub struct Gateway {
     /// (node, deployment fingerprint) pairs being warmed now (asked for once).
     pub(crate) warming: Mutex<HashSet<(SocketAddr, u64)>>,
     alt_svc: HeaderValue,
+    /// The users' port (HTTP/3 and TCP).
+    port: u16,
     body_budget: BodyBudget,
 }
 
 /// A function to warm on a node ahead of need.
 pub(crate) type Prewarm = (SocketAddr, Arc<Function>);
+
+/// Why a request has no function to go to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Unrouted {
+    /// No function is routed at its host and path.
+    NoRoute,
+    /// The version it names (function, version) takes no traffic.
+    NoVersion(String, String),
+}
 
 /// A request whose route has been resolved.
 pub struct Routed {
@@ -153,6 +171,18 @@ pub struct Routed {
     script_name: String,
     /// Largest body to accept for it.
     pub body_limit: u64,
+}
+
+impl Routed {
+    /// A request for `function` at the route prefix `script_name` (empty for a host
+    /// route).
+    pub(crate) fn to(function: Arc<Function>, script_name: String) -> Routed {
+        Routed {
+            body_limit: function.limits.max_request_body_bytes,
+            script_name,
+            function,
+        }
+    }
 }
 
 impl Gateway {
@@ -188,9 +218,11 @@ impl Gateway {
             rng: Mutex::new(SplitMix64(u64::from_le_bytes(seed))),
             config,
             functions: ArcSwap::from_pointee(functions),
+            changing: tokio::sync::Mutex::new(()),
             nodes,
             next_node: AtomicUsize::new(0),
             alt_svc,
+            port: h3_port,
             body_budget,
         })
     }
@@ -211,8 +243,35 @@ impl Gateway {
         &self.config
     }
 
-    /// Resolves the function of a request.
-    pub fn route(&self, request: &Request<()>) -> Option<Routed> {
+    /// Where users reach `function`: an `https://` URL per route, at this gateway's
+    /// address (`localhost` when it listens on every address).
+    pub fn urls(&self, function: &Function) -> Vec<String> {
+        let ip = self.config.listen.ip();
+        let at = if ip.is_unspecified() {
+            "localhost".to_string()
+        } else if ip.is_ipv6() {
+            format!("[{ip}]")
+        } else {
+            ip.to_string()
+        };
+        let port = self.port;
+        function
+            .manifest
+            .routes
+            .iter()
+            .map(|route| match route {
+                edge_shared::manifest::Route::Path(p) => format!("https://{at}:{port}{p}"),
+                edge_shared::manifest::Route::Host(h) => format!("https://{h}:{port}/"),
+            })
+            .collect()
+    }
+
+    /// Resolves the function of a request, and its version: the one the request names
+    /// in `x-edge-version` (any taking traffic, 0% too), else the share of the split
+    /// its key falls in. The key is a hash of the function and `x-edge-version-key`,
+    /// so one key always reaches one version; without that header it is random per
+    /// request, drawn once: a retry stays on its version.
+    pub fn route(&self, request: &Request<()>) -> Result<Routed, Unrouted> {
         let host = request.uri().host().or_else(|| {
             request
                 .headers()
@@ -220,18 +279,46 @@ impl Gateway {
                 .and_then(|h| h.to_str().ok())
         });
         let functions = self.functions.load();
-        let m = functions.routes.resolve(host, request.uri().path())?;
-        let function = Arc::clone(&functions.list[m.function]);
-        Some(Routed {
-            body_limit: function.limits.max_request_body_bytes,
-            script_name: m.script_name.to_string(),
-            function,
-        })
+        let m = functions
+            .routes
+            .resolve(host, request.uri().path())
+            .ok_or(Unrouted::NoRoute)?;
+        let served = &functions.list[m.function];
+        let headers = request.headers();
+        let function = if let Some(named) = headers.get(wire::VERSION_HEADER) {
+            let named = named.to_str().unwrap_or_default();
+            let number = named.strip_prefix('v').unwrap_or(named).parse::<u64>();
+            number
+                .ok()
+                .and_then(|n| served.version(n))
+                .ok_or_else(|| Unrouted::NoVersion(served.name.clone(), named.to_string()))?
+        } else if served.shares.len() == 1 {
+            served.primary()
+        } else {
+            let key = match headers.get(wire::VERSION_KEY_HEADER) {
+                Some(key) => fingerprint(&format!(
+                    "{}\0{}",
+                    served.name,
+                    String::from_utf8_lossy(key.as_bytes())
+                )),
+                None => self
+                    .rng
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .next_u64(),
+            };
+            served.pick(key)
+        };
+        Ok(Routed::to(Arc::clone(function), m.script_name.to_string()))
     }
 
-    /// The answer to a request no function is routed at.
-    pub fn not_found(&self) -> Forwarded {
-        self.error_response(GatewayError::NoRoute, &new_request_id())
+    /// The answer to a request [`Gateway::route`] found nothing for.
+    pub fn not_found(&self, unrouted: Unrouted) -> Forwarded {
+        let error = match unrouted {
+            Unrouted::NoRoute => GatewayError::NoRoute,
+            Unrouted::NoVersion(function, version) => GatewayError::NoVersion(function, version),
+        };
+        self.error_response(error, &new_request_id())
     }
 
     /// The answer to a body over `routed.body_limit`.
@@ -346,7 +433,7 @@ impl Gateway {
                     };
                     return match kept {
                         Some((head, stream)) => {
-                            self.finish(head, stream, &request_id, deploying, started)
+                            self.finish(head, stream, function, &request_id, deploying, started)
                         }
                         None => self.error_response(GatewayError::NoNode(last_error), &request_id),
                     };
@@ -507,6 +594,7 @@ impl Gateway {
         &self,
         mut head: Response<()>,
         stream: ClientStream,
+        function: &Function,
         request_id: &str,
         deploying: Duration,
         started: Instant,
@@ -522,6 +610,7 @@ impl Gateway {
             headers.insert("server-timing", v);
         }
         self.decorate(headers, request_id);
+        headers.insert(wire::VERSION_HEADER, HeaderValue::from(function.version));
         Forwarded {
             head,
             body: ResponseBody::Node(Box::new(stream)),

@@ -53,12 +53,11 @@ async fn clients_that_never_read_a_large_answer_are_abandoned_on_time() {
         FunctionConfig {
             name: "spew".into(),
             module: spew,
-            routes: vec![],
-            env: Default::default(),
             limits: Limits {
                 max_response_body_bytes: Some(64 << 20),
                 ..Limits::default()
             },
+            ..FunctionConfig::default()
         },
     ];
     let (cluster, _dir) = start_with(1, functions, |spec| {

@@ -216,7 +216,7 @@ async fn functions_deployed_through_the_admin_api_are_served_replaced_and_remove
 
     let view = curl(&cluster, "--http1.1", "GET", &greet, Some(&token)).await;
     let view: serde_json::Value = serde_json::from_str(&view.body).unwrap();
-    assert_eq!(view["serving"], 2, "{view}");
+    assert_eq!(serving(&view), 2, "{view}");
     assert_eq!(view["versions"].as_array().unwrap().len(), 2, "{view}");
     let all = curl(
         &cluster,
@@ -360,6 +360,14 @@ async fn functions_deployed_through_the_admin_api_are_served_replaced_and_remove
     );
 }
 
+/// The version serving all of a function's traffic (`GET /v1/functions/{name}`).
+fn serving(view: &serde_json::Value) -> u64 {
+    let traffic = view["traffic"].as_array().expect("a traffic split");
+    assert_eq!(traffic.len(), 1, "{view}");
+    assert_eq!(traffic[0]["percent"], 100, "{view}");
+    traffic[0]["version"].as_u64().unwrap()
+}
+
 /// The schema `value` names, following one `$ref` into `spec`.
 fn resolve<'a>(spec: &'a serde_json::Value, value: &'a serde_json::Value) -> &'a serde_json::Value {
     match value["$ref"].as_str() {
@@ -499,7 +507,7 @@ async fn a_restarted_gateway_keeps_every_function_and_version() {
     let view = curl(&cluster, "--http1.1", "GET", &greet, Some(&token)).await;
     assert_eq!(view.status, 200, "{}", view.body);
     let view: serde_json::Value = serde_json::from_str(&view.body).unwrap();
-    assert_eq!(view["serving"], 2, "{view}");
+    assert_eq!(serving(&view), 2, "{view}");
     assert_eq!(view["versions"].as_array().unwrap().len(), 2, "{view}");
     // The cluster file's function, deployed again at start, is still its version 1.
     let hello = admin_url(&cluster, "/v1/functions/hello");
@@ -561,7 +569,7 @@ async fn a_gateway_killed_during_a_deploy_has_the_old_version_or_the_new_never_a
         let view = curl(&cluster, "--http1.1", "GET", &greet, Some(&token)).await;
         assert_eq!(view.status, 200, "round {round}: {}", view.body);
         let view: serde_json::Value = serde_json::from_str(&view.body).unwrap();
-        let serving = view["serving"].as_u64().unwrap();
+        let serving = serving(&view);
         assert_eq!(
             serving,
             view["versions"].as_array().unwrap().len() as u64,
@@ -578,4 +586,108 @@ async fn a_gateway_killed_during_a_deploy_has_the_old_version_or_the_new_never_a
     }
     eprintln!("versions serving after each kill: {outcomes:?}");
     assert!(outcomes.windows(2).all(|w| w[0] <= w[1]), "{outcomes:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_reach_the_function_but_never_an_answer_of_the_api_or_a_log_line() {
+    let (cluster, _dir) = start_with(1, vec![function("echo", Limits::default())], |_| {});
+    let admin = support::admin(&cluster);
+    let secret = format!("s3cret-{}", std::process::id());
+    let body = support::deploy_request(
+        "hello",
+        serde_json::json!({ "secrets": { "GREETING": secret }, "env": { "PLAIN": "shown" } }),
+    );
+    let deployed = support::admin_call(
+        &admin,
+        http::Method::PUT,
+        "/v1/functions/greet",
+        Some(body),
+        201,
+    )
+    .await;
+    assert!(!deployed.to_string().contains(&secret), "{deployed}");
+
+    // The function has it in its environment.
+    let c = client(&cluster).await;
+    let r = c.get(&url(&cluster, "/greet")).await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        String::from_utf8_lossy(&r.body),
+        format!("{secret}, world!\n")
+    );
+
+    // The API names it, never shows it; a refused deploy does not echo it either.
+    for path in ["/v1/functions/greet", "/v1/functions"] {
+        let view = support::admin_call(&admin, http::Method::GET, path, None, 200).await;
+        let text = view.to_string();
+        assert!(
+            !text.contains(&secret) && text.contains("GREETING"),
+            "{text}"
+        );
+    }
+    let clash = support::deploy_request(
+        "hello",
+        serde_json::json!({ "secrets": { "PLAIN": secret }, "env": { "PLAIN": "x" } }),
+    );
+    let refused = support::admin_call(
+        &admin,
+        http::Method::PUT,
+        "/v1/functions/greet",
+        Some(clash),
+        400,
+    )
+    .await;
+    let why = refused["error"].as_str().unwrap();
+    assert!(why.contains("PLAIN") && !why.contains(&secret), "{why}");
+    let bad_key = support::deploy_request("hello", serde_json::json!({ "secrets": { "1X": "v" } }));
+    let refused = support::admin_call(
+        &admin,
+        http::Method::PUT,
+        "/v1/functions/greet",
+        Some(bad_key),
+        400,
+    )
+    .await;
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("secrets key \"1X\""),
+        "{refused}"
+    );
+
+    // No log line of any process holds it.
+    for process in ["gateway", "node-1"] {
+        let log = cluster.log(process);
+        assert!(!log.is_empty(), "{process} logged nothing");
+        assert!(!log.contains(&secret), "{process} logged the secret");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_that_does_not_parse_is_refused_naming_it_and_nothing_changes() {
+    let (cluster, _dir) = start_with(1, vec![function("hello", Limits::default())], |_| {});
+    let admin = support::admin(&cluster);
+    for (schedule, says) in [
+        ("*/5 * * *", "not 5 fields"),
+        ("0 */5 * * * * *", "not 5 fields"),
+        ("75 * * * *", "75 * * * *"),
+        ("* * * * NOPE", "NOPE"),
+    ] {
+        let body = support::deploy_request("hello", serde_json::json!({ "schedule": schedule }));
+        let refused = support::admin_call(
+            &admin,
+            http::Method::PUT,
+            "/v1/functions/tick",
+            Some(body),
+            400,
+        )
+        .await;
+        let why = refused["error"].as_str().unwrap();
+        assert!(
+            why.starts_with("schedule: ") && why.contains(says),
+            "{schedule}: {why}"
+        );
+    }
+    support::admin_call(&admin, http::Method::GET, "/v1/functions/tick", None, 404).await;
 }

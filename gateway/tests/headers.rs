@@ -31,9 +31,7 @@ fn guest(dir: &std::path::Path, name: &str, head: &str) -> FunctionConfig {
     FunctionConfig {
         name: name.into(),
         module: path,
-        routes: vec![],
-        env: Default::default(),
-        limits: Limits::default(),
+        ..FunctionConfig::default()
     }
 }
 

@@ -22,9 +22,7 @@ fn cluster(dir: &Path) -> LocalCluster {
         module: root().join(format!(
             "functions/target/wasm32-wasip1/release/{name}.wasm"
         )),
-        routes: vec![],
-        env: Default::default(),
-        limits: Default::default(),
+        ..FunctionConfig::default()
     };
     let spec = ClusterConfig {
         nodes: 2,

@@ -131,6 +131,7 @@ fn benches(c: &mut Criterion) {
         content_id: id.clone(),
         routes: vec![Route::Path("/hello".into())],
         env: Default::default(),
+        secrets: Default::default(),
         limits: Limits::default(),
     };
     let deployment_id = manifest.deployment_id();

@@ -21,7 +21,7 @@ pub struct Deployment {
     pub manifest: FunctionManifest,
     /// The limits in force, computed once at deploy.
     pub limits: EffectiveLimits,
-    /// The function's own environment variables.
+    /// The function's own environment variables, its secrets among them.
     pub(crate) env: Vec<(String, String)>,
     /// Held while the module loads, so concurrent cold requests load it once.
     pub(crate) loading: tokio::sync::Mutex<()>,
@@ -36,6 +36,7 @@ impl Deployment {
             env: manifest
                 .env
                 .iter()
+                .chain(&manifest.secrets.0)
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             manifest,

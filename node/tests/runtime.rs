@@ -41,6 +41,7 @@ fn manifest(name: &str, wasm: &[u8], limits: Limits) -> FunctionManifest {
         content_id: ContentId::of(wasm),
         routes: vec![Route::Path(format!("/{name}"))],
         env: Default::default(),
+        secrets: Default::default(),
         limits,
     }
 }

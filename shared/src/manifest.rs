@@ -122,6 +122,31 @@ pub enum Route {
     Host(String),
 }
 
+/// Environment variables whose values are secret: set in the function's environment
+/// like `env`, never shown by the admin API, never in a log line (`Debug` shows the names
+/// only).
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secrets(pub BTreeMap<String, String>);
+
+impl Secrets {
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Their names.
+    pub fn names(&self) -> impl Iterator<Item = &String> {
+        self.0.keys()
+    }
+}
+
+impl fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
 /// One deployment of a function, as the gateway announces it to nodes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -135,6 +160,9 @@ pub struct FunctionManifest {
     /// Environment variables given to the function beside the CGI ones.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Secret environment variables, set like `env`.
+    #[serde(default, skip_serializing_if = "Secrets::is_empty")]
+    pub secrets: Secrets,
     /// Its limits.
     #[serde(default)]
     pub limits: Limits,
@@ -155,11 +183,15 @@ impl FunctionManifest {
             problems.push(e);
         }
         for key in self.env.keys() {
-            let valid = !key.is_empty()
-                && !key.starts_with(|c: char| c.is_ascii_digit())
-                && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-            if !valid {
+            if !is_env_name(key) {
                 problems.push(ManifestError::EnvKey(key.clone()));
+            }
+        }
+        for key in self.secrets.names() {
+            if !is_env_name(key) {
+                problems.push(ManifestError::SecretKey(key.clone()));
+            } else if self.env.contains_key(key) {
+                problems.push(ManifestError::SecretInEnv(key.clone()));
             }
         }
         for route in &self.routes {
@@ -186,6 +218,13 @@ impl FunctionManifest {
             Err(problems)
         }
     }
+}
+
+/// Whether `key` is `[A-Za-z_][A-Za-z0-9_]*`.
+fn is_env_name(key: &str) -> bool {
+    !key.is_empty()
+        && !key.starts_with(|c: char| c.is_ascii_digit())
+        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 fn check_name(name: &str) -> Result<(), ManifestError> {
@@ -220,6 +259,12 @@ pub enum ManifestError {
     /// An environment variable name that is not `[A-Za-z_][A-Za-z0-9_]*`.
     #[error("env key {0:?} is not a valid environment variable name")]
     EnvKey(String),
+    /// A secret's name that is not `[A-Za-z_][A-Za-z0-9_]*`.
+    #[error("secrets key {0:?} is not a valid environment variable name")]
+    SecretKey(String),
+    /// A name both in `env` and in `secrets`.
+    #[error("secrets key {0:?} is in env too; a name is one or the other")]
+    SecretInEnv(String),
     /// A route that cannot match anything sensible.
     #[error("route {0:?}: a path must start with '/' and not end with it; a host is a bare name")]
     Route(Route),
@@ -238,6 +283,7 @@ mod tests {
             content_id: ContentId::of(b"\0asm"),
             routes: vec![Route::Path("/hello".into())],
             env: BTreeMap::new(),
+            secrets: Default::default(),
             limits: Limits::default(),
         }
     }

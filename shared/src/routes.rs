@@ -91,6 +91,7 @@ mod tests {
             content_id: ContentId::of(name.as_bytes()),
             routes,
             env: Default::default(),
+            secrets: Default::default(),
             limits: Limits::default(),
         }
     }

@@ -18,6 +18,12 @@ pub const NODE_HEADER: &str = "x-edge-node";
 pub const GATEWAY_HEADER: &str = "x-edge-gateway";
 /// Request header: the route prefix that matched (CGI `SCRIPT_NAME`), empty for a host route.
 pub const SCRIPT_NAME_HEADER: &str = "x-edge-script-name";
+/// Request header: the version of the function to reach (`7` or `v7`), any version
+/// taking traffic, one at 0% too. Response header: the version that answered.
+pub const VERSION_HEADER: &str = "x-edge-version";
+/// Request header: the key a function's traffic split hashes, so that one key always
+/// reaches one version.
+pub const VERSION_KEY_HEADER: &str = "x-edge-version-key";
 /// Path prefix of the node's deploy endpoint: `PUT /_edge/v1/deployments/{deployment id}`;
 /// the body is the [`crate::manifest::FunctionManifest`] as one line of JSON, a newline,
 /// then the module's bytes (see [`encode_deploy_body`]).
@@ -260,6 +266,7 @@ mod tests {
             content_id: crate::manifest::ContentId::of(b"m\n"),
             routes: vec![],
             env: [("K".to_string(), "line1\nline2".to_string())].into(),
+            secrets: Default::default(),
             limits: Default::default(),
         };
         let body = encode_deploy_body(&manifest, b"m\n");

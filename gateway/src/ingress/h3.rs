@@ -15,8 +15,8 @@ impl Handler for Gateway {
     async fn handle(self: Arc<Self>, request: Request<()>, mut stream: ServerStream) {
         let ingress = &self.config.ingress;
         let forwarded = match self.route(&request) {
-            None => self.not_found(),
-            Some(routed) => {
+            Err(unrouted) => self.not_found(unrouted),
+            Ok(routed) => {
                 let mut held = Held::default();
                 let read = read_body(&self, &mut stream, routed.body_limit, &mut held);
                 match tokio::time::timeout(ingress.body_read_timeout(), read).await {

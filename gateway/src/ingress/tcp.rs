@@ -151,8 +151,8 @@ async fn handle(
     let (parts, body) = request.into_parts();
     let head = http::Request::from_parts(parts, ());
     let forwarded = match gateway.route(&head) {
-        None => gateway.not_found(),
-        Some(routed) => {
+        Err(unrouted) => gateway.not_found(unrouted),
+        Ok(routed) => {
             let mut held = Held::default();
             let read = read_body(gateway, body, routed.body_limit, &mut held);
             match tokio::time::timeout(ingress.body_read_timeout(), read).await {

@@ -39,9 +39,8 @@ pub fn function(name: &str, limits: Limits) -> FunctionConfig {
     FunctionConfig {
         name: name.into(),
         module: example(name),
-        routes: vec![],
-        env: Default::default(),
         limits,
+        ..FunctionConfig::default()
     }
 }
 
@@ -176,4 +175,86 @@ pub async fn running(cluster: &LocalCluster, i: usize, name: &str) -> u64 {
         .filter(|d| d["id"].as_str().unwrap().starts_with(&format!("{name}@")))
         .map(|d| d["running"].as_u64().unwrap())
         .sum()
+}
+
+/// A client of the cluster's admin API (the one `edge` uses).
+pub fn admin(cluster: &LocalCluster) -> edge_cli::admin::AdminClient {
+    let url = format!("https://127.0.0.1:{}", cluster.admin_addr().port());
+    let certs = cluster.certs();
+    edge_cli::admin::AdminClient::new(&url, &certs.ca, &certs.admin_token).unwrap()
+}
+
+/// A deploy body (`PUT /v1/functions/{name}`) for the example function `module`, with
+/// these extra fields.
+pub fn deploy_request(module: &str, extra: serde_json::Value) -> serde_json::Value {
+    use base64::Engine as _;
+    let wasm = std::fs::read(example(module)).unwrap();
+    let mut body = serde_json::json!({
+        "module": base64::engine::general_purpose::STANDARD.encode(wasm),
+    });
+    if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+        body.extend(extra.clone());
+    }
+    body
+}
+
+/// `method path` at the admin API, expecting `status`; the answer's body.
+pub async fn admin_call(
+    admin: &edge_cli::admin::AdminClient,
+    method: http::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+    status: u16,
+) -> serde_json::Value {
+    let reply = admin
+        .call(method.clone(), path, body.as_ref())
+        .await
+        .unwrap();
+    assert_eq!(
+        reply.status.as_u16(),
+        status,
+        "{method} {path}: {}",
+        reply.body
+    );
+    reply.body
+}
+
+/// `count` GETs of `url` over `client`, 16 at a time, each with `headers`: how many
+/// answers came from each version (`x-edge-version`); every answer must be 200.
+pub async fn versions_answering(
+    client: &std::sync::Arc<H3Client>,
+    url: &str,
+    count: usize,
+    headers: &[(&str, String)],
+) -> std::collections::BTreeMap<u64, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    let mut sent = 0;
+    while sent < count {
+        let mut batch = tokio::task::JoinSet::new();
+        for _ in 0..16.min(count - sent) {
+            let (client, url) = (std::sync::Arc::clone(client), url.to_string());
+            let mut request = http::Request::get(&url);
+            for (name, value) in headers {
+                request = request.header(*name, value);
+            }
+            let request = request.body(()).unwrap();
+            batch.spawn(async move { client.send(request, bytes::Bytes::new()).await });
+            sent += 1;
+        }
+        while let Some(reply) = batch.join_next().await {
+            let reply = reply.unwrap().unwrap();
+            assert_eq!(reply.status, http::StatusCode::OK, "{:?}", reply.body);
+            *counts.entry(answered_by(&reply)).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+/// The version that answered (`x-edge-version`).
+pub fn answered_by(reply: &edge_net::client::Reply) -> u64 {
+    reply.headers[edge_shared::wire::VERSION_HEADER]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
 }

@@ -1,5 +1,6 @@
-//! The admin API's client, for `edge deploy`, `edge functions`, `edge rm` and `edge
-//! cluster`: one HTTPS (HTTP/1.1) call per command, with the bearer token.
+//! The admin API's client, for `edge deploy`, `edge functions`, `edge versions`, `edge
+//! traffic`, `edge rollback`, `edge rm` and `edge cluster`: one HTTPS (HTTP/1.1) call per
+//! command, with the bearer token; and the tables those commands print.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
@@ -111,6 +112,16 @@ pub struct DeployOptions {
     /// An environment variable, KEY=VALUE (repeatable).
     #[arg(long)]
     pub env: Vec<String>,
+    /// A secret environment variable, KEY=VALUE (repeatable): never shown nor logged.
+    #[arg(long = "secret")]
+    pub secrets: Vec<String>,
+    /// A 5-field cron schedule (UTC) to invoke it on, like "*/5 * * * *".
+    #[arg(long)]
+    pub schedule: Option<String>,
+    /// Deploy the version at 0% beside the one serving (reach it with the header
+    /// `x-edge-version: N`; `edge traffic` shifts traffic to it).
+    #[arg(long)]
+    pub no_promote: bool,
     /// Its timeout: 2s, 500ms.
     #[arg(long)]
     pub timeout: Option<String>,
@@ -136,13 +147,20 @@ pub fn deploy_body(module: &Path, options: &DeployOptions) -> anyhow::Result<ser
             .iter()
             .map(|h| serde_json::json!({ "host": h })),
     );
-    let mut env = serde_json::Map::new();
-    for pair in &options.env {
-        let (key, value) = pair
-            .split_once('=')
-            .with_context(|| format!("--env {pair:?}: KEY=VALUE"))?;
-        env.insert(key.to_string(), value.into());
-    }
+    let pairs = |flag: &str, pairs: &[String]| -> anyhow::Result<serde_json::Map<_, _>> {
+        let mut map = serde_json::Map::new();
+        for pair in pairs {
+            let (key, value) = pair.split_once('=').with_context(|| match flag {
+                // A secret's text is never echoed, not even a malformed one.
+                "secret" => "--secret: KEY=VALUE".to_string(),
+                _ => format!("--{flag} {pair:?}: KEY=VALUE"),
+            })?;
+            map.insert(key.to_string(), value.into());
+        }
+        Ok(map)
+    };
+    let env = pairs("env", &options.env)?;
+    let secrets = pairs("secret", &options.secrets)?;
     let mut limits = serde_json::Map::new();
     if let Some(t) = &options.timeout {
         limits.insert("timeout_ms".into(), duration_ms(t)?.into());
@@ -153,12 +171,36 @@ pub fn deploy_body(module: &Path, options: &DeployOptions) -> anyhow::Result<ser
     if let Some(n) = options.max_concurrency {
         limits.insert("max_concurrency".into(), n.into());
     }
-    Ok(serde_json::json!({
+    let mut body = serde_json::json!({
         "module": base64::engine::general_purpose::STANDARD.encode(wasm),
         "routes": routes,
         "env": env,
+        "secrets": secrets,
         "limits": limits,
-    }))
+        "promote": !options.no_promote,
+    });
+    if let Some(schedule) = &options.schedule {
+        body["schedule"] = schedule.as_str().into();
+    }
+    Ok(body)
+}
+
+/// The body of `PUT /v1/functions/{name}/traffic` for shares written `v7=10` (or
+/// `7=10`).
+pub fn traffic_body(shares: &[String]) -> anyhow::Result<serde_json::Value> {
+    let mut traffic = Vec::new();
+    for share in shares {
+        let bad = || anyhow::anyhow!("traffic {share:?}: like v7=10 (version=percent)");
+        let (version, percent) = share.split_once('=').ok_or_else(bad)?;
+        let version: u64 = version
+            .strip_prefix('v')
+            .unwrap_or(version)
+            .parse()
+            .map_err(|_| bad())?;
+        let percent: u8 = percent.trim_end_matches('%').parse().map_err(|_| bad())?;
+        traffic.push(serde_json::json!({ "version": version, "percent": percent }));
+    }
+    Ok(serde_json::json!({ "traffic": traffic }))
 }
 
 /// `2s`, `1.5s`, `500ms` or plain milliseconds, in milliseconds.
@@ -191,11 +233,53 @@ pub fn mib(text: &str) -> anyhow::Result<u64> {
     n.checked_mul(scale).ok_or_else(bad)
 }
 
+/// A function's traffic as people read it: `v7 10%, v6 90%`.
+fn traffic_text(f: &serde_json::Value) -> String {
+    let shares: Vec<String> = f["traffic"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| format!("v{} {}%", s["version"], s["percent"]))
+        .collect();
+    shares.join(", ")
+}
+
+/// Unix milliseconds as UTC, to the second.
+fn time_text(ms: &serde_json::Value) -> String {
+    ms.as_i64()
+        .and_then(chrono::DateTime::from_timestamp_millis)
+        .map_or_else(|| "-".into(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+}
+
+/// A schedule as people read it: its cron, last run (tick and status) and next tick.
+fn schedule_text(f: &serde_json::Value) -> String {
+    let s = &f["schedule"];
+    if s.is_null() {
+        return "-".into();
+    }
+    let last = if s["last"].is_null() {
+        "never".to_string()
+    } else {
+        format!(
+            "{} ({})",
+            time_text(&s["last"]["tick_ms"]),
+            s["last"]["status"]
+        )
+    };
+    format!(
+        "{:?} last {last}, next {}, runs {} ({} failed)",
+        s["cron"].as_str().unwrap_or_default(),
+        time_text(&s["next_ms"]),
+        s["runs"],
+        s["failed"]
+    )
+}
+
 /// The functions of `GET /v1/functions` as a table for people.
 pub fn functions_table(functions: &serde_json::Value) -> String {
     let mut out = format!(
-        "{:<20} {:>7} {:>8}  {:<40} {}\n",
-        "NAME", "SERVING", "VERSIONS", "ROUTES", "WARM ON"
+        "{:<20} {:<18} {:>8}  {:<32} {}\n",
+        "NAME", "TRAFFIC", "VERSIONS", "ROUTES", "SCHEDULE"
     );
     for f in functions.as_array().into_iter().flatten() {
         let routes: Vec<String> = f["routes"]
@@ -204,18 +288,46 @@ pub fn functions_table(functions: &serde_json::Value) -> String {
             .flatten()
             .filter_map(|r| r["path"].as_str().or(r["host"].as_str()).map(String::from))
             .collect();
-        let warm: Vec<&str> = f["warm_on"]
+        out += &format!(
+            "{:<20} {:<18} {:>8}  {:<32} {}\n",
+            f["name"].as_str().unwrap_or_default(),
+            traffic_text(f),
+            f["versions"].as_array().map_or(0, Vec::len),
+            routes.join(", "),
+            schedule_text(f)
+        );
+    }
+    out
+}
+
+/// The versions of one function (`GET /v1/functions/{name}`) as a table for people.
+pub fn versions_table(f: &serde_json::Value) -> String {
+    let mut out = format!(
+        "{:>7} {:>7}  {:<12} {:<19} {:>8}  {}\n",
+        "VERSION", "TRAFFIC", "CONTENT", "CREATED (UTC)", "RESTORES", "WARM ON"
+    );
+    let traffic = f["traffic"].as_array().cloned().unwrap_or_default();
+    for v in f["versions"].as_array().into_iter().flatten().rev() {
+        let share = traffic
+            .iter()
+            .find(|s| s["version"] == v["number"])
+            .map_or_else(|| "-".to_string(), |s| format!("{}%", s["percent"]));
+        let warm: Vec<&str> = v["warm_on"]
             .as_array()
             .into_iter()
             .flatten()
             .filter_map(|n| n.as_str())
             .collect();
+        let content = v["content_id"].as_str().unwrap_or_default();
         out += &format!(
-            "{:<20} {:>7} {:>8}  {:<40} {}\n",
-            f["name"].as_str().unwrap_or_default(),
-            f["serving"],
-            f["versions"].as_array().map_or(0, Vec::len),
-            routes.join(", "),
+            "{:>7} {:>7}  {:<12} {:<19} {:>8}  {}\n",
+            v["number"].to_string(),
+            share,
+            &content[..content.len().min(12)],
+            time_text(&v["created_ms"]),
+            v["restores"]
+                .as_u64()
+                .map_or_else(|| "-".into(), |r| r.to_string()),
             warm.join(", ")
         );
     }
@@ -239,5 +351,40 @@ mod tests {
         assert_eq!(mib("1GiB").unwrap(), 1024);
         assert_eq!(mib("32").unwrap(), 32);
         assert!(mib("lots").is_err());
+    }
+
+    #[test]
+    fn traffic_reads_as_people_write_it_and_secrets_stay_out_of_errors() {
+        let body = traffic_body(&["v7=10".into(), "6=90%".into()]).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({ "traffic": [
+                { "version": 7, "percent": 10 },
+                { "version": 6, "percent": 90 },
+            ] })
+        );
+        for bad in ["v7", "vx=10", "v7=300"] {
+            assert!(traffic_body(&[bad.into()]).is_err(), "{bad}");
+        }
+        let options = DeployOptions {
+            secrets: vec!["TOKEN:hunter2".into()],
+            ..DeployOptions::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let module = dir.path().join("m.wasm");
+        std::fs::write(&module, b"\0asm").unwrap();
+        let err = deploy_body(&module, &options).unwrap_err().to_string();
+        assert!(
+            err.contains("--secret") && !err.contains("hunter2"),
+            "{err}"
+        );
+        let options = DeployOptions {
+            secrets: vec!["TOKEN=hunter2".into()],
+            no_promote: true,
+            ..DeployOptions::default()
+        };
+        let body = deploy_body(&module, &options).unwrap();
+        assert_eq!(body["secrets"]["TOKEN"], "hunter2");
+        assert_eq!(body["promote"], false);
     }
 }

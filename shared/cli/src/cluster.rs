@@ -14,7 +14,10 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use edge_shared::config::{AdminConfig, ClusterConfig, GatewayConfig, GossipConfig, NodeConfig};
+use edge_shared::config::{
+    AdminConfig, ClusterConfig, GatewayConfig, GossipConfig, NodeConfig, RegistryConfig,
+    RegistryKind,
+};
 
 use crate::devcerts::DevCerts;
 
@@ -120,7 +123,79 @@ pub struct LocalCluster {
     status: SocketAddr,
     /// The gateway's admin API address.
     admin: SocketAddr,
+    /// The gateways after the first (`gateways` > 1).
+    others: Vec<OtherGateway>,
+    /// The NATS server of a shared registry.
+    nats: Option<Nats>,
     spec: ClusterConfig,
+}
+
+/// A gateway after the first: it joins through the first's gossip address.
+struct OtherGateway {
+    process: Process,
+    admin: SocketAddr,
+}
+
+/// A `nats-server` with JetStream, its store in the state folder.
+struct Nats {
+    child: Child,
+    url: String,
+}
+
+impl Nats {
+    /// Starts `nats-server` on a loopback port it picks, and reads which from its ports
+    /// file.
+    fn start(dir: &Path) -> anyhow::Result<Nats> {
+        let ports = dir.join("nats");
+        std::fs::create_dir_all(&ports)?;
+        for stale in std::fs::read_dir(&ports)? {
+            let stale = stale?.path();
+            if stale.extension().is_some_and(|e| e == "ports") {
+                std::fs::remove_file(stale)?;
+            }
+        }
+        let log = std::fs::File::create(dir.join("nats.log"))?;
+        let mut child = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", "-1", "-sd"])
+            .arg(ports.join("store"))
+            .arg("--ports_file_dir")
+            .arg(&ports)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context(
+                "starting nats-server for the shared registry (scripts/install-test-deps.sh \
+                 installs it; or apt-get install nats-server)",
+            )?;
+        let deadline = Instant::now() + START_TIMEOUT;
+        let file = ports.join(format!("nats-server_{}.ports", child.id()));
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&file)
+                && let Ok(ports) = serde_json::from_str::<serde_json::Value>(&text)
+                && let Some(url) = ports["nats"][0].as_str()
+            {
+                return Ok(Nats {
+                    url: url.to_string(),
+                    child,
+                });
+            }
+            if let Some(status) = child.try_wait()? {
+                bail!(
+                    "nats-server exited at start ({status}); see {}",
+                    dir.join("nats.log").display()
+                );
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!(
+                    "nats-server did not write {} within {START_TIMEOUT:?}",
+                    file.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl LocalCluster {
@@ -138,7 +213,22 @@ impl LocalCluster {
             seed: SocketAddr::from(([127, 0, 0, 1], 0)),
             status: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+            others: Vec::new(),
+            nats: None,
             spec: spec.clone(),
+        };
+        let registry = match spec.registry {
+            RegistryKind::Embedded => RegistryConfig::default(),
+            RegistryKind::Nats => {
+                let nats = Nats::start(&cluster.dir)?;
+                let config = RegistryConfig {
+                    kind: RegistryKind::Nats,
+                    nats_url: nats.url.clone(),
+                    ..RegistryConfig::default()
+                };
+                cluster.nats = Some(nats);
+                config
+            }
         };
         let gateway = GatewayConfig {
             listen: spec.listen,
@@ -161,6 +251,7 @@ impl LocalCluster {
                 token_file: cluster.certs.admin_token.clone(),
             },
             state_dir: cluster.dir.join("gateway-state"),
+            registry,
             ingress: spec.ingress.clone(),
             routing: spec.routing,
             functions: spec.functions.clone(),
@@ -168,7 +259,7 @@ impl LocalCluster {
         };
         let config = cluster.dir.join("gateway.toml");
         std::fs::write(&config, toml::to_string(&gateway)?)?;
-        let mut launched = cluster.launch_gateway(config)?;
+        let mut launched = cluster.launch_gateway("gateway", config)?;
         // Known once the gateway has bound its gossip port: every node's seed.
         cluster.seed = launched.announced(&cluster.dir.join(GOSSIP_FILE))?;
         for _ in 0..spec.nodes {
@@ -177,20 +268,42 @@ impl LocalCluster {
         cluster.gateway = Some(launched.serving()?);
         cluster.status = announced(&cluster.dir.join(STATUS_FILE))?;
         cluster.admin = announced(&cluster.dir.join(ADMIN_FILE))?;
+        for n in 2..=spec.gateways {
+            let name = format!("gateway-{n}");
+            let other = GatewayConfig {
+                listen: SocketAddr::new(spec.listen.ip(), 0),
+                gossip: GossipConfig {
+                    seeds: vec![cluster.seed.to_string()],
+                    ..gateway.gossip.clone()
+                },
+                admin: AdminConfig {
+                    listen: SocketAddr::new(spec.admin_listen.ip(), 0),
+                    ..gateway.admin.clone()
+                },
+                state_dir: cluster.dir.join(format!("{name}-state")),
+                ..gateway.clone()
+            };
+            let config = cluster.dir.join(format!("{name}.toml"));
+            std::fs::write(&config, toml::to_string(&other)?)?;
+            let process = cluster.launch_gateway(&name, config)?.serving()?;
+            let admin = announced(&cluster.dir.join(format!("{name}.admin")))?;
+            cluster.others.push(OtherGateway { process, admin });
+        }
         Ok(cluster)
     }
 
-    /// Starts the gateway with `config`, asking it to announce each address in its file.
-    fn launch_gateway(&self, config: PathBuf) -> anyhow::Result<Launched> {
+    /// Starts gateway `name` with `config`, asking it to announce each address in its
+    /// file (`NAME.status`, `NAME.gossip`, `NAME.admin`).
+    fn launch_gateway(&self, name: &str, config: PathBuf) -> anyhow::Result<Launched> {
         let expect = self.spec.nodes.to_string();
-        let [status, gossip, admin] = [STATUS_FILE, GOSSIP_FILE, ADMIN_FILE].map(|name| {
-            let file = self.dir.join(name);
+        let [status, gossip, admin] = ["status", "gossip", "admin"].map(|what| {
+            let file = self.dir.join(format!("{name}.{what}"));
             let _ = std::fs::remove_file(&file);
             file.to_string_lossy().to_string()
         });
         self.launch(
             "edge-gateway",
-            "gateway",
+            name,
             config,
             None,
             &[
@@ -227,7 +340,7 @@ impl LocalCluster {
         text.status_listen = self.status;
         text.admin.listen = self.admin;
         std::fs::write(&config, toml::to_string(&text)?)?;
-        self.gateway = Some(self.launch_gateway(config)?.serving()?);
+        self.gateway = Some(self.launch_gateway("gateway", config)?.serving()?);
         Ok(())
     }
 
@@ -335,6 +448,23 @@ impl LocalCluster {
         self.gateway.as_ref().expect("the gateway is started").addr
     }
 
+    /// Every gateway's user address, the first's first.
+    pub fn gateway_addrs(&self) -> Vec<SocketAddr> {
+        let others = self.others.iter().map(|g| g.process.addr);
+        std::iter::once(self.gateway_addr()).chain(others).collect()
+    }
+
+    /// Every gateway's admin API address, the first's first.
+    pub fn admin_addrs(&self) -> Vec<SocketAddr> {
+        let others = self.others.iter().map(|g| g.admin);
+        std::iter::once(self.admin).chain(others).collect()
+    }
+
+    /// The shared registry's NATS server, if the cluster has one.
+    pub fn nats_url(&self) -> Option<&str> {
+        self.nats.as_ref().map(|n| n.url.as_str())
+    }
+
     /// The gateway's status address: HTTP/3 for cluster members (present the member
     /// certificate; the gateway's name is `edge-gateway`).
     pub fn gateway_status_addr(&self) -> SocketAddr {
@@ -435,7 +565,13 @@ impl LocalCluster {
 
     /// Whether every process is still running; names the first that is not.
     pub fn check_running(&mut self) -> Result<(), String> {
-        for p in self.nodes.iter_mut().chain(self.gateway.as_mut()) {
+        let others = self.others.iter_mut().map(|g| &mut g.process);
+        for p in self
+            .nodes
+            .iter_mut()
+            .chain(self.gateway.as_mut())
+            .chain(others)
+        {
             if let Ok(Some(status)) = p.child.try_wait() {
                 return Err(format!("{} exited ({status})", p.name));
             }
@@ -449,6 +585,7 @@ impl LocalCluster {
         let all: Vec<&mut Process> = self
             .gateway
             .iter_mut()
+            .chain(self.others.iter_mut().map(|g| &mut g.process))
             .chain(self.nodes.iter_mut())
             .collect();
         for p in &all {
@@ -464,15 +601,40 @@ impl LocalCluster {
             let _ = p.child.kill();
             let _ = p.child.wait();
         }
+        // The registry goes last: the gateways were still writing to it.
+        if let Some(nats) = &mut self.nats {
+            terminate_and_wait(&mut nats.child, grace);
+        }
     }
 }
 
 impl Drop for LocalCluster {
     fn drop(&mut self) {
-        for p in self.gateway.iter_mut().chain(self.nodes.iter_mut()) {
+        let others = self.others.iter_mut().map(|g| &mut g.process);
+        for p in self
+            .gateway
+            .iter_mut()
+            .chain(others)
+            .chain(self.nodes.iter_mut())
+        {
             let _ = p.child.kill();
             let _ = p.child.wait();
         }
+        if let Some(nats) = &mut self.nats {
+            let _ = nats.child.kill();
+            let _ = nats.child.wait();
+        }
+    }
+}
+
+/// SIGTERM to `child`, then SIGKILL if it has not exited within `grace`.
+fn terminate_and_wait(child: &mut Child, grace: Duration) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        terminate(pid);
+    }
+    if wait_exit(child, grace).is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
 

@@ -11,10 +11,13 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use edge_cli::admin::{AdminClient, DeployOptions, deploy_body, functions_table};
+use edge_cli::admin::{
+    AdminClient, DeployOptions, deploy_body, functions_table, traffic_body, versions_table,
+};
 use edge_cli::cluster::{self, LocalCluster};
 use edge_net::client::{self, H3Client};
 use edge_shared::config::{self, ClusterConfig};
+use edge_shared::wire;
 
 /// The cluster file `edge up` uses unless given another.
 const DEFAULT_CLUSTER: &str = include_str!("../../../config/cluster.toml");
@@ -62,7 +65,8 @@ enum Command {
         #[arg(long)]
         connect: Option<SocketAddr>,
     },
-    /// Deploy a module as a new version of function NAME, serving at once.
+    /// Deploy a module as a new version of function NAME, serving all its traffic at
+    /// once (or 0% with --no-promote); prints its URL and how long until it answered.
     Deploy {
         /// The function's name: [a-z0-9-], up to 63.
         name: String,
@@ -78,8 +82,26 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
-    /// Roll function NAME back to VERSION, or to the version that served before: a new
-    /// version with its module and settings, serving at once.
+    /// List one function's versions: traffic, content, age, warm nodes.
+    Versions {
+        /// The function.
+        name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Split function NAME's traffic: one version at 100, or two whose percentages add
+    /// to 100 (`edge traffic NAME v7=10 v6=90`).
+    Traffic {
+        /// The function.
+        name: String,
+        /// VERSION=PERCENT, once or twice.
+        #[arg(required = true, num_args = 1..=2)]
+        shares: Vec<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Roll function NAME back to VERSION, or to the previous version that served all
+    /// its traffic: a new version with its module and settings, serving all at once.
     Rollback {
         /// The function.
         name: String,
@@ -133,25 +155,28 @@ fn main() {
             module,
             options,
             admin,
-        } => {
-            let started = std::time::Instant::now();
-            deploy_body(&module, &options).and_then(|body| {
-                let path = format!("/v1/functions/{name}");
-                admin_call(&admin, http::Method::PUT, &path, Some(body), |d| {
-                    let new = if d["created"] == true {
-                        "new"
-                    } else {
-                        "already serving"
-                    };
-                    format!(
-                        "deployed {name}: version {} ({new}), content {}, in {} ms\n",
-                        d["version"],
-                        d["content_id"].as_str().unwrap_or_default(),
-                        started.elapsed().as_millis()
-                    )
-                })
-            })
-        }
+        } => deploy_body(&module, &options).and_then(|body| {
+            let path = format!("/v1/functions/{name}");
+            let promote = !options.no_promote;
+            let mut answered = None;
+            admin_call(&admin, http::Method::PUT, &path, Some(body), |d| {
+                answered = Some(d.clone());
+                let new = if d["created"] == true {
+                    "new"
+                } else {
+                    "already serving"
+                };
+                format!(
+                    "deployed {name}: version {} ({new}), content {}\n",
+                    d["version"],
+                    d["content_id"].as_str().unwrap_or_default(),
+                )
+            })?;
+            match answered {
+                Some(d) if !admin.json => report_answering(&d, promote, &admin.ca),
+                _ => Ok(()),
+            }
+        }),
         Command::Functions { admin } => admin_call(
             &admin,
             http::Method::GET,
@@ -159,6 +184,26 @@ fn main() {
             None,
             functions_table,
         ),
+        Command::Versions { name, admin } => {
+            let path = format!("/v1/functions/{name}");
+            admin_call(&admin, http::Method::GET, &path, None, versions_table)
+        }
+        Command::Traffic {
+            name,
+            shares,
+            admin,
+        } => traffic_body(&shares).and_then(|body| {
+            let path = format!("/v1/functions/{name}/traffic");
+            admin_call(&admin, http::Method::PUT, &path, Some(body), |t| {
+                let split: Vec<String> = t["traffic"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|s| format!("v{} {}%", s["version"], s["percent"]))
+                    .collect();
+                format!("{name}: traffic {}\n", split.join(", "))
+            })
+        }),
         Command::Rollback {
             name,
             version,
@@ -225,6 +270,64 @@ fn main() {
             1
         });
     }
+}
+
+/// Prints where a deployed version answers and how long after the deploy's answer it
+/// first did: its first URL that resolves is asked over HTTP/3 (naming the version when
+/// it is not promoted) until the answer comes from it, for at most 10 s.
+fn report_answering(deployed: &serde_json::Value, promote: bool, ca: &Path) -> anyhow::Result<()> {
+    const PATIENCE: Duration = Duration::from_secs(10);
+    let version = deployed["version"].as_u64().unwrap_or_default();
+    let urls: Vec<&str> = deployed["urls"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|u| u.as_str())
+        .collect();
+    let Some((url, addr)) = urls.iter().find_map(|url| {
+        let uri: http::Uri = url.parse().ok()?;
+        let host = uri.host()?.trim_matches(['[', ']']);
+        let addr = (host, uri.port_u16()?).to_socket_addrs().ok()?.next()?;
+        Some((*url, addr))
+    }) else {
+        println!("answers at {}", urls.join(", "));
+        return Ok(());
+    };
+    let started = std::time::Instant::now();
+    let runtime = tokio::runtime::Runtime::new().expect("starting the async runtime");
+    let answered = runtime.block_on(async {
+        let uri: http::Uri = url.parse()?;
+        let host = uri
+            .host()
+            .unwrap_or_default()
+            .trim_matches(['[', ']'])
+            .to_string();
+        let client = H3Client::connect(addr, &host, client::trusting(ca)?).await?;
+        for _ in 0..(PATIENCE.as_millis() / 50) {
+            let mut request =
+                http::Request::get(url).header(http::header::USER_AGENT, "edge-deploy");
+            if !promote {
+                request = request.header(wire::VERSION_HEADER, version);
+            }
+            if let Ok(reply) = client.send(request.body(())?, Bytes::new()).await {
+                let from = reply.headers.get(wire::VERSION_HEADER);
+                if from.and_then(|v| v.to_str().ok()) == Some(&version.to_string()) {
+                    return Ok::<_, anyhow::Error>(Some(reply.status));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(None)
+    })?;
+    match answered {
+        Some(status) => println!(
+            "{url}: version {version} answered {} after {} ms",
+            status.as_u16(),
+            started.elapsed().as_millis()
+        ),
+        None => println!("{url}: version {version} did not answer within {PATIENCE:?}"),
+    }
+    Ok(())
 }
 
 /// Runs an admin command: `method path` with `body`, then prints the answer with `show`

@@ -280,6 +280,12 @@ async fn edge_deploy_functions_and_rm_drive_the_admin_api_with_exit_codes_script
     let (code, out, err) = edge_admin(&cluster, &deploy);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("deployed greet: version 1 (new)"), "{out}");
+    // It says where the version answers, and how soon it did.
+    let at = format!("https://127.0.0.1:{}/hi", cluster.gateway_addr().port());
+    assert!(
+        out.contains(&format!("{at}: version 1 answered 200 after")),
+        "{out}"
+    );
     let (code, out, _) = edge_admin(&cluster, &deploy);
     assert_eq!(code, 0);
     assert!(out.contains("version 1 (already serving)"), "{out}");
@@ -327,6 +333,28 @@ async fn edge_deploy_functions_and_rm_drive_the_admin_api_with_exit_codes_script
     let (code, _, err) = edge_admin(&cluster, &["rollback", "greet", "9"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("404"), "{err}");
+
+    // Versions and their traffic: a split, then a refused one (exit 2, the reason).
+    let (code, out, err) = edge_admin(&cluster, &["traffic", "greet", "v3=10", "v2=90"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "greet: traffic v3 10%, v2 90%\n");
+    let (code, out, _) = edge_admin(&cluster, &["versions", "greet"]);
+    assert_eq!(code, 0);
+    let rows: Vec<&str> = out.lines().collect();
+    assert_eq!(rows.len(), 4, "{out}");
+    let row = |i: usize| rows[i].split_whitespace().take(2).collect::<Vec<_>>();
+    assert_eq!(row(1), ["3", "10%"], "{out}");
+    assert_eq!(row(2), ["2", "90%"], "{out}");
+    assert_eq!(row(3), ["1", "-"], "{out}");
+    let (code, out, _) = edge_admin(&cluster, &["functions"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("v3 10%, v2 90%"), "{out}");
+    let (code, _, err) = edge_admin(&cluster, &["traffic", "greet", "v3=50", "v2=40"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("400") && err.contains("add to 90"), "{err}");
+    let (code, _, err) = edge_admin(&cluster, &["traffic", "greet", "three=50"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("like v7=10"), "{err}");
 
     let (code, out, _) = edge_admin(&cluster, &["rm", "greet"]);
     assert_eq!((code, out.as_str()), (0, "removed greet\n"));

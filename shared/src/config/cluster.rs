@@ -5,7 +5,9 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigFile, FunctionConfig, GossipConfig, IngressConfig, RoutingPolicy, resolve};
+use super::{
+    ConfigFile, FunctionConfig, GossipConfig, IngressConfig, RegistryKind, RoutingPolicy, resolve,
+};
 
 /// `edge up`'s cluster file: how many nodes, where users connect, which functions.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,6 +39,12 @@ pub struct ClusterConfig {
     pub ingress: IngressConfig,
     /// Functions deployed at start.
     pub functions: Vec<FunctionConfig>,
+    /// Gateways to start; more than one needs `registry = "nats"`. The first listens
+    /// on `listen` and `admin_listen`, the others on ports the system picks.
+    pub gateways: usize,
+    /// The gateways' registry: `embedded` (each its own) or `nats` (a `nats-server`
+    /// with JetStream, started in the state folder, shared by every gateway).
+    pub registry: RegistryKind,
 }
 
 impl Default for ClusterConfig {
@@ -53,6 +61,8 @@ impl Default for ClusterConfig {
             gossip_interval_ms: GossipConfig::default().interval_ms,
             ingress: IngressConfig::default(),
             functions: Vec::new(),
+            gateways: 1,
+            registry: RegistryKind::Embedded,
         }
     }
 }
@@ -68,6 +78,15 @@ impl ConfigFile for ClusterConfig {
 
     fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
+        if self.gateways == 0 {
+            problems.push("gateways: at least one".into());
+        }
+        if self.gateways > 1 && self.registry != RegistryKind::Nats {
+            problems.push(format!(
+                "gateways: {} gateways share functions only with registry = \"nats\"",
+                self.gateways
+            ));
+        }
         if !(1..=64).contains(&self.nodes) {
             problems.push("nodes: from 1 to 64".into());
         }

@@ -50,6 +50,9 @@ pub struct GatewayConfig {
     /// The gateway's state folder: its registry of functions and versions
     /// (`registry.redb`).
     pub state_dir: PathBuf,
+    /// Where functions, versions and modules are kept: this gateway's own database, or
+    /// NATS JetStream shared by several gateways.
+    pub registry: RegistryConfig,
     /// Functions deployed at start, through the registry as an admin deploy would be
     /// (a new version when a module or setting changed).
     pub functions: Vec<FunctionConfig>,
@@ -78,6 +81,7 @@ impl Default for GatewayConfig {
             ingress: IngressConfig::default(),
             admin: AdminConfig::default(),
             state_dir: PathBuf::from("state"),
+            registry: RegistryConfig::default(),
             functions: Vec::new(),
             shutdown_grace_ms: 10_000,
             log_format: LogFormat::Text,
@@ -102,6 +106,44 @@ impl Default for AdminConfig {
         AdminConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 4480)),
             token_file: PathBuf::new(),
+        }
+    }
+}
+
+/// Which registry backend keeps the functions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RegistryKind {
+    /// A redb database in `state_dir` (`registry.redb`), this gateway's alone.
+    #[default]
+    Embedded,
+    /// NATS JetStream at `nats_url`: a key-value bucket and an object store that every
+    /// gateway of the cluster shares and watches.
+    Nats,
+}
+
+/// `[registry]`: where functions, versions and modules are kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// `embedded` (the default) or `nats`.
+    pub kind: RegistryKind,
+    /// The NATS server (`nats` only), with JetStream enabled.
+    pub nats_url: String,
+    /// Prefix of the JetStream bucket names (`PREFIX-functions`, `PREFIX-modules`):
+    /// letters, digits, `-` and `_`.
+    pub bucket: String,
+    /// Longest a call to NATS may take, in milliseconds.
+    pub timeout_ms: u64,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> RegistryConfig {
+        RegistryConfig {
+            kind: RegistryKind::Embedded,
+            nats_url: "nats://127.0.0.1:4222".into(),
+            bucket: "edge".into(),
+            timeout_ms: 5_000,
         }
     }
 }
@@ -135,6 +177,22 @@ impl ConfigFile for GatewayConfig {
         self.gossip.problems(&mut problems);
         if self.domain.is_empty() || self.domain.contains(['/', ':', ' ']) {
             problems.push("domain: must be a bare domain name".into());
+        }
+        if self.registry.kind == RegistryKind::Nats {
+            if !self.registry.nats_url.starts_with("nats://") {
+                problems.push("registry.nats_url: must be nats://HOST:PORT".into());
+            }
+            let bucket = &self.registry.bucket;
+            if bucket.is_empty()
+                || !bucket
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                problems.push("registry.bucket: letters, digits, '-' and '_' only".into());
+            }
+            if self.registry.timeout_ms == 0 {
+                problems.push("registry.timeout_ms: must be greater than zero".into());
+            }
         }
         if self.request_timeout_ms == 0 {
             problems.push("request_timeout_ms: must be greater than zero".into());

@@ -23,7 +23,7 @@ mod node;
 mod tests;
 
 pub use cluster::ClusterConfig;
-pub use gateway::{AdminConfig, GatewayConfig};
+pub use gateway::{AdminConfig, GatewayConfig, RegistryConfig, RegistryKind};
 pub use ingress::IngressConfig;
 pub use node::{InstancePoolConfig, NodeConfig};
 
@@ -263,7 +263,7 @@ impl std::str::FromStr for RoutingPolicy {
 }
 
 /// A function the gateway deploys at start.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FunctionConfig {
     /// The function's name.
@@ -276,7 +276,14 @@ pub struct FunctionConfig {
     /// Environment variables for the function.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Environment variables whose values the admin API never shows and logs never
+    /// hold.
+    #[serde(default)]
+    pub secrets: crate::manifest::Secrets,
     /// Its limits; unset ones take the node's defaults.
     #[serde(default)]
     pub limits: Limits,
+    /// A 5-field cron schedule (UTC) to invoke it on: `POST` to its first route.
+    #[serde(default)]
+    pub schedule: Option<String>,
 }
