@@ -32,6 +32,12 @@ impl Gateway {
             .unwrap_or_else(|p| p.into_inner())
             .take()
             .expect("watch_cluster runs once");
+        let mut retired = self
+            .retired_queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .expect("watch_cluster runs once");
         let mut changes = gossip.subscribe();
         let stopped = stop.fired();
         tokio::pin!(stopped);
@@ -57,6 +63,11 @@ impl Gateway {
                     tokio::spawn(async move { gateway.prewarm(node, f, every).await });
                     continue;
                 }
+                Some(f) = retired.recv() => {
+                    let gateway = Arc::clone(&self);
+                    tokio::spawn(async move { gateway.retire(f).await });
+                    continue;
+                }
             }
             rebuilt_at = tokio::time::Instant::now();
             let changes = self.membership.update(&gossip.members().await, &self.name);
@@ -68,6 +79,35 @@ impl Gateway {
                 if self.placed.load(Ordering::Acquire) {
                     let gateway = Arc::clone(&self);
                     tokio::spawn(async move { gateway.place(Some(node)).await });
+                }
+            }
+        }
+    }
+
+    /// After the grace period, drops `function` (a version no longer taking traffic)
+    /// from every node, unless it takes traffic again by then. Requests that were
+    /// routed to it before have long finished: the grace is far over any timeout.
+    async fn retire(&self, function: Arc<Function>) {
+        tokio::time::sleep(Duration::from_millis(self.config.unrouted_grace_ms)).await;
+        if self.functions().versions().any(|v| v.key == function.key) {
+            return;
+        }
+        let nodes: Vec<SocketAddr> = self
+            .membership
+            .snapshot()
+            .view
+            .nodes
+            .iter()
+            .map(|n| n.addr)
+            .collect();
+        for node in nodes {
+            match self.undeploy(node, &function).await {
+                Ok(true) => {
+                    tracing::info!(%node, deployment = %function.deployment, "dropped a version no longer routed")
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::debug!(%node, error = %e, "dropping a version no longer routed failed")
                 }
             }
         }

@@ -31,8 +31,11 @@ pub struct Function {
     pub key: u64,
     /// Its limits in force at the gateway.
     pub limits: EffectiveLimits,
-    /// Body of the deploy request nodes get (manifest and module).
+    /// Body of the deploy request nodes get: the manifest, then the module.
     pub deploy_body: Bytes,
+    /// The manifest's line alone: a deploy naming the module by content id, for a node
+    /// that holds it already.
+    pub manifest_body: Bytes,
     /// Its version in the registry.
     pub version: u64,
 }
@@ -97,6 +100,7 @@ impl Function {
             key: fingerprint(deployment.as_str()),
             limits,
             deploy_body: Bytes::from(wire::encode_deploy_body(&manifest, module)),
+            manifest_body: Bytes::from(wire::encode_deploy_body(&manifest, &[])),
             deployment,
             manifest,
             version,

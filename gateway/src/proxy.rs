@@ -145,6 +145,10 @@ pub struct Gateway {
     /// (node, function) pairs to warm ahead of need, for [`Gateway::watch_cluster`].
     pub(crate) prewarm: tokio::sync::mpsc::UnboundedSender<Prewarm>,
     pub(crate) prewarm_queue: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Prewarm>>>,
+    /// Versions that stopped taking traffic, for [`Gateway::watch_cluster`] to drop
+    /// from nodes after `unrouted_grace_ms`.
+    pub(crate) retired: tokio::sync::mpsc::UnboundedSender<Arc<Function>>,
+    pub(crate) retired_queue: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Arc<Function>>>>,
     /// (node, deployment fingerprint) pairs being warmed now (asked for once).
     pub(crate) warming: Mutex<HashSet<(SocketAddr, u64)>>,
     alt_svc: HeaderValue,
@@ -207,11 +211,14 @@ impl Gateway {
         let mut seed = [0u8; 8];
         getrandom::fill(&mut seed).expect("the OS random source");
         let (prewarm, prewarm_queue) = tokio::sync::mpsc::unbounded_channel();
+        let (retired, retired_queue) = tokio::sync::mpsc::unbounded_channel();
         let body_budget = BodyBudget::new(config.ingress.max_buffered_body_bytes);
         Ok(Gateway {
             name,
             prewarm,
             prewarm_queue: Mutex::new(Some(prewarm_queue)),
+            retired,
+            retired_queue: Mutex::new(Some(retired_queue)),
             warming: Mutex::default(),
             membership: Membership::default(),
             placed: AtomicBool::new(false),
@@ -233,9 +240,16 @@ impl Gateway {
     }
 
     /// Serves `functions` from now on; requests routed before finish on the function
-    /// they were routed to.
+    /// they were routed to. Versions no longer served are dropped from nodes after the
+    /// grace period, unless they serve again by then.
     pub fn serve_functions(&self, functions: Functions) {
-        self.functions.store(Arc::new(functions));
+        let before = self.functions.swap(Arc::new(functions));
+        let now = self.functions.load();
+        for version in before.versions() {
+            if !now.versions().any(|v| v.key == version.key) {
+                let _ = self.retired.send(Arc::clone(version));
+            }
+        }
     }
 
     /// The gateway's configuration.
@@ -540,22 +554,36 @@ impl Gateway {
     }
 
     /// Loads `function` on `node`.
+    /// Loads `function` on `node`: first by content id alone (the manifest), and with
+    /// the module only if the node does not hold it, so a module crosses the wire once
+    /// per node however many versions and rollbacks share it. The node checks the
+    /// module's hash either way.
     async fn deploy(&self, node: SocketAddr, function: &Function) -> Result<(), DeployError> {
-        let request = Request::builder()
-            .method(Method::PUT)
-            .uri(format!(
-                "https://{}{}{}",
-                wire::NODE_SERVER_NAME,
-                wire::DEPLOY_PATH,
-                function.deployment
-            ))
-            .body(())
-            .expect("a valid request");
-        let (head, mut stream) = self
+        let request = || {
+            Request::builder()
+                .method(Method::PUT)
+                .uri(format!(
+                    "https://{}{}{}",
+                    wire::NODE_SERVER_NAME,
+                    wire::DEPLOY_PATH,
+                    function.deployment
+                ))
+                .body(())
+                .expect("a valid request")
+        };
+        let (mut head, mut stream) = self
             .nodes
-            .send(node, request, function.deploy_body.clone())
+            .send(node, request(), function.manifest_body.clone())
             .await
             .map_err(DeployError::Forward)?;
+        if refusal_of(&head) == Some(Refusal::ModuleMissing) {
+            tracing::debug!(%node, content_id = %function.manifest.content_id.as_str(), "node lacks the module: sending it");
+            (head, stream) = self
+                .nodes
+                .send(node, request(), function.deploy_body.clone())
+                .await
+                .map_err(DeployError::Forward)?;
+        }
         if head.status() == StatusCode::CREATED {
             tracing::info!(%node, deployment = %function.deployment, "deployed on node");
             return Ok(());
@@ -568,6 +596,26 @@ impl Gateway {
         );
         tracing::error!(%node, deployment = %function.deployment, %reason, "deploy refused by node");
         Err(DeployError::Refused(reason))
+    }
+
+    /// Drops `function` from `node`; whether the node had it.
+    pub(crate) async fn undeploy(
+        &self,
+        node: SocketAddr,
+        function: &Function,
+    ) -> Result<bool, ForwardError> {
+        let request = Request::builder()
+            .method(Method::DELETE)
+            .uri(format!(
+                "https://{}{}{}",
+                wire::NODE_SERVER_NAME,
+                wire::DEPLOY_PATH,
+                function.deployment
+            ))
+            .body(())
+            .expect("a valid request");
+        let (head, _) = self.nodes.send(node, request, Bytes::new()).await?;
+        Ok(head.status() == StatusCode::NO_CONTENT)
     }
 
     /// Deploys `function` on `node` ahead of need; `false` (logged) if that failed.

@@ -135,7 +135,7 @@ fn benches(c: &mut Criterion) {
         limits: Limits::default(),
     };
     let deployment_id = manifest.deployment_id();
-    node.deploy(manifest, &wasm).unwrap();
+    node.deploy(manifest, Some(&wasm)).unwrap();
     let deployment = node.deployment(&deployment_id).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -92,6 +92,9 @@ impl Failure {
             Failure::NoSuchControl => StatusCode::NOT_FOUND,
             Failure::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Failure::DeployRefused(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            // A deploy by content id to a node without the module: a conflict the
+            // gateway settles by sending the module.
+            Failure::Refused(Refusal::ModuleMissing) => StatusCode::CONFLICT,
             Failure::Refused(_) => StatusCode::SERVICE_UNAVAILABLE,
             Failure::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Failure::Deadline(_)

@@ -99,6 +99,9 @@ pub enum DeployError {
     /// Compiling or caching failed.
     #[error(transparent)]
     Load(#[from] LoadError),
+    /// The deploy named its module by content id, and this node does not hold it.
+    #[error("module {0} is not on this node: send it")]
+    ModuleMissing(ContentId),
     /// The module compiled but cannot be instantiated (say, its memory's minimum is
     /// over the function's memory limit).
     #[error("module cannot be instantiated: {0}")]

@@ -83,12 +83,26 @@ impl Node {
     }
 
     /// Loads a deployment: checks it, keeps its module in the blob store, and warms it
-    /// (compile or cache). Blocks: run it off the runtime.
+    /// (compile or cache). Without `module`, the manifest names it by content id alone:
+    /// it is read from this node's blob store, its hash checked, or the deploy is
+    /// refused with [`DeployError::ModuleMissing`]. Blocks: run it off the runtime.
     pub fn deploy(
         &self,
         manifest: FunctionManifest,
-        module: &[u8],
+        module: Option<&[u8]>,
     ) -> Result<(Source, Duration), DeployError> {
+        let kept;
+        let by_content_id = module.is_none();
+        let module = match module {
+            Some(module) => module,
+            None => {
+                kept = self
+                    .cache
+                    .blob(&manifest.content_id)
+                    .ok_or_else(|| DeployError::ModuleMissing(manifest.content_id.clone()))?;
+                &kept
+            }
+        };
         let limits = deployment::check(&manifest, module, &self.config)?;
         let _deploying = self.deploying.lock().unwrap_or_else(|p| p.into_inner());
         self.cache.store_blob(&manifest.content_id, module)?;
@@ -107,13 +121,26 @@ impl Node {
             // Instantiated once here, so a module that cannot be is refused before any
             // request runs it.
             invoke::prepare(&loaded.runnable).map_err(DeployError::Instantiate)?;
-            tracing::info!(deployment = %id, source = ?source, ms = took.as_secs_f64() * 1e3, "deployed");
+            tracing::info!(deployment = %id, source = ?source, by_content_id, ms = took.as_secs_f64() * 1e3, "deployed");
             self.deployments.insert(id, Arc::clone(&deployment));
         }
         if self.warm_pool(&deployment).is_none() {
             self.warm_up(&deployment, loaded);
         }
         Ok((source, took))
+    }
+
+    /// Drops deployment `id` (a version no longer routed): its pool goes, so it leaves
+    /// the warm set gossip announces; calls running on it finish, new ones are refused
+    /// `not-found`. The module stays in the blob store and compiled cache for other
+    /// deployments of it. Whether it was loaded.
+    pub fn undeploy(&self, id: &DeploymentId) -> bool {
+        let Some((_, deployment)) = self.deployments.remove(id) else {
+            return false;
+        };
+        self.cache.drop_pool(&deployment.module_key(), id);
+        tracing::info!(deployment = %id, "undeployed: no longer routed");
+        true
     }
 
     /// The deployment with this id, if loaded.

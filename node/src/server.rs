@@ -12,7 +12,7 @@ use edge_shared::manifest::DeploymentId;
 use edge_shared::wire::{self, Refusal, ServerTiming};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 
-use crate::{Call, Failure, Node};
+use crate::{Call, DeployError, Failure, Node};
 
 /// Largest deploy body: the largest module plus room for the manifest.
 const MAX_DEPLOY_BODY: u64 = edge_shared::module_check::MAX_MODULE_BYTES as u64 + (1 << 20);
@@ -56,10 +56,24 @@ async fn control(
 ) -> Result<(Response<()>, Bytes), Failure> {
     let path = req.uri().path();
     if let Some(id) = path.strip_prefix(wire::DEPLOY_PATH) {
-        if req.method() != Method::PUT {
-            return Err(Failure::MethodNotAllowed("PUT"));
+        match *req.method() {
+            Method::PUT => deploy(node, id, stream).await,
+            Method::DELETE => {
+                let id = DeploymentId::parse(id).map_err(|e| Failure::BadRequest(e.to_string()))?;
+                if node.undeploy(&id) {
+                    Ok((
+                        Response::builder()
+                            .status(StatusCode::NO_CONTENT)
+                            .body(())
+                            .expect("a valid response"),
+                        Bytes::new(),
+                    ))
+                } else {
+                    Err(Failure::Refused(Refusal::NotFound))
+                }
+            }
+            _ => Err(Failure::MethodNotAllowed("PUT or DELETE")),
         }
-        deploy(node, id, stream).await
     } else if path == wire::STATUS_PATH {
         if req.method() != Method::GET {
             return Err(Failure::MethodNotAllowed("GET"));
@@ -162,9 +176,10 @@ async fn deploy(
             manifest.deployment_id()
         )));
     }
-    let module = body.slice(body.len() - module.len()..);
+    // An empty module: the manifest names it by content id alone.
+    let module = (!module.is_empty()).then(|| body.slice(body.len() - module.len()..));
     let loader = Arc::clone(node);
-    let loaded = tokio::task::spawn_blocking(move || loader.deploy(manifest, &module))
+    let loaded = tokio::task::spawn_blocking(move || loader.deploy(manifest, module.as_deref()))
         .await
         .map_err(|_| Failure::Internal)?;
     match loaded {
@@ -182,6 +197,7 @@ async fn deploy(
             }
             Ok((response, body))
         }
+        Err(DeployError::ModuleMissing(_)) => Err(Failure::Refused(Refusal::ModuleMissing)),
         Err(e) => Err(Failure::DeployRefused(format!("{id}: {e}"))),
     }
 }

@@ -64,7 +64,7 @@ fn deploy(node: &Node, name: &str, limits: Limits) -> DeploymentId {
 fn deploy_wasm(node: &Node, name: &str, wasm: &[u8], limits: Limits) -> DeploymentId {
     let m = manifest(name, wasm, limits);
     let id = m.deployment_id();
-    node.deploy(m, wasm)
+    node.deploy(m, Some(wasm))
         .unwrap_or_else(|e| panic!("deploying {name}: {e}"));
     id
 }
@@ -91,7 +91,7 @@ fn bad_modules_are_refused_at_deploy_with_their_reason() {
     let dir = tempfile::tempdir().unwrap();
     let node = node(dir.path(), |_| {});
     let refused = |wasm: &[u8], limits: Limits| {
-        node.deploy(manifest("bad", wasm, limits), wasm)
+        node.deploy(manifest("bad", wasm, limits), Some(wasm))
             .expect_err("refused")
             .to_string()
     };
@@ -126,7 +126,7 @@ fn bad_modules_are_refused_at_deploy_with_their_reason() {
     let mut m = manifest("hello", &hello, Limits::default());
     m.content_id = ContentId::of(b"other");
     assert!(matches!(
-        node.deploy(m, &hello),
+        node.deploy(m, Some(&hello)),
         Err(DeployError::ContentMismatch { .. })
     ));
     // None of it touched the node: it still deploys and serves.
@@ -501,7 +501,7 @@ fn modules_with_threads_several_memories_or_memory64_are_refused_at_deploy() {
     ] {
         let wasm = wat(module);
         let refused = node
-            .deploy(manifest("hostile", &wasm, Limits::default()), &wasm)
+            .deploy(manifest("hostile", &wasm, Limits::default()), Some(&wasm))
             .expect_err(what);
         assert!(
             matches!(
@@ -822,7 +822,7 @@ async fn tables_are_capped_at_the_nodes_limit() {
         r#"(module (memory (export "memory") 1) (table 5000 funcref) (func (export "_start")))"#,
     );
     let refused = node
-        .deploy(manifest("big-table", &big, Limits::default()), &big)
+        .deploy(manifest("big-table", &big, Limits::default()), Some(&big))
         .expect_err("a 5000-element table")
         .to_string();
     assert!(refused.contains("max_table_elements"), "{refused}");
@@ -832,4 +832,97 @@ async fn tables_are_capped_at_the_nodes_limit() {
         "{:?}",
         node.status().load
     );
+}
+
+#[test]
+fn a_deploy_by_content_id_uses_the_blob_held_and_checks_its_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node(dir.path(), |_| {});
+    let hello = example("hello");
+    // Not held yet: refused as missing, nothing loaded.
+    let by_id = manifest("greet", &hello, Limits::default());
+    assert!(matches!(
+        node.deploy(by_id.clone(), None),
+        Err(DeployError::ModuleMissing(id)) if id == ContentId::of(&hello)
+    ));
+    assert!(node.status().deployments.is_empty());
+    // Once one deployment brought the module, another naming it by id needs no bytes.
+    deploy(&node, "hello", Limits::default());
+    let id = by_id.deployment_id();
+    node.deploy(by_id, None).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let answer = runtime
+        .block_on(node.invoke(&node.deployment(&id).unwrap(), call("name=id")))
+        .unwrap();
+    assert_eq!(body(&answer), b"hello, id!\n");
+    // A blob altered on disk no longer matches its id: dropped, and missing again.
+    let blob = dir
+        .path()
+        .join(format!("blobs/{}.wasm", ContentId::of(&hello).as_str()));
+    assert!(blob.is_file(), "{}", blob.display());
+    let mut altered = hello.clone();
+    altered.push(0);
+    std::fs::write(&blob, &altered).unwrap();
+    let again = manifest("again", &hello, Limits::default());
+    assert!(matches!(
+        node.deploy(again, None),
+        Err(DeployError::ModuleMissing(_))
+    ));
+    assert!(!blob.exists());
+}
+
+#[test]
+fn an_undeployed_deployment_refuses_new_calls_and_can_be_deployed_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node(dir.path(), |_| {});
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let id = deploy(&node, "hello", Limits::default());
+    let first = node.deployment(&id).unwrap();
+    runtime
+        .block_on(node.invoke(&first, call("name=a")))
+        .unwrap();
+    // Its pool filled by the workers first, as on a node left alone for a moment.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(node.undeploy(&id));
+    assert!(!node.undeploy(&id));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(node.deployment(&id).is_none());
+    assert!(node.status().deployments.is_empty());
+    // Again, by content id: served as before.
+    let m = manifest("hello", &example("hello"), Limits::default());
+    node.deploy(m, None).unwrap();
+    let again = node.deployment(&id).unwrap();
+    for _ in 0..3 {
+        let answer = runtime
+            .block_on(async {
+                tokio::time::timeout(Duration::from_secs(30), node.invoke(&again, call("name=b")))
+                    .await
+            })
+            .expect("the call after a redeploy answers")
+            .unwrap();
+        assert_eq!(body(&answer), b"hello, b!\n");
+    }
+}
+
+#[test]
+fn a_module_shared_by_two_deployments_outlives_the_first_ones_undeploy() {
+    // Two deployments of one module: the second loads it from memory. The first is
+    // undeployed and its pool's instances dropped; the second still runs: the module's
+    // code lives in the engine it was loaded into, which must go with the module.
+    let dir = tempfile::tempdir().unwrap();
+    let node = node(dir.path(), |_| {});
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let hello = example("hello");
+    let first = deploy_wasm(&node, "first", &hello, Limits::default());
+    let second = deploy_wasm(&node, "second", &hello, Limits::default());
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(node.undeploy(&first));
+    std::thread::sleep(Duration::from_millis(300));
+    let deployment = node.deployment(&second).unwrap();
+    for _ in 0..20 {
+        let answer = runtime
+            .block_on(node.invoke(&deployment, call("name=still")))
+            .unwrap();
+        assert_eq!(body(&answer), b"hello, still!\n");
+    }
 }

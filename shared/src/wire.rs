@@ -133,6 +133,9 @@ pub enum Refusal {
     NotFound,
     /// The node is shutting down.
     Draining,
+    /// A deploy named its module by content id only, and the node does not hold it:
+    /// send the module.
+    ModuleMissing,
 }
 
 impl Refusal {
@@ -142,6 +145,7 @@ impl Refusal {
             Refusal::Overloaded => "overloaded",
             Refusal::NotFound => "not-found",
             Refusal::Draining => "draining",
+            Refusal::ModuleMissing => "module-missing",
         }
     }
 
@@ -151,6 +155,7 @@ impl Refusal {
             "overloaded" => Some(Refusal::Overloaded),
             "not-found" => Some(Refusal::NotFound),
             "draining" => Some(Refusal::Draining),
+            "module-missing" => Some(Refusal::ModuleMissing),
             _ => None,
         }
     }

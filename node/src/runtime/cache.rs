@@ -28,7 +28,7 @@ use edge_shared::manifest::{ContentId, DeploymentId};
 use hmac::{Hmac, Mac};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use wasmer::Module;
+use wasmer::{Engine, Module};
 
 use super::engine;
 use super::invoke::Runnable;
@@ -223,6 +223,10 @@ impl<K: Clone + Eq + Hash, V> Lru<K, V> {
 /// A module in memory and the pools of the deployments that run it.
 struct Warm {
     module: Module,
+    /// The engine `module` was loaded into. Its code lives in the engine, so every
+    /// runnable of the module takes this one: a module paired with another engine would
+    /// run freed code once the pools holding this one are gone.
+    engine: Engine,
     pools: HashMap<DeploymentId, Arc<InstancePool>>,
 }
 
@@ -345,6 +349,19 @@ impl ModuleCache {
         self.write_once(&self.blob_path(id), wasm)
     }
 
+    /// Module `id`'s bytes from the blob store, if held and still matching their hash
+    /// (a blob that does not is dropped).
+    pub fn blob(&self, id: &ContentId) -> Option<Vec<u8>> {
+        let path = self.blob_path(id);
+        let wasm = std::fs::read(&path).ok()?;
+        if ContentId::of(&wasm) == *id {
+            return Some(wasm);
+        }
+        tracing::warn!(path = %path.display(), "blob does not match its content id, dropping it");
+        let _ = std::fs::remove_file(&path);
+        None
+    }
+
     /// A runnable for module `id` under a memory limit: from memory, else from the disk
     /// artifact, else compiled from the blob store (and the artifact written to disk).
     /// Blocks.
@@ -354,30 +371,35 @@ impl ModuleCache {
         id: &ContentId,
         memory_limit_mib: u64,
     ) -> Result<Loaded, LoadError> {
-        let engine = engine::headless(memory_limit_mib, self.max_table_elements);
         let key = (id.clone(), memory_limit_mib);
-        let loaded = |module: Module, source, blob, load| Loaded {
+        let table_bytes = u64::from(self.max_table_elements) * engine::TABLE_ELEMENT_BYTES;
+        let loaded = |module: Module, engine: Engine, source, blob, load| Loaded {
             runnable: Runnable {
                 name: name.to_string(),
                 module,
-                engine: engine.clone(),
+                engine,
                 memory_limit_mib,
-                table_bytes: u64::from(self.max_table_elements) * engine::TABLE_ELEMENT_BYTES,
+                table_bytes,
             },
             source,
             blob,
             load,
         };
-        let in_memory = self.lru().get_mut(&key).map(|w| w.module.clone());
-        if let Some(module) = in_memory {
+        let in_memory = self
+            .lru()
+            .get_mut(&key)
+            .map(|w| (w.module.clone(), w.engine.clone()));
+        if let Some((module, engine)) = in_memory {
             self.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(loaded(
                 module,
+                engine,
                 Source::Memory,
                 Duration::ZERO,
                 Duration::ZERO,
             ));
         }
+        let engine = engine::headless(memory_limit_mib, self.max_table_elements);
         let started = Instant::now();
         let artifact_path = self.artifacts.join(format!("{id}.bin"));
         if let Ok(sealed) = std::fs::read(&artifact_path) {
@@ -392,8 +414,14 @@ impl ModuleCache {
                         self.stats.deserializations.fetch_add(1, Ordering::Relaxed);
                         let took = started.elapsed();
                         tracing::info!(function = name, content_id = %id, ms = took.as_secs_f64() * 1e3, "module loaded from the disk cache");
-                        self.keep(key, module.clone(), artifact.len());
-                        return Ok(loaded(module, Source::Disk, Duration::ZERO, took));
+                        let module = self.keep(key, module, &engine, artifact.len());
+                        return Ok(loaded(
+                            module.0,
+                            module.1,
+                            Source::Disk,
+                            Duration::ZERO,
+                            took,
+                        ));
                     }
                     Err(e) => {
                         tracing::warn!(path = %artifact_path.display(), error = %e, "unusable artifact, compiling again");
@@ -422,19 +450,28 @@ impl ModuleCache {
             .map_err(|e| LoadError::Compile(format!("loading the fresh artifact: {e}")))?;
         let took = compile_started.elapsed();
         tracing::info!(function = name, content_id = %id, ms = took.as_secs_f64() * 1e3, "module compiled");
-        self.keep(key, module.clone(), artifact.len());
-        Ok(loaded(module, Source::Compiled, blob, took))
+        let (module, engine) = self.keep(key, module, &engine, artifact.len());
+        Ok(loaded(module, engine, Source::Compiled, blob, took))
     }
 
-    /// Keeps `module` in memory; the modules it pushes out go with their pools.
-    fn keep(&self, key: ModuleKey, module: Module, bytes: usize) {
+    /// Keeps `module` (loaded into `engine`) in memory; the modules it pushes out go
+    /// with their pools. Returns the module and engine to run: the ones a concurrent
+    /// load kept first, if one did.
+    fn keep(
+        &self,
+        key: ModuleKey,
+        module: Module,
+        engine: &Engine,
+        bytes: usize,
+    ) -> (Module, Engine) {
         let mut lru = self.lru();
-        if lru.get_mut(&key).is_some() {
-            // A concurrent load kept it first: its pools stay.
-            return;
+        if let Some(kept) = lru.get_mut(&key) {
+            // A concurrent load kept it first: its pools stay, and its engine is the one.
+            return (kept.module.clone(), kept.engine.clone());
         }
         let warm = Warm {
-            module,
+            module: module.clone(),
+            engine: engine.clone(),
             pools: HashMap::new(),
         };
         let evicted = lru.insert(key, warm, bytes as u64);
@@ -443,6 +480,7 @@ impl ModuleCache {
             self.stats.evictions.fetch_add(1, Ordering::Relaxed);
             tracing::info!(content_id = %id, "module evicted from memory");
         }
+        (module, engine.clone())
     }
 
     fn lru(&self) -> MutexGuard<'_, Lru<ModuleKey, Warm>> {

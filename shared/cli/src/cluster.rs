@@ -252,6 +252,8 @@ impl LocalCluster {
             },
             state_dir: cluster.dir.join("gateway-state"),
             registry,
+            unrouted_grace_ms: spec.unrouted_grace_ms,
+            request_timeout_ms: spec.request_timeout_ms,
             ingress: spec.ingress.clone(),
             routing: spec.routing,
             functions: spec.functions.clone(),

@@ -16,7 +16,7 @@ use edge_cli::admin::{
 };
 use edge_cli::cluster::{self, LocalCluster};
 use edge_net::client::{self, H3Client};
-use edge_shared::config::{self, ClusterConfig};
+use edge_shared::config::{self, ClusterConfig, RegistryKind};
 use edge_shared::wire;
 
 /// The cluster file `edge up` uses unless given another.
@@ -41,6 +41,14 @@ enum Command {
         /// Folder for certificates, configuration, caches and logs.
         #[arg(long, default_value = ".edge")]
         dir: PathBuf,
+        /// The gateways' registry, over the cluster file's `registry`: `embedded`, or
+        /// `nats` (a nats-server with JetStream started in the folder, shared by all).
+        #[arg(long)]
+        registry: Option<String>,
+        /// Gateways to start, over the cluster file's `gateways` (more than one needs
+        /// `--registry nats`).
+        #[arg(long)]
+        gateways: Option<usize>,
     },
     /// Make one HTTP/3 request and print status, headers and body.
     Call {
@@ -149,7 +157,12 @@ struct Refused(String);
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Up { config, dir } => up(config.as_deref(), &dir),
+        Command::Up {
+            config,
+            dir,
+            registry,
+            gateways,
+        } => up(config.as_deref(), &dir, registry.as_deref(), gateways),
         Command::Deploy {
             name,
             module,
@@ -360,8 +373,13 @@ fn admin_call(
     Ok(())
 }
 
-fn up(config_file: Option<&Path>, dir: &Path) -> anyhow::Result<()> {
-    let spec: ClusterConfig = match config_file {
+fn up(
+    config_file: Option<&Path>,
+    dir: &Path,
+    registry: Option<&str>,
+    gateways: Option<usize>,
+) -> anyhow::Result<()> {
+    let mut spec: ClusterConfig = match config_file {
         Some(file) => config::load(file)?,
         None => config::load_str(
             DEFAULT_CLUSTER,
@@ -369,11 +387,29 @@ fn up(config_file: Option<&Path>, dir: &Path) -> anyhow::Result<()> {
             &std::env::current_dir()?.join("config"),
         )?,
     };
+    if let Some(registry) = registry {
+        spec.registry = match registry {
+            "embedded" => RegistryKind::Embedded,
+            "nats" => RegistryKind::Nats,
+            other => bail!("--registry {other:?}: embedded or nats"),
+        };
+    }
+    if let Some(gateways) = gateways {
+        spec.gateways = gateways;
+    }
+    if spec.gateways == 0 || (spec.gateways > 1 && spec.registry != RegistryKind::Nats) {
+        bail!(
+            "--gateways {}: more than one gateway shares functions only with --registry nats",
+            spec.gateways
+        );
+    }
     let mut cluster = LocalCluster::start(&spec, dir, &cluster::bin_dir()?)?;
     let addr = cluster.gateway_addr();
     let ca = cluster.certs().ca.display().to_string();
     println!(
-        "edge: local cluster up: 1 gateway, {} nodes, state and logs in {}",
+        "edge: local cluster up: {} gateway{}, {} nodes, state and logs in {}",
+        spec.gateways,
+        if spec.gateways == 1 { "" } else { "s" },
         spec.nodes,
         cluster.dir().display()
     );
@@ -389,6 +425,16 @@ fn up(config_file: Option<&Path>, dir: &Path) -> anyhow::Result<()> {
     println!(
         "edge:       curl --cacert {ca} -H \"Authorization: Bearer $(cat {token})\" https://{admin}/v1/cluster"
     );
+    let (users, admins) = (cluster.gateway_addrs(), cluster.admin_addrs());
+    for (i, (user, admin)) in users.iter().zip(&admins).enumerate().skip(1) {
+        println!(
+            "edge: gateway {}: users at https://{user}, admin API at https://{admin}/v1/",
+            i + 1
+        );
+    }
+    if let Some(url) = cluster.nats_url() {
+        println!("edge: registry: NATS JetStream at {url}, shared by every gateway");
+    }
     println!("edge: Ctrl-C stops the cluster");
     std::io::stdout().flush()?;
 

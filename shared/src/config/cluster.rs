@@ -42,6 +42,11 @@ pub struct ClusterConfig {
     /// Gateways to start; more than one needs `registry = "nats"`. The first listens
     /// on `listen` and `admin_listen`, the others on ports the system picks.
     pub gateways: usize,
+    /// The gateways' `unrouted_grace_ms`: how long after a version stops taking
+    /// traffic it is dropped from the nodes.
+    pub unrouted_grace_ms: u64,
+    /// The gateways' `request_timeout_ms`.
+    pub request_timeout_ms: u64,
     /// The gateways' registry: `embedded` (each its own) or `nats` (a `nats-server`
     /// with JetStream, started in the state folder, shared by every gateway).
     pub registry: RegistryKind,
@@ -62,6 +67,8 @@ impl Default for ClusterConfig {
             ingress: IngressConfig::default(),
             functions: Vec::new(),
             gateways: 1,
+            unrouted_grace_ms: 60_000,
+            request_timeout_ms: 30_000,
             registry: RegistryKind::Embedded,
         }
     }

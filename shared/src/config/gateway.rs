@@ -56,6 +56,10 @@ pub struct GatewayConfig {
     /// Functions deployed at start, through the registry as an admin deploy would be
     /// (a new version when a module or setting changed).
     pub functions: Vec<FunctionConfig>,
+    /// How long after a version stops taking traffic it is dropped from the nodes, in
+    /// ms (unless it takes traffic again by then): kept at least as long as the
+    /// requests routed to it may run.
+    pub unrouted_grace_ms: u64,
     /// On SIGTERM, longest the gateway lets the requests in flight finish after it stops
     /// accepting new ones, in milliseconds; then it leaves gossip and closes.
     pub shutdown_grace_ms: u64,
@@ -83,6 +87,7 @@ impl Default for GatewayConfig {
             state_dir: PathBuf::from("state"),
             registry: RegistryConfig::default(),
             functions: Vec::new(),
+            unrouted_grace_ms: 60_000,
             shutdown_grace_ms: 10_000,
             log_format: LogFormat::Text,
         }
@@ -193,6 +198,12 @@ impl ConfigFile for GatewayConfig {
             if self.registry.timeout_ms == 0 {
                 problems.push("registry.timeout_ms: must be greater than zero".into());
             }
+        }
+        if self.unrouted_grace_ms < self.request_timeout_ms {
+            problems.push(format!(
+                "unrouted_grace_ms: {} is under request_timeout_ms ({}): a version could be dropped under a request still running on it",
+                self.unrouted_grace_ms, self.request_timeout_ms
+            ));
         }
         if self.request_timeout_ms == 0 {
             problems.push("request_timeout_ms: must be greater than zero".into());
