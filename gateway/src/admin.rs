@@ -125,6 +125,9 @@ struct DeployRequest {
     /// Whether the new version serves all traffic (else 0% beside the version serving).
     #[serde(default = "yes")]
     promote: bool,
+    /// Whether it is compiled on its home node before it takes traffic.
+    #[serde(default = "yes")]
+    precompile: bool,
 }
 
 fn yes() -> bool {
@@ -375,6 +378,7 @@ impl Admin {
             secrets: request.secrets,
             limits: request.limits,
             schedule: request.schedule,
+            precompile: request.precompile,
         };
         let promote = request.promote;
         let _changing = self.gateway.changing.lock().await;
@@ -393,9 +397,7 @@ impl Admin {
         match deployed {
             Ok((deployed, next)) => {
                 let version = deployed.version;
-                let placed = self
-                    .take_traffic(next, name, deployed.created.then_some(version))
-                    .await;
+                let placed = self.take_traffic(&current, next, name, version).await;
                 tracing::info!(%remote, function = name, version, created = deployed.created, promote, "deployed");
                 let status = if deployed.created {
                     StatusCode::CREATED
@@ -436,16 +438,7 @@ impl Admin {
                     .map(|s| format!("v{}={}%", s.version, s.percent))
                     .collect();
                 // A version new to traffic is placed before it takes any.
-                for share in &record.traffic {
-                    let fresh = current
-                        .named(name)
-                        .is_none_or(|f| f.version(share.version).is_none());
-                    if fresh
-                        && let Some(f) = next.named(name).and_then(|f| f.version(share.version))
-                    {
-                        self.gateway.place_new(f).await;
-                    }
-                }
+                self.gateway.place_fresh(&current, &next, name).await;
                 self.gateway.serve_functions(next);
                 tracing::info!(%remote, function = name, traffic = %split.join(" "), "traffic split");
                 json(
@@ -457,16 +450,20 @@ impl Admin {
         }
     }
 
-    /// Serves `next`, in which `name` has version `new` if it is new: that one is
-    /// deployed on its home node first, so its compile is not on a user's request.
-    async fn take_traffic(&self, next: Functions, name: &str, new: Option<u64>) -> Placed {
+    /// Serves `next` after placing `name`'s versions new to traffic
+    /// ([`Gateway::place_fresh`]). Reports version `version`'s content id and URLs.
+    async fn take_traffic(
+        &self,
+        current: &Functions,
+        next: Functions,
+        name: &str,
+        version: u64,
+    ) -> Placed {
+        self.gateway.place_fresh(current, &next, name).await;
         let function = next
             .named(name)
-            .and_then(|f| new.and_then(|n| f.version(n)).or(Some(f.primary())))
+            .and_then(|f| f.version(version).or(Some(f.primary())))
             .map(Arc::clone);
-        if let Some(f) = function.as_ref().filter(|_| new.is_some()) {
-            self.gateway.place_new(f).await;
-        }
         self.gateway.serve_functions(next);
         Placed {
             content_id: function
@@ -501,7 +498,9 @@ impl Admin {
         let config = self.gateway.config();
         match functions::rollback(&*self.registry, &current, config, name, to).await {
             Ok((rolled, next)) => {
-                let placed = self.take_traffic(next, name, Some(rolled.version)).await;
+                let placed = self
+                    .take_traffic(&current, next, name, rolled.version)
+                    .await;
                 tracing::info!(%remote, function = name, version = rolled.version, restores = rolled.restores, "rolled back");
                 let mut answer = placed.answer(name, rolled.version);
                 answer["restores"] = rolled.restores.into();

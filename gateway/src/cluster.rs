@@ -11,7 +11,7 @@ use edge_net::gossip::{Gossip, LoadReport, WarmSet};
 use edge_net::lifecycle::Shutdown;
 use edge_shared::routing;
 
-use crate::functions::Function;
+use crate::functions::{Function, Functions};
 use crate::proxy::Gateway;
 
 impl Gateway {
@@ -146,6 +146,24 @@ impl Gateway {
             };
             if only.is_none_or(|node| node == home) {
                 self.deploy_logged(home, function, "placement").await;
+            }
+        }
+    }
+
+    /// Places each version of function `name` that `next` serves and `current` does
+    /// not on its home node, when its deploy asked for it (`precompile`): called before
+    /// `next` is served, so a new version's compile is not on a user's request.
+    pub async fn place_fresh(&self, current: &Functions, next: &Functions, name: &str) {
+        let Some(served) = next.named(name) else {
+            return;
+        };
+        for (function, _) in &served.shares {
+            let known = current
+                .named(name)
+                .and_then(|s| s.version(function.version))
+                .is_some_and(|f| f.key == function.key);
+            if !known && function.precompile {
+                self.place_new(function).await;
             }
         }
     }

@@ -38,6 +38,8 @@ pub struct Function {
     pub manifest_body: Bytes,
     /// Its version in the registry.
     pub version: u64,
+    /// Whether it is compiled on its home node before it takes traffic.
+    pub precompile: bool,
 }
 
 /// Why a deploy was refused; nothing changed.
@@ -77,6 +79,10 @@ impl Function {
             secrets: spec.secrets.clone(),
             limits: spec.limits.clone(),
         };
+        let out_of_range = limits_out_of_range(&spec.limits, config);
+        if !out_of_range.is_empty() {
+            return Err(Refusal::Invalid(out_of_range.join("; ")));
+        }
         if let Some(schedule) = &spec.schedule {
             crate::schedule::Schedule::parse(schedule)
                 .map_err(|e| Refusal::Invalid(format!("schedule: {e}")))?;
@@ -86,15 +92,12 @@ impl Function {
             return Err(Refusal::Invalid(text.join("; ")));
         }
         // The gateway enforces the request body; its cap is the default, and a
-        // function's own limit may lower it, never raise it.
+        // function's own limit may lower it (a higher one is refused above).
         let defaults = LimitDefaults {
             max_request_body_bytes: config.max_request_body_bytes,
             ..LimitDefaults::default()
         };
-        let mut limits = EffectiveLimits::resolve(&manifest.limits, &defaults);
-        limits.max_request_body_bytes = limits
-            .max_request_body_bytes
-            .min(config.max_request_body_bytes);
+        let limits = EffectiveLimits::resolve(&manifest.limits, &defaults);
         let deployment = manifest.deployment_id();
         Ok(Function {
             key: fingerprint(deployment.as_str()),
@@ -104,8 +107,55 @@ impl Function {
             deployment,
             manifest,
             version,
+            precompile: spec.precompile,
         })
     }
+}
+
+/// The most memory a wasm32 module can address, in MiB.
+const MAX_MEMORY_MIB: u64 = 4096;
+/// The most requests of one function a node may run at once, and queue.
+const MAX_CONCURRENCY: u32 = 4096;
+const MAX_QUEUE_DEPTH: u32 = 65_536;
+
+/// What in `limits` no request could honour at this gateway, each naming the field:
+/// a time over the gateway's own request timeout, memory over wasm32's 4 GiB, a body
+/// over the gateway's cap, concurrency or queue past their bounds. (Zero is refused by
+/// the manifest's own check.)
+fn limits_out_of_range(
+    limits: &edge_shared::manifest::Limits,
+    config: &GatewayConfig,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    let timeout = config.request_timeout_ms;
+    for (field, value) in [
+        ("timeout_ms", limits.timeout_ms),
+        ("queue_timeout_ms", limits.queue_timeout_ms),
+    ] {
+        if let Some(v) = value.filter(|v| *v > timeout) {
+            problems.push(format!(
+                "limits.{field}: {v} is over the gateway's request_timeout_ms ({timeout})"
+            ));
+        }
+    }
+    if let Some(v) = limits.memory_limit_mib.filter(|v| *v > MAX_MEMORY_MIB) {
+        problems.push(format!(
+            "limits.memory_limit_mib: {v} is over wasm32's {MAX_MEMORY_MIB} MiB"
+        ));
+    }
+    let body = config.max_request_body_bytes;
+    if let Some(v) = limits.max_request_body_bytes.filter(|v| *v > body) {
+        problems.push(format!("limits.max_request_body_bytes: {v} is over the gateway's max_request_body_bytes ({body})"));
+    }
+    if let Some(v) = limits.max_concurrency.filter(|v| *v > MAX_CONCURRENCY) {
+        problems.push(format!(
+            "limits.max_concurrency: {v} is over {MAX_CONCURRENCY}"
+        ));
+    }
+    if let Some(v) = limits.queue_depth.filter(|v| *v > MAX_QUEUE_DEPTH) {
+        problems.push(format!("limits.queue_depth: {v} is over {MAX_QUEUE_DEPTH}"));
+    }
+    problems
 }
 
 /// A function's versions taking traffic, and how its requests are split between them.

@@ -102,6 +102,7 @@ async fn deploy_configured(
             secrets: f.secrets.clone(),
             limits: f.limits.clone(),
             schedule: f.schedule.clone(),
+            precompile: true,
         };
         let (deployed, next) = edge_gateway::functions::deploy(
             registry,

@@ -499,16 +499,6 @@ async fn apply(
     record: &FunctionRecord,
 ) -> Result<Functions, crate::functions::Refusal> {
     let next = current.apply(registry, config, record).await?;
-    if let Some(served) = next.named(&record.name) {
-        for (function, _) in &served.shares {
-            let known = current
-                .named(&record.name)
-                .and_then(|s| s.version(function.version))
-                .is_some();
-            if !known {
-                gateway.place_new(function).await;
-            }
-        }
-    }
+    gateway.place_fresh(current, &next, &record.name).await;
     Ok(next)
 }

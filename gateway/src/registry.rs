@@ -28,7 +28,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 /// What a deploy says besides the module.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FunctionSpec {
     /// How users reach it; none means the defaults (`/NAME`, `NAME.<domain>`).
@@ -46,6 +46,32 @@ pub struct FunctionSpec {
     /// A 5-field cron schedule it is invoked on, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<String>,
+    /// Whether a new version is compiled on its home node before it takes traffic (so
+    /// no user's request waits on the compile); on by default.
+    #[serde(default = "yes", skip_serializing_if = "is_yes")]
+    pub precompile: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_yes(b: &bool) -> bool {
+    *b
+}
+
+impl Default for FunctionSpec {
+    fn default() -> FunctionSpec {
+        FunctionSpec {
+            routes: Vec::new(),
+            env: BTreeMap::new(),
+            secrets: Secrets::default(),
+            limits: Limits::default(),
+            schedule: None,
+            precompile: true,
+        }
+    }
 }
 
 /// One immutable version of a function.

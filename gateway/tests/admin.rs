@@ -691,3 +691,82 @@ async fn a_schedule_that_does_not_parse_is_refused_naming_it_and_nothing_changes
     }
     support::admin_call(&admin, http::Method::GET, "/v1/functions/tick", None, 404).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_no_request_could_honour_are_refused_and_precompile_is_the_deploys_choice() {
+    let (cluster, _dir) = start_with(1, vec![function("echo", Limits::default())], |_| {});
+    let admin = support::admin(&cluster);
+    for (limits, says) in [
+        (
+            serde_json::json!({ "memory_limit_mib": 1_000_000 }),
+            "limits.memory_limit_mib: 1000000",
+        ),
+        (
+            serde_json::json!({ "timeout_ms": 3_600_000 }),
+            "limits.timeout_ms: 3600000 is over the gateway's request_timeout_ms",
+        ),
+        (
+            serde_json::json!({ "max_request_body_bytes": 1u64 << 40 }),
+            "limits.max_request_body_bytes",
+        ),
+        (
+            serde_json::json!({ "max_concurrency": 1_000_000 }),
+            "limits.max_concurrency",
+        ),
+        (
+            serde_json::json!({ "timeout_ms": 0 }),
+            "limits.timeout_ms must be greater than zero",
+        ),
+    ] {
+        let body = support::deploy_request("hello", serde_json::json!({ "limits": limits }));
+        let refused = support::admin_call(
+            &admin,
+            http::Method::PUT,
+            "/v1/functions/greet",
+            Some(body),
+            400,
+        )
+        .await;
+        let why = refused["error"].as_str().unwrap();
+        assert!(why.contains(says), "{limits}: {why}");
+    }
+    support::admin_call(&admin, http::Method::GET, "/v1/functions/greet", None, 404).await;
+
+    // Precompiled (the default): on its home node by the time the deploy answers.
+    let on_node = |name: &'static str| {
+        let cluster = &cluster;
+        async move {
+            let status = support::node_status(cluster, 0).await;
+            status["deployments"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|d| d["id"].as_str().unwrap().starts_with(&format!("{name}@")))
+        }
+    };
+    let body = support::deploy_request("hello", serde_json::json!({}));
+    support::admin_call(
+        &admin,
+        http::Method::PUT,
+        "/v1/functions/early",
+        Some(body),
+        201,
+    )
+    .await;
+    assert!(on_node("early").await);
+    // Not precompiled: nowhere until a request needs it, then deployed on demand.
+    let body = support::deploy_request("hello", serde_json::json!({ "precompile": false }));
+    support::admin_call(
+        &admin,
+        http::Method::PUT,
+        "/v1/functions/late",
+        Some(body),
+        201,
+    )
+    .await;
+    assert!(!on_node("late").await);
+    let c = client(&cluster).await;
+    let r = c.get(&url(&cluster, "/late")).await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(on_node("late").await);
+}

@@ -122,6 +122,10 @@ pub struct DeployOptions {
     /// `x-edge-version: N`; `edge traffic` shifts traffic to it).
     #[arg(long)]
     pub no_promote: bool,
+    /// Let the first request compile it, instead of its home node before it takes
+    /// traffic.
+    #[arg(long)]
+    pub no_precompile: bool,
     /// Its timeout: 2s, 500ms.
     #[arg(long)]
     pub timeout: Option<String>,
@@ -178,6 +182,7 @@ pub fn deploy_body(module: &Path, options: &DeployOptions) -> anyhow::Result<ser
         "secrets": secrets,
         "limits": limits,
         "promote": !options.no_promote,
+        "precompile": !options.no_precompile,
     });
     if let Some(schedule) = &options.schedule {
         body["schedule"] = schedule.as_str().into();
