@@ -361,13 +361,10 @@ impl Admin {
         body: Incoming,
         remote: SocketAddr,
     ) -> Response<Full<Bytes>> {
-        let body = match read_limited(body, MAX_DEPLOY_BYTES).await {
-            Ok(body) => body,
-            Err(why) => return error(StatusCode::BAD_REQUEST, &why),
-        };
-        let request: DeployRequest = match serde_json::from_slice(&body) {
-            Ok(request) => request,
-            Err(e) => return error(StatusCode::BAD_REQUEST, &format!("body: {e}")),
+        let request: DeployRequest = match read_json(body, MAX_DEPLOY_BYTES).await {
+            Ok(Some(request)) => request,
+            Ok(None) => return error(StatusCode::BAD_REQUEST, "body: a deploy needs a module"),
+            Err(refused) => return refused,
         };
         let Ok(module) = base64::engine::general_purpose::STANDARD.decode(&request.module) else {
             return error(StatusCode::BAD_REQUEST, "module: not base64");
@@ -418,13 +415,10 @@ impl Admin {
         body: Incoming,
         remote: SocketAddr,
     ) -> Response<Full<Bytes>> {
-        let body = match read_limited(body, MAX_HEAD_BYTES).await {
-            Ok(body) => body,
-            Err(why) => return error(StatusCode::BAD_REQUEST, &why),
-        };
-        let request: TrafficRequest = match serde_json::from_slice(&body) {
-            Ok(request) => request,
-            Err(e) => return error(StatusCode::BAD_REQUEST, &format!("body: {e}")),
+        let request: TrafficRequest = match read_json(body, MAX_HEAD_BYTES).await {
+            Ok(Some(request)) => request,
+            Ok(None) => return error(StatusCode::BAD_REQUEST, "body: a split is needed"),
+            Err(refused) => return refused,
         };
         let _changing = self.gateway.changing.lock().await;
         let current = self.gateway.functions();
@@ -481,17 +475,9 @@ impl Admin {
         body: Incoming,
         remote: SocketAddr,
     ) -> Response<Full<Bytes>> {
-        let body = match read_limited(body, MAX_HEAD_BYTES).await {
-            Ok(body) => body,
-            Err(why) => return error(StatusCode::BAD_REQUEST, &why),
-        };
-        let to = if body.is_empty() {
-            None
-        } else {
-            match serde_json::from_slice::<RollbackRequest>(&body) {
-                Ok(request) => request.version,
-                Err(e) => return error(StatusCode::BAD_REQUEST, &format!("body: {e}")),
-            }
+        let to = match read_json::<RollbackRequest>(body, MAX_HEAD_BYTES).await {
+            Ok(request) => request.and_then(|r| r.version),
+            Err(refused) => return refused,
         };
         let _changing = self.gateway.changing.lock().await;
         let current = self.gateway.functions();
@@ -541,6 +527,23 @@ impl Placed {
             "urls": self.urls,
         })
     }
+}
+
+/// A request's JSON body (`None` when empty), refused past `limit` bytes or when it
+/// does not parse: then the `400` answer, naming why.
+async fn read_json<T: serde::de::DeserializeOwned>(
+    body: Incoming,
+    limit: usize,
+) -> Result<Option<T>, Response<Full<Bytes>>> {
+    let body = read_limited(body, limit)
+        .await
+        .map_err(|why| error(StatusCode::BAD_REQUEST, &why))?;
+    if body.is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_slice(&body)
+        .map(Some)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("body: {e}")))
 }
 
 /// A request body, refused past `limit` bytes.

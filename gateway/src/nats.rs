@@ -372,14 +372,7 @@ impl Registry for Shared {
     }
 
     async fn claim_tick(&self, name: &str, tick_ms: u64) -> Result<bool, RegistryError> {
-        self.change_runs(name, |runs| {
-            let won = runs.claimed_ms < tick_ms;
-            if won {
-                runs.claimed_ms = tick_ms;
-            }
-            won
-        })
-        .await
+        self.change_runs(name, |runs| runs.claim(tick_ms)).await
     }
 
     async fn record_run(&self, name: &str, run: RunRecord) -> Result<(), RegistryError> {

@@ -559,18 +559,7 @@ impl Gateway {
     /// per node however many versions and rollbacks share it. The node checks the
     /// module's hash either way.
     async fn deploy(&self, node: SocketAddr, function: &Function) -> Result<(), DeployError> {
-        let request = || {
-            Request::builder()
-                .method(Method::PUT)
-                .uri(format!(
-                    "https://{}{}{}",
-                    wire::NODE_SERVER_NAME,
-                    wire::DEPLOY_PATH,
-                    function.deployment
-                ))
-                .body(())
-                .expect("a valid request")
-        };
+        let request = || deployment_call(Method::PUT, function);
         let (mut head, mut stream) = self
             .nodes
             .send(node, request(), function.manifest_body.clone())
@@ -604,16 +593,7 @@ impl Gateway {
         node: SocketAddr,
         function: &Function,
     ) -> Result<bool, ForwardError> {
-        let request = Request::builder()
-            .method(Method::DELETE)
-            .uri(format!(
-                "https://{}{}{}",
-                wire::NODE_SERVER_NAME,
-                wire::DEPLOY_PATH,
-                function.deployment
-            ))
-            .body(())
-            .expect("a valid request");
+        let request = deployment_call(Method::DELETE, function);
         let (head, _) = self.nodes.send(node, request, Bytes::new()).await?;
         Ok(head.status() == StatusCode::NO_CONTENT)
     }
@@ -697,6 +677,20 @@ impl Gateway {
     pub async fn close(&self, within: Duration) {
         self.nodes.close(within).await;
     }
+}
+
+/// `method` on `function`'s deployment at a node's control plane.
+fn deployment_call(method: Method, function: &Function) -> Request<()> {
+    Request::builder()
+        .method(method)
+        .uri(format!(
+            "https://{}{}{}",
+            wire::NODE_SERVER_NAME,
+            wire::DEPLOY_PATH,
+            function.deployment
+        ))
+        .body(())
+        .expect("a valid request")
 }
 
 /// The node's refusal in an answer, if it is one.

@@ -431,6 +431,15 @@ pub struct Runs {
 }
 
 impl Runs {
+    /// Claims tick `tick_ms`: whether no tick as late was claimed before.
+    pub fn claim(&mut self, tick_ms: u64) -> bool {
+        let won = self.claimed_ms < tick_ms;
+        if won {
+            self.claimed_ms = tick_ms;
+        }
+        won
+    }
+
     /// Counts `run`.
     pub fn record(&mut self, run: RunRecord) {
         self.count += 1;
@@ -636,14 +645,8 @@ impl Registry for Embedded {
     }
 
     async fn claim_tick(&self, name: &str, tick_ms: u64) -> Result<bool, RegistryError> {
-        self.change_runs(name, move |runs| {
-            let won = runs.claimed_ms < tick_ms;
-            if won {
-                runs.claimed_ms = tick_ms;
-            }
-            won
-        })
-        .await
+        self.change_runs(name, move |runs| runs.claim(tick_ms))
+            .await
     }
 
     async fn record_run(&self, name: &str, run: RunRecord) -> Result<(), RegistryError> {

@@ -13,10 +13,10 @@ use support::{client, function, start, url};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_over_capacity_gets_503_overloaded_and_the_admitted_succeed() {
-    // One node, two slots; fib may queue two requests and waits up to a minute.
+    // One node, two slots; fib may queue two requests and waits up to the gateway's 30 s timeout.
     let limits = Limits {
         queue_depth: Some(2),
-        queue_timeout_ms: Some(60_000),
+        queue_timeout_ms: Some(30_000),
         ..Limits::default()
     };
     let (cluster, _dir) = start(1, vec![function("fib", limits)]);
@@ -57,7 +57,7 @@ async fn a_flood_of_one_function_leaves_headroom_for_another() {
     // still gets the next slot that frees up, because waiting functions take turns.
     let flood_limits = Limits {
         queue_depth: Some(100),
-        queue_timeout_ms: Some(60_000),
+        queue_timeout_ms: Some(30_000),
         ..Limits::default()
     };
     let (cluster, _dir) = start(

@@ -26,7 +26,9 @@ pub const VERSION_HEADER: &str = "x-edge-version";
 pub const VERSION_KEY_HEADER: &str = "x-edge-version-key";
 /// Path prefix of the node's deploy endpoint: `PUT /_edge/v1/deployments/{deployment id}`;
 /// the body is the [`crate::manifest::FunctionManifest`] as one line of JSON, a newline,
-/// then the module's bytes (see [`encode_deploy_body`]).
+/// then the module's bytes (see [`encode_deploy_body`]), or nothing after the newline to
+/// name the module by content id alone (refused [`Refusal::ModuleMissing`] by a node
+/// without it). `DELETE` on the same path drops the deployment.
 pub const DEPLOY_PATH: &str = "/_edge/v1/deployments/";
 /// Path of the node's status endpoint (JSON).
 pub const STATUS_PATH: &str = "/_edge/v1/status";
