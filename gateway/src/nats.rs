@@ -414,9 +414,12 @@ impl Shared {
 
 /// Serves each change to a function's record as it arrives, until `stop`: a record
 /// newer than the one served is loaded (its new versions placed on their home nodes
-/// first), a deleted one stops being served.
+/// first), a deleted one stops being served. Every `registry.resync_ms`, and whenever
+/// the watch has to be started again, every record is read and served the same way, so
+/// a change the watch missed (or could not serve when it came) is served late rather
+/// than never.
 pub async fn watch(
-    mut changes: Changes,
+    changes: Changes,
     gateway: Arc<Gateway>,
     registry: Arc<Shared>,
     config: GatewayConfig,
@@ -424,62 +427,126 @@ pub async fn watch(
 ) {
     let stopped = stop.fired();
     tokio::pin!(stopped);
+    let mut changes = Some(changes);
+    let every = Duration::from_millis(config.registry.resync_ms);
+    let mut resync = tokio::time::interval(every);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    resync.tick().await;
     loop {
         let entry = tokio::select! {
-            entry = changes.0.next() => entry,
+            entry = next_change(&mut changes) => entry,
+            _ = resync.tick() => {
+                if changes.is_none() {
+                    changes = registry.changes().await.ok();
+                }
+                resync_all(&gateway, &registry, &config).await;
+                continue;
+            }
             () = &mut stopped => return,
         };
-        let entry = match entry {
-            Some(Ok(entry)) => entry,
+        match entry {
+            Some(Ok(entry)) => {
+                let Some(name) = entry.key.strip_prefix("fn.") else {
+                    continue;
+                };
+                let _changing = gateway.changing.lock().await;
+                if entry.operation != kv::Operation::Put {
+                    serve_removal(&gateway, name);
+                    continue;
+                }
+                match serde_json::from_slice::<FunctionRecord>(&entry.value) {
+                    Ok(record) => serve_record(&gateway, &*registry, &config, &record).await,
+                    Err(e) => {
+                        tracing::warn!(function = name, error = %e, "registry watch: a record does not parse");
+                    }
+                }
+            }
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "registry watch: a change could not be read");
-                continue;
             }
             None => {
-                tracing::error!(
-                    "registry watch ended: changes made at other gateways are no longer served here"
-                );
-                return;
-            }
-        };
-        let Some(name) = entry.key.strip_prefix("fn.") else {
-            continue;
-        };
-        let _changing = gateway.changing.lock().await;
-        let current = gateway.functions();
-        if entry.operation != kv::Operation::Put {
-            if current.named(name).is_some() {
-                gateway.serve_functions(current.without(name));
-                tracing::info!(function = name, "removed at another gateway");
-            }
-            continue;
-        }
-        let record: FunctionRecord = match serde_json::from_slice(&entry.value) {
-            Ok(record) => record,
-            Err(e) => {
-                tracing::warn!(function = name, error = %e, "registry watch: a record does not parse");
-                continue;
-            }
-        };
-        if current
-            .named(name)
-            .is_some_and(|served| served.generation >= record.generation)
-        {
-            continue;
-        }
-        match apply(&gateway, &*registry, &config, &current, &record).await {
-            Ok(next) => {
-                gateway.serve_functions(next);
-                tracing::info!(
-                    function = name,
-                    generation = record.generation,
-                    "registry change served"
-                );
-            }
-            Err(e) => {
-                tracing::warn!(function = name, error = %e, "registry change not served");
+                tracing::warn!("registry watch ended: watching again, and reading every record");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                changes = match registry.changes().await {
+                    Ok(changes) => Some(changes),
+                    Err(e) => {
+                        tracing::error!(error = %e, "registry watch could not start again; retrying every {every:?}");
+                        None
+                    }
+                };
+                resync_all(&gateway, &registry, &config).await;
             }
         }
+    }
+}
+
+/// The next change, or never when there is no watch.
+async fn next_change(changes: &mut Option<Changes>) -> Option<Result<kv::Entry, kv::WatcherError>> {
+    match changes {
+        Some(changes) => changes.0.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Serves every record in the registry that is newer than the one served, and stops
+/// serving functions it no longer has. Holds the gateway's change lock throughout, so a
+/// deploy made here meanwhile is not mistaken for a function the registry lacks.
+async fn resync_all(gateway: &Gateway, registry: &Shared, config: &GatewayConfig) {
+    let _changing = gateway.changing.lock().await;
+    let records = match registry.functions().await {
+        Ok(records) => records,
+        Err(e) => {
+            tracing::warn!(error = %e, "registry resync: the records could not be read");
+            return;
+        }
+    };
+    for record in &records {
+        serve_record(gateway, registry, config, record).await;
+    }
+    let gone: Vec<String> = gateway
+        .functions()
+        .list
+        .iter()
+        .filter(|served| !records.iter().any(|r| r.name == served.name))
+        .map(|served| served.name.clone())
+        .collect();
+    for name in gone {
+        serve_removal(gateway, &name);
+    }
+}
+
+/// Serves `record` if it is newer than the version of its function served here. The
+/// caller holds the gateway's change lock.
+async fn serve_record(
+    gateway: &Gateway,
+    registry: &dyn Registry,
+    config: &GatewayConfig,
+    record: &FunctionRecord,
+) {
+    let current = gateway.functions();
+    let name = &record.name;
+    if current
+        .named(name)
+        .is_some_and(|served| served.generation >= record.generation)
+    {
+        return;
+    }
+    match apply(gateway, registry, config, &current, record).await {
+        Ok(next) => {
+            gateway.serve_functions(next);
+            tracing::info!(function = %name, generation = record.generation, "registry change served");
+        }
+        Err(e) => tracing::warn!(function = %name, error = %e, "registry change not served"),
+    }
+}
+
+/// Stops serving function `name`, removed from the registry. The caller holds the
+/// gateway's change lock.
+fn serve_removal(gateway: &Gateway, name: &str) {
+    let current = gateway.functions();
+    if current.named(name).is_some() {
+        gateway.serve_functions(current.without(name));
+        tracing::info!(function = name, "removed from the registry");
     }
 }
 

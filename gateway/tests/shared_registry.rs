@@ -258,3 +258,78 @@ async fn a_scheduled_function_fires_once_per_tick_across_two_gateways() {
         "{view}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_the_watch_could_not_serve_is_served_at_the_next_resync() {
+    use async_nats::jetstream;
+    use edge_gateway::registry::{FunctionRecord, FunctionSpec, Share, Version};
+    use edge_shared::manifest::{ContentId, Route};
+
+    let (cluster, _dir) = start_with(1, vec![function("echo", Limits::default())], |spec| {
+        shared(2)(spec);
+        spec.registry_resync_ms = 500;
+    });
+    let g = gateways(&cluster).await;
+    // Straight into the bucket, as a gateway that died between its two writes would
+    // leave it: a record whose module is not stored yet. Both gateways' watches see it
+    // and cannot serve it.
+    let nats = async_nats::connect(cluster.nats_url().unwrap())
+        .await
+        .unwrap();
+    let js = jetstream::new(nats);
+    let bucket = js.get_key_value("edge-functions").await.unwrap();
+    let modules = js.get_object_store("edge-modules").await.unwrap();
+    let wasm = std::fs::read(support::example("hello")).unwrap();
+    let content_id = ContentId::of(&wasm);
+    let spec = FunctionSpec {
+        routes: vec![Route::Path("/late".into())],
+        ..FunctionSpec::default()
+    };
+    let record = FunctionRecord {
+        versions: vec![Version {
+            number: 1,
+            content_id: content_id.clone(),
+            spec,
+            created_ms: 0,
+            restores: None,
+        }],
+        traffic: vec![Share {
+            version: 1,
+            percent: 100,
+        }],
+        history: vec![1],
+        generation: 1,
+        ..FunctionRecord::new("late")
+    };
+    let json = serde_json::to_vec(&record).unwrap();
+    bucket.put("fn.late", json.into()).await.unwrap();
+    let refused = support::eventually(Duration::from_secs(10), || async {
+        ["gateway", "gateway-2"]
+            .iter()
+            .all(|g| cluster.log(g).contains("registry change not served"))
+    })
+    .await;
+    assert!(
+        refused,
+        "a gateway served a version whose module is missing"
+    );
+    // The module arrives; no record changes, so no watch event: the resync serves it.
+    modules
+        .put(content_id.as_str(), &mut wasm.as_slice())
+        .await
+        .unwrap();
+    for (client, port) in &g.users {
+        let url = format!("https://localhost:{port}/late");
+        let served = support::eventually(Duration::from_secs(10), || async {
+            client
+                .get(&url)
+                .await
+                .is_ok_and(|r| r.status == http::StatusCode::OK)
+        })
+        .await;
+        assert!(
+            served,
+            "gateway at port {port} never served the resynced record"
+        );
+    }
+}

@@ -224,6 +224,7 @@ impl LocalCluster {
                 let config = RegistryConfig {
                     kind: RegistryKind::Nats,
                     nats_url: nats.url.clone(),
+                    resync_ms: spec.registry_resync_ms,
                     ..RegistryConfig::default()
                 };
                 cluster.nats = Some(nats);

@@ -47,6 +47,9 @@ pub struct ClusterConfig {
     pub unrouted_grace_ms: u64,
     /// The gateways' `request_timeout_ms`.
     pub request_timeout_ms: u64,
+    /// With `registry = "nats"`: how often each gateway reads every record again, in
+    /// ms (its `registry.resync_ms`).
+    pub registry_resync_ms: u64,
     /// The gateways' registry: `embedded` (each its own) or `nats` (a `nats-server`
     /// with JetStream, started in the state folder, shared by every gateway).
     pub registry: RegistryKind,
@@ -70,6 +73,7 @@ impl Default for ClusterConfig {
             unrouted_grace_ms: 60_000,
             request_timeout_ms: 30_000,
             registry: RegistryKind::Embedded,
+            registry_resync_ms: 30_000,
         }
     }
 }

@@ -140,6 +140,9 @@ pub struct RegistryConfig {
     pub bucket: String,
     /// Longest a call to NATS may take, in milliseconds.
     pub timeout_ms: u64,
+    /// How often every record is read again (`nats` only), in milliseconds: a change the
+    /// watch missed, or could not serve when it came, is served by then.
+    pub resync_ms: u64,
 }
 
 impl Default for RegistryConfig {
@@ -149,6 +152,7 @@ impl Default for RegistryConfig {
             nats_url: "nats://127.0.0.1:4222".into(),
             bucket: "edge".into(),
             timeout_ms: 5_000,
+            resync_ms: 30_000,
         }
     }
 }
@@ -197,6 +201,9 @@ impl ConfigFile for GatewayConfig {
             }
             if self.registry.timeout_ms == 0 {
                 problems.push("registry.timeout_ms: must be greater than zero".into());
+            }
+            if self.registry.resync_ms == 0 {
+                problems.push("registry.resync_ms: must be greater than zero".into());
             }
         }
         if self.unrouted_grace_ms < self.request_timeout_ms {
