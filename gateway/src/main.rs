@@ -208,7 +208,7 @@ async fn run(config: GatewayConfig, announce: Announce, expect_nodes: usize) -> 
             None,
         ),
         RegistryKind::Nats => {
-            let shared = Arc::new(Shared::connect(&config.registry).await?);
+            let shared = Arc::new(Shared::connect(&config).await?);
             let changes = shared.changes().await?;
             (
                 Arc::clone(&shared) as Arc<dyn Registry>,

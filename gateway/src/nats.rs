@@ -7,6 +7,11 @@
 //! when read. A module is stored before the record naming it, so no gateway sees a
 //! version whose module is missing.
 //!
+//! The connection is mutual TLS by default: the server's certificate chains to the
+//! cluster CA, and the gateway presents its member certificate, which nats-server
+//! checks (`--tlsverify`) for the CA and the client usage, so neither a node's key nor
+//! the public one reaches the registry.
+//!
 //! Every gateway watches `fn.*` ([`watch`]) and serves each change as it arrives: a
 //! deploy at one gateway is served by all. Checked against Debian's nats-server 2.9.10
 //! with async-nats 0.40 built without its `server_2_10` and `server_2_11` features
@@ -19,7 +24,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv, object_store};
 use bytes::Bytes;
 use edge_net::lifecycle::Shutdown;
-use edge_shared::config::{GatewayConfig, RegistryConfig};
+use edge_shared::config::GatewayConfig;
 use edge_shared::manifest::ContentId;
 use futures::StreamExt as _;
 use tokio::io::AsyncReadExt as _;
@@ -63,13 +68,25 @@ fn runs_key(name: &str) -> String {
 }
 
 impl Shared {
-    /// Connects to `config.nats_url` and opens (or creates) the buckets.
-    pub async fn connect(config: &RegistryConfig) -> anyhow::Result<Shared> {
+    /// Connects to `registry.nats_url` (mutual TLS with the cluster's CA and the
+    /// gateway's member certificate, unless `registry.tls` is off) and opens (or
+    /// creates) the buckets.
+    pub async fn connect(gateway: &GatewayConfig) -> anyhow::Result<Shared> {
+        let config = &gateway.registry;
         let timeout = Duration::from_millis(config.timeout_ms);
         let url = &config.nats_url;
-        let client = async_nats::ConnectOptions::new()
+        let mut options = async_nats::ConnectOptions::new()
             .connection_timeout(timeout)
-            .request_timeout(Some(timeout))
+            .request_timeout(Some(timeout));
+        if config.tls {
+            let member = edge_net::tls::Identity {
+                cert: &gateway.cluster_cert,
+                key: &gateway.cluster_key,
+            };
+            let tls = edge_net::tls::client_config(&gateway.cluster_ca, Some(member), &[])?;
+            options = options.tls_client_config(tls).require_tls(true);
+        }
+        let client = options
             .connect(url.as_str())
             .await
             .map_err(|e| anyhow::anyhow!("registry.nats_url {url}: {e}"))?;

@@ -67,6 +67,25 @@ async fn served_after(
     futures::future::join_all(polls).await
 }
 
+/// A NATS client of the cluster's registry over TLS trusting the cluster CA, presenting
+/// `identity` (certificate, key) if given; checked by reading the functions' bucket.
+async fn nats_client(
+    cluster: &LocalCluster,
+    identity: Option<(&std::path::Path, &std::path::Path)>,
+) -> anyhow::Result<async_nats::Client> {
+    let identity = identity.map(|(cert, key)| edge_net::tls::Identity { cert, key });
+    let tls = edge_net::tls::client_config(&cluster.certs().ca, identity, &[])?;
+    let client = async_nats::ConnectOptions::new()
+        .tls_client_config(tls)
+        .require_tls(true)
+        .connection_timeout(Duration::from_secs(5))
+        .connect(cluster.nats_url().unwrap())
+        .await?;
+    let js = async_nats::jetstream::new(client.clone());
+    js.get_key_value("edge-functions").await?;
+    Ok(client)
+}
+
 fn shared(gateways: usize) -> impl FnOnce(&mut edge_shared::config::ClusterConfig) {
     move |spec| {
         spec.gateways = gateways;
@@ -273,7 +292,8 @@ async fn a_change_the_watch_could_not_serve_is_served_at_the_next_resync() {
     // Straight into the bucket, as a gateway that died between its two writes would
     // leave it: a record whose module is not stored yet. Both gateways' watches see it
     // and cannot serve it.
-    let nats = async_nats::connect(cluster.nats_url().unwrap())
+    let certs = cluster.certs();
+    let nats = nats_client(&cluster, Some((&certs.member_cert, &certs.member_key)))
         .await
         .unwrap();
     let js = jetstream::new(nats);
@@ -332,4 +352,55 @@ async fn a_change_the_watch_could_not_serve_is_served_at_the_next_resync() {
             "gateway at port {port} never served the resynced record"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_gateways_member_certificate_reaches_the_registry() {
+    let (cluster, dir) = start_with(1, vec![function("echo", Limits::default())], shared(1));
+    let certs = cluster.certs();
+    // A plain TCP client: refused (the server requires TLS).
+    let plain = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(5))
+        .connect(cluster.nats_url().unwrap())
+        .await;
+    let plain_reads = match plain {
+        Ok(client) => async_nats::jetstream::new(client)
+            .get_key_value("edge-functions")
+            .await
+            .is_ok(),
+        Err(_) => false,
+    };
+    assert!(!plain_reads, "a client without TLS read the registry");
+    // TLS without a certificate, with a node's (a TLS server only), with the public
+    // one, and with one of another CA: each refused.
+    let node = certs.node("node-1").unwrap();
+    let other = edge_net::pki::ClusterCa::generate().unwrap();
+    let stranger = other
+        .issue_member(edge_net::gossip::Role::Gateway, "gateway")
+        .unwrap();
+    let (stranger_cert, stranger_key) = (dir.path().join("s.pem"), dir.path().join("s.key"));
+    std::fs::write(&stranger_cert, &stranger.cert_pem).unwrap();
+    std::fs::write(&stranger_key, &stranger.key_pem).unwrap();
+    for (who, identity) in [
+        ("no certificate", None),
+        (
+            "a node's certificate",
+            Some((node.cert.as_path(), node.key.as_path())),
+        ),
+        (
+            "the public certificate",
+            Some((certs.gateway_cert.as_path(), certs.gateway_key.as_path())),
+        ),
+        (
+            "another CA's gateway certificate",
+            Some((stranger_cert.as_path(), stranger_key.as_path())),
+        ),
+    ] {
+        let attempt = nats_client(&cluster, identity).await;
+        assert!(attempt.is_err(), "{who} reached the registry");
+    }
+    // The gateways' member certificate does.
+    nats_client(&cluster, Some((&certs.member_cert, &certs.member_key)))
+        .await
+        .unwrap();
 }

@@ -144,8 +144,10 @@ struct Nats {
 
 impl Nats {
     /// Starts `nats-server` on a loopback port it picks, and reads which from its ports
-    /// file.
-    fn start(dir: &Path) -> anyhow::Result<Nats> {
+    /// file. Clients need a certificate of the cluster CA with the client usage (the
+    /// gateways' member certificate): mutual TLS, verified by the server.
+    fn start(dir: &Path, certs: &DevCerts) -> anyhow::Result<Nats> {
+        let own = certs.registry()?;
         let ports = dir.join("nats");
         std::fs::create_dir_all(&ports)?;
         for stale in std::fs::read_dir(&ports)? {
@@ -158,6 +160,12 @@ impl Nats {
         let mut child = Command::new("nats-server")
             .args(["-js", "-a", "127.0.0.1", "-p", "-1", "-sd"])
             .arg(ports.join("store"))
+            .args(["--tls", "--tlsverify", "--tlscert"])
+            .arg(&own.cert)
+            .arg("--tlskey")
+            .arg(&own.key)
+            .arg("--tlscacert")
+            .arg(&certs.ca)
             .arg("--ports_file_dir")
             .arg(&ports)
             .stdin(Stdio::null())
@@ -220,7 +228,7 @@ impl LocalCluster {
         let registry = match spec.registry {
             RegistryKind::Embedded => RegistryConfig::default(),
             RegistryKind::Nats => {
-                let nats = Nats::start(&cluster.dir)?;
+                let nats = Nats::start(&cluster.dir, &cluster.certs)?;
                 let config = RegistryConfig {
                     kind: RegistryKind::Nats,
                     nats_url: nats.url.clone(),

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use edge_net::gossip::Role;
-use edge_net::pki::{ClusterCa, Issued, Usage};
+use edge_net::pki::{ClusterCa, IssueError, Issued, Usage};
 
 /// Where the development certificates (and the gossip cluster key) are.
 #[derive(Debug, Clone)]
@@ -35,10 +35,10 @@ pub struct DevCerts {
     pub admin_token: PathBuf,
 }
 
-/// A node's own certificate and key.
+/// A certificate and key of one party: a node's, or the registry server's.
 #[derive(Debug, Clone)]
-pub struct NodeCerts {
-    /// Its certificate (`edge-node`, `NAME.node.edge`).
+pub struct OwnCerts {
+    /// Its certificate (a node's: `edge-node`, `NAME.node.edge`).
     pub cert: PathBuf,
     /// Its private key.
     pub key: PathBuf,
@@ -107,24 +107,43 @@ impl DevCerts {
     }
 
     /// Node `name`'s own certificate and key (in `nodes/`), issued now if missing.
-    pub fn node(&self, name: &str) -> anyhow::Result<NodeCerts> {
-        let dir = self.dir.join("nodes");
-        let node = NodeCerts {
-            cert: dir.join(format!("{name}.pem")),
-            key: dir.join(format!("{name}.key")),
+    pub fn node(&self, name: &str) -> anyhow::Result<OwnCerts> {
+        self.issued_once(&self.dir.join("nodes"), name, |ca| {
+            ca.issue_member(Role::Node, name)
+        })
+    }
+
+    /// The shared registry's NATS server certificate and key (`registry.pem`): a TLS
+    /// server for `127.0.0.1` and `localhost`, issued now if missing.
+    pub fn registry(&self) -> anyhow::Result<OwnCerts> {
+        self.issued_once(&self.dir, "registry", |ca| {
+            ca.issue(vec!["127.0.0.1".into(), "localhost".into()], Usage::Server)
+        })
+    }
+
+    /// `dir/STEM.pem` and `dir/STEM.key`, issued by the CA with `issue` if missing.
+    fn issued_once(
+        &self,
+        dir: &Path,
+        stem: &str,
+        issue: impl FnOnce(&ClusterCa) -> Result<Issued, IssueError>,
+    ) -> anyhow::Result<OwnCerts> {
+        let files = OwnCerts {
+            cert: dir.join(format!("{stem}.pem")),
+            key: dir.join(format!("{stem}.key")),
         };
-        if node.cert.is_file() && node.key.is_file() {
-            set_mode(&node.key, 0o600)?;
-            return Ok(node);
+        if files.cert.is_file() && files.key.is_file() {
+            set_mode(&files.key, 0o600)?;
+            return Ok(files);
         }
-        private_dir(&dir)?;
+        private_dir(dir)?;
         let read = |p: &Path| {
             std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
         };
         let ca = ClusterCa::from_pem(&read(&self.ca)?, &read(&self.ca_key)?)
             .with_context(|| format!("loading the CA in {}", self.dir.display()))?;
-        write_issued(&ca.issue_member(Role::Node, name)?, &node.cert, &node.key)?;
-        Ok(node)
+        write_issued(&issue(&ca)?, &files.cert, &files.key)?;
+        Ok(files)
     }
 }
 

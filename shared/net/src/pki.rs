@@ -21,6 +21,9 @@ use rcgen::{
     KeyUsagePurpose,
 };
 
+/// What issuing a certificate can fail with.
+pub use rcgen::Error as IssueError;
+
 /// A certificate and its private key, as PEM.
 #[derive(Debug, Clone)]
 pub struct Issued {

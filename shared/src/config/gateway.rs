@@ -143,6 +143,11 @@ pub struct RegistryConfig {
     /// How often every record is read again (`nats` only), in milliseconds: a change the
     /// watch missed, or could not serve when it came, is served by then.
     pub resync_ms: u64,
+    /// Whether the connection to NATS is mutual TLS (`nats` only): the server's
+    /// certificate must chain to `cluster_ca`, and the gateway presents `cluster_cert`,
+    /// so only the cluster's gateways reach the registry. On by default; off only for a
+    /// NATS server reachable by nothing else.
+    pub tls: bool,
 }
 
 impl Default for RegistryConfig {
@@ -153,6 +158,7 @@ impl Default for RegistryConfig {
             bucket: "edge".into(),
             timeout_ms: 5_000,
             resync_ms: 30_000,
+            tls: true,
         }
     }
 }
@@ -188,8 +194,10 @@ impl ConfigFile for GatewayConfig {
             problems.push("domain: must be a bare domain name".into());
         }
         if self.registry.kind == RegistryKind::Nats {
-            if !self.registry.nats_url.starts_with("nats://") {
-                problems.push("registry.nats_url: must be nats://HOST:PORT".into());
+            let url = &self.registry.nats_url;
+            if !(url.starts_with("nats://") || url.starts_with("tls://")) {
+                problems
+                    .push("registry.nats_url: must be nats://HOST:PORT or tls://HOST:PORT".into());
             }
             let bucket = &self.registry.bucket;
             if bucket.is_empty()
