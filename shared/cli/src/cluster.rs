@@ -130,6 +130,17 @@ pub struct LocalCluster {
     spec: ClusterConfig,
 }
 
+/// A member of a local cluster, as [`LocalCluster::exited`] names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Member {
+    /// Gateway `i` (0 is the first).
+    Gateway(usize),
+    /// Node `i` (0-based).
+    Node(usize),
+    /// The shared registry's nats-server.
+    Registry,
+}
+
 /// A gateway after the first: it joins through the first's gossip address.
 struct OtherGateway {
     process: Process,
@@ -147,6 +158,11 @@ impl Nats {
     /// file. Clients need a certificate of the cluster CA with the client usage (the
     /// gateways' member certificate): mutual TLS, verified by the server.
     fn start(dir: &Path, certs: &DevCerts) -> anyhow::Result<Nats> {
+        Nats::start_on(dir, certs, "-1")
+    }
+
+    /// [`Nats::start`] on `port` (`-1`: one it picks).
+    fn start_on(dir: &Path, certs: &DevCerts, port: &str) -> anyhow::Result<Nats> {
         let own = certs.registry()?;
         let ports = dir.join("nats");
         std::fs::create_dir_all(&ports)?;
@@ -156,9 +172,12 @@ impl Nats {
                 std::fs::remove_file(stale)?;
             }
         }
-        let log = std::fs::File::create(dir.join("nats.log"))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("nats.log"))?;
         let mut child = Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", "-1", "-sd"])
+            .args(["-js", "-a", "127.0.0.1", "-p", port, "-sd"])
             .arg(ports.join("store"))
             .args(["--tls", "--tlsverify", "--tlscert"])
             .arg(&own.cert)
@@ -574,19 +593,63 @@ impl LocalCluster {
         Ok(())
     }
 
-    /// Whether every process is still running; names the first that is not.
-    pub fn check_running(&mut self) -> Result<(), String> {
-        let others = self.others.iter_mut().map(|g| &mut g.process);
-        for p in self
-            .nodes
-            .iter_mut()
-            .chain(self.gateway.as_mut())
-            .chain(others)
-        {
+    /// The members that have exited, each with how (`node-1 exited (signal: 9
+    /// (SIGKILL))`).
+    pub fn exited(&mut self) -> Vec<(Member, String)> {
+        let mut exited = Vec::new();
+        let mut check = |member, p: &mut Process| {
             if let Ok(Some(status)) = p.child.try_wait() {
-                return Err(format!("{} exited ({status})", p.name));
+                exited.push((member, format!("{} exited ({status})", p.name)));
+            }
+        };
+        if let Some(p) = self.gateway.as_mut() {
+            check(Member::Gateway(0), p);
+        }
+        for (i, g) in self.others.iter_mut().enumerate() {
+            check(Member::Gateway(i + 1), &mut g.process);
+        }
+        for (i, p) in self.nodes.iter_mut().enumerate() {
+            check(Member::Node(i), p);
+        }
+        if let Some(nats) = &mut self.nats
+            && let Ok(Some(status)) = nats.child.try_wait()
+        {
+            exited.push((Member::Registry, format!("nats-server exited ({status})")));
+        }
+        exited
+    }
+
+    /// Starts `member` again (killing it first if it still runs) on its old addresses,
+    /// with its state and caches: what `edge up` does for a member that died.
+    pub fn revive(&mut self, member: Member) -> anyhow::Result<()> {
+        match member {
+            Member::Gateway(0) => self.restart_gateway(),
+            Member::Gateway(i) => self.restart_other_gateway(i - 1),
+            Member::Node(i) => self.restart_node(i),
+            Member::Registry => {
+                let nats = self.nats.as_mut().context("the cluster has no registry")?;
+                let _ = nats.child.kill();
+                let _ = nats.child.wait();
+                let port = nats.url.rsplit(':').next().unwrap_or_default().to_string();
+                let revived = Nats::start_on(&self.dir, &self.certs, &port)?;
+                self.nats = Some(revived);
+                Ok(())
             }
         }
+    }
+
+    /// Starts gateway `i` after the first again, on its old user and admin addresses.
+    fn restart_other_gateway(&mut self, i: usize) -> anyhow::Result<()> {
+        let other = &mut self.others[i];
+        let _ = other.process.child.kill();
+        let _ = other.process.child.wait();
+        let (name, config) = (other.process.name.clone(), other.process.config.clone());
+        let mut text: GatewayConfig = toml::from_str(&std::fs::read_to_string(&config)?)?;
+        text.listen = other.process.addr;
+        text.admin.listen = other.admin;
+        std::fs::write(&config, toml::to_string(&text)?)?;
+        let process = self.launch_gateway(&name, config)?.serving()?;
+        self.others[i].process = process;
         Ok(())
     }
 

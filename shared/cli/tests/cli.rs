@@ -362,3 +362,117 @@ async fn edge_deploy_functions_and_rm_drive_the_admin_api_with_exit_codes_script
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("404"), "{err}");
 }
+
+#[test]
+fn edge_up_keeps_serving_when_a_node_dies_and_starts_it_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster_file = dir.path().join("cluster.toml");
+    std::fs::write(
+        &cluster_file,
+        format!(
+            "nodes = 2\nnode_worker_threads = 1\nlisten = \"127.0.0.1:0\"\n[[functions]]\nname = \"hello\"\nmodule = {:?}\n",
+            example("hello")
+        ),
+    )
+    .unwrap();
+    let bins = bin_dir().unwrap();
+    let state = dir.path().join("state");
+    let mut up = Command::new(bins.join("edge"))
+        .arg("up")
+        .arg("--config")
+        .arg(&cluster_file)
+        .arg("--dir")
+        .arg(&state)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Its lines, as they come, on a channel (a reader thread ends with the process).
+    let (lines, said) = std::sync::mpsc::channel();
+    let out = up.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let wait_line = |prefix: &str| -> String {
+        let until = std::time::Instant::now() + Duration::from_secs(60);
+        while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
+            match said.recv_timeout(left) {
+                Ok(line) if line.contains(prefix) => return line,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        panic!("edge up never said {prefix:?}");
+    };
+    let addr = wait_line("edge: users connect to https://");
+    let addr = addr
+        .strip_prefix("edge: users connect to https://")
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let ca = state.join("certs/ca.pem");
+    let call = || {
+        Command::new(bins.join("edge"))
+            .arg("call")
+            .arg("--ca")
+            .arg(&ca)
+            .arg(format!("https://{addr}/hello"))
+            .output()
+            .unwrap()
+    };
+    let node_pid = || {
+        let found = Command::new("pgrep")
+            .arg("-f")
+            .arg(state.join("node-1.toml").to_str().unwrap())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&found.stdout).trim().to_string()
+    };
+    let before = node_pid();
+    assert!(!before.is_empty(), "node-1 is not running");
+
+    // SIGKILL node-1: edge up says so with the cause, and keeps the rest serving.
+    let killed = Command::new("kill")
+        .args(["-KILL", &before])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let exited = wait_line("node-1 exited");
+    assert!(
+        exited.contains("SIGKILL") && exited.contains("node-1.log"),
+        "{exited}"
+    );
+    assert!(call().status.success(), "the cluster stopped serving");
+    // It starts node-1 again, a new process, and everything serves.
+    wait_line("edge: node-1 started again");
+    let after = node_pid();
+    assert!(!after.is_empty() && after != before, "{before} -> {after}");
+    for _ in 0..5 {
+        let answer = call();
+        assert!(
+            answer.status.success(),
+            "{}",
+            String::from_utf8_lossy(&answer.stderr)
+        );
+    }
+    assert!(matches!(up.try_wait(), Ok(None)), "edge up exited");
+
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(up.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(
+        wait_for(Duration::from_secs(20), || matches!(
+            up.try_wait(),
+            Ok(Some(_))
+        )),
+        "edge up did not stop"
+    );
+}
