@@ -19,6 +19,10 @@ struct Args {
     /// Configuration file (TOML).
     #[arg(long)]
     config: PathBuf,
+    /// Validate the configuration file (every key, and the files it names) and exit:
+    /// 0 when it is valid, 2 naming the file and key when not.
+    #[arg(long)]
+    check_config: bool,
     /// Once listening, write the bound address to this file.
     #[arg(long)]
     announce: Option<PathBuf>,
@@ -33,6 +37,10 @@ fn main() {
             std::process::exit(2);
         }
     };
+    if args.check_config {
+        println!("edge-node: {} is valid", args.config.display());
+        return;
+    }
     logging::init(config.log_format);
     let runtime = tokio::runtime::Runtime::new().expect("starting the async runtime");
     if let Err(e) = runtime.block_on(run(config, args.announce)) {

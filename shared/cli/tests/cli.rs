@@ -476,3 +476,45 @@ fn edge_up_keeps_serving_when_a_node_dies_and_starts_it_again() {
         "edge up did not stop"
     );
 }
+
+#[test]
+fn check_config_validates_and_exits_without_serving() {
+    // The files a running local cluster uses are valid; a broken one is not.
+    let (cluster, dir) = support::start(1, vec![support::function("hello", Default::default())]);
+    for (binary, file) in [
+        ("edge-node", "node-1.toml"),
+        ("edge-gateway", "gateway.toml"),
+    ] {
+        let config = cluster.dir().join(file);
+        let out = Command::new(bin_dir().unwrap().join(binary))
+            .arg("--check-config")
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{binary}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(said.contains(file) && said.contains("is valid"), "{said}");
+        // The same file with a key no version knows.
+        let broken = dir.path().join(format!("broken-{file}"));
+        let text = std::fs::read_to_string(&config).unwrap();
+        std::fs::write(&broken, format!("no_such_key = 1\n{text}")).unwrap();
+        let out = Command::new(bin_dir().unwrap().join(binary))
+            .arg("--check-config")
+            .arg("--config")
+            .arg(&broken)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{binary}: {err}");
+        assert!(
+            err.contains("no_such_key") && err.contains("broken-"),
+            "{err}"
+        );
+    }
+}
