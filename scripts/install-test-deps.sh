@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond cargo, if missing: the wasm32-wasip1 target
 # (scripts/build-functions.sh adds it), curl (HTTP/1.1 and HTTP/2 client), pgrep,
-# nats-server (the shared registry's JetStream), and aioquic (an independent HTTP/3
-# client) for python3.
+# nats-server (the shared registry's JetStream), and for python3 aioquic (an independent
+# HTTP/3 client) and prometheus_client (its OpenMetrics parser checks /metrics).
 set -euo pipefail
 missing=()
 command -v curl >/dev/null || missing+=(curl)
@@ -17,7 +17,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
-if ! python3 -c 'import aioquic' 2>/dev/null; then
-  python3 -m pip install --quiet aioquic ||
-    python3 -m pip install --quiet --break-system-packages aioquic
-fi
+for module in aioquic prometheus_client; do
+  if ! python3 -c "import $module" 2>/dev/null; then
+    python3 -m pip install --quiet "$module" ||
+      python3 -m pip install --quiet --break-system-packages "$module"
+  fi
+done

@@ -29,6 +29,7 @@ pub mod cluster;
 pub mod functions;
 pub mod ingress;
 pub mod membership;
+pub mod metrics;
 pub mod nats;
 pub mod nodes;
 pub mod proxy;

@@ -45,6 +45,9 @@ struct Args {
     /// Write the admin API's bound address to this file (before `--announce`).
     #[arg(long)]
     announce_admin: Option<PathBuf>,
+    /// Write the metrics listener's bound address to this file (before `--announce`).
+    #[arg(long)]
+    announce_metrics: Option<PathBuf>,
     /// Before announcing, wait (up to 30 s) until gossip has brought this many nodes,
     /// and place every function on its home node among them.
     #[arg(long, default_value_t = 0)]
@@ -57,6 +60,7 @@ struct Announce {
     status: Option<PathBuf>,
     gossip: Option<PathBuf>,
     admin: Option<PathBuf>,
+    metrics: Option<PathBuf>,
 }
 
 /// Longest `--expect-nodes` waits.
@@ -84,6 +88,7 @@ fn main() {
         status: args.announce_status,
         gossip: args.announce_gossip,
         admin: args.announce_admin,
+        metrics: args.announce_metrics,
     };
     if let Err(e) = runtime.block_on(run(config, announced, args.expect_nodes)) {
         eprintln!("edge-gateway: {e:#}");
@@ -207,6 +212,10 @@ async fn run(config: GatewayConfig, announce: Announce, expect_nodes: usize) -> 
             .with_context(|| format!("binding the admin API on TCP {listen}"))?;
         Some((token, listener))
     };
+    let metrics_listen = config.metrics_listen;
+    let metrics = TcpListener::bind(metrics_listen)
+        .await
+        .with_context(|| format!("binding the metrics listener on TCP {metrics_listen}"))?;
     let link = gossip::Link::udp(config.gossip.listen).await?;
     // With a shared registry, changes are watched from before the functions are read,
     // so none made meanwhile is missed.
@@ -241,6 +250,16 @@ async fn run(config: GatewayConfig, announce: Announce, expect_nodes: usize) -> 
     let watch = tokio::spawn(Arc::clone(&gateway).watch_cluster(
         Arc::clone(&gossip),
         settings.interval,
+        stop.clone(),
+    ));
+    let metrics_at = metrics.local_addr()?;
+    tracing::info!(at = %metrics_at, "metrics serving at /metrics");
+    if let Some(path) = &announce.metrics {
+        std::fs::write(path, metrics_at.to_string())?;
+    }
+    tokio::spawn(edge_net::metrics::serve(
+        metrics,
+        gateway.metrics(),
         stop.clone(),
     ));
     if let (Some((shared, changes)), Some(config)) = (shared, watched) {

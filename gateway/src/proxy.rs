@@ -24,6 +24,7 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use crate::budget::BodyBudget;
 use crate::functions::{Function, Functions};
 use crate::membership::{InFlight, Membership, Snapshot};
+use crate::metrics::GatewayMetrics;
 use crate::nodes::{ForwardError, NodePool};
 
 /// Where a response's body comes from.
@@ -152,6 +153,10 @@ pub struct Gateway {
     /// (node, deployment fingerprint) pairs being warmed now (asked for once).
     pub(crate) warming: Mutex<HashSet<(SocketAddr, u64)>>,
     alt_svc: HeaderValue,
+    /// Its Prometheus metrics.
+    metrics: GatewayMetrics,
+    /// Where they are registered (served at `metrics_listen`).
+    metrics_registry: Arc<prometheus_client::registry::Registry>,
     /// The users' port (HTTP/3 and TCP).
     port: u16,
     body_budget: BodyBudget,
@@ -213,6 +218,8 @@ impl Gateway {
         let (prewarm, prewarm_queue) = tokio::sync::mpsc::unbounded_channel();
         let (retired, retired_queue) = tokio::sync::mpsc::unbounded_channel();
         let body_budget = BodyBudget::new(config.ingress.max_buffered_body_bytes);
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = GatewayMetrics::new(&mut registry);
         Ok(Gateway {
             name,
             prewarm,
@@ -229,6 +236,8 @@ impl Gateway {
             nodes,
             next_node: AtomicUsize::new(0),
             alt_svc,
+            metrics,
+            metrics_registry: Arc::new(registry),
             port: h3_port,
             body_budget,
         })
@@ -250,6 +259,11 @@ impl Gateway {
                 let _ = self.retired.send(Arc::clone(version));
             }
         }
+    }
+
+    /// The registry of the gateway's metrics, to serve.
+    pub fn metrics(&self) -> Arc<prometheus_client::registry::Registry> {
+        Arc::clone(&self.metrics_registry)
     }
 
     /// The gateway's configuration.
@@ -367,6 +381,31 @@ impl Gateway {
     /// trying nodes as the [`Attempts`] sequence says.
     pub async fn forward(&self, routed: Routed, request: Request<()>, body: Bytes) -> Forwarded {
         let started = Instant::now();
+        let _in_flight = self.metrics.in_flight();
+        let function = Arc::clone(&routed.function);
+        let forwarded = self.attempt(routed, request, body, started).await;
+        let node = forwarded
+            .head
+            .headers()
+            .get(wire::NODE_HEADER)
+            .and_then(|v| v.to_str().ok());
+        self.metrics.answered(
+            &function.manifest.name,
+            forwarded.head.status().as_u16(),
+            node,
+            started.elapsed(),
+        );
+        forwarded
+    }
+
+    /// [`Gateway::forward`]'s attempts, from `started`.
+    async fn attempt(
+        &self,
+        routed: Routed,
+        request: Request<()>,
+        body: Bytes,
+        started: Instant,
+    ) -> Forwarded {
         let request_id = new_request_id();
         let function = &routed.function;
         let snapshot = self.membership.snapshot();

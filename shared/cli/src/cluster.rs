@@ -274,6 +274,7 @@ impl LocalCluster {
                 ..GossipConfig::default()
             },
             status_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            metrics_listen: spec.metrics_listen,
             admin: AdminConfig {
                 listen: spec.admin_listen,
                 token_file: cluster.certs.admin_token.clone(),
@@ -310,6 +311,7 @@ impl LocalCluster {
                     listen: SocketAddr::new(spec.admin_listen.ip(), 0),
                     ..gateway.admin.clone()
                 },
+                metrics_listen: SocketAddr::new(spec.metrics_listen.ip(), 0),
                 state_dir: cluster.dir.join(format!("{name}-state")),
                 ..gateway.clone()
             };
@@ -326,11 +328,12 @@ impl LocalCluster {
     /// file (`NAME.status`, `NAME.gossip`, `NAME.admin`).
     fn launch_gateway(&self, name: &str, config: PathBuf) -> anyhow::Result<Launched> {
         let expect = self.spec.nodes.to_string();
-        let [status, gossip, admin] = ["status", "gossip", "admin"].map(|what| {
-            let file = self.dir.join(format!("{name}.{what}"));
-            let _ = std::fs::remove_file(&file);
-            file.to_string_lossy().to_string()
-        });
+        let [status, gossip, admin, metrics] =
+            ["status", "gossip", "admin", "metrics"].map(|what| {
+                let file = self.dir.join(format!("{name}.{what}"));
+                let _ = std::fs::remove_file(&file);
+                file.to_string_lossy().to_string()
+            });
         self.launch(
             "edge-gateway",
             name,
@@ -345,6 +348,8 @@ impl LocalCluster {
                 &gossip,
                 "--announce-admin",
                 &admin,
+                "--announce-metrics",
+                &metrics,
             ],
         )
     }
@@ -369,6 +374,9 @@ impl LocalCluster {
         text.gossip.listen = self.seed;
         text.status_listen = self.status;
         text.admin.listen = self.admin;
+        if let Ok(at) = announced(&self.dir.join("gateway.metrics")) {
+            text.metrics_listen = at;
+        }
         std::fs::write(&config, toml::to_string(&text)?)?;
         self.gateway = Some(self.launch_gateway("gateway", config)?.serving()?);
         Ok(())
@@ -482,6 +490,15 @@ impl LocalCluster {
     pub fn gateway_addrs(&self) -> Vec<SocketAddr> {
         let others = self.others.iter().map(|g| g.process.addr);
         std::iter::once(self.gateway_addr()).chain(others).collect()
+    }
+
+    /// Every gateway's metrics address (`http://ADDR/metrics`), the first's first.
+    pub fn gateway_metrics_addrs(&self) -> anyhow::Result<Vec<SocketAddr>> {
+        let names = std::iter::once("gateway".to_string())
+            .chain(self.others.iter().map(|g| g.process.name.clone()));
+        names
+            .map(|name| announced(&self.dir.join(format!("{name}.metrics"))))
+            .collect()
     }
 
     /// Every gateway's admin API address, the first's first.

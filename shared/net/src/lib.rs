@@ -20,6 +20,7 @@ pub mod gossip;
 pub mod http3;
 pub mod lifecycle;
 pub mod logging;
+pub mod metrics;
 pub mod pki;
 pub mod quic;
 pub mod tls;

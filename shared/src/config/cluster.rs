@@ -29,6 +29,10 @@ pub struct ClusterConfig {
     /// The gateway's admin API address (TCP); port 0, the default, picks a free one
     /// (`config/cluster.toml`, what `edge up` runs, sets 4480).
     pub admin_listen: SocketAddr,
+    /// The first gateway's Prometheus metrics address (TCP, `GET /metrics`); port 0, the
+    /// default, picks a free one (`config/cluster.toml` sets 9480, which
+    /// `config/prometheus.yml` scrapes). Other gateways take free ports.
+    pub metrics_listen: SocketAddr,
     /// Domain under which functions answer as `NAME.<domain>`.
     pub domain: String,
     /// The gateway's routing policy.
@@ -64,6 +68,7 @@ impl Default for ClusterConfig {
             node_cpus: Vec::new(),
             listen: SocketAddr::from(([127, 0, 0, 1], 4433)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            metrics_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             domain: "edge.localhost".into(),
             routing: RoutingPolicy::LeastLoadedWarm,
             gossip_interval_ms: GossipConfig::default().interval_ms,

@@ -36,6 +36,9 @@ pub struct GatewayConfig {
     /// the nodes as this gateway sees them, and its gossip. Never the users' port; port
     /// 0 picks a free one.
     pub status_listen: SocketAddr,
+    /// TCP address of the gateway's Prometheus metrics (plain HTTP, `GET /metrics`,
+    /// OpenMetrics text); never the users' port. Port 0 picks a free one.
+    pub metrics_listen: SocketAddr,
     /// Longest the gateway waits for a node's answer, in ms.
     pub request_timeout_ms: u64,
     /// How the gateway picks a node for each request.
@@ -79,6 +82,7 @@ impl Default for GatewayConfig {
             cluster_key: PathBuf::new(),
             gossip: GossipConfig::default(),
             status_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9480)),
             request_timeout_ms: 30_000,
             routing: RoutingPolicy::LeastLoadedWarm,
             max_request_body_bytes: 16 << 20,

@@ -1,0 +1,98 @@
+//! The gateway's Prometheus metrics, served on `metrics_listen` by
+//! `edge_net::metrics`: requests by function, status and node, the time from a
+//! request's arrival to its answer's head, and requests in flight.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// A request's labels.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    function: String,
+    /// The HTTP status answered.
+    status: String,
+    /// The node that answered; `none` when the gateway answered itself.
+    node: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FunctionLabels {
+    function: String,
+}
+
+/// Histogram buckets of request times: 0.5 ms doubling to about 16 s.
+fn request_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// The gateway's metrics.
+pub struct GatewayMetrics {
+    requests: Family<RequestLabels, Counter>,
+    duration: Family<FunctionLabels, Histogram, fn() -> Histogram>,
+    in_flight: Gauge,
+}
+
+impl GatewayMetrics {
+    /// The metrics, registered in `registry`.
+    pub fn new(registry: &mut Registry) -> GatewayMetrics {
+        let metrics = GatewayMetrics {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(request_buckets as fn() -> Histogram),
+            in_flight: Gauge::default(),
+        };
+        let edge = registry.sub_registry_with_prefix("edge_gateway");
+        edge.register(
+            "requests",
+            "Requests routed to a function, by function, status and node",
+            metrics.requests.clone(),
+        );
+        edge.register(
+            "request_duration_seconds",
+            "Time from a request's arrival (its body read) to its answer's head, by function",
+            metrics.duration.clone(),
+        );
+        edge.register(
+            "requests_in_flight",
+            "Requests routed and not yet answered",
+            metrics.in_flight.clone(),
+        );
+        metrics
+    }
+
+    /// Counts a request as in flight until the guard drops.
+    pub fn in_flight(&self) -> InFlightRequest<'_> {
+        self.in_flight.inc();
+        InFlightRequest(&self.in_flight)
+    }
+
+    /// Counts an answer to a request for `function`.
+    pub fn answered(&self, function: &str, status: u16, node: Option<&str>, took: Duration) {
+        let labels = RequestLabels {
+            function: function.to_string(),
+            status: status.to_string(),
+            node: node.unwrap_or("none").to_string(),
+        };
+        self.requests.get_or_create(&labels).inc();
+        let function = FunctionLabels {
+            function: function.to_string(),
+        };
+        self.duration
+            .get_or_create(&function)
+            .observe(took.as_secs_f64());
+    }
+}
+
+/// A request counted in flight.
+pub struct InFlightRequest<'a>(&'a Gauge);
+
+impl Drop for InFlightRequest<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
