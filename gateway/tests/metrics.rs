@@ -1,6 +1,6 @@
-//! The gateway's Prometheus metrics over real processes: `/metrics` on its own
-//! listener parses as OpenMetrics text (checked by the Python client's strict parser,
-//! not a grep), and its counters and histograms move with traffic.
+//! The gateway's and the nodes' Prometheus metrics over real processes: `/metrics` on
+//! each one's own listener parses as OpenMetrics text (checked by the Python client's
+//! strict parser, not a grep), and its counters and histograms move with traffic.
 
 mod support;
 
@@ -10,10 +10,14 @@ use edge_cli::cluster::LocalCluster;
 use edge_shared::manifest::Limits;
 use support::{client, function, start, url};
 
-/// Every sample of the gateway's `/metrics`, as the OpenMetrics parser reads them:
-/// `name{label="value",...}` (labels sorted) → value.
+/// Every sample of the gateway's `/metrics`.
 async fn scrape(cluster: &LocalCluster) -> BTreeMap<String, f64> {
-    let at = cluster.gateway_metrics_addrs().unwrap()[0];
+    scrape_at(cluster.gateway_metrics_addrs().unwrap()[0]).await
+}
+
+/// Every sample of the `/metrics` at `at`, as the OpenMetrics parser reads them:
+/// `name{label="value",...}` (labels sorted) → value.
+async fn scrape_at(at: std::net::SocketAddr) -> BTreeMap<String, f64> {
     let text = tokio::process::Command::new("curl")
         .args(["-sf", "--max-time", "10"])
         .arg(format!("http://{at}/metrics"))
@@ -79,4 +83,28 @@ async fn metrics_parse_and_move_with_traffic() {
         assert_eq!(after.get(inf), Some(&round), "{after:?}");
         assert_eq!(after.get(in_flight), Some(&0.0), "{after:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nodes_metrics_count_calls_and_time_their_phases() {
+    let (cluster, _dir) = start(1, vec![function("hello", Limits::default())]);
+    let at = cluster.node_metrics_addrs().unwrap()[0];
+    let calls = r#"edge_node_calls_total{function="hello",status="200"}"#;
+    let phase = |p: &str| {
+        format!(r#"edge_node_phase_duration_seconds_count{{function="hello",phase="{p}"}}"#)
+    };
+    assert_eq!(scrape_at(at).await.get(calls), None);
+    let c = client(&cluster).await;
+    for _ in 0..4 {
+        let r = c.get(&url(&cluster, "/hello")).await.unwrap();
+        assert_eq!(r.status, http::StatusCode::OK);
+    }
+    let after = scrape_at(at).await;
+    assert_eq!(after.get(calls), Some(&4.0), "{after:?}");
+    for p in ["queue", "run"] {
+        assert_eq!(after.get(&phase(p)), Some(&4.0), "{p}: {after:?}");
+    }
+    let run_sum =
+        format!(r#"edge_node_phase_duration_seconds_sum{{function="hello",phase="run"}}"#);
+    assert!(after[&run_sum] > 0.0, "{after:?}");
 }

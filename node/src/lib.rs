@@ -29,6 +29,7 @@ pub mod call;
 pub mod cgi;
 pub mod deployment;
 pub mod fuzz;
+pub mod metrics;
 pub mod node;
 pub mod pool;
 pub mod runtime;

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::Parser;
 use edge_net::gossip::{self, ClusterKey, Gossip, LoadReport, Role, WarmSet};
 use edge_net::lifecycle::{InFlight, Shutdown};
@@ -26,6 +27,9 @@ struct Args {
     /// Once listening, write the bound address to this file.
     #[arg(long)]
     announce: Option<PathBuf>,
+    /// Write the metrics listener's bound address to this file (before `--announce`).
+    #[arg(long)]
+    announce_metrics: Option<PathBuf>,
 }
 
 fn main() {
@@ -43,13 +47,17 @@ fn main() {
     }
     logging::init(config.log_format);
     let runtime = tokio::runtime::Runtime::new().expect("starting the async runtime");
-    if let Err(e) = runtime.block_on(run(config, args.announce)) {
+    if let Err(e) = runtime.block_on(run(config, args.announce, args.announce_metrics)) {
         tracing::error!("edge-node: {e:#}");
         std::process::exit(1);
     }
 }
 
-async fn run(config: NodeConfig, announce: Option<PathBuf>) -> anyhow::Result<()> {
+async fn run(
+    config: NodeConfig,
+    announce: Option<PathBuf>,
+    announce_metrics: Option<PathBuf>,
+) -> anyhow::Result<()> {
     let signal = Shutdown::on_signals()?;
     let identity = tls::Identity {
         cert: &config.tls_cert,
@@ -70,6 +78,10 @@ async fn run(config: NodeConfig, announce: Option<PathBuf>) -> anyhow::Result<()
     };
     let grace = Duration::from_millis(config.shutdown_grace_ms);
     let link = gossip::Link::udp(config.gossip.listen).await?;
+    let metrics_listen = config.metrics_listen;
+    let metrics = tokio::net::TcpListener::bind(metrics_listen)
+        .await
+        .with_context(|| format!("binding the metrics listener on TCP {metrics_listen}"))?;
     let node = Arc::new(Node::new(config)?);
     let gossip = Arc::new(Gossip::start(&settings, link, key).await?);
     node.attach_gossip(Arc::clone(&gossip));
@@ -81,6 +93,16 @@ async fn run(config: NodeConfig, announce: Option<PathBuf>) -> anyhow::Result<()
         Arc::clone(&node),
         Arc::clone(&gossip),
         settings.interval,
+        serving.clone(),
+    ));
+    let metrics_at = metrics.local_addr()?;
+    tracing::info!(at = %metrics_at, "metrics serving at /metrics");
+    if let Some(path) = announce_metrics {
+        std::fs::write(&path, metrics_at.to_string())?;
+    }
+    tokio::spawn(edge_net::metrics::serve(
+        metrics,
+        node.metrics(),
         serving.clone(),
     ));
     if let Some(path) = announce {

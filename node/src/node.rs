@@ -19,6 +19,7 @@ use crate::admission::Admitter;
 use crate::call::{Answer, Call, Failure};
 use crate::cgi::{self, CgiRequest};
 use crate::deployment::{self, DeployError, Deployment, micros};
+use crate::metrics::NodeMetrics;
 use crate::pool::{InstancePool, PoolSizer};
 use crate::runtime::cache::{LoadError, Loaded, ModuleCache, Source};
 use crate::runtime::invoke::{self, Invocation, RunError};
@@ -27,6 +28,10 @@ use crate::workers::WorkerPool;
 /// The node: its deployments, module cache, admission and worker threads.
 pub struct Node {
     pub(crate) config: NodeConfig,
+    /// Its Prometheus metrics.
+    pub(crate) metrics: NodeMetrics,
+    /// Where they are registered (served at `metrics_listen`).
+    metrics_registry: Arc<prometheus_client::registry::Registry>,
     /// Requests running or queued per sending gateway.
     pub(crate) from_gateways: Mutex<HashMap<String, usize>>,
     pub(crate) gossip: OnceLock<Arc<Gossip>>,
@@ -55,7 +60,11 @@ impl Node {
             n => n,
         };
         let admitter = Admitter::new(threads, config.memory_budget_mib << 20);
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = NodeMetrics::new(&mut registry);
         Ok(Node {
+            metrics,
+            metrics_registry: Arc::new(registry),
             from_gateways: Mutex::default(),
             gossip: OnceLock::new(),
             cache: Arc::new(ModuleCache::open(
@@ -75,6 +84,11 @@ impl Node {
             draining: AtomicBool::new(false),
             config,
         })
+    }
+
+    /// The registry of the node's metrics, to serve.
+    pub fn metrics(&self) -> Arc<prometheus_client::registry::Registry> {
+        Arc::clone(&self.metrics_registry)
     }
 
     /// The node's name.

@@ -226,7 +226,16 @@ async fn invoke(
         body,
         request,
     };
-    let answer = node.invoke(&deployment, call).await?;
+    let name = &deployment.manifest.name;
+    let answer = match node.invoke(&deployment, call).await {
+        Ok(answer) => answer,
+        Err(failure) => {
+            node.metrics.called(name, failure.status().as_u16(), None);
+            return Err(failure);
+        }
+    };
+    node.metrics
+        .called(name, answer.head.status.as_u16(), Some(&answer.timing));
     let mut response = Response::new(());
     *response.status_mut() = answer.head.status;
     let headers = response.headers_mut();

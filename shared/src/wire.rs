@@ -195,6 +195,13 @@ impl ServerTiming {
         self.entries.extend(other.entries);
     }
 
+    /// Every entry: its name and duration.
+    pub fn entries(&self) -> impl Iterator<Item = (&str, Duration)> {
+        self.entries
+            .iter()
+            .map(|(name, ms)| (name.as_str(), Duration::from_secs_f64(ms.max(0.0) / 1000.0)))
+    }
+
     /// The duration of metric `name` in milliseconds.
     pub fn get_ms(&self, name: &str) -> Option<f64> {
         self.entries

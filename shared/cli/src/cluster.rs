@@ -394,6 +394,7 @@ impl LocalCluster {
             tls_key: own.key,
             cluster_ca: self.certs.ca.clone(),
             cache_dir: self.dir.join(&name).join("cache"),
+            metrics_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             worker_threads: self
                 .spec
                 .worker_threads_per_node
@@ -414,22 +415,22 @@ impl LocalCluster {
             .get(i)
             .filter(|c| !c.is_empty())
             .cloned();
-        let node = self.spawn("edge-node", &name, &toml::to_string(&config)?, cpus)?;
+        let metrics = self.dir.join(format!("{name}.metrics"));
+        let _ = std::fs::remove_file(&metrics);
+        let config_file = self.dir.join(format!("{name}.toml"));
+        std::fs::write(&config_file, toml::to_string(&config)?)?;
+        let announce = metrics.to_string_lossy().to_string();
+        let node = self
+            .launch(
+                "edge-node",
+                &name,
+                config_file,
+                cpus,
+                &["--announce-metrics", &announce],
+            )?
+            .serving()?;
         self.nodes.push(node);
         Ok(i)
-    }
-
-    /// Writes `NAME.toml`, starts `binary` with it, waits for its announced address.
-    fn spawn(
-        &self,
-        binary: &str,
-        name: &str,
-        config_text: &str,
-        cpus: Option<String>,
-    ) -> anyhow::Result<Process> {
-        let config = self.dir.join(format!("{name}.toml"));
-        std::fs::write(&config, config_text)?;
-        self.launch(binary, name, config, cpus, &[])?.serving()
     }
 
     /// Starts `binary` (pinned to `cpus` with `taskset` if given), asking it to
@@ -498,6 +499,14 @@ impl LocalCluster {
             .chain(self.others.iter().map(|g| g.process.name.clone()));
         names
             .map(|name| announced(&self.dir.join(format!("{name}.metrics"))))
+            .collect()
+    }
+
+    /// Every node's metrics address (`http://ADDR/metrics`), in start order.
+    pub fn node_metrics_addrs(&self) -> anyhow::Result<Vec<SocketAddr>> {
+        self.nodes
+            .iter()
+            .map(|n| announced(&self.dir.join(format!("{}.metrics", n.name))))
             .collect()
     }
 
@@ -603,9 +612,20 @@ impl LocalCluster {
         };
         let mut text: NodeConfig = toml::from_str(&std::fs::read_to_string(&config)?)?;
         text.listen = addr;
+        let metrics = self.dir.join(format!("{name}.metrics"));
+        if let Ok(at) = announced(&metrics) {
+            text.metrics_listen = at;
+        }
         std::fs::write(&config, toml::to_string(&text)?)?;
+        let announce = metrics.to_string_lossy().to_string();
         self.nodes[i] = self
-            .launch("edge-node", &name, config, cpus, &[])?
+            .launch(
+                "edge-node",
+                &name,
+                config,
+                cpus,
+                &["--announce-metrics", &announce],
+            )?
             .serving()?;
         Ok(())
     }

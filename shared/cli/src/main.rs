@@ -447,6 +447,9 @@ fn up(
     for (i, at) in cluster.gateway_metrics_addrs()?.iter().enumerate() {
         println!("edge: gateway {} metrics: http://{at}/metrics", i + 1);
     }
+    for (i, at) in cluster.node_metrics_addrs()?.iter().enumerate() {
+        println!("edge: node-{} metrics: http://{at}/metrics", i + 1);
+    }
     if let Some(url) = cluster.nats_url() {
         println!("edge: registry: NATS JetStream at {url}, shared by every gateway");
     }

@@ -17,6 +17,9 @@ pub struct NodeConfig {
     pub name: String,
     /// UDP address serving HTTP/3 to gateways; port 0 picks a free one.
     pub listen: SocketAddr,
+    /// TCP address of the node's Prometheus metrics (plain HTTP, `GET /metrics`,
+    /// OpenMetrics text); port 0 picks a free one.
+    pub metrics_listen: SocketAddr,
     /// PEM certificate chain of this node, issued by the cluster CA for `edge-node`.
     pub tls_cert: PathBuf,
     /// PEM private key of `tls_cert`.
@@ -61,6 +64,7 @@ impl Default for NodeConfig {
         NodeConfig {
             name: "node".into(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9481)),
             tls_cert: PathBuf::new(),
             tls_key: PathBuf::new(),
             cluster_ca: PathBuf::new(),
