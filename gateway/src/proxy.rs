@@ -18,6 +18,7 @@ use edge_net::tls;
 use edge_shared::attempt::{self, Attempts, Outcome, Step};
 use edge_shared::config::GatewayConfig;
 use edge_shared::routing::{self, Rng as _, SplitMix64};
+use edge_shared::trace::{self, TraceContext};
 use edge_shared::wire::{self, Refusal, ServerTiming};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 
@@ -406,7 +407,8 @@ impl Gateway {
         body: Bytes,
         started: Instant,
     ) -> Forwarded {
-        let request_id = new_request_id();
+        let trace = trace_of(request.headers(), new_request_id());
+        let request_id = &trace.request_id;
         let function = &routed.function;
         let snapshot = self.membership.snapshot();
         let decision = self.decide(&snapshot, function);
@@ -432,7 +434,7 @@ impl Gateway {
                 Step::Send(i) => {
                     let node = snapshot.view.nodes[i].addr;
                     let sent = self
-                        .send(node, function, &routed, &request, &request_id, body.clone())
+                        .send(node, function, &routed, &request, &trace, body.clone())
                         .await;
                     match sent {
                         Ok((head, stream)) => {
@@ -453,7 +455,7 @@ impl Gateway {
                         }
                         Err(SendError::TimedOut) => Outcome::TimedOut,
                         Err(SendError::Forward(e)) => {
-                            tracing::warn!(%request_id, error = %e, "forwarding failed");
+                            tracing::warn!(%request_id, trace_id = %trace.context.trace_id_hex(), error = %e, "forwarding failed");
                             if matches!(e, ForwardError::Unreachable { .. }) {
                                 self.membership.failed(&snapshot.counters[i]);
                             }
@@ -486,9 +488,9 @@ impl Gateway {
                     };
                     return match kept {
                         Some((head, stream)) => {
-                            self.finish(head, stream, function, &request_id, deploying, started)
+                            self.finish(head, stream, function, request_id, deploying, started)
                         }
-                        None => self.error_response(GatewayError::NoNode(last_error), &request_id),
+                        None => self.error_response(GatewayError::NoNode(last_error), request_id),
                     };
                 }
                 Step::Fail(failure) => {
@@ -497,7 +499,7 @@ impl Gateway {
                         attempt::Failure::DeployFailed => GatewayError::DeployFailed(last_error),
                         attempt::Failure::TimedOut => GatewayError::Timeout(self.request_timeout()),
                     };
-                    return self.error_response(error, &request_id);
+                    return self.error_response(error, request_id);
                 }
             };
             attempts.next(outcome);
@@ -540,7 +542,7 @@ impl Gateway {
         function: &Function,
         routed: &Routed,
         request: &Request<()>,
-        request_id: &str,
+        trace: &Trace,
         body: Bytes,
     ) -> Result<(Response<()>, ClientStream), SendError> {
         // The user's authority travels as the request's own (h3 refuses a `host` header
@@ -572,8 +574,15 @@ impl Gateway {
                 headers.insert(name, v);
             }
         };
+        // The trace as this gateway passes it on: never the user's header as it came.
+        headers.remove(trace::TRACEPARENT);
+        headers.remove(trace::TRACESTATE);
+        set(headers, trace::TRACEPARENT, &trace.context.header());
+        if let Some(state) = &trace.state {
+            headers.insert(trace::TRACESTATE, state.clone());
+        }
         set(headers, wire::FUNCTION_HEADER, function.deployment.as_str());
-        set(headers, wire::REQUEST_ID_HEADER, request_id);
+        set(headers, wire::REQUEST_ID_HEADER, &trace.request_id);
         set(headers, wire::GATEWAY_HEADER, &self.name);
         set(headers, wire::SCRIPT_NAME_HEADER, &routed.script_name);
         set(
@@ -738,6 +747,51 @@ fn refusal_of(head: &Response<()>) -> Option<Refusal> {
         .get(wire::REFUSED_HEADER)
         .and_then(|v| v.to_str().ok())
         .and_then(Refusal::parse)
+}
+
+/// A request's ids as this gateway forwards it.
+struct Trace {
+    /// The request id this gateway gave it.
+    request_id: String,
+    /// The user's trace, sent on by a span of this gateway's, or a new one.
+    context: TraceContext,
+    /// The user's `tracestate`, kept only beside a valid `traceparent` and when short.
+    state: Option<HeaderValue>,
+}
+
+/// The trace of a request with `headers`: its `traceparent` honoured if it is one
+/// well-formed header, else a new trace; either way sent on by a new span.
+fn trace_of(headers: &HeaderMap, request_id: String) -> Trace {
+    let mut span = [0u8; 8];
+    getrandom::fill(&mut span).expect("the OS random source");
+    let mut parents = headers.get_all(trace::TRACEPARENT).iter();
+    let honoured = match (parents.next(), parents.next()) {
+        (Some(only), None) => only.to_str().ok().and_then(TraceContext::parse),
+        _ => None,
+    };
+    match honoured {
+        Some(parent) => {
+            let mut states = headers.get_all(trace::TRACESTATE).iter();
+            let state = match (states.next(), states.next()) {
+                (Some(only), None) if only.len() <= trace::MAX_TRACESTATE => Some(only.clone()),
+                _ => None,
+            };
+            Trace {
+                request_id,
+                context: parent.child(span),
+                state,
+            }
+        }
+        None => {
+            let mut trace_id = [0u8; 16];
+            getrandom::fill(&mut trace_id).expect("the OS random source");
+            Trace {
+                request_id,
+                context: TraceContext::start(trace_id, span),
+                state: None,
+            }
+        }
+    }
 }
 
 /// A random request id.

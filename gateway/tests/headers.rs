@@ -128,3 +128,77 @@ async fn a_guest_cannot_forge_the_nodes_signals_and_a_user_cannot_forge_the_clus
     let r = c.get(&url(&cluster, "/hello")).await.unwrap();
     assert_eq!(r.status, StatusCode::OK);
 }
+
+/// The `traceparent` and `tracestate` the function `echo` received for a request with
+/// `headers`.
+async fn traced(
+    c: &edge_net::client::H3Client,
+    at: &str,
+    headers: &[(&str, &str)],
+) -> (String, Option<String>) {
+    let mut request = Request::get(at);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let r = c
+        .send(request.body(()).unwrap(), Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    let echoed: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let got = |name: &str| echoed["headers"][name].as_str().map(str::to_string);
+    (
+        got("traceparent").expect("a traceparent reaches the function"),
+        got("tracestate"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trace_is_honoured_when_well_formed_and_started_afresh_when_not() {
+    use edge_shared::trace::TraceContext;
+    let (cluster, _dir) = start(1, vec![function("echo", Limits::default())]);
+    let c = client(&cluster).await;
+    let at = url(&cluster, "/echo");
+    let user = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    // Well-formed: the same trace and flags, sent on by the gateway's own span; its
+    // tracestate goes along.
+    let (parent, state) = traced(
+        &c,
+        &at,
+        &[("traceparent", user), ("tracestate", "vendor=1")],
+    )
+    .await;
+    let (sent, got) = (
+        TraceContext::parse(user).unwrap(),
+        TraceContext::parse(&parent).unwrap(),
+    );
+    assert_eq!(
+        (got.trace_id, got.flags),
+        (sent.trace_id, sent.flags),
+        "{parent}"
+    );
+    assert_ne!(got.parent_id, sent.parent_id, "{parent}");
+    assert_eq!(state.as_deref(), Some("vendor=1"));
+
+    // Malformed, twice given, or absent: a new trace, valid, and no tracestate.
+    let upper = user.to_uppercase();
+    let cases: [&[(&str, &str)]; 4] = [
+        &[("traceparent", upper.as_str()), ("tracestate", "vendor=1")],
+        &[(
+            "traceparent",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        )],
+        &[("traceparent", user), ("traceparent", user)],
+        &[],
+    ];
+    let mut traces = std::collections::HashSet::new();
+    for headers in cases {
+        let (parent, state) = traced(&c, &at, headers).await;
+        let got = TraceContext::parse(&parent).unwrap_or_else(|| panic!("{headers:?}: {parent}"));
+        assert_ne!(got.trace_id, sent.trace_id, "{headers:?}: {parent}");
+        assert_eq!(state, None, "{headers:?}");
+        traces.insert(got.trace_id);
+    }
+    assert_eq!(traces.len(), 4, "each new trace is its own");
+}

@@ -32,5 +32,6 @@ pub mod manifest;
 pub mod module_check;
 pub mod routes;
 pub mod routing;
+pub mod trace;
 pub mod view;
 pub mod wire;
