@@ -32,8 +32,7 @@ use tokio::io::AsyncReadExt as _;
 use crate::functions::Functions;
 use crate::proxy::Gateway;
 use crate::registry::{
-    Deployed, FunctionRecord, FunctionSpec, Registry, RegistryError, RolledBack, RunRecord, Runs,
-    Share, now_ms,
+    Change, Changed, FunctionRecord, Registry, RegistryError, RunRecord, Runs, now_ms,
 };
 
 /// How many times a change is tried again after another gateway's won the race.
@@ -272,38 +271,16 @@ impl Shared {
 
 #[async_trait::async_trait]
 impl Registry for Shared {
-    async fn deploy(
+    async fn change(
         &self,
         name: &str,
-        spec: FunctionSpec,
-        module: Bytes,
-        promote: bool,
-    ) -> Result<(Deployed, FunctionRecord), RegistryError> {
-        let content_id = ContentId::of(&module);
-        self.update(name, true, Some(module), |record| {
-            record.deploy(content_id.clone(), spec.clone(), promote, now_ms())
+        change: Change,
+        module: Option<Bytes>,
+    ) -> Result<(Changed, FunctionRecord), RegistryError> {
+        self.update(name, change.creates(), module, |record| {
+            change.apply(record, now_ms())
         })
         .await
-    }
-
-    async fn set_traffic(
-        &self,
-        name: &str,
-        shares: Vec<Share>,
-    ) -> Result<FunctionRecord, RegistryError> {
-        let ((), record) = self
-            .update(name, false, None, |record| record.set_traffic(&shares))
-            .await?;
-        Ok(record)
-    }
-
-    async fn rollback(
-        &self,
-        name: &str,
-        to: Option<u64>,
-    ) -> Result<(RolledBack, FunctionRecord), RegistryError> {
-        self.update(name, false, None, |record| record.rollback(to, now_ms()))
-            .await
     }
 
     async fn functions(&self) -> Result<Vec<FunctionRecord>, RegistryError> {

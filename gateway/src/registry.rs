@@ -353,9 +353,73 @@ pub struct RolledBack {
     pub restores: u64,
 }
 
+/// A change to one function's record, the same for every backend.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// [`FunctionRecord::deploy`] (a new record if the function has none).
+    Deploy {
+        /// The module's content id.
+        content_id: ContentId,
+        /// What the deploy says besides the module.
+        spec: Box<FunctionSpec>,
+        /// Whether it serves all traffic.
+        promote: bool,
+    },
+    /// [`FunctionRecord::set_traffic`].
+    Traffic(Vec<Share>),
+    /// [`FunctionRecord::rollback`].
+    Rollback(Option<u64>),
+}
+
+/// What a [`Change`] made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Changed {
+    /// A deploy's version.
+    Deployed(Deployed),
+    /// A traffic split, in force.
+    Traffic,
+    /// A rollback's new version.
+    RolledBack(RolledBack),
+}
+
+impl Change {
+    /// Whether it may make a function that has no record yet.
+    pub fn creates(&self) -> bool {
+        matches!(self, Change::Deploy { .. })
+    }
+
+    /// Applies it to `record` at `now_ms`.
+    pub fn apply(
+        &self,
+        record: &mut FunctionRecord,
+        now_ms: u64,
+    ) -> Result<Changed, RegistryError> {
+        match self {
+            Change::Deploy {
+                content_id,
+                spec,
+                promote,
+            } => record
+                .deploy(content_id.clone(), spec.as_ref().clone(), *promote, now_ms)
+                .map(Changed::Deployed),
+            Change::Traffic(shares) => record.set_traffic(shares).map(|()| Changed::Traffic),
+            Change::Rollback(to) => record.rollback(*to, now_ms).map(Changed::RolledBack),
+        }
+    }
+}
+
 /// Where functions, their versions and their modules are kept.
 #[async_trait::async_trait]
 pub trait Registry: Send + Sync {
+    /// Makes `change` to function `name`'s record in one durable step, `module` stored
+    /// first if given; what it made and the record after.
+    async fn change(
+        &self,
+        name: &str,
+        change: Change,
+        module: Option<Bytes>,
+    ) -> Result<(Changed, FunctionRecord), RegistryError>;
+
     /// Makes `module` with `spec` a version of `name` ([`FunctionRecord::deploy`]),
     /// durably. The caller has checked both.
     async fn deploy(
@@ -364,21 +428,39 @@ pub trait Registry: Send + Sync {
         spec: FunctionSpec,
         module: Bytes,
         promote: bool,
-    ) -> Result<(Deployed, FunctionRecord), RegistryError>;
+    ) -> Result<(Deployed, FunctionRecord), RegistryError> {
+        let change = Change::Deploy {
+            content_id: ContentId::of(&module),
+            spec: Box::new(spec),
+            promote,
+        };
+        match self.change(name, change, Some(module)).await? {
+            (Changed::Deployed(deployed), record) => Ok((deployed, record)),
+            (other, _) => Err(RegistryError::Storage(format!("a deploy made {other:?}"))),
+        }
+    }
 
     /// Splits `name`'s traffic as `shares` say ([`FunctionRecord::set_traffic`]).
     async fn set_traffic(
         &self,
         name: &str,
         shares: Vec<Share>,
-    ) -> Result<FunctionRecord, RegistryError>;
+    ) -> Result<FunctionRecord, RegistryError> {
+        let (_, record) = self.change(name, Change::Traffic(shares), None).await?;
+        Ok(record)
+    }
 
     /// Rolls `name` back ([`FunctionRecord::rollback`]).
     async fn rollback(
         &self,
         name: &str,
         to: Option<u64>,
-    ) -> Result<(RolledBack, FunctionRecord), RegistryError>;
+    ) -> Result<(RolledBack, FunctionRecord), RegistryError> {
+        match self.change(name, Change::Rollback(to), None).await? {
+            (Changed::RolledBack(rolled), record) => Ok((rolled, record)),
+            (other, _) => Err(RegistryError::Storage(format!("a rollback made {other:?}"))),
+        }
+    }
 
     /// Every function, by name.
     async fn functions(&self) -> Result<Vec<FunctionRecord>, RegistryError>;
@@ -557,38 +639,15 @@ impl Embedded {
 
 #[async_trait::async_trait]
 impl Registry for Embedded {
-    async fn deploy(
+    async fn change(
         &self,
         name: &str,
-        spec: FunctionSpec,
-        module: Bytes,
-        promote: bool,
-    ) -> Result<(Deployed, FunctionRecord), RegistryError> {
-        let content_id = ContentId::of(&module);
-        self.update(name, true, Some(module), move |record| {
-            record.deploy(content_id, spec, promote, now_ms())
-        })
-        .await
-    }
-
-    async fn set_traffic(
-        &self,
-        name: &str,
-        shares: Vec<Share>,
-    ) -> Result<FunctionRecord, RegistryError> {
-        let ((), record) = self
-            .update(name, false, None, move |record| record.set_traffic(&shares))
-            .await?;
-        Ok(record)
-    }
-
-    async fn rollback(
-        &self,
-        name: &str,
-        to: Option<u64>,
-    ) -> Result<(RolledBack, FunctionRecord), RegistryError> {
-        self.update(name, false, None, move |record| {
-            record.rollback(to, now_ms())
+        change: Change,
+        module: Option<Bytes>,
+    ) -> Result<(Changed, FunctionRecord), RegistryError> {
+        let create = change.creates();
+        self.update(name, create, module, move |record| {
+            change.apply(record, now_ms())
         })
         .await
     }

@@ -11,10 +11,10 @@ use std::time::Duration;
 use edge_cli::cluster::bin_dir;
 use support::{example, wait_for};
 
-#[test]
-fn edge_up_serves_and_edge_call_reaches_it_until_sigterm() {
-    let dir = tempfile::tempdir().unwrap();
-    let cluster_file = dir.path().join("cluster.toml");
+/// `edge up` of two nodes serving `hello` with its state in `dir/state`; its lines on
+/// a channel as it prints them (a reader thread ends with the process).
+fn edge_up(dir: &std::path::Path) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    let cluster_file = dir.join("cluster.toml");
     std::fs::write(
         &cluster_file,
         format!(
@@ -23,26 +23,73 @@ fn edge_up_serves_and_edge_call_reaches_it_until_sigterm() {
         ),
     )
     .unwrap();
-    let bins = bin_dir().unwrap();
-    let mut up = Command::new(bins.join("edge"))
+    let mut up = Command::new(bin_dir().unwrap().join("edge"))
         .arg("up")
         .arg("--config")
         .arg(&cluster_file)
         .arg("--dir")
-        .arg(dir.path().join("state"))
+        .arg(dir.join("state"))
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(up.stdout.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("edge up ended before printing its address")
-            .unwrap();
-        if let Some(rest) = line.strip_prefix("edge: users connect to https://") {
-            break rest.split_whitespace().next().unwrap().to_string();
+    let (lines, said) = std::sync::mpsc::channel();
+    let out = up.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                break;
+            }
         }
-    };
+    });
+    (up, said)
+}
+
+/// The first line of `said` containing `text`, waiting at most 60 s.
+fn wait_line(said: &std::sync::mpsc::Receiver<String>, text: &str) -> String {
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
+        match said.recv_timeout(left) {
+            Ok(line) if line.contains(text) => return line,
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    panic!("edge up never said {text:?}");
+}
+
+/// Sends SIGTERM to `up` and waits (at most 20 s) for it to stop: its exit status.
+fn sigterm(up: &mut std::process::Child) -> std::process::ExitStatus {
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(up.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(
+        wait_for(Duration::from_secs(20), || matches!(
+            up.try_wait(),
+            Ok(Some(_))
+        )),
+        "edge up did not stop"
+    );
+    up.wait().unwrap()
+}
+
+/// The users' address `edge up` printed.
+fn users_addr(said: &std::sync::mpsc::Receiver<String>) -> String {
+    let line = wait_line(said, "edge: users connect to https://");
+    let rest = line
+        .strip_prefix("edge: users connect to https://")
+        .unwrap();
+    rest.split_whitespace().next().unwrap().to_string()
+}
+
+#[test]
+fn edge_up_serves_and_edge_call_reaches_it_until_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let bins = bin_dir().unwrap();
+    let (mut up, said) = edge_up(dir.path());
+    let addr = users_addr(&said);
     let ca = dir.path().join("state/certs/ca.pem");
     let call = Command::new(bins.join("edge"))
         .arg("call")
@@ -61,20 +108,7 @@ fn edge_up_serves_and_edge_call_reaches_it_until_sigterm() {
     assert!(out.contains("x-edge-node: node-"), "{out}");
     assert!(out.ends_with("hello, cli!\n"), "{out}");
 
-    let status = Command::new("kill")
-        .arg("-TERM")
-        .arg(up.id().to_string())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    assert!(
-        wait_for(Duration::from_secs(20), || matches!(
-            up.try_wait(),
-            Ok(Some(_))
-        )),
-        "edge up did not stop"
-    );
-    assert!(up.wait().unwrap().success());
+    assert!(sigterm(&mut up).success());
     // Every process it started is gone.
     let state = dir.path().join("state");
     let left = Command::new("pgrep")
@@ -366,55 +400,10 @@ async fn edge_deploy_functions_and_rm_drive_the_admin_api_with_exit_codes_script
 #[test]
 fn edge_up_keeps_serving_when_a_node_dies_and_starts_it_again() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster_file = dir.path().join("cluster.toml");
-    std::fs::write(
-        &cluster_file,
-        format!(
-            "nodes = 2\nnode_worker_threads = 1\nlisten = \"127.0.0.1:0\"\n[[functions]]\nname = \"hello\"\nmodule = {:?}\n",
-            example("hello")
-        ),
-    )
-    .unwrap();
     let bins = bin_dir().unwrap();
     let state = dir.path().join("state");
-    let mut up = Command::new(bins.join("edge"))
-        .arg("up")
-        .arg("--config")
-        .arg(&cluster_file)
-        .arg("--dir")
-        .arg(&state)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Its lines, as they come, on a channel (a reader thread ends with the process).
-    let (lines, said) = std::sync::mpsc::channel();
-    let out = up.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if lines.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let wait_line = |prefix: &str| -> String {
-        let until = std::time::Instant::now() + Duration::from_secs(60);
-        while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
-            match said.recv_timeout(left) {
-                Ok(line) if line.contains(prefix) => return line,
-                Ok(_) => {}
-                Err(_) => break,
-            }
-        }
-        panic!("edge up never said {prefix:?}");
-    };
-    let addr = wait_line("edge: users connect to https://");
-    let addr = addr
-        .strip_prefix("edge: users connect to https://")
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
+    let (mut up, said) = edge_up(dir.path());
+    let addr = users_addr(&said);
     let ca = state.join("certs/ca.pem");
     let call = || {
         Command::new(bins.join("edge"))
@@ -442,14 +431,14 @@ fn edge_up_keeps_serving_when_a_node_dies_and_starts_it_again() {
         .status()
         .unwrap();
     assert!(killed.success());
-    let exited = wait_line("node-1 exited");
+    let exited = wait_line(&said, "node-1 exited");
     assert!(
         exited.contains("SIGKILL") && exited.contains("node-1.log"),
         "{exited}"
     );
     assert!(call().status.success(), "the cluster stopped serving");
     // It starts node-1 again, a new process, and everything serves.
-    wait_line("edge: node-1 started again");
+    wait_line(&said, "edge: node-1 started again");
     let after = node_pid();
     assert!(!after.is_empty() && after != before, "{before} -> {after}");
     for _ in 0..5 {
@@ -462,19 +451,7 @@ fn edge_up_keeps_serving_when_a_node_dies_and_starts_it_again() {
     }
     assert!(matches!(up.try_wait(), Ok(None)), "edge up exited");
 
-    let status = Command::new("kill")
-        .arg("-TERM")
-        .arg(up.id().to_string())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    assert!(
-        wait_for(Duration::from_secs(20), || matches!(
-            up.try_wait(),
-            Ok(Some(_))
-        )),
-        "edge up did not stop"
-    );
+    assert!(sigterm(&mut up).success());
 }
 
 #[test]
