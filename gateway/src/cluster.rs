@@ -12,7 +12,13 @@ use edge_net::lifecycle::Shutdown;
 use edge_shared::routing;
 
 use crate::functions::{Function, Functions};
-use crate::proxy::Gateway;
+use bytes::Bytes;
+use edge_net::client::read_to_end;
+use edge_shared::wire::{self, Refusal};
+use http::{Method, Request, StatusCode};
+
+use crate::nodes::ForwardError;
+use crate::proxy::{Gateway, refusal_of};
 
 impl Gateway {
     /// Turns gossip into cluster snapshots as news arrives, publishes this gateway's
@@ -183,4 +189,94 @@ impl Gateway {
             None => false,
         }
     }
+
+    /// Loads `function` on `node`: first by content id alone (the manifest), and with
+    /// the module only if the node does not hold it, so a module crosses the wire once
+    /// per node however many versions and rollbacks share it. The node checks the
+    /// module's hash either way.
+    pub(crate) async fn deploy(
+        &self,
+        node: SocketAddr,
+        function: &Function,
+    ) -> Result<(), DeployError> {
+        let request = || deployment_call(Method::PUT, function);
+        let (mut head, mut stream) = self
+            .nodes
+            .send(node, request(), function.manifest_body.clone())
+            .await
+            .map_err(DeployError::Forward)?;
+        if refusal_of(&head) == Some(Refusal::ModuleMissing) {
+            tracing::debug!(%node, content_id = %function.manifest.content_id.as_str(), "node lacks the module: sending it");
+            (head, stream) = self
+                .nodes
+                .send(node, request(), function.deploy_body.clone())
+                .await
+                .map_err(DeployError::Forward)?;
+        }
+        if head.status() == StatusCode::CREATED {
+            tracing::info!(%node, deployment = %function.deployment, "deployed on node");
+            return Ok(());
+        }
+        let reason = read_to_end(&mut stream).await.unwrap_or_default();
+        let reason = format!(
+            "{}: {}",
+            head.status(),
+            String::from_utf8_lossy(&reason).trim()
+        );
+        tracing::error!(%node, deployment = %function.deployment, %reason, "deploy refused by node");
+        Err(DeployError::Refused(reason))
+    }
+
+    /// Drops `function` from `node`; whether the node had it.
+    pub(crate) async fn undeploy(
+        &self,
+        node: SocketAddr,
+        function: &Function,
+    ) -> Result<bool, ForwardError> {
+        let request = deployment_call(Method::DELETE, function);
+        let (head, _) = self.nodes.send(node, request, Bytes::new()).await?;
+        Ok(head.status() == StatusCode::NO_CONTENT)
+    }
+
+    /// Deploys `function` on `node` ahead of need; `false` (logged) if that failed.
+    pub(crate) async fn deploy_logged(
+        &self,
+        node: SocketAddr,
+        function: &Function,
+        why: &str,
+    ) -> bool {
+        match self.deploy(node, function).await {
+            Ok(()) => true,
+            Err(DeployError::Refused(reason)) => {
+                tracing::warn!(%node, function = %function.manifest.name, %reason, "{why} failed");
+                false
+            }
+            Err(DeployError::Forward(e)) => {
+                tracing::warn!(%node, function = %function.manifest.name, reason = %e, "{why} failed");
+                false
+            }
+        }
+    }
+}
+
+/// Why a deploy did not happen.
+pub(crate) enum DeployError {
+    /// The node refused the module (its reason).
+    Refused(String),
+    /// The node could not be asked.
+    Forward(ForwardError),
+}
+
+/// `method` on `function`'s deployment at a node's control plane.
+fn deployment_call(method: Method, function: &Function) -> Request<()> {
+    Request::builder()
+        .method(method)
+        .uri(format!(
+            "https://{}{}{}",
+            wire::NODE_SERVER_NAME,
+            wire::DEPLOY_PATH,
+            function.deployment
+        ))
+        .body(())
+        .expect("a valid request")
 }

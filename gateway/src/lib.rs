@@ -5,9 +5,9 @@
 //! ([`ingress::tcp`]), same port number, every answer carrying `Alt-Svc: h3`. Both hand
 //! each request to [`proxy::Gateway`]:
 //!
-//! 1. [`functions`] finds the function in the route table (host `NAME.<domain>` or path
-//!    prefix `/NAME`), the version its traffic split (or the request) picks, and its
-//!    limits in force; the body is read up to its limit;
+//! 1. [`route`] finds the function in the route table of [`functions`] (host
+//!    `NAME.<domain>` or path prefix `/NAME`), the version its traffic split (or the
+//!    request) picks, and its limits in force; the body is read up to its limit;
 //! 2. the routing policy of `edge_shared::routing` orders the nodes over the
 //!    [`membership`] snapshot that gossip keeps current, with this gateway's own
 //!    in-flight counts and recent failures as input;
@@ -34,5 +34,7 @@ pub mod nats;
 pub mod nodes;
 pub mod proxy;
 pub mod registry;
+mod request_trace;
+pub mod route;
 pub mod schedule;
 pub mod status;

@@ -1,5 +1,5 @@
-//! The gateway's request path, shared by the HTTP/3 and the TCP ingress: resolve the
-//! function, order the nodes, then walk the [`Attempts`] sequence (send, deploy and send
+//! The gateway's request path, shared by the HTTP/3 and the TCP ingress: with the
+//! function and version [`crate::route`] resolved, order the nodes, then walk the [`Attempts`] sequence (send, deploy and send
 //! again, move on), and add the headers users see (`alt-svc`, `x-edge-request-id`,
 //! `server-timing`). Every answer the gateway makes itself comes from
 //! [`Gateway::error_response`].
@@ -12,21 +12,23 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::{Buf, Bytes};
-use edge_net::client::{ClientStream, read_to_end};
-use edge_net::gossip::fingerprint;
+use edge_net::client::ClientStream;
 use edge_net::tls;
 use edge_shared::attempt::{self, Attempts, Outcome, Step};
 use edge_shared::config::GatewayConfig;
-use edge_shared::routing::{self, Rng as _, SplitMix64};
-use edge_shared::trace::{self, TraceContext};
+use edge_shared::routing::{self, SplitMix64};
+use edge_shared::trace;
 use edge_shared::wire::{self, Refusal, ServerTiming};
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 
 use crate::budget::BodyBudget;
+use crate::cluster::DeployError;
 use crate::functions::{Function, Functions};
 use crate::membership::{InFlight, Membership, Snapshot};
 use crate::metrics::GatewayMetrics;
 use crate::nodes::{ForwardError, NodePool};
+use crate::request_trace::{Trace, trace_of};
+use crate::route::Routed;
 
 /// Where a response's body comes from.
 pub enum ResponseBody {
@@ -61,7 +63,7 @@ pub struct Forwarded {
 
 /// Why the gateway answers by itself.
 #[derive(Debug, thiserror::Error)]
-enum GatewayError {
+pub(crate) enum GatewayError {
     #[error("no function is routed at this host and path")]
     NoRoute,
     #[error("function {0:?} has no version {1:?} taking traffic")]
@@ -118,14 +120,6 @@ enum SendError {
     Forward(ForwardError),
 }
 
-/// Why a deploy did not happen.
-enum DeployError {
-    /// The node refused the module (its reason).
-    Refused(String),
-    /// The node could not be asked.
-    Forward(ForwardError),
-}
-
 /// The gateway: its functions, routes and node connections.
 pub struct Gateway {
     pub(crate) config: GatewayConfig,
@@ -133,17 +127,17 @@ pub struct Gateway {
     pub(crate) name: String,
     /// The functions served: a snapshot swapped whole when they change; a request keeps
     /// the function it was routed to until it has answered.
-    functions: ArcSwap<Functions>,
+    pub(crate) functions: ArcSwap<Functions>,
     /// Held while the functions served change (a deploy, a registry change from another
     /// gateway): each change starts from the functions the previous one left.
     pub changing: tokio::sync::Mutex<()>,
-    nodes: NodePool,
+    pub(crate) nodes: NodePool,
     next_node: AtomicUsize,
     /// The nodes as gossip tells of them, and this gateway's own counters of each.
     pub(crate) membership: Membership,
     /// Whether functions have been placed on the first nodes (see [`Gateway::place`]).
     pub(crate) placed: AtomicBool,
-    rng: Mutex<SplitMix64>,
+    pub(crate) rng: Mutex<SplitMix64>,
     /// (node, function) pairs to warm ahead of need, for [`Gateway::watch_cluster`].
     pub(crate) prewarm: tokio::sync::mpsc::UnboundedSender<Prewarm>,
     pub(crate) prewarm_queue: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Prewarm>>>,
@@ -159,41 +153,12 @@ pub struct Gateway {
     /// Where they are registered (served at `metrics_listen`).
     metrics_registry: Arc<prometheus_client::registry::Registry>,
     /// The users' port (HTTP/3 and TCP).
-    port: u16,
+    pub(crate) port: u16,
     body_budget: BodyBudget,
 }
 
 /// A function to warm on a node ahead of need.
 pub(crate) type Prewarm = (SocketAddr, Arc<Function>);
-
-/// Why a request has no function to go to.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Unrouted {
-    /// No function is routed at its host and path.
-    NoRoute,
-    /// The version it names (function, version) takes no traffic.
-    NoVersion(String, String),
-}
-
-/// A request whose route has been resolved.
-pub struct Routed {
-    function: Arc<Function>,
-    script_name: String,
-    /// Largest body to accept for it.
-    pub body_limit: u64,
-}
-
-impl Routed {
-    /// A request for `function` at the route prefix `script_name` (empty for a host
-    /// route).
-    pub(crate) fn to(function: Arc<Function>, script_name: String) -> Routed {
-        Routed {
-            body_limit: function.limits.max_request_body_bytes,
-            script_name,
-            function,
-        }
-    }
-}
 
 impl Gateway {
     /// A gateway serving `functions` (from the registry), with its node pool.
@@ -270,84 +235,6 @@ impl Gateway {
     /// The gateway's configuration.
     pub fn config(&self) -> &GatewayConfig {
         &self.config
-    }
-
-    /// Where users reach `function`: an `https://` URL per route, at this gateway's
-    /// address (`localhost` when it listens on every address).
-    pub fn urls(&self, function: &Function) -> Vec<String> {
-        let ip = self.config.listen.ip();
-        let at = if ip.is_unspecified() {
-            "localhost".to_string()
-        } else if ip.is_ipv6() {
-            format!("[{ip}]")
-        } else {
-            ip.to_string()
-        };
-        let port = self.port;
-        function
-            .manifest
-            .routes
-            .iter()
-            .map(|route| match route {
-                edge_shared::manifest::Route::Path(p) => format!("https://{at}:{port}{p}"),
-                edge_shared::manifest::Route::Host(h) => format!("https://{h}:{port}/"),
-            })
-            .collect()
-    }
-
-    /// Resolves the function of a request, and its version: the one the request names
-    /// in `x-edge-version` (any taking traffic, 0% too), else the share of the split
-    /// its key falls in. The key is a hash of the function and `x-edge-version-key`,
-    /// so one key always reaches one version; without that header it is random per
-    /// request, drawn once: a retry stays on its version.
-    pub fn route(&self, request: &Request<()>) -> Result<Routed, Unrouted> {
-        let host = request.uri().host().or_else(|| {
-            request
-                .headers()
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-        });
-        let functions = self.functions.load();
-        let m = functions
-            .routes
-            .resolve(host, request.uri().path())
-            .ok_or(Unrouted::NoRoute)?;
-        let served = &functions.list[m.function];
-        let headers = request.headers();
-        let function = if let Some(named) = headers.get(wire::VERSION_HEADER) {
-            let named = named.to_str().unwrap_or_default();
-            let number = named.strip_prefix('v').unwrap_or(named).parse::<u64>();
-            number
-                .ok()
-                .and_then(|n| served.version(n))
-                .ok_or_else(|| Unrouted::NoVersion(served.name.clone(), named.to_string()))?
-        } else if served.shares.len() == 1 {
-            served.primary()
-        } else {
-            let key = match headers.get(wire::VERSION_KEY_HEADER) {
-                Some(key) => fingerprint(&format!(
-                    "{}\0{}",
-                    served.name,
-                    String::from_utf8_lossy(key.as_bytes())
-                )),
-                None => self
-                    .rng
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .next_u64(),
-            };
-            served.pick(key)
-        };
-        Ok(Routed::to(Arc::clone(function), m.script_name.to_string()))
-    }
-
-    /// The answer to a request [`Gateway::route`] found nothing for.
-    pub fn not_found(&self, unrouted: Unrouted) -> Forwarded {
-        let error = match unrouted {
-            Unrouted::NoRoute => GatewayError::NoRoute,
-            Unrouted::NoVersion(function, version) => GatewayError::NoVersion(function, version),
-        };
-        self.error_response(error, &new_request_id())
     }
 
     /// The answer to a body over `routed.body_limit`.
@@ -601,71 +488,6 @@ impl Gateway {
         }
     }
 
-    /// Loads `function` on `node`.
-    /// Loads `function` on `node`: first by content id alone (the manifest), and with
-    /// the module only if the node does not hold it, so a module crosses the wire once
-    /// per node however many versions and rollbacks share it. The node checks the
-    /// module's hash either way.
-    async fn deploy(&self, node: SocketAddr, function: &Function) -> Result<(), DeployError> {
-        let request = || deployment_call(Method::PUT, function);
-        let (mut head, mut stream) = self
-            .nodes
-            .send(node, request(), function.manifest_body.clone())
-            .await
-            .map_err(DeployError::Forward)?;
-        if refusal_of(&head) == Some(Refusal::ModuleMissing) {
-            tracing::debug!(%node, content_id = %function.manifest.content_id.as_str(), "node lacks the module: sending it");
-            (head, stream) = self
-                .nodes
-                .send(node, request(), function.deploy_body.clone())
-                .await
-                .map_err(DeployError::Forward)?;
-        }
-        if head.status() == StatusCode::CREATED {
-            tracing::info!(%node, deployment = %function.deployment, "deployed on node");
-            return Ok(());
-        }
-        let reason = read_to_end(&mut stream).await.unwrap_or_default();
-        let reason = format!(
-            "{}: {}",
-            head.status(),
-            String::from_utf8_lossy(&reason).trim()
-        );
-        tracing::error!(%node, deployment = %function.deployment, %reason, "deploy refused by node");
-        Err(DeployError::Refused(reason))
-    }
-
-    /// Drops `function` from `node`; whether the node had it.
-    pub(crate) async fn undeploy(
-        &self,
-        node: SocketAddr,
-        function: &Function,
-    ) -> Result<bool, ForwardError> {
-        let request = deployment_call(Method::DELETE, function);
-        let (head, _) = self.nodes.send(node, request, Bytes::new()).await?;
-        Ok(head.status() == StatusCode::NO_CONTENT)
-    }
-
-    /// Deploys `function` on `node` ahead of need; `false` (logged) if that failed.
-    pub(crate) async fn deploy_logged(
-        &self,
-        node: SocketAddr,
-        function: &Function,
-        why: &str,
-    ) -> bool {
-        match self.deploy(node, function).await {
-            Ok(()) => true,
-            Err(DeployError::Refused(reason)) => {
-                tracing::warn!(%node, function = %function.manifest.name, %reason, "{why} failed");
-                false
-            }
-            Err(DeployError::Forward(e)) => {
-                tracing::warn!(%node, function = %function.manifest.name, reason = %e, "{why} failed");
-                false
-            }
-        }
-    }
-
     fn finish(
         &self,
         mut head: Response<()>,
@@ -695,7 +517,7 @@ impl Gateway {
 
     /// The one place the gateway's own failures become answers: status, a public
     /// reason, the detail in the log.
-    fn error_response(&self, error: GatewayError, request_id: &str) -> Forwarded {
+    pub(crate) fn error_response(&self, error: GatewayError, request_id: &str) -> Forwarded {
         let status = error.status();
         if status.is_server_error() {
             tracing::warn!(%request_id, status = status.as_u16(), error = %error, "request failed at the gateway");
@@ -727,71 +549,12 @@ impl Gateway {
     }
 }
 
-/// `method` on `function`'s deployment at a node's control plane.
-fn deployment_call(method: Method, function: &Function) -> Request<()> {
-    Request::builder()
-        .method(method)
-        .uri(format!(
-            "https://{}{}{}",
-            wire::NODE_SERVER_NAME,
-            wire::DEPLOY_PATH,
-            function.deployment
-        ))
-        .body(())
-        .expect("a valid request")
-}
-
 /// The node's refusal in an answer, if it is one.
-fn refusal_of(head: &Response<()>) -> Option<Refusal> {
+pub(crate) fn refusal_of(head: &Response<()>) -> Option<Refusal> {
     head.headers()
         .get(wire::REFUSED_HEADER)
         .and_then(|v| v.to_str().ok())
         .and_then(Refusal::parse)
-}
-
-/// A request's ids as this gateway forwards it.
-struct Trace {
-    /// The request id this gateway gave it.
-    request_id: String,
-    /// The user's trace, sent on by a span of this gateway's, or a new one.
-    context: TraceContext,
-    /// The user's `tracestate`, kept only beside a valid `traceparent` and when short.
-    state: Option<HeaderValue>,
-}
-
-/// The trace of a request with `headers`: its `traceparent` honoured if it is one
-/// well-formed header, else a new trace; either way sent on by a new span.
-fn trace_of(headers: &HeaderMap, request_id: String) -> Trace {
-    let mut span = [0u8; 8];
-    getrandom::fill(&mut span).expect("the OS random source");
-    let mut parents = headers.get_all(trace::TRACEPARENT).iter();
-    let honoured = match (parents.next(), parents.next()) {
-        (Some(only), None) => only.to_str().ok().and_then(TraceContext::parse),
-        _ => None,
-    };
-    match honoured {
-        Some(parent) => {
-            let mut states = headers.get_all(trace::TRACESTATE).iter();
-            let state = match (states.next(), states.next()) {
-                (Some(only), None) if only.len() <= trace::MAX_TRACESTATE => Some(only.clone()),
-                _ => None,
-            };
-            Trace {
-                request_id,
-                context: parent.child(span),
-                state,
-            }
-        }
-        None => {
-            let mut trace_id = [0u8; 16];
-            getrandom::fill(&mut trace_id).expect("the OS random source");
-            Trace {
-                request_id,
-                context: TraceContext::start(trace_id, span),
-                state: None,
-            }
-        }
-    }
 }
 
 /// A random request id.

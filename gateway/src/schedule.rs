@@ -19,8 +19,9 @@ use edge_net::lifecycle::Shutdown;
 
 use edge_shared::manifest::Route;
 
-use crate::proxy::{Gateway, Routed};
+use crate::proxy::Gateway;
 use crate::registry::{Registry, RunRecord, now_ms};
+use crate::route::Routed;
 
 /// How late a tick may still be fired; older ones are skipped.
 pub const LATE: Duration = Duration::from_secs(30);
