@@ -294,7 +294,7 @@ impl Gateway {
         body: Bytes,
         started: Instant,
     ) -> Forwarded {
-        let trace = trace_of(request.headers(), new_request_id());
+        let trace = trace_of(request.headers());
         let request_id = &trace.request_id;
         let function = &routed.function;
         let snapshot = self.membership.snapshot();

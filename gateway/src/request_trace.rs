@@ -14,11 +14,15 @@ pub(crate) struct Trace {
     pub(crate) state: Option<HeaderValue>,
 }
 
-/// The trace of a request with `headers`: its `traceparent` honoured if it is one
-/// well-formed header, else a new trace; either way sent on by a new span.
-pub(crate) fn trace_of(headers: &HeaderMap, request_id: String) -> Trace {
-    let mut span = [0u8; 8];
-    getrandom::fill(&mut span).expect("the OS random source");
+/// The ids of a request with `headers`: a new request id, and its `traceparent`
+/// honoured if it is one well-formed header, else a new trace; either way sent on by a
+/// new span. One draw from the OS random source makes all three.
+pub(crate) fn trace_of(headers: &HeaderMap) -> Trace {
+    let mut random = [0u8; 32];
+    getrandom::fill(&mut random).expect("the OS random source");
+    let request_id = hex::encode(&random[..8]);
+    let span: [u8; 8] = random[8..16].try_into().expect("8 bytes");
+    let fresh_trace: [u8; 16] = random[16..].try_into().expect("16 bytes");
     let mut parents = headers.get_all(trace::TRACEPARENT).iter();
     let honoured = match (parents.next(), parents.next()) {
         (Some(only), None) => only.to_str().ok().and_then(TraceContext::parse),
@@ -37,14 +41,10 @@ pub(crate) fn trace_of(headers: &HeaderMap, request_id: String) -> Trace {
                 state,
             }
         }
-        None => {
-            let mut trace_id = [0u8; 16];
-            getrandom::fill(&mut trace_id).expect("the OS random source");
-            Trace {
-                request_id,
-                context: TraceContext::start(trace_id, span),
-                state: None,
-            }
-        }
+        None => Trace {
+            request_id,
+            context: TraceContext::start(fresh_trace, span),
+            state: None,
+        },
     }
 }
