@@ -16,6 +16,7 @@ use edge_gateway::registry::{Embedded, FunctionSpec, Registry};
 use edge_gateway::status::StatusServer;
 use edge_net::gossip::{self, ClusterKey, Gossip, Role};
 use edge_net::lifecycle::{InFlight, Shutdown};
+use edge_net::metrics::{GossipCollector, QuicCollector};
 use edge_net::{http3, logging, quic, tls};
 use edge_shared::config::{self, GatewayConfig, IngressConfig, RegistryKind};
 use edge_shared::wire;
@@ -257,9 +258,16 @@ async fn run(config: GatewayConfig, announce: Announce, expect_nodes: usize) -> 
     if let Some(path) = &announce.metrics {
         std::fs::write(path, metrics_at.to_string())?;
     }
+    let mut scraped = gateway.metrics();
+    scraped.register_collector(Box::new(GossipCollector::new(&gossip)));
+    scraped.register_collector(Box::new(QuicCollector::new(vec![
+        ("users", endpoint.clone()),
+        ("members", status_endpoint.clone()),
+        ("nodes", gateway.node_endpoint().clone()),
+    ])));
     tokio::spawn(edge_net::metrics::serve(
         metrics,
-        gateway.metrics(),
+        Arc::new(scraped),
         stop.clone(),
     ));
     if let (Some((shared, changes)), Some(config)) = (shared, watched) {

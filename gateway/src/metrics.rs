@@ -2,7 +2,13 @@
 //! `edge_net::metrics`: requests by function, status and node, the time from a
 //! request's arrival to its answer's head, and requests in flight.
 
+use std::sync::{Arc, Weak};
 use std::time::Duration;
+
+use edge_net::metrics::write_family;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::metrics::MetricType;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -10,6 +16,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use crate::proxy::Gateway;
 
 /// A request's labels.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -31,40 +39,70 @@ fn request_buckets() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
 
-/// The gateway's metrics.
+/// The gateway's metrics counted as requests happen.
 pub struct GatewayMetrics {
     requests: Family<RequestLabels, Counter>,
     duration: Family<FunctionLabels, Histogram, fn() -> Histogram>,
     in_flight: Gauge,
 }
 
-impl GatewayMetrics {
-    /// The metrics, registered in `registry`.
-    pub fn new(registry: &mut Registry) -> GatewayMetrics {
-        let metrics = GatewayMetrics {
+impl Default for GatewayMetrics {
+    fn default() -> GatewayMetrics {
+        GatewayMetrics {
             requests: Family::default(),
             duration: Family::new_with_constructor(request_buckets as fn() -> Histogram),
             in_flight: Gauge::default(),
-        };
-        let edge = registry.sub_registry_with_prefix("edge_gateway");
-        edge.register(
-            "requests",
-            "Requests routed to a function, by function, status and node",
-            metrics.requests.clone(),
-        );
-        edge.register(
-            "request_duration_seconds",
-            "Time from a request's arrival (its body read) to its answer's head, by function",
-            metrics.duration.clone(),
-        );
-        edge.register(
-            "requests_in_flight",
-            "Requests routed and not yet answered",
-            metrics.in_flight.clone(),
-        );
-        metrics
+        }
     }
+}
 
+/// The registry of `gateway`'s metrics: those counted as requests happen, and those
+/// read at each scrape (usable nodes).
+pub fn registry(gateway: &Arc<Gateway>) -> Registry {
+    let mut registry = Registry::default();
+    let metrics = &gateway.metrics;
+    let edge = registry.sub_registry_with_prefix("edge_gateway");
+    edge.register(
+        "requests",
+        "Requests routed to a function, by function, status and node",
+        metrics.requests.clone(),
+    );
+    edge.register(
+        "request_duration_seconds",
+        "Time from a request's arrival (its body read) to its answer's head, by function",
+        metrics.duration.clone(),
+    );
+    edge.register(
+        "requests_in_flight",
+        "Requests routed and not yet answered",
+        metrics.in_flight.clone(),
+    );
+    registry.register_collector(Box::new(GatewayCollector(Arc::downgrade(gateway))));
+    registry
+}
+
+/// What is read from the gateway at each scrape. Holds it weakly.
+#[derive(Debug)]
+struct GatewayCollector(Weak<Gateway>);
+
+impl Collector for GatewayCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let Some(gateway) = self.0.upgrade() else {
+            return Ok(());
+        };
+        write_family(
+            &mut encoder,
+            (
+                "edge_gateway_usable_nodes",
+                "Nodes live, not draining and not failing, that requests can be routed to",
+                MetricType::Gauge,
+            ),
+            &[(&[], gateway.usable_nodes() as u64)],
+        )
+    }
+}
+
+impl GatewayMetrics {
     /// Counts a request as in flight until the guard drops.
     pub fn in_flight(&self) -> InFlightRequest<'_> {
         self.in_flight.inc();

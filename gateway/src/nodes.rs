@@ -66,6 +66,11 @@ pub struct NodePool {
 }
 
 impl NodePool {
+    /// The endpoint the connections to nodes are made from.
+    pub fn endpoint(&self) -> &quinn::Endpoint {
+        &self.endpoint
+    }
+
     /// A pool whose connections trust node certificates per `tls` (the cluster CA).
     pub fn new(tls: rustls::ClientConfig) -> anyhow::Result<NodePool> {
         let any_v6 = SocketAddr::from(([0u16; 8], 0));

@@ -149,9 +149,7 @@ pub struct Gateway {
     pub(crate) warming: Mutex<HashSet<(SocketAddr, u64)>>,
     alt_svc: HeaderValue,
     /// Its Prometheus metrics.
-    metrics: GatewayMetrics,
-    /// Where they are registered (served at `metrics_listen`).
-    metrics_registry: Arc<prometheus_client::registry::Registry>,
+    pub(crate) metrics: GatewayMetrics,
     /// The users' port (HTTP/3 and TCP).
     pub(crate) port: u16,
     body_budget: BodyBudget,
@@ -184,8 +182,6 @@ impl Gateway {
         let (prewarm, prewarm_queue) = tokio::sync::mpsc::unbounded_channel();
         let (retired, retired_queue) = tokio::sync::mpsc::unbounded_channel();
         let body_budget = BodyBudget::new(config.ingress.max_buffered_body_bytes);
-        let mut registry = prometheus_client::registry::Registry::default();
-        let metrics = GatewayMetrics::new(&mut registry);
         Ok(Gateway {
             name,
             prewarm,
@@ -202,8 +198,7 @@ impl Gateway {
             nodes,
             next_node: AtomicUsize::new(0),
             alt_svc,
-            metrics,
-            metrics_registry: Arc::new(registry),
+            metrics: GatewayMetrics::default(),
             port: h3_port,
             body_budget,
         })
@@ -227,9 +222,15 @@ impl Gateway {
         }
     }
 
-    /// The registry of the gateway's metrics, to serve.
-    pub fn metrics(&self) -> Arc<prometheus_client::registry::Registry> {
-        Arc::clone(&self.metrics_registry)
+    /// The registry of the gateway's metrics, to serve (gossip and QUIC are added by
+    /// whoever runs those).
+    pub fn metrics(self: &Arc<Self>) -> prometheus_client::registry::Registry {
+        crate::metrics::registry(self)
+    }
+
+    /// The endpoint its connections to nodes are made from.
+    pub fn node_endpoint(&self) -> &quinn::Endpoint {
+        self.nodes.endpoint()
     }
 
     /// The gateway's configuration.

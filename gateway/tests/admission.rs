@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use edge_shared::manifest::Limits;
 use http::StatusCode;
-use support::{client, function, start, url};
+use support::{client, function, scrape_at, start, url};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_over_capacity_gets_503_overloaded_and_the_admitted_succeed() {
@@ -49,6 +49,14 @@ async fn a_burst_over_capacity_gets_503_overloaded_and_the_admitted_succeed() {
     }
     assert!(ok >= 4, "{ok} served");
     assert!(refused >= 10, "{refused} refused");
+    // Each refusal is counted by its reason in the node's metrics.
+    let metrics = scrape_at(cluster.node_metrics_addrs().unwrap()[0]).await;
+    let overloaded = r#"edge_node_refusals_total{reason="overloaded"}"#;
+    assert_eq!(
+        metrics.get(overloaded),
+        Some(&f64::from(refused)),
+        "{metrics:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,52 +8,11 @@ use std::collections::BTreeMap;
 
 use edge_cli::cluster::LocalCluster;
 use edge_shared::manifest::Limits;
-use support::{client, function, start, url};
+use support::{client, function, scrape_at, start, url};
 
 /// Every sample of the gateway's `/metrics`.
 async fn scrape(cluster: &LocalCluster) -> BTreeMap<String, f64> {
     scrape_at(cluster.gateway_metrics_addrs().unwrap()[0]).await
-}
-
-/// Every sample of the `/metrics` at `at`, as the OpenMetrics parser reads them:
-/// `name{label="value",...}` (labels sorted) → value.
-async fn scrape_at(at: std::net::SocketAddr) -> BTreeMap<String, f64> {
-    let text = tokio::process::Command::new("curl")
-        .args(["-sf", "--max-time", "10"])
-        .arg(format!("http://{at}/metrics"))
-        .output()
-        .await
-        .unwrap();
-    assert!(text.status.success(), "scraping http://{at}/metrics failed");
-    let parse = r#"
-import json, sys
-from prometheus_client.openmetrics.parser import text_string_to_metric_families
-samples = {}
-for family in text_string_to_metric_families(sys.stdin.read()):
-    for s in family.samples:
-        labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
-        samples[f"{s.name}{{{labels}}}"] = s.value
-print(json.dumps(samples))
-"#;
-    let mut parser = tokio::process::Command::new("python3")
-        .args(["-c", parse])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use tokio::io::AsyncWriteExt as _;
-    let mut stdin = parser.stdin.take().unwrap();
-    stdin.write_all(&text.stdout).await.unwrap();
-    drop(stdin);
-    let parsed = parser.wait_with_output().await.unwrap();
-    assert!(
-        parsed.status.success(),
-        "not OpenMetrics text: {}\n{}",
-        String::from_utf8_lossy(&parsed.stderr),
-        String::from_utf8_lossy(&text.stdout)
-    );
-    serde_json::from_slice(&parsed.stdout).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -106,4 +65,66 @@ async fn a_nodes_metrics_count_calls_and_time_their_phases() {
     }
     let run_sum = r#"edge_node_phase_duration_seconds_sum{function="hello",phase="run"}"#;
     assert!(after[run_sum] > 0.0, "{after:?}");
+
+    // What is read at scrape time: every call took a pooled instance or made one, the
+    // module is in memory (loaded once, by compiling or from disk, and hit since), no
+    // call is left running, and the node talks to the gateway over gossip and QUIC.
+    let deployment = after
+        .keys()
+        .find_map(|k| k.strip_prefix(r#"edge_node_pool_hits_total{deployment=""#))
+        .and_then(|k| k.strip_suffix(r#""}"#))
+        .unwrap_or_else(|| panic!("no pool of hello: {after:?}"));
+    assert!(deployment.starts_with("hello@"), "{deployment}");
+    let per = |name: &str| {
+        after
+            .get(&format!(r#"{name}{{deployment="{deployment}"}}"#))
+            .copied()
+            .unwrap_or_else(|| panic!("{name} for {deployment}: {after:?}"))
+    };
+    assert_eq!(
+        per("edge_node_pool_hits_total") + per("edge_node_pool_misses_total"),
+        4.0 + per("edge_node_cold_starts_total"),
+        "{after:?}"
+    );
+    assert!(per("edge_node_pool_ready_instances") >= 1.0, "{after:?}");
+    assert_eq!(after["edge_node_module_cache_modules{}"], 1.0, "{after:?}");
+    assert!(after["edge_node_module_cache_bytes{}"] > 0.0, "{after:?}");
+    let loads = after[r#"edge_node_module_cache_misses_total{source="compile"}"#]
+        + after[r#"edge_node_module_cache_misses_total{source="disk"}"#];
+    assert!(loads >= 1.0, "{after:?}");
+    assert_eq!(after["edge_node_in_flight{}"], 0.0, "{after:?}");
+    assert_eq!(after["edge_node_queued{}"], 0.0, "{after:?}");
+    assert!(after["edge_node_slots{}"] >= 1.0, "{after:?}");
+    assert!(
+        after[r#"edge_gossip_members{state="live"}"#] >= 1.0,
+        "{after:?}"
+    );
+    for direction in ["sent", "received"] {
+        let bytes = format!(r#"edge_gossip_bytes_total{{direction="{direction}"}}"#);
+        assert!(after[&bytes] > 0.0, "{after:?}");
+    }
+    assert_eq!(
+        after[r#"edge_gossip_rejected_total{reason="signature"}"#], 0.0,
+        "{after:?}"
+    );
+    assert!(
+        after[r#"edge_quic_connections{endpoint="members"}"#] >= 1.0,
+        "{after:?}"
+    );
+
+    // The gateway's own: nodes it can route to, and its connection to the node.
+    let gateway = scrape(&cluster).await;
+    assert_eq!(gateway["edge_gateway_usable_nodes{}"], 1.0, "{gateway:?}");
+    assert!(
+        gateway[r#"edge_quic_connections{endpoint="nodes"}"#] >= 1.0,
+        "{gateway:?}"
+    );
+    assert!(
+        gateway[r#"edge_quic_connections{endpoint="users"}"#] >= 1.0,
+        "{gateway:?}"
+    );
+    assert!(
+        gateway[r#"edge_gossip_members{state="live"}"#] >= 1.0,
+        "{gateway:?}"
+    );
 }

@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use edge_net::gossip::{self, ClusterKey, Gossip, LoadReport, Role, WarmSet};
 use edge_net::lifecycle::{InFlight, Shutdown};
+use edge_net::metrics::{GossipCollector, QuicCollector};
 use edge_net::{http3, logging, quic, tls};
 use edge_node::Node;
 use edge_shared::config::{self, NodeConfig};
@@ -100,9 +101,15 @@ async fn run(
     if let Some(path) = announce_metrics {
         std::fs::write(&path, metrics_at.to_string())?;
     }
+    let mut registry = node.metrics();
+    registry.register_collector(Box::new(GossipCollector::new(&gossip)));
+    registry.register_collector(Box::new(QuicCollector::new(vec![(
+        "members",
+        endpoint.clone(),
+    )])));
     tokio::spawn(edge_net::metrics::serve(
         metrics,
-        node.metrics(),
+        Arc::new(registry),
         serving.clone(),
     ));
     if let Some(path) = announce {

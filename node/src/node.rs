@@ -30,8 +30,6 @@ pub struct Node {
     pub(crate) config: NodeConfig,
     /// Its Prometheus metrics.
     pub(crate) metrics: NodeMetrics,
-    /// Where they are registered (served at `metrics_listen`).
-    metrics_registry: Arc<prometheus_client::registry::Registry>,
     /// Requests running or queued per sending gateway.
     pub(crate) from_gateways: Mutex<HashMap<String, usize>>,
     pub(crate) gossip: OnceLock<Arc<Gossip>>,
@@ -60,11 +58,8 @@ impl Node {
             n => n,
         };
         let admitter = Admitter::new(threads, config.memory_budget_mib << 20);
-        let mut registry = prometheus_client::registry::Registry::default();
-        let metrics = NodeMetrics::new(&mut registry);
         Ok(Node {
-            metrics,
-            metrics_registry: Arc::new(registry),
+            metrics: NodeMetrics::default(),
             from_gateways: Mutex::default(),
             gossip: OnceLock::new(),
             cache: Arc::new(ModuleCache::open(
@@ -86,9 +81,10 @@ impl Node {
         })
     }
 
-    /// The registry of the node's metrics, to serve.
-    pub fn metrics(&self) -> Arc<prometheus_client::registry::Registry> {
-        Arc::clone(&self.metrics_registry)
+    /// The registry of the node's metrics, to serve (gossip and QUIC are added by
+    /// whoever runs those).
+    pub fn metrics(self: &Arc<Self>) -> prometheus_client::registry::Registry {
+        crate::metrics::registry(self)
     }
 
     /// The node's name.

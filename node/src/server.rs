@@ -133,6 +133,7 @@ fn failure_response(node: &Node, named: &Named, failure: Failure) -> (Response<(
     let (mut response, body) = plain(status, &failure.public_message());
     let headers = response.headers_mut();
     if let Failure::Refused(refusal) = failure {
+        node.metrics.refused(refusal);
         headers.insert(
             wire::REFUSED_HEADER,
             HeaderValue::from_static(refusal.as_str()),

@@ -2,6 +2,7 @@
 //! of real processes on loopback ports chosen by the OS, HTTP/3 clients.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -257,4 +258,45 @@ pub fn answered_by(reply: &edge_net::client::Reply) -> u64 {
         .unwrap()
         .parse()
         .unwrap()
+}
+
+/// Every sample of the `/metrics` at `at`, as the OpenMetrics parser reads them:
+/// `name{label="value",...}` (labels sorted) → value.
+pub async fn scrape_at(at: std::net::SocketAddr) -> BTreeMap<String, f64> {
+    let text = tokio::process::Command::new("curl")
+        .args(["-sf", "--max-time", "10"])
+        .arg(format!("http://{at}/metrics"))
+        .output()
+        .await
+        .unwrap();
+    assert!(text.status.success(), "scraping http://{at}/metrics failed");
+    let parse = r#"
+import json, sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+samples = {}
+for family in text_string_to_metric_families(sys.stdin.read()):
+    for s in family.samples:
+        labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+        samples[f"{s.name}{{{labels}}}"] = s.value
+print(json.dumps(samples))
+"#;
+    let mut parser = tokio::process::Command::new("python3")
+        .args(["-c", parse])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use tokio::io::AsyncWriteExt as _;
+    let mut stdin = parser.stdin.take().unwrap();
+    stdin.write_all(&text.stdout).await.unwrap();
+    drop(stdin);
+    let parsed = parser.wait_with_output().await.unwrap();
+    assert!(
+        parsed.status.success(),
+        "not OpenMetrics text: {}\n{}",
+        String::from_utf8_lossy(&parsed.stderr),
+        String::from_utf8_lossy(&text.stdout)
+    );
+    serde_json::from_slice(&parsed.stdout).unwrap()
 }

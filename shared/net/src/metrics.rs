@@ -11,10 +11,16 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Response, StatusCode};
 use http_body_util::Full;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use crate::gossip::Gossip;
 use crate::lifecycle::Shutdown;
 
 /// The content type of OpenMetrics text.
@@ -86,4 +92,129 @@ fn answer<B>(request: &http::Request<B>, registry: &Registry) -> Response<Full<B
         );
     }
     response
+}
+
+/// Labels of one sample: (name, value) pairs.
+pub type Labels<'a> = &'a [(&'a str, &'a str)];
+
+/// Writes one metric family read at scrape time: `name` of `kind` (a counter's name
+/// gets `_total`), one sample per label set in `samples`.
+pub fn write_family(
+    encoder: &mut DescriptorEncoder,
+    (name, help, kind): (&str, &str, MetricType),
+    samples: &[(Labels, u64)],
+) -> std::fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+    for (labels, value) in samples {
+        let sample = family.encode_family(labels)?;
+        match kind {
+            MetricType::Counter => ConstCounter::new(*value).encode(sample)?,
+            _ => ConstGauge::new(i64::try_from(*value).unwrap_or(i64::MAX)).encode(sample)?,
+        }
+    }
+    Ok(())
+}
+
+/// Gossip, read at each scrape: members by state, bytes and datagrams each way, and
+/// datagrams rejected by reason. Holds the agent weakly: it scrapes nothing once gone.
+#[derive(Debug)]
+pub struct GossipCollector(std::sync::Weak<Gossip>);
+
+impl GossipCollector {
+    /// A collector of `gossip`'s figures.
+    pub fn new(gossip: &Arc<Gossip>) -> GossipCollector {
+        GossipCollector(Arc::downgrade(gossip))
+    }
+}
+
+impl Collector for GossipCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let Some(gossip) = self.0.upgrade() else {
+            return Ok(());
+        };
+        let s = gossip.stats();
+        let e = &mut encoder;
+        write_family(
+            e,
+            (
+                "edge_gossip_members",
+                "Other cluster members known to gossip, by state (live or down)",
+                MetricType::Gauge,
+            ),
+            &[
+                (&[("state", "live")], s.live_members as u64),
+                (&[("state", "down")], s.down_members as u64),
+            ],
+        )?;
+        write_family(
+            e,
+            (
+                "edge_gossip_bytes",
+                "Gossip bytes, signing tags included, by direction (received counts accepted datagrams only)",
+                MetricType::Counter,
+            ),
+            &[
+                (&[("direction", "sent")], s.sent_bytes),
+                (&[("direction", "received")], s.received_bytes),
+            ],
+        )?;
+        write_family(
+            e,
+            (
+                "edge_gossip_datagrams",
+                "Gossip datagrams, by direction (received counts accepted ones only)",
+                MetricType::Counter,
+            ),
+            &[
+                (&[("direction", "sent")], s.sent),
+                (&[("direction", "received")], s.received),
+            ],
+        )?;
+        write_family(
+            e,
+            (
+                "edge_gossip_rejected",
+                "Gossip datagrams or identities refused, by reason: unsigned or mis-signed, undecodable, stale or replayed, forged identity",
+                MetricType::Counter,
+            ),
+            &[
+                (&[("reason", "signature")], s.rejected),
+                (&[("reason", "undecodable")], s.undecodable),
+                (&[("reason", "replayed")], s.replayed),
+                (&[("reason", "forged")], s.forged),
+            ],
+        )
+    }
+}
+
+/// QUIC connections open on each of a process's endpoints, read at each scrape.
+#[derive(Debug)]
+pub struct QuicCollector(Vec<(&'static str, quinn::Endpoint)>);
+
+impl QuicCollector {
+    /// A collector of the endpoints named in `endpoints` (the name is the `endpoint`
+    /// label: `users`, `members`, `nodes`...).
+    pub fn new(endpoints: Vec<(&'static str, quinn::Endpoint)>) -> QuicCollector {
+        QuicCollector(endpoints)
+    }
+}
+
+impl Collector for QuicCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let open: Vec<([(&str, &str); 1], u64)> = self
+            .0
+            .iter()
+            .map(|(name, endpoint)| ([("endpoint", *name)], endpoint.open_connections() as u64))
+            .collect();
+        let samples: Vec<(Labels, u64)> = open.iter().map(|(l, n)| (&l[..], *n)).collect();
+        write_family(
+            &mut encoder,
+            (
+                "edge_quic_connections",
+                "QUIC connections open, by endpoint",
+                MetricType::Gauge,
+            ),
+            &samples,
+        )
+    }
 }

@@ -83,6 +83,8 @@ pub struct Gossip {
     counters: Arc<Counters>,
     /// Other members the failure detector held alive at the last publish.
     live_members: AtomicUsize,
+    /// Other members known and down, as of the last publish.
+    down_members: AtomicUsize,
     cpu: std::sync::Mutex<CpuMeter>,
     changes: watch::Receiver<BTreeMap<ChitchatId, NodeState>>,
     credentials: Credentials,
@@ -147,6 +149,7 @@ impl Gossip {
             addr,
             counters,
             live_members: AtomicUsize::new(0),
+            down_members: AtomicUsize::new(0),
             cpu: std::sync::Mutex::new(CpuMeter::default()),
             changes,
             credentials: settings.credentials.clone(),
@@ -171,6 +174,7 @@ impl Gossip {
         GossipStats {
             addr: self.addr,
             live_members: self.live_members.load(Ordering::Relaxed),
+            down_members: self.down_members.load(Ordering::Relaxed),
             sent: Counters::get(&c.sent),
             sent_bytes: Counters::get(&c.sent_bytes),
             received: Counters::get(&c.received),
@@ -198,6 +202,8 @@ impl Gossip {
         let mut chitchat = chitchat.lock().await;
         let others = chitchat.live_nodes().count().saturating_sub(1);
         self.live_members.store(others, Ordering::Relaxed);
+        self.down_members
+            .store(chitchat.dead_nodes().count(), Ordering::Relaxed);
         let me = chitchat.self_node_state();
         me.set("load", load.encode());
         for (i, shard) in shards.into_iter().enumerate() {
@@ -313,6 +319,8 @@ pub struct GossipStats {
     pub addr: SocketAddr,
     /// Other members alive, as of the last publish.
     pub live_members: usize,
+    /// Other members known and down, as of the last publish.
+    pub down_members: usize,
     /// Datagrams sent.
     pub sent: u64,
     /// Bytes sent.
