@@ -82,7 +82,7 @@ fn main() {
         println!("edge-gateway: {} is valid", args.config.display());
         return;
     }
-    logging::init(config.log_format);
+    logging::init(config.log_format, &config.log_filter);
     let runtime = tokio::runtime::Runtime::new().expect("starting the async runtime");
     let announced = Announce {
         users: args.announce,
@@ -302,6 +302,9 @@ async fn run(config: GatewayConfig, announce: Announce, expect_nodes: usize) -> 
                 status: Arc::clone(&server),
                 gateway: Arc::clone(&gateway),
                 registry: Arc::clone(&registry),
+                tails: Arc::new(tokio::sync::Semaphore::new(
+                    gateway.config().admin.max_tails,
+                )),
             });
             Some(tokio::spawn(admin::serve(
                 listener,

@@ -272,18 +272,19 @@ impl Gateway {
         let started = Instant::now();
         let _in_flight = self.metrics.in_flight();
         let function = Arc::clone(&routed.function);
-        let forwarded = self.attempt(routed, request, body, started).await;
+        let trace = trace_of(request.headers());
+        let forwarded = self.attempt(routed, request, body, &trace, started).await;
         let node = forwarded
             .head
             .headers()
             .get(wire::NODE_HEADER)
             .and_then(|v| v.to_str().ok());
-        self.metrics.answered(
-            &function.manifest.name,
-            forwarded.head.status().as_u16(),
-            node,
-            started.elapsed(),
-        );
+        let (status, took) = (forwarded.head.status().as_u16(), started.elapsed());
+        let name = &function.manifest.name;
+        self.metrics.answered(name, status, node, took);
+        tracing::debug!(target: "access", request_id = %trace.request_id, trace_id = %trace.context.trace_id_hex(),
+            function = %name, version = function.version, node = node.unwrap_or("-"), status,
+            ms = took.as_secs_f64() * 1e3, "request");
         forwarded
     }
 
@@ -293,9 +294,9 @@ impl Gateway {
         routed: Routed,
         request: Request<()>,
         body: Bytes,
+        trace: &Trace,
         started: Instant,
     ) -> Forwarded {
-        let trace = trace_of(request.headers());
         let request_id = &trace.request_id;
         let function = &routed.function;
         let snapshot = self.membership.snapshot();
@@ -322,7 +323,7 @@ impl Gateway {
                 Step::Send(i) => {
                     let node = snapshot.view.nodes[i].addr;
                     let sent = self
-                        .send(node, function, &routed, &request, &trace, body.clone())
+                        .send(node, function, &routed, &request, trace, body.clone())
                         .await;
                     match sent {
                         Ok((head, stream)) => {

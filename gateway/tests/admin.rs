@@ -41,11 +41,24 @@ async fn curl_with(
     token: Option<&str>,
     body: Option<&Path>,
 ) -> Answer {
+    curl_for("10", cluster, version, method, url, token, body).await
+}
+
+/// [`curl_with`], for at most `seconds` (what a stream sent by then is the body).
+async fn curl_for(
+    seconds: &str,
+    cluster: &LocalCluster,
+    version: &str,
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: Option<&Path>,
+) -> Answer {
     let dir = tempfile::tempdir().unwrap();
     let headers = dir.path().join("headers");
     let mut command = tokio::process::Command::new("curl");
     command
-        .args(["-s", version, "-X", method, "--max-time", "10", "-o", "-"])
+        .args(["-s", version, "-X", method, "--max-time", seconds, "-o", "-"])
         .args(["-w", "\n%{http_code}", "-D"])
         .arg(&headers)
         .arg("--cacert")
@@ -451,8 +464,12 @@ async fn every_call_in_openapi_json_answers_as_it_says() {
                 .is_object()
                 .then(|| deploy_body(dir.path(), "hello", serde_json::json!({})))
         };
-        // With the token: a documented success, whose body has the documented shape.
-        let answer = curl_with(
+        // With the token: a documented success, whose body has the documented shape;
+        // a stream of JSON lines is read for 3 s, each line of that shape.
+        let lines = &operation["responses"]["200"]["content"]["application/x-ndjson"];
+        let seconds = if lines.is_object() { "3" } else { "10" };
+        let answer = curl_for(
+            seconds,
             &cluster,
             "--http1.1",
             method,
@@ -473,6 +490,19 @@ async fn every_call_in_openapi_json_answers_as_it_says() {
         if schema.is_object() {
             let body: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
             conforms(&spec, schema, &body).unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        }
+        if lines.is_object() {
+            let events: Vec<serde_json::Value> = answer
+                .body
+                .lines()
+                .filter(|l| !l.is_empty())
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            assert!(!events.is_empty(), "{method} {path}: no line in 3 s");
+            for event in &events {
+                conforms(&spec, &lines["schema"], event)
+                    .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+            }
         }
         // Without it: the documented 401.
         let refused = curl(&cluster, "--http1.1", method, &url, None).await;

@@ -23,6 +23,7 @@ use bytes::Bytes;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use edge_node::runtime::cache::{ModuleCache, Source};
 use edge_node::runtime::engine;
+use edge_node::runtime::guest_log::LogContext;
 use edge_node::runtime::invoke::{self, Invocation};
 use edge_node::{Call, Node};
 use edge_shared::config::NodeConfig;
@@ -84,7 +85,7 @@ fn benches(c: &mut Criterion) {
     cache.store_blob(&id, &wasm).unwrap();
     let runnable = cache.load("hello", &id, 128).unwrap().runnable;
     let invocation = || Invocation {
-        request_id: "bench".into(),
+        log: LogContext::of_request("bench"),
         env: cgi_env(),
         stdin: Bytes::new(),
         stdout_limit: 1 << 20,
@@ -149,6 +150,7 @@ fn benches(c: &mut Criterion) {
                     .unwrap(),
                 script_name: "/hello".into(),
                 request_id: "bench".into(),
+                trace_id: "-".into(),
                 body: Bytes::new(),
                 deadline: None,
                 gateway: None,

@@ -11,6 +11,7 @@ use wasmer::{Engine, Extern, FunctionEnv, Instance, Module, Store, Type, Value};
 use wasmer_middlewares::metering::set_remaining_points;
 
 use crate::cgi::parse_response;
+use crate::runtime::guest_log::LogContext;
 use crate::runtime::wasi::{self, RequestIo};
 use crate::runtime::{engine, metering};
 
@@ -49,8 +50,10 @@ impl HostCaller {
         CALLER.get_or_init(|| {
             let engine = engine::headless(1, 1024);
             let mut store = Store::new(engine.clone());
-            let env =
-                FunctionEnv::new(&mut store, RequestIo::new("fuzz", "", &[], Bytes::new(), 0));
+            let env = FunctionEnv::new(
+                &mut store,
+                RequestIo::new("fuzz", LogContext::default(), &[], Bytes::new(), 0),
+            );
             let mut functions = Vec::new();
             let mut wat = String::from("(module\n");
             let mut exports = String::new();
@@ -120,7 +123,13 @@ pub fn host_calls(data: &[u8]) {
     let stdin = Bytes::copy_from_slice(image);
     let env = FunctionEnv::new(
         &mut store,
-        RequestIo::new("fuzz", "fuzz", &[("K".into(), "V".into())], stdin, 1024),
+        RequestIo::new(
+            "fuzz",
+            LogContext::of_request("fuzz"),
+            &[("K".into(), "V".into())],
+            stdin,
+            1024,
+        ),
     );
     let imports = wasi::imports(&mut store, &env);
     let instance = Instance::new(&mut store, &caller.module, &imports).expect("instantiates");

@@ -35,6 +35,7 @@ pub mod pool;
 pub mod runtime;
 pub mod server;
 pub mod status;
+pub mod tail;
 pub mod workers;
 
 pub use call::{Answer, Call, Failure};

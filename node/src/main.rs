@@ -46,7 +46,7 @@ fn main() {
         println!("edge-node: {} is valid", args.config.display());
         return;
     }
-    logging::init(config.log_format);
+    logging::init(config.log_format, &config.log_filter);
     let runtime = tokio::runtime::Runtime::new().expect("starting the async runtime");
     if let Err(e) = runtime.block_on(run(config, args.announce, args.announce_metrics)) {
         tracing::error!("edge-node: {e:#}");

@@ -22,7 +22,9 @@ use crate::deployment::{self, DeployError, Deployment, micros};
 use crate::metrics::NodeMetrics;
 use crate::pool::{InstancePool, PoolSizer};
 use crate::runtime::cache::{LoadError, Loaded, ModuleCache, Source};
+use crate::runtime::guest_log::LogContext;
 use crate::runtime::invoke::{self, Invocation, RunError};
+use crate::tail::Tails;
 use crate::workers::WorkerPool;
 
 /// The node: its deployments, module cache, admission and worker threads.
@@ -48,6 +50,8 @@ pub struct Node {
     /// Calls refused because the node is draining.
     pub(crate) refused_draining: AtomicU64,
     pub(crate) draining: AtomicBool,
+    /// `edge tail` watchers.
+    pub(crate) tails: Tails,
 }
 
 impl Node {
@@ -77,6 +81,7 @@ impl Node {
             overloaded: AtomicU64::new(0),
             refused_draining: AtomicU64::new(0),
             draining: AtomicBool::new(false),
+            tails: Tails::default(),
             config,
         })
     }
@@ -199,7 +204,12 @@ impl Node {
         );
         let invocation = Invocation {
             env: cgi::environment(&request, &deployment.env),
-            request_id: call.request_id,
+            log: LogContext {
+                request_id: call.request_id,
+                trace_id: call.trace_id,
+                deployment: deployment.id.as_str().to_string(),
+                tail: self.tails.sender(),
+            },
             stdin: call.body,
             stdout_limit: limits.stdout_limit(),
             fuel: limits.fuel(self.config.fuel_per_ms),

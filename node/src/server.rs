@@ -4,15 +4,22 @@
 //! ([`failure_response`]); the detail goes to the log, never into a body.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use edge_net::http3::{self, BodyError, Handler, ServerStream};
 use edge_shared::manifest::DeploymentId;
+use edge_shared::trace::{self, TraceContext};
 use edge_shared::wire::{self, Refusal, ServerTiming};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 
-use crate::{Call, DeployError, Failure, Node};
+use crate::tail::{Next, TailEvent, TailKind};
+use crate::{Call, DeployError, Deployment, Failure, Node};
+
+/// How often a quiet tail stream sends an empty line: how a watcher that went away is
+/// noticed, and a draining node ends the stream.
+const TAIL_HEARTBEAT: Duration = Duration::from_secs(2);
 
 /// Largest deploy body: the largest module plus room for the manifest.
 const MAX_DEPLOY_BODY: u64 = edge_shared::module_check::MAX_MODULE_BYTES as u64 + (1 << 20);
@@ -34,6 +41,12 @@ impl Handler for Node {
         // `x-edge-function` on every user's request and drops any the user sent).
         let result = if req.headers().contains_key(wire::FUNCTION_HEADER) {
             invoke(&self, req, &mut stream).await
+        } else if let Some(function) = req.uri().path().strip_prefix(wire::TAIL_PATH) {
+            if req.method() == Method::GET {
+                let function = function.to_string();
+                return tail(&self, &function, stream).await;
+            }
+            Err(Failure::MethodNotAllowed("GET"))
         } else {
             control(&self, &req, &mut stream).await
         };
@@ -216,10 +229,17 @@ async fn invoke(
         .deployment(&id)
         .ok_or(Failure::Refused(Refusal::NotFound))?;
     let body = read_body(stream, deployment.limits.max_request_body_bytes).await?;
+    let started = Instant::now();
     let text = |name: &str| header(&request, name).map(str::to_string);
+    let request_id = text(wire::REQUEST_ID_HEADER).unwrap_or_else(|| "-".into());
+    let trace_id = header(&request, trace::TRACEPARENT)
+        .and_then(TraceContext::parse)
+        .map_or_else(|| "-".to_string(), |t| t.trace_id_hex());
+    let ids = (request_id.clone(), trace_id.clone());
     let call = Call {
         script_name: text(wire::SCRIPT_NAME_HEADER).unwrap_or_default(),
-        request_id: text(wire::REQUEST_ID_HEADER).unwrap_or_else(|| "-".into()),
+        request_id,
+        trace_id,
         deadline: header(&request, wire::DEADLINE_HEADER)
             .and_then(|v| v.parse().ok())
             .map(Duration::from_millis),
@@ -227,16 +247,29 @@ async fn invoke(
         body,
         request,
     };
-    let name = &deployment.manifest.name;
     let answer = match node.invoke(&deployment, call).await {
         Ok(answer) => answer,
         Err(failure) => {
-            node.metrics.called(name, failure.status().as_u16(), None);
+            finished(
+                node,
+                &deployment,
+                ids,
+                failure.status().as_u16(),
+                None,
+                started,
+            );
             return Err(failure);
         }
     };
-    node.metrics
-        .called(name, answer.head.status.as_u16(), Some(&answer.timing));
+    let status = answer.head.status.as_u16();
+    finished(
+        node,
+        &deployment,
+        ids,
+        status,
+        Some(&answer.timing),
+        started,
+    );
     let mut response = Response::new(());
     *response.status_mut() = answer.head.status;
     let headers = response.headers_mut();
@@ -250,4 +283,70 @@ async fn invoke(
         headers.insert(wire::NODE_HEADER, v);
     }
     Ok((response, answer.body()))
+}
+
+/// What the end of a call tells: the metrics, the access log (target `access`, at debug
+/// level: `log_filter = "info,access=debug"` shows it) and `edge tail` watchers.
+fn finished(
+    node: &Node,
+    deployment: &Deployment,
+    (request_id, trace_id): (String, String),
+    status: u16,
+    timing: Option<&ServerTiming>,
+    started: Instant,
+) {
+    let function = &deployment.manifest.name;
+    node.metrics.called(function, status, timing);
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    tracing::debug!(target: "access", %request_id, %trace_id, %function, deployment = %deployment.id, status, ms, "call");
+    node.tails.send(|| TailEvent {
+        function: function.clone(),
+        deployment: deployment.id.as_str().to_string(),
+        request_id,
+        trace_id,
+        kind: TailKind::Call { status, ms },
+    });
+}
+
+/// Streams the calls and log lines of `function` as JSON lines, each with this node's
+/// name, until the gateway goes away or the node drains.
+async fn tail(node: &Node, function: &str, mut stream: ServerStream) {
+    let mut watcher = node.tails.watch(function);
+    let mut head = Response::new(());
+    head.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    if stream.send_response(head).await.is_err() {
+        return;
+    }
+    tracing::info!(function, "tail started");
+    #[derive(serde::Serialize)]
+    struct Line<'a> {
+        node: &'a str,
+        #[serde(flatten)]
+        event: &'a TailEvent,
+    }
+    loop {
+        let line = match tokio::time::timeout(TAIL_HEARTBEAT, watcher.next()).await {
+            Ok(Next::Event(event)) => {
+                let line = Line {
+                    node: node.name(),
+                    event: &event,
+                };
+                serde_json::to_string(&line).unwrap_or_default()
+            }
+            Ok(Next::Missed(missed)) => {
+                serde_json::json!({ "node": node.name(), "kind": "missed", "events": missed })
+                    .to_string()
+            }
+            Err(_) if node.draining.load(Ordering::Relaxed) => break,
+            Err(_) => String::new(),
+        };
+        if stream.send_data(Bytes::from(line + "\n")).await.is_err() {
+            break;
+        }
+    }
+    let _ = stream.finish().await;
+    tracing::info!(function, "tail ended");
 }

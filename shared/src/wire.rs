@@ -32,6 +32,9 @@ pub const VERSION_KEY_HEADER: &str = "x-edge-version-key";
 pub const DEPLOY_PATH: &str = "/_edge/v1/deployments/";
 /// Path of the node's status endpoint (JSON).
 pub const STATUS_PATH: &str = "/_edge/v1/status";
+/// Path prefix of a node's stream of one function's calls and log lines, for `edge
+/// tail`: `GET /_edge/v1/tail/{function name}`, answered with JSON lines.
+pub const TAIL_PATH: &str = "/_edge/v1/tail/";
 /// TLS server name in node certificates, checked by the gateway: the node role.
 pub const NODE_SERVER_NAME: &str = "edge-node";
 /// The name in a gateway's cluster-member certificate: the gateway role. Nodes serve

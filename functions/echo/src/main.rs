@@ -1,8 +1,13 @@
-//! `echo`: returns the method, path, query, headers and body it received, as JSON.
+//! `echo`: returns the method, path, query, headers and body it received, as JSON; with
+//! an `x-echo-log` header, it writes that header's value to its log (stderr) first.
 use edge_guest::{Response, json_string};
 
 fn main() {
     edge_guest::serve(|req| {
+        // A line for the function's log, when asked for one.
+        if let Some((_, line)) = req.headers.iter().find(|(k, _)| k == "x-echo-log") {
+            eprintln!("{line}");
+        }
         let headers: Vec<String> = req
             .headers
             .iter()

@@ -37,7 +37,7 @@ use bytes::Bytes;
 use edge_net::lifecycle::Shutdown;
 use edge_shared::manifest::{Limits, Route, Secrets};
 use http::{HeaderValue, Method, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
@@ -49,7 +49,11 @@ use crate::proxy::Gateway;
 use crate::registry::{FunctionSpec, Registry, RegistryError, Share};
 use crate::status::StatusServer;
 
+mod tail;
 mod views;
+
+/// The body of an admin answer: whole, or a stream (`tail`).
+pub type AdminBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
 /// The shortest token accepted.
 const MIN_TOKEN_CHARS: usize = 32;
@@ -105,6 +109,8 @@ pub struct Admin {
     pub gateway: Arc<Gateway>,
     /// Where functions are kept.
     pub registry: Arc<dyn Registry>,
+    /// Tails that may be open at once (`admin.max_tails`).
+    pub tails: Arc<Semaphore>,
 }
 
 /// `PUT /v1/functions/{name}`'s body.
@@ -186,7 +192,7 @@ pub async fn serve(
             };
             let service = hyper::service::service_fn(move |request| {
                 let admin = Arc::clone(&admin);
-                async move { Ok::<_, Infallible>(admin.answer(request, remote).await) }
+                async move { Ok::<_, Infallible>(admin.respond(request, remote).await) }
             });
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             builder
@@ -203,12 +209,13 @@ pub async fn serve(
 }
 
 impl Admin {
-    async fn answer(
+    /// Checks the token, then answers: a tail as a stream, any other call whole.
+    async fn respond(
         &self,
         request: http::Request<Incoming>,
         remote: SocketAddr,
-    ) -> Response<Full<Bytes>> {
-        let path = request.uri().path().to_string();
+    ) -> Response<AdminBody> {
+        let path = request.uri().path();
         if !self
             .token
             .admits(request.headers().get(http::header::AUTHORIZATION))
@@ -219,8 +226,25 @@ impl Admin {
                 http::header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer"),
             );
-            return answer;
+            return answer.map(BodyExt::boxed);
         }
+        let tail = path
+            .strip_prefix("/v1/functions/")
+            .and_then(|rest| rest.strip_suffix("/tail"))
+            .filter(|name| !name.contains('/'));
+        match tail {
+            Some(name) if request.method() == Method::GET => self.tail(name, remote),
+            Some(_) => error(StatusCode::METHOD_NOT_ALLOWED, "GET only").map(BodyExt::boxed),
+            None => self.answer(request, remote).await.map(BodyExt::boxed),
+        }
+    }
+
+    async fn answer(
+        &self,
+        request: http::Request<Incoming>,
+        remote: SocketAddr,
+    ) -> Response<Full<Bytes>> {
+        let path = request.uri().path().to_string();
         let method = request.method().clone();
         if path == "/v1/cluster" {
             return match method {

@@ -1,5 +1,36 @@
 //! A function's stderr as log lines: bounded per request in bytes and lines, control
-//! characters escaped, each line carrying the function and the request id.
+//! characters escaped, each line carrying the function, the request id and the trace
+//! id, and sent to `edge tail` watchers when there are any.
+
+use std::sync::Arc;
+
+use tokio::sync::broadcast;
+
+use crate::tail::{TailEvent, TailKind};
+
+/// Whom a call's log lines name, and where else they go.
+#[derive(Debug, Clone, Default)]
+pub struct LogContext {
+    /// The request id the gateway gave.
+    pub request_id: String,
+    /// The W3C trace id, `-` when none came.
+    pub trace_id: String,
+    /// The deployment id.
+    pub deployment: String,
+    /// `edge tail` watchers, when there are any.
+    pub tail: Option<broadcast::Sender<Arc<TailEvent>>>,
+}
+
+impl LogContext {
+    /// The context of a call with no trace and no watcher (benchmarks, tests).
+    pub fn of_request(request_id: &str) -> LogContext {
+        LogContext {
+            request_id: request_id.to_string(),
+            trace_id: "-".to_string(),
+            ..LogContext::default()
+        }
+    }
+}
 
 /// Most bytes of stderr kept per request; the rest is counted and dropped.
 const MAX_LOG_BYTES: usize = 64 << 10;
@@ -27,7 +58,7 @@ fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
 /// operator's terminal).
 pub(crate) struct FunctionLog {
     function: String,
-    request_id: String,
+    context: LogContext,
     line: Vec<u8>,
     kept: usize,
     lines: usize,
@@ -36,10 +67,10 @@ pub(crate) struct FunctionLog {
 
 impl FunctionLog {
     /// The log of one request of `function`.
-    pub(crate) fn new(function: &str, request_id: &str) -> FunctionLog {
+    pub(crate) fn new(function: &str, context: LogContext) -> FunctionLog {
         FunctionLog {
             function: function.to_string(),
-            request_id: request_id.to_string(),
+            context,
             line: Vec::new(),
             kept: 0,
             lines: 0,
@@ -65,7 +96,19 @@ impl FunctionLog {
         if self.lines < MAX_LOG_LINES {
             let text = String::from_utf8_lossy(&self.line);
             let line = escape_controls(&text);
-            tracing::info!(target: "function", function = %self.function, request_id = %self.request_id, "{line}");
+            let c = &self.context;
+            tracing::info!(target: "function", function = %self.function, request_id = %c.request_id, trace_id = %c.trace_id, "{line}");
+            if let Some(tail) = &c.tail {
+                let _ = tail.send(Arc::new(TailEvent {
+                    function: self.function.clone(),
+                    deployment: c.deployment.clone(),
+                    request_id: c.request_id.clone(),
+                    trace_id: c.trace_id.clone(),
+                    kind: TailKind::Log {
+                        line: line.into_owned(),
+                    },
+                }));
+            }
             self.lines += 1;
         } else {
             self.dropped += self.line.len() + 1;
@@ -78,7 +121,7 @@ impl FunctionLog {
             self.emit();
         }
         if self.dropped > 0 {
-            tracing::warn!(function = %self.function, request_id = %self.request_id,
+            tracing::warn!(function = %self.function, request_id = %self.context.request_id,
                 dropped_bytes = self.dropped, "function log over {MAX_LOG_BYTES} bytes or {MAX_LOG_LINES} lines, rest dropped");
             self.dropped = 0;
         }
@@ -91,7 +134,7 @@ mod tests {
 
     #[test]
     fn a_guests_log_is_bounded_in_lines_and_bytes_and_escaped() {
-        let mut log = FunctionLog::new("f", "r");
+        let mut log = FunctionLog::new("f", LogContext::of_request("r"));
         log.write(&b"\n".repeat(10_000));
         assert_eq!(log.lines, MAX_LOG_LINES);
         assert_eq!(log.dropped, 10_000 - MAX_LOG_LINES);

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use wasmer::{Engine, Function, FunctionEnv, Instance, Memory, Module, Store};
 use wasmer_middlewares::metering::{MeteringPoints, get_remaining_points, set_remaining_points};
 
+use super::guest_log::LogContext;
 use super::metering;
 use super::wasi::{self, Exit, RequestIo, SleptPastDeadline};
 use super::watchdog::Watchdog;
@@ -29,8 +30,8 @@ pub struct Runnable {
 
 /// What one invocation gets.
 pub struct Invocation {
-    /// Request id for the function's log lines.
-    pub request_id: String,
+    /// Whom the function's log lines name, and where else they go.
+    pub log: LogContext,
     /// CGI variables plus the function's own environment.
     pub env: Vec<(String, String)>,
     /// The request body, as stdin.
@@ -120,7 +121,7 @@ pub fn prepare(runnable: &Runnable) -> Result<Prepared, RunError> {
     let mut store = Store::new(runnable.engine.clone());
     let io = FunctionEnv::new(
         &mut store,
-        RequestIo::new(&runnable.name, "", &[], Bytes::new(), 0),
+        RequestIo::new(&runnable.name, LogContext::default(), &[], Bytes::new(), 0),
     );
     let imports = wasi::imports(&mut store, &io);
     let instance = Instance::new(&mut store, &runnable.module, &imports)
@@ -163,7 +164,7 @@ pub fn run(
     } = prepared;
     let mut request = RequestIo::new(
         &runnable.name,
-        &invocation.request_id,
+        invocation.log,
         &invocation.env,
         invocation.stdin,
         invocation.stdout_limit,

@@ -3,7 +3,7 @@
 
 pub mod cache;
 pub mod engine;
-mod guest_log;
+pub mod guest_log;
 pub mod invoke;
 pub mod metering;
 pub mod wasi;

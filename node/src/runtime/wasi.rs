@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use edge_shared::module_check::WASI_MODULE;
 
-use super::guest_log::FunctionLog;
+use super::guest_log::{FunctionLog, LogContext};
 use super::metering;
 use wasmer::{
     Exports, Function, FunctionEnv, FunctionEnvMut, Global, Imports, Memory, MemoryView, Store,
@@ -63,7 +63,7 @@ impl RequestIo {
     /// the function's own, `stdin` the body; stdout may hold `stdout_limit` bytes.
     pub fn new(
         function: &str,
-        request_id: &str,
+        log: LogContext,
         env: &[(String, String)],
         stdin: Bytes,
         stdout_limit: usize,
@@ -83,7 +83,7 @@ impl RequestIo {
             stdout: Vec::new(),
             stdout_limit,
             stdout_overflow: false,
-            log: FunctionLog::new(function, request_id),
+            log: FunctionLog::new(function, log),
         }
     }
 
@@ -553,7 +553,10 @@ mod tests {
     #[test]
     fn host_provides_exactly_the_checked_imports() {
         let mut store = Store::default();
-        let env = FunctionEnv::new(&mut store, RequestIo::new("f", "r", &[], Bytes::new(), 0));
+        let env = FunctionEnv::new(
+            &mut store,
+            RequestIo::new("f", LogContext::of_request("r"), &[], Bytes::new(), 0),
+        );
         let imports = imports(&mut store, &env);
         let mut names: Vec<String> = imports
             .iter()

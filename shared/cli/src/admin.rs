@@ -1,6 +1,7 @@
 //! The admin API's client, for `edge deploy`, `edge functions`, `edge versions`, `edge
 //! traffic`, `edge rollback`, `edge rm` and `edge cluster`: one HTTPS (HTTP/1.1) call per
-//! command, with the bearer token; and the tables those commands print.
+//! command, with the bearer token, or a stream of JSON lines (`edge tail`); and the tables
+//! those commands print.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
@@ -58,13 +59,13 @@ impl AdminClient {
         })
     }
 
-    /// `method path` with `body` as JSON.
-    pub async fn call(
+    /// Sends `method path` with `body` as JSON; the answer's head, its body to read.
+    async fn send(
         &self,
         method: Method,
         path: &str,
         body: Option<&serde_json::Value>,
-    ) -> anyhow::Result<Reply> {
+    ) -> anyhow::Result<http::Response<hyper::body::Incoming>> {
         let tcp = tokio::net::TcpStream::connect(self.addr)
             .await
             .with_context(|| format!("connecting to the admin API at {}", self.addr))?;
@@ -88,7 +89,17 @@ impl AdminClient {
             )
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(bytes))?;
-        let response = sender.send_request(request).await?;
+        Ok(sender.send_request(request).await?)
+    }
+
+    /// `method path` with `body` as JSON.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> anyhow::Result<Reply> {
+        let response = self.send(method, path, body).await?;
         let status = response.status();
         let body = response.into_body().collect().await?.to_bytes();
         let body = if body.is_empty() {
@@ -97,6 +108,42 @@ impl AdminClient {
             serde_json::from_slice(&body).context("the admin API's answer is not JSON")?
         };
         Ok(Reply { status, body })
+    }
+
+    /// `GET path`, a stream of JSON lines: each non-blank line goes to `line` until it
+    /// says stop or the stream ends. An answer other than `200` is returned as it is.
+    pub async fn lines(
+        &self,
+        path: &str,
+        mut line: impl FnMut(&serde_json::Value) -> std::ops::ControlFlow<()>,
+    ) -> anyhow::Result<Option<Reply>> {
+        let response = self.send(Method::GET, path, None).await?;
+        let status = response.status();
+        let mut body = response.into_body();
+        if status != StatusCode::OK {
+            let bytes = body.collect().await?.to_bytes();
+            let body = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+            return Ok(Some(Reply { status, body }));
+        }
+        let mut pending = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame?.into_data() else {
+                continue;
+            };
+            pending.extend_from_slice(&data);
+            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                let text: Vec<u8> = pending.drain(..=end).collect();
+                if text.len() == 1 {
+                    continue;
+                }
+                let value =
+                    serde_json::from_slice(&text).context("a line of the stream is not JSON")?;
+                if line(&value).is_break() {
+                    return Ok(None);
+                }
+            }
+        }
+        Ok(None)
     }
 }
 

@@ -1,6 +1,6 @@
 //! The operator's side of edge: the `edge` CLI (`edge up`, `edge call`, and `edge deploy`,
 //! `edge functions`, `edge versions`, `edge traffic`, `edge rollback`, `edge rm`, `edge
-//! cluster` over the admin API) and what it
+//! cluster`, `edge tail` over the admin API) and what it
 //! needs beyond the daemons. A crate of its own, so that neither the gateway daemon nor
 //! the load tester carries process orchestration.
 //!
@@ -10,9 +10,11 @@
 //!   through the gateway's gossip address, logs in a state folder;
 //! - [`devcerts`]: a development cluster CA and the certificates each process presents,
 //!   the gossip cluster key and the admin token;
-//! - [`supervise`]: `edge up` starting again the members that exit.
+//! - [`supervise`]: `edge up` starting again the members that exit;
+//! - [`tail`]: how `edge tail` prints a function's calls and log lines.
 
 pub mod admin;
 pub mod cluster;
 pub mod devcerts;
 pub mod supervise;
+pub mod tail;

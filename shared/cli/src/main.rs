@@ -1,6 +1,6 @@
 //! `edge`: the operator CLI. `edge up` starts a local cluster; `edge call URL` makes one
-//! HTTP/3 request; `edge deploy`, `edge functions`, `edge rollback`, `edge rm` and
-//! `edge cluster` use a gateway's admin API. Exit codes: 0 done, 2 refused by the API (the reason on stderr),
+//! HTTP/3 request; `edge deploy`, `edge functions`, `edge rollback`, `edge rm`, `edge
+//! cluster` and `edge tail` use a gateway's admin API. Exit codes: 0 done, 2 refused by the API (the reason on stderr),
 //! 1 anything else.
 
 use std::io::Write;
@@ -12,10 +12,11 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use edge_cli::admin::{
-    AdminClient, DeployOptions, deploy_body, functions_table, traffic_body, versions_table,
+    AdminClient, DeployOptions, Reply, deploy_body, functions_table, traffic_body, versions_table,
 };
 use edge_cli::cluster::{self, LocalCluster};
 use edge_cli::supervise::Supervisor;
+use edge_cli::tail;
 use edge_net::client::{self, H3Client};
 use edge_shared::config::{self, ClusterConfig, RegistryKind};
 use edge_shared::wire;
@@ -132,6 +133,18 @@ enum Command {
     },
     /// Show the cluster as the gateway sees it.
     Cluster {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Stream function NAME's calls and log lines from every node as they happen, with
+    /// the node, version, request id and status, until Ctrl-C. Notices (nodes tailed,
+    /// lines dropped over the gateway's rate) go to stderr.
+    Tail {
+        /// The function.
+        name: String,
+        /// Stop after this many calls and log lines.
+        #[arg(long)]
+        count: Option<u64>,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -266,6 +279,7 @@ fn main() {
                 out
             })
         }
+        Command::Tail { name, count, admin } => tail(&admin, &name, count),
         Command::Call {
             url,
             method,
@@ -367,6 +381,17 @@ fn admin_call(
     let client = AdminClient::new(&args.admin, &args.ca, &args.token_file)?;
     let runtime = tokio::runtime::Runtime::new().expect("starting the async runtime");
     let reply = runtime.block_on(client.call(method, path, body.as_ref()))?;
+    checked(&reply)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&reply.body)?);
+    } else {
+        print!("{}", show(&reply.body));
+    }
+    Ok(())
+}
+
+/// An error for an answer the API refused (exit code 2) or failed.
+fn checked(reply: &Reply) -> anyhow::Result<()> {
     if reply.status.is_client_error() {
         let why = reply.body["error"]
             .as_str()
@@ -377,12 +402,42 @@ fn admin_call(
     if !reply.status.is_success() {
         bail!("the admin API answered {}: {}", reply.status, reply.body);
     }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&reply.body)?);
-    } else {
-        print!("{}", show(&reply.body));
-    }
     Ok(())
+}
+
+/// `edge tail`: prints the stream until it ends, Ctrl-C, or `count` events.
+fn tail(args: &AdminArgs, name: &str, count: Option<u64>) -> anyhow::Result<()> {
+    let client = AdminClient::new(&args.admin, &args.ca, &args.token_file)?;
+    let runtime = tokio::runtime::Runtime::new().expect("starting the async runtime");
+    let path = format!("/v1/functions/{name}/tail");
+    let mut seen = 0;
+    let shown = runtime.block_on(client.lines(&path, |event| {
+        let out = std::io::stdout();
+        let mut out = out.lock();
+        match tail::show(event) {
+            _ if args.json => {
+                let _ = writeln!(out, "{event}");
+            }
+            Some(tail::Shown::Event(line)) => {
+                let _ = writeln!(out, "{line}");
+            }
+            Some(tail::Shown::Notice(line)) => eprintln!("edge tail: {line}"),
+            None => {}
+        }
+        let _ = out.flush();
+        if matches!(event["kind"].as_str(), Some("call" | "log")) {
+            seen += 1;
+        }
+        if count.is_some_and(|n| seen >= n) {
+            std::ops::ControlFlow::Break(())
+        } else {
+            std::ops::ControlFlow::Continue(())
+        }
+    }))?;
+    match shown {
+        Some(reply) => checked(&reply),
+        None => Ok(()),
+    }
 }
 
 fn up(

@@ -57,6 +57,8 @@ pub struct ClusterConfig {
     /// The gateways' registry: `embedded` (each its own) or `nats` (a `nats-server`
     /// with JetStream, started in the state folder, shared by every gateway).
     pub registry: RegistryKind,
+    /// Every process's `log_filter` (`info,access=debug` logs each request).
+    pub log_filter: String,
 }
 
 impl Default for ClusterConfig {
@@ -79,6 +81,7 @@ impl Default for ClusterConfig {
             request_timeout_ms: 30_000,
             registry: RegistryKind::Embedded,
             registry_resync_ms: 30_000,
+            log_filter: "info".into(),
         }
     }
 }
@@ -107,6 +110,7 @@ impl ConfigFile for ClusterConfig {
             problems.push("nodes: from 1 to 64".into());
         }
         self.ingress.problems(&mut problems);
+        super::check_log_filter(&mut problems, &self.log_filter);
         if !(10..=10_000).contains(&self.gossip_interval_ms) {
             problems.push("gossip_interval_ms: must be between 10 and 10000".into());
         }

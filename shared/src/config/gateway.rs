@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     ConfigFile, FunctionConfig, GossipConfig, IngressConfig, LogFormat, RoutingPolicy, check_grace,
-    require_file, resolve,
+    check_log_filter, require_file, resolve,
 };
 
 /// `edge-gateway`'s configuration file.
@@ -68,6 +68,10 @@ pub struct GatewayConfig {
     pub shutdown_grace_ms: u64,
     /// Log format.
     pub log_format: LogFormat,
+    /// Log levels, as comma-separated directives: a level, or MODULE=LEVEL
+    /// (`info,edge_node=debug`). `access=debug` adds a line per request. `RUST_LOG`, when
+    /// set, overrides it.
+    pub log_filter: String,
 }
 
 impl Default for GatewayConfig {
@@ -94,6 +98,7 @@ impl Default for GatewayConfig {
             unrouted_grace_ms: 60_000,
             shutdown_grace_ms: 10_000,
             log_format: LogFormat::Text,
+            log_filter: "info".into(),
         }
     }
 }
@@ -108,6 +113,11 @@ pub struct AdminConfig {
     /// File holding the bearer token (owner-only, at least 32 characters). Unset, the
     /// admin API does not run.
     pub token_file: PathBuf,
+    /// `edge tail` streams open at once on this gateway; more are answered `429`.
+    pub max_tails: usize,
+    /// Lines a second one tail stream carries; more are dropped and counted in a
+    /// `dropped` line.
+    pub tail_lines_per_second: u32,
 }
 
 impl Default for AdminConfig {
@@ -115,6 +125,8 @@ impl Default for AdminConfig {
         AdminConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 4480)),
             token_file: PathBuf::new(),
+            max_tails: 4,
+            tail_lines_per_second: 100,
         }
     }
 }
@@ -228,9 +240,13 @@ impl ConfigFile for GatewayConfig {
             problems.push("request_timeout_ms: must be greater than zero".into());
         }
         check_grace(&mut problems, self.shutdown_grace_ms);
+        check_log_filter(&mut problems, &self.log_filter);
         self.ingress.problems(&mut problems);
         if !self.admin.token_file.as_os_str().is_empty() {
             require_file(&mut problems, "admin.token_file", &self.admin.token_file);
+        }
+        if self.admin.tail_lines_per_second == 0 {
+            problems.push("admin.tail_lines_per_second: must be greater than zero".into());
         }
         let mut names = std::collections::BTreeSet::new();
         for (i, f) in self.functions.iter().enumerate() {

@@ -48,6 +48,26 @@ pub enum LogFormat {
     Json,
 }
 
+/// Levels a `log_filter` directive may set.
+const LOG_LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+/// Checks `log_filter`: comma-separated directives, each a level (`info`) or a module
+/// path and a level (`edge_node=debug`, `access=debug`).
+pub fn check_log_filter(problems: &mut Vec<String>, filter: &str) {
+    for directive in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let (target, level) = directive.split_once('=').unwrap_or(("", directive));
+        let target_ok = target
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':');
+        if !target_ok || !LOG_LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            problems.push(format!(
+                "log_filter: {directive:?} is not LEVEL or MODULE=LEVEL (levels: {})",
+                LOG_LEVELS.join(", ")
+            ));
+        }
+    }
+}
+
 /// A configuration file type.
 pub trait ConfigFile: DeserializeOwned {
     /// Prefix of environment variables that override this file's keys.

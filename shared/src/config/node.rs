@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    ConfigFile, GossipConfig, LimitDefaults, LogFormat, check_grace, require_file, resolve,
+    ConfigFile, GossipConfig, LimitDefaults, LogFormat, check_grace, check_log_filter,
+    require_file, resolve,
 };
 
 /// `edge-node`'s configuration file.
@@ -57,6 +58,10 @@ pub struct NodeConfig {
     pub shutdown_grace_ms: u64,
     /// Log format.
     pub log_format: LogFormat,
+    /// Log levels, as comma-separated directives: a level, or MODULE=LEVEL
+    /// (`info,edge_node=debug`). `access=debug` adds a line per request. `RUST_LOG`, when
+    /// set, overrides it.
+    pub log_filter: String,
 }
 
 impl Default for NodeConfig {
@@ -79,6 +84,7 @@ impl Default for NodeConfig {
             gossip: GossipConfig::default(),
             shutdown_grace_ms: 10_000,
             log_format: LogFormat::Text,
+            log_filter: "info".into(),
         }
     }
 }
@@ -124,6 +130,7 @@ impl ConfigFile for NodeConfig {
             ));
         }
         check_grace(&mut problems, self.shutdown_grace_ms);
+        check_log_filter(&mut problems, &self.log_filter);
         if !(1..=10_000_000).contains(&self.max_table_elements) {
             problems.push("max_table_elements: from 1 to 10000000".into());
         }

@@ -195,11 +195,13 @@ impl LocalCluster {
             admin: AdminConfig {
                 listen: spec.admin_listen,
                 token_file: cluster.certs.admin_token.clone(),
+                ..AdminConfig::default()
             },
             state_dir: cluster.dir.join("gateway-state"),
             registry,
             unrouted_grace_ms: spec.unrouted_grace_ms,
             request_timeout_ms: spec.request_timeout_ms,
+            log_filter: spec.log_filter.clone(),
             ingress: spec.ingress.clone(),
             routing: spec.routing,
             functions: spec.functions.clone(),
@@ -296,6 +298,7 @@ impl LocalCluster {
                 interval_ms: self.spec.gossip_interval_ms,
                 ..GossipConfig::default()
             },
+            log_filter: self.spec.log_filter.clone(),
             ..NodeConfig::default()
         };
         let cpus = self

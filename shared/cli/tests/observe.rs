@@ -1,0 +1,184 @@
+//! Following requests as an operator does: one request's ids in the gateway's, the
+//! node's and the function's log lines, `edge tail` showing its call and log line as
+//! they happen, and the tail's limits (unknown function, streams open, lines a second).
+
+#[path = "../../../gateway/tests/support/mod.rs"]
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::Receiver;
+use std::time::Duration;
+
+use bytes::Bytes;
+use edge_cli::cluster::{LocalCluster, bin_dir};
+use http::StatusCode;
+
+/// How long a line of a tail may take to come.
+const WITHIN: Duration = Duration::from_secs(20);
+
+/// `edge tail ARGS` against `cluster`, its stdout lines on a channel.
+fn edge_tail(cluster: &LocalCluster, args: &[&str]) -> (Child, Receiver<String>) {
+    let mut child = Command::new(bin_dir().unwrap().join("edge"))
+        .arg("tail")
+        .args(args)
+        .arg("--admin")
+        .arg(format!("https://127.0.0.1:{}", cluster.admin_addr().port()))
+        .arg("--ca")
+        .arg(&cluster.certs().ca)
+        .arg("--token-file")
+        .arg(&cluster.certs().admin_token)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (said, lines) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if said.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    (child, lines)
+}
+
+/// The next JSON line of a `--json` tail.
+fn next_event(lines: &Receiver<String>) -> serde_json::Value {
+    let line = lines.recv_timeout(WITHIN).expect("a line of edge tail");
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"))
+}
+
+/// Waits until the tail says it tails `nodes` nodes.
+fn wait_tailing(lines: &Receiver<String>, nodes: usize) {
+    for _ in 0..nodes {
+        let event = next_event(lines);
+        assert_eq!(event["kind"], "tailing", "{event}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_requests_ids_are_in_every_log_line_and_edge_tail_shows_its_call() {
+    let (cluster, _dir) = support::start_with(
+        2,
+        vec![support::function("echo", Default::default())],
+        |spec| spec.log_filter = "info,access=debug".into(),
+    );
+    let (mut tail, lines) = edge_tail(&cluster, &["echo", "--json", "--count", "2"]);
+    wait_tailing(&lines, 2);
+
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let said = format!("hello from the function {}", std::process::id());
+    let c = support::client(&cluster).await;
+    let request = http::Request::get(support::url(&cluster, "/echo"))
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .header("x-echo-log", &said)
+        .body(())
+        .unwrap();
+    let r = c.send(request, Bytes::new()).await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    let request_id = r.header("x-edge-request-id").unwrap().to_string();
+    let node = r.header("x-edge-node").unwrap().to_string();
+
+    // The tail shows the function's line, then the call, each naming the request.
+    let log = next_event(&lines);
+    let call = next_event(&lines);
+    for (event, kind) in [(&log, "log"), (&call, "call")] {
+        assert_eq!(event["kind"], kind, "{event}");
+        assert_eq!(event["request_id"], request_id.as_str(), "{event}");
+        assert_eq!(event["trace_id"], trace_id, "{event}");
+        assert_eq!(event["node"], node.as_str(), "{event}");
+        assert_eq!(event["version"], 1, "{event}");
+        assert_eq!(event["function"], "echo", "{event}");
+    }
+    assert_eq!(log["line"], said.as_str(), "{log}");
+    assert_eq!(call["status"], 200, "{call}");
+    assert!(call["ms"].as_f64().unwrap() > 0.0, "{call}");
+    let exited = tail.wait().unwrap();
+    assert!(exited.success(), "edge tail --count 2 exited {exited}");
+
+    // Every process's lines carry the request id and the trace id.
+    let carries = |process: &str, also: &str| {
+        let log = cluster.log(process);
+        log.lines()
+            .any(|l| l.contains(&request_id) && l.contains(trace_id) && l.contains(also))
+    };
+    assert!(
+        support::wait_for(WITHIN, || carries("gateway", "access")),
+        "gateway:\n{}",
+        cluster.log("gateway")
+    );
+    assert!(
+        support::wait_for(WITHIN, || carries(&node, "access")),
+        "{node}:\n{}",
+        cluster.log(&node)
+    );
+    assert!(
+        support::wait_for(WITHIN, || carries(&node, &said)),
+        "the function's line on {node}:\n{}",
+        cluster.log(&node)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tail_is_refused_for_no_function_or_past_the_open_limit_and_held_to_its_rate() {
+    let (cluster, _dir) = support::start(1, vec![support::function("hello", Default::default())]);
+    // No such function: refused, exit code 2, saying so.
+    let (none, _) = edge_tail(&cluster, &["nope"]);
+    let out = none.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("404") && err.contains("nope"), "{err}");
+
+    // admin.max_tails (4) streams at once; a fifth is refused while they run.
+    let mut open: Vec<_> = (0..4)
+        .map(|_| edge_tail(&cluster, &["hello", "--json"]))
+        .collect();
+    for (_, lines) in &open {
+        wait_tailing(lines, 1);
+    }
+    let (fifth, _) = edge_tail(&cluster, &["hello"]);
+    let out = fifth.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("429") && err.contains("admin.max_tails"),
+        "{err}"
+    );
+
+    // A burst of calls over the rate (100 lines a second): the tail carries at most a
+    // second's worth plus what refills while it lasts, and counts the rest as dropped.
+    let c = std::sync::Arc::new(support::client(&cluster).await);
+    let started = std::time::Instant::now();
+    let calls: Vec<_> = (0..400)
+        .map(|_| {
+            let (c, url) = (std::sync::Arc::clone(&c), support::url(&cluster, "/hello"));
+            tokio::spawn(async move { c.get(&url).await.unwrap().status })
+        })
+        .collect();
+    for call in calls {
+        assert_eq!(call.await.unwrap(), StatusCode::OK);
+    }
+    let burst = started.elapsed();
+    let (_, lines) = &open[0];
+    let (mut shown, mut dropped) = (0u64, 0u64);
+    while shown + dropped < 400 {
+        let event = next_event(lines);
+        match event["kind"].as_str() {
+            Some("call") => shown += 1,
+            Some("dropped") => dropped += event["lines"].as_u64().unwrap(),
+            _ => panic!("{event}"),
+        }
+    }
+    assert_eq!(shown + dropped, 400);
+    let allowed = 100 + (burst.as_secs_f64() * 100.0).ceil() as u64 + 100;
+    assert!(
+        dropped > 0 && shown <= allowed,
+        "{shown} shown, {dropped} dropped in {burst:?}"
+    );
+    for (child, _) in &mut open {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
