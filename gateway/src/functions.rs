@@ -56,6 +56,28 @@ pub enum Refusal {
     Registry(#[from] RegistryError),
 }
 
+/// The manifest nodes get for version `spec` of function `name` with module
+/// `content_id`: its deployment id names the version on every node.
+pub fn manifest_of(
+    name: &str,
+    spec: &FunctionSpec,
+    content_id: ContentId,
+    domain: &str,
+) -> FunctionManifest {
+    FunctionManifest {
+        name: name.to_string(),
+        content_id,
+        routes: if spec.routes.is_empty() {
+            default_routes(name, domain)
+        } else {
+            spec.routes.clone()
+        },
+        env: spec.env.clone(),
+        secrets: spec.secrets.clone(),
+        limits: spec.limits.clone(),
+    }
+}
+
 impl Function {
     /// The function `name` serves as with `spec` and `module`, checked: the module
     /// passes the node's checks and the manifest every field's.
@@ -67,18 +89,7 @@ impl Function {
         config: &GatewayConfig,
     ) -> Result<Function, Refusal> {
         check_module(module).map_err(|e| Refusal::Invalid(format!("module: {e}")))?;
-        let manifest = FunctionManifest {
-            name: name.to_string(),
-            content_id: ContentId::of(module),
-            routes: if spec.routes.is_empty() {
-                default_routes(name, &config.domain)
-            } else {
-                spec.routes.clone()
-            },
-            env: spec.env.clone(),
-            secrets: spec.secrets.clone(),
-            limits: spec.limits.clone(),
-        };
+        let manifest = manifest_of(name, spec, ContentId::of(module), &config.domain);
         let out_of_range = limits_out_of_range(&spec.limits, config);
         if !out_of_range.is_empty() {
             return Err(Refusal::Invalid(out_of_range.join("; ")));

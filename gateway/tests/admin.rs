@@ -58,7 +58,16 @@ async fn curl_for(
     let headers = dir.path().join("headers");
     let mut command = tokio::process::Command::new("curl");
     command
-        .args(["-s", version, "-X", method, "--max-time", seconds, "-o", "-"])
+        .args([
+            "-s",
+            version,
+            "-X",
+            method,
+            "--max-time",
+            seconds,
+            "-o",
+            "-",
+        ])
         .args(["-w", "\n%{http_code}", "-D"])
         .arg(&headers)
         .arg("--cacert")

@@ -38,6 +38,12 @@ pub struct Answer {
     pub output: Bytes,
     /// queue, cold-start, instantiate and run times.
     pub timing: ServerTiming,
+    /// Time in the guest.
+    pub run: Duration,
+    /// Fuel it used.
+    pub fuel_used: u64,
+    /// Its linear memory at the end, in bytes.
+    pub memory_bytes: u64,
 }
 
 impl Answer {

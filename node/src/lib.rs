@@ -36,6 +36,7 @@ pub mod runtime;
 pub mod server;
 pub mod status;
 pub mod tail;
+pub mod usage;
 pub mod workers;
 
 pub use call::{Answer, Call, Failure};

@@ -83,6 +83,7 @@ async fn run(
     let metrics = tokio::net::TcpListener::bind(metrics_listen)
         .await
         .with_context(|| format!("binding the metrics listener on TCP {metrics_listen}"))?;
+    let usage_flush = Duration::from_millis(config.usage_flush_ms);
     let node = Arc::new(Node::new(config)?);
     let gossip = Arc::new(Gossip::start(&settings, link, key).await?);
     node.attach_gossip(Arc::clone(&gossip));
@@ -90,6 +91,7 @@ async fn run(
     // Fired once the node has drained and gateways have turned away: the server then
     // accepts no more.
     let (stop_serving, serving) = Shutdown::manual();
+    let meter = tokio::spawn(flush_usage(Arc::clone(&node), usage_flush, serving.clone()));
     let publisher = tokio::spawn(publish_load(
         Arc::clone(&node),
         Arc::clone(&gossip),
@@ -148,10 +150,26 @@ async fn run(
     stop_serving.fire();
     let endpoint = server.await?;
     publisher.await?;
+    meter.await?;
+    node.flush_usage();
     gossip.leave().await;
     quic::close(&endpoint, "node shutting down", Duration::from_secs(2)).await;
     tracing::info!("edge-node stopped");
     Ok(())
+}
+
+/// Writes the usage meter every `every`, until `stop` fires.
+async fn flush_usage(node: Arc<Node>, every: Duration, stop: Shutdown) {
+    let stopped = stop.fired();
+    tokio::pin!(stopped);
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = &mut stopped => return,
+        }
+        let node = Arc::clone(&node);
+        let _ = tokio::task::spawn_blocking(move || node.flush_usage()).await;
+    }
 }
 
 /// Publishes the node's load and warm set every gossip round, until `stop` fires.

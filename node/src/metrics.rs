@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use edge_net::metrics::{Labels, write_family};
+use edge_net::metrics::{Labels, write_family, write_seconds};
 use edge_shared::wire::{Refusal, ServerTiming};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
@@ -18,8 +18,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::node::Node;
+use crate::node::{Node, unix_ms};
 use crate::status::DeploymentStatus;
+use crate::usage::Counters;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CallLabels {
@@ -256,6 +257,81 @@ impl Collector for NodeCollector {
             let samples: Vec<(Labels, u64)> = rows.iter().map(|(l, v)| (&l[..], *v)).collect();
             write_family(e, (name, help, kind), &samples)?;
         }
-        Ok(())
+        write_usage(e, &node)
     }
+}
+
+/// The usage meter's counts since counting began, by function and deployment: the
+/// figures `GET /v1/usage` bills, as metrics.
+fn write_usage(e: &mut DescriptorEncoder, node: &Node) -> std::fmt::Result {
+    let report = node.usage.report(node.name(), None, unix_ms());
+    let labels: Vec<[(&str, &str); 2]> = report
+        .deployments
+        .iter()
+        .map(|d| {
+            [
+                ("function", d.function.as_str()),
+                ("deployment", d.deployment.as_str()),
+            ]
+        })
+        .collect();
+    let (gauge, counter) = (MetricType::Gauge, MetricType::Counter);
+    for (name, help, kind, f) in [
+        (
+            "edge_node_usage_invocations",
+            "Calls run, by function and deployment (usage meter)",
+            counter,
+            (|c| c.invocations) as fn(&Counters) -> u64,
+        ),
+        (
+            "edge_node_usage_errors",
+            "Calls run that failed, by function and deployment (usage meter)",
+            counter,
+            |c| c.errors,
+        ),
+        (
+            "edge_node_usage_fuel",
+            "Fuel consumed, by function and deployment (usage meter)",
+            counter,
+            |c| c.fuel,
+        ),
+        (
+            "edge_node_usage_received_bytes",
+            "Request body bytes, by function and deployment (usage meter)",
+            counter,
+            |c| c.bytes_in,
+        ),
+        (
+            "edge_node_usage_sent_bytes",
+            "Response bytes written by the function, by function and deployment (usage meter)",
+            counter,
+            |c| c.bytes_out,
+        ),
+        (
+            "edge_node_usage_peak_memory_bytes",
+            "The largest linear memory a call ended with, by function and deployment (usage meter)",
+            gauge,
+            |c| c.peak_memory_bytes,
+        ),
+    ] {
+        let samples: Vec<(Labels, u64)> = labels
+            .iter()
+            .zip(&report.deployments)
+            .map(|(l, d)| (&l[..], f(&d.counters)))
+            .collect();
+        write_family(e, (name, help, kind), &samples)?;
+    }
+    let run: Vec<(Labels, f64)> = labels
+        .iter()
+        .zip(&report.deployments)
+        .map(|(l, d)| (&l[..], d.counters.run_us as f64 / 1e6))
+        .collect();
+    write_seconds(
+        e,
+        (
+            "edge_node_usage_run_seconds",
+            "Time in the guest, by function and deployment (usage meter)",
+        ),
+        &run,
+    )
 }

@@ -25,6 +25,7 @@ use crate::runtime::cache::{LoadError, Loaded, ModuleCache, Source};
 use crate::runtime::guest_log::LogContext;
 use crate::runtime::invoke::{self, Invocation, RunError};
 use crate::tail::Tails;
+use crate::usage::Usage;
 use crate::workers::WorkerPool;
 
 /// The node: its deployments, module cache, admission and worker threads.
@@ -52,6 +53,8 @@ pub struct Node {
     pub(crate) draining: AtomicBool,
     /// `edge tail` watchers.
     pub(crate) tails: Tails,
+    /// Usage metering.
+    pub(crate) usage: Usage,
 }
 
 impl Node {
@@ -82,6 +85,7 @@ impl Node {
             refused_draining: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             tails: Tails::default(),
+            usage: Usage::open(&config.state_dir.join("usage.json"), unix_ms()),
             config,
         })
     }
@@ -90,6 +94,14 @@ impl Node {
     /// whoever runs those).
     pub fn metrics(self: &Arc<Self>) -> prometheus_client::registry::Registry {
         crate::metrics::registry(self)
+    }
+
+    /// Writes the usage meter to `state_dir` if it changed; a failure is logged (the
+    /// counts stay in memory for the next try).
+    pub fn flush_usage(&self) {
+        if let Err(e) = self.usage.flush(unix_ms()) {
+            tracing::error!(file = %self.usage.file().display(), error = %e, "writing the usage meter failed");
+        }
     }
 
     /// The node's name.
@@ -268,6 +280,9 @@ impl Node {
             head,
             output: Bytes::from(completed.stdout),
             timing,
+            run: completed.run,
+            fuel_used: completed.fuel_used,
+            memory_bytes: completed.memory_bytes,
         })
     }
 
@@ -442,4 +457,11 @@ impl Drop for FromGateway<'_> {
             }
         }
     }
+}
+
+/// Now, in Unix milliseconds.
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

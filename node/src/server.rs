@@ -14,7 +14,9 @@ use edge_shared::trace::{self, TraceContext};
 use edge_shared::wire::{self, Refusal, ServerTiming};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 
+use crate::node::unix_ms;
 use crate::tail::{Next, TailEvent, TailKind};
+use crate::usage::CallUsage;
 use crate::{Call, DeployError, Deployment, Failure, Node};
 
 /// How often a quiet tail stream sends an empty line: how a watcher that went away is
@@ -87,6 +89,19 @@ async fn control(
             }
             _ => Err(Failure::MethodNotAllowed("PUT or DELETE")),
         }
+    } else if path == wire::USAGE_PATH {
+        if req.method() != Method::GET {
+            return Err(Failure::MethodNotAllowed("GET"));
+        }
+        let since_ms = match req.uri().query().and_then(|q| q.strip_prefix("since_ms=")) {
+            None => None,
+            Some(n) => Some(n.parse().map_err(|_| {
+                Failure::BadRequest(format!("since_ms: {n:?} is not Unix milliseconds"))
+            })?),
+        };
+        let report = node.usage.report(node.name(), since_ms, unix_ms());
+        let json = serde_json::to_vec(&report).unwrap_or_default();
+        Ok(with_type(StatusCode::OK, "application/json", json.into()))
     } else if path == wire::STATUS_PATH {
         if req.method() != Method::GET {
             return Err(Failure::MethodNotAllowed("GET"));
@@ -229,6 +244,7 @@ async fn invoke(
         .deployment(&id)
         .ok_or(Failure::Refused(Refusal::NotFound))?;
     let body = read_body(stream, deployment.limits.max_request_body_bytes).await?;
+    let bytes_in = body.len() as u64;
     let started = Instant::now();
     let text = |name: &str| header(&request, name).map(str::to_string);
     let request_id = text(wire::REQUEST_ID_HEADER).unwrap_or_else(|| "-".into());
@@ -250,24 +266,34 @@ async fn invoke(
     let answer = match node.invoke(&deployment, call).await {
         Ok(answer) => answer,
         Err(failure) => {
-            finished(
-                node,
-                &deployment,
-                ids,
-                failure.status().as_u16(),
-                None,
-                started,
-            );
+            // A refusal ran nothing: it is no invocation.
+            let ran = !matches!(failure, Failure::Refused(_));
+            let usage = ran.then_some(CallUsage {
+                error: true,
+                bytes_in,
+                ..CallUsage::default()
+            });
+            let status = failure.status().as_u16();
+            finished(node, &deployment, ids, (status, usage), None, started);
             return Err(failure);
         }
     };
     let status = answer.head.status.as_u16();
+    let usage = CallUsage {
+        error: status >= 500,
+        run: answer.run,
+        fuel: answer.fuel_used,
+        memory_bytes: answer.memory_bytes,
+        bytes_in,
+        bytes_out: answer.output.len() as u64,
+    };
+    let timing = Some(&answer.timing);
     finished(
         node,
         &deployment,
         ids,
-        status,
-        Some(&answer.timing),
+        (status, Some(usage)),
+        timing,
         started,
     );
     let mut response = Response::new(());
@@ -285,18 +311,23 @@ async fn invoke(
     Ok((response, answer.body()))
 }
 
-/// What the end of a call tells: the metrics, the access log (target `access`, at debug
-/// level: `log_filter = "info,access=debug"` shows it) and `edge tail` watchers.
+/// What the end of a call tells: the metrics, the usage meter (for a call that ran),
+/// the access log (target `access`, at debug level: `log_filter = "info,access=debug"`
+/// shows it) and `edge tail` watchers.
 fn finished(
     node: &Node,
     deployment: &Deployment,
     (request_id, trace_id): (String, String),
-    status: u16,
+    (status, usage): (u16, Option<CallUsage>),
     timing: Option<&ServerTiming>,
     started: Instant,
 ) {
     let function = &deployment.manifest.name;
     node.metrics.called(function, status, timing);
+    if let Some(usage) = usage {
+        node.usage
+            .record(&deployment.id, function, &usage, unix_ms());
+    }
     let ms = started.elapsed().as_secs_f64() * 1e3;
     tracing::debug!(target: "access", %request_id, %trace_id, %function, deployment = %deployment.id, status, ms, "call");
     node.tails.send(|| TailEvent {

@@ -20,7 +20,8 @@
 //! And around it: [`module_check`], the checks a module passes before anything runs it;
 //! [`gossip`], the key-values each member publishes and their codecs; [`config`], the
 //! configuration files, checked field by field, every error naming its file and key;
-//! [`fuzz`], what the fuzz targets check of each input taken from strangers.
+//! [`fuzz`], what the fuzz targets check of each input taken from strangers; [`usage`],
+//! what a node's usage meter reports; [`trace`], W3C trace context.
 
 pub mod admission;
 pub mod attempt;
@@ -33,5 +34,6 @@ pub mod module_check;
 pub mod routes;
 pub mod routing;
 pub mod trace;
+pub mod usage;
 pub mod view;
 pub mod wire;

@@ -35,6 +35,8 @@ pub const STATUS_PATH: &str = "/_edge/v1/status";
 /// Path prefix of a node's stream of one function's calls and log lines, for `edge
 /// tail`: `GET /_edge/v1/tail/{function name}`, answered with JSON lines.
 pub const TAIL_PATH: &str = "/_edge/v1/tail/";
+/// Path of a node's usage meter: `GET /_edge/v1/usage[?since_ms=N]`, JSON.
+pub const USAGE_PATH: &str = "/_edge/v1/usage";
 /// TLS server name in node certificates, checked by the gateway: the node role.
 pub const NODE_SERVER_NAME: &str = "edge-node";
 /// The name in a gateway's cluster-member certificate: the gateway role. Nodes serve

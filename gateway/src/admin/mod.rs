@@ -22,6 +22,11 @@
 //!   with the module and settings of version N, or of the previous version that served
 //!   all traffic, serving all traffic at once.
 //!
+//! - `GET /v1/functions/{name}/tail`: the function's calls and log lines as they
+//!   happen, as JSON lines ([`tail`]).
+//! - `GET /v1/usage[?since=RFC3339]`: what each function and version used over the
+//!   cluster ([`usage`]).
+//!
 //! A call without the token, or with another, is answered `401` and logged with its
 //! remote address. Secrets are never in an answer nor a log line.
 
@@ -50,6 +55,7 @@ use crate::registry::{FunctionSpec, Registry, RegistryError, Share};
 use crate::status::StatusServer;
 
 mod tail;
+mod usage;
 mod views;
 
 /// The body of an admin answer: whole, or a stream (`tail`).
@@ -249,6 +255,12 @@ impl Admin {
         if path == "/v1/cluster" {
             return match method {
                 Method::GET => json(StatusCode::OK, &self.status.status()),
+                _ => error(StatusCode::METHOD_NOT_ALLOWED, "GET only"),
+            };
+        }
+        if path == "/v1/usage" {
+            return match method {
+                Method::GET => self.usage(request.uri().query()).await,
                 _ => error(StatusCode::METHOD_NOT_ALLOWED, "GET only"),
             };
         }

@@ -53,6 +53,8 @@ pub struct Completed {
     pub run: Duration,
     /// Fuel it used.
     pub fuel_used: u64,
+    /// Its linear memory at the end, in bytes.
+    pub memory_bytes: u64,
 }
 
 /// An instance made ahead of its request: store, host functions, imports resolved,
@@ -226,5 +228,6 @@ pub fn run(
         stdout,
         run,
         fuel_used,
+        memory_bytes: memory.view(store).data_size(),
     })
 }

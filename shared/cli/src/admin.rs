@@ -297,7 +297,8 @@ fn traffic_text(f: &serde_json::Value) -> String {
 }
 
 /// Unix milliseconds as UTC, to the second.
-fn time_text(ms: &serde_json::Value) -> String {
+/// A Unix-ms time as `2026-12-01 12:00:00` (UTC).
+pub fn time_text(ms: &serde_json::Value) -> String {
     ms.as_i64()
         .and_then(chrono::DateTime::from_timestamp_millis)
         .map_or_else(|| "-".into(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string())

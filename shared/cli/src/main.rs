@@ -136,6 +136,16 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// What each function and version used over the cluster: calls, errors, run time,
+    /// fuel, peak memory, bytes in and out, as a bill is made.
+    Usage {
+        /// From when: a duration back (30m, 2h, 7d) or an RFC 3339 time; rounded down
+        /// to the hour. Default: since each node began counting.
+        #[arg(long)]
+        since: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Stream function NAME's calls and log lines from every node as they happen, with
     /// the node, version, request id and status, until Ctrl-C. Notices (nodes tailed,
     /// lines dropped over the gateway's rate) go to stderr.
@@ -280,6 +290,7 @@ fn main() {
             })
         }
         Command::Tail { name, count, admin } => tail(&admin, &name, count),
+        Command::Usage { since, admin } => usage(&admin, since.as_deref()),
         Command::Call {
             url,
             method,
@@ -403,6 +414,24 @@ fn checked(reply: &Reply) -> anyhow::Result<()> {
         bail!("the admin API answered {}: {}", reply.status, reply.body);
     }
     Ok(())
+}
+
+/// `edge usage`: the report as a table (or its JSON), notes on stderr.
+fn usage(args: &AdminArgs, since: Option<&str>) -> anyhow::Result<()> {
+    let path = match since {
+        Some(since) => format!(
+            "/v1/usage?since={}",
+            edge_cli::usage::since_query(since, chrono::Utc::now())?
+        ),
+        None => "/v1/usage".into(),
+    };
+    admin_call(args, http::Method::GET, &path, None, |report| {
+        let (table, notes) = edge_cli::usage::usage_table(report);
+        for note in notes {
+            eprintln!("edge usage: {note}");
+        }
+        table
+    })
 }
 
 /// `edge tail`: prints the stream until it ends, Ctrl-C, or `count` events.

@@ -182,3 +182,106 @@ async fn a_tail_is_refused_for_no_function_or_past_the_open_limit_and_held_to_it
         let _ = child.wait();
     }
 }
+
+/// `edge ARGS` against `cluster`'s admin API: exit code, stdout, stderr.
+fn edge(cluster: &LocalCluster, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin_dir().unwrap().join("edge"))
+        .args(args)
+        .arg("--admin")
+        .arg(format!("https://127.0.0.1:{}", cluster.admin_addr().port()))
+        .arg("--ca")
+        .arg(&cluster.certs().ca)
+        .arg("--token-file")
+        .arg(&cluster.certs().admin_token)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// `edge usage --json ARGS`, once every node answers.
+fn usage_report(cluster: &LocalCluster, nodes: usize, args: &[&str]) -> serde_json::Value {
+    let mut report = serde_json::Value::Null;
+    let answered = support::wait_for(WITHIN, || {
+        let (code, out, err) = edge(cluster, &[&["usage", "--json"], args].concat());
+        assert_eq!(code, 0, "{err}");
+        report = serde_json::from_str(&out).unwrap();
+        report["nodes"].as_array().unwrap().len() == nodes
+            && report["unanswered"].as_array().unwrap().is_empty()
+    });
+    assert!(answered, "not every node answered: {report}");
+    report
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_usage_matches_a_known_load_and_survives_node_restarts() {
+    let (mut cluster, _dir) = support::start(2, vec![support::function("fib", Default::default())]);
+    let c = support::client(&cluster).await;
+    let calls = 20;
+    let mut run_us = 0.0;
+    for _ in 0..calls {
+        let r = c.get(&support::url(&cluster, "/fib?n=25")).await.unwrap();
+        assert_eq!(r.status, StatusCode::OK);
+        let timing = edge_shared::wire::ServerTiming::parse(r.header("server-timing").unwrap());
+        run_us += timing.get_ms("run").unwrap() * 1e3;
+    }
+    // The meter bills what the answers said they ran: N calls, their run times summed
+    // (each rounded to the microsecond on both sides).
+    let check = |report: &serde_json::Value| {
+        let functions = report["functions"].as_array().unwrap();
+        assert_eq!(functions.len(), 1, "{report}");
+        let fib = &functions[0];
+        assert_eq!(fib["function"], "fib");
+        assert_eq!(fib["invocations"], calls, "{report}");
+        assert_eq!(fib["errors"], 0, "{report}");
+        let billed = fib["run_us"].as_f64().unwrap();
+        assert!(
+            (billed - run_us).abs() <= 2.0 * calls as f64,
+            "billed {billed} µs, answers said {run_us} µs"
+        );
+        for key in ["fuel", "peak_memory_bytes", "bytes_out"] {
+            assert!(fib[key].as_u64().unwrap() > 0, "{key}: {report}");
+        }
+        assert_eq!(fib["versions"][0]["version"], 1, "{report}");
+        assert_eq!(fib["versions"][0]["invocations"], calls, "{report}");
+    };
+    check(&usage_report(&cluster, 2, &[]));
+    let (code, table, _) = edge(&cluster, &["usage"]);
+    assert_eq!(code, 0);
+    assert!(
+        table.contains("fib") && table.contains(" v1 ") && table.contains("2 nodes"),
+        "{table}"
+    );
+
+    // Both nodes restarted (SIGTERM, then started on their state): nothing is lost.
+    for i in 0..2 {
+        cluster.terminate_node(i);
+        assert!(
+            cluster.wait_node(i, Duration::from_secs(30)).is_some(),
+            "node {i} did not exit"
+        );
+        cluster.restart_node(i).unwrap();
+    }
+    check(&usage_report(&cluster, 2, &[]));
+    // The metrics carry the same counts.
+    let mut counted = 0.0;
+    for at in cluster.node_metrics_addrs().unwrap() {
+        let metrics = support::scrape_at(at).await;
+        counted += metrics
+            .iter()
+            .filter(|(k, _)| k.starts_with("edge_node_usage_invocations_total{"))
+            .map(|(_, v)| v)
+            .sum::<f64>();
+    }
+    assert_eq!(counted, f64::from(calls));
+    // A window after the calls holds none of them.
+    let later = (chrono::Utc::now() + chrono::Duration::hours(2)).to_rfc3339();
+    let report = usage_report(&cluster, 2, &["--since", &later]);
+    assert_eq!(report["functions"], serde_json::json!([]), "{report}");
+    let (code, _, err) = edge(&cluster, &["usage", "--since", "soon"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--since \"soon\""), "{err}");
+}

@@ -115,6 +115,19 @@ pub fn write_family(
     Ok(())
 }
 
+/// Writes one counter family of seconds read at scrape time (`name` gets `_total`).
+pub fn write_seconds(
+    encoder: &mut DescriptorEncoder,
+    (name, help): (&str, &str),
+    samples: &[(Labels, f64)],
+) -> std::fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in samples {
+        ConstCounter::new(*value).encode(family.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
 /// Gossip, read at each scrape: members by state, bytes and datagrams each way, and
 /// datagrams rejected by reason. Holds the agent weakly: it scrapes nothing once gone.
 #[derive(Debug)]

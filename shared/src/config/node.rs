@@ -29,6 +29,11 @@ pub struct NodeConfig {
     pub cluster_ca: PathBuf,
     /// Folder of the on-disk caches (module blobs, compiled artifacts).
     pub cache_dir: PathBuf,
+    /// Folder of the node's state: its usage meter (`usage.json`).
+    pub state_dir: PathBuf,
+    /// How often the usage meter is written to `state_dir`, in ms (and when the node
+    /// stops): a crash loses at most this long of counts.
+    pub usage_flush_ms: u64,
     /// Threads that run guest code, each one execution slot; 0 = one per CPU.
     pub worker_threads: usize,
     /// Memory that running and pooled instances may reserve together, in MiB: a
@@ -74,6 +79,8 @@ impl Default for NodeConfig {
             tls_key: PathBuf::new(),
             cluster_ca: PathBuf::new(),
             cache_dir: PathBuf::from("node-cache"),
+            state_dir: PathBuf::from("node-state"),
+            usage_flush_ms: 5_000,
             worker_threads: 0,
             memory_budget_mib: 2048,
             module_cache_mib: 512,
@@ -97,6 +104,7 @@ impl ConfigFile for NodeConfig {
         resolve(base, &mut self.tls_key);
         resolve(base, &mut self.cluster_ca);
         resolve(base, &mut self.cache_dir);
+        resolve(base, &mut self.state_dir);
         resolve(base, &mut self.gossip.key_file);
     }
 
@@ -131,6 +139,9 @@ impl ConfigFile for NodeConfig {
         }
         check_grace(&mut problems, self.shutdown_grace_ms);
         check_log_filter(&mut problems, &self.log_filter);
+        if !(100..=3_600_000).contains(&self.usage_flush_ms) {
+            problems.push("usage_flush_ms: from 100 to 3600000".into());
+        }
         if !(1..=10_000_000).contains(&self.max_table_elements) {
             problems.push("max_table_elements: from 1 to 10000000".into());
         }

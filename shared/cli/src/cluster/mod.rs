@@ -285,6 +285,7 @@ impl LocalCluster {
             tls_key: own.key,
             cluster_ca: self.certs.ca.clone(),
             cache_dir: self.dir.join(&name).join("cache"),
+            state_dir: self.dir.join(&name).join("state"),
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             worker_threads: self
                 .spec
