@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond cargo, if missing: the wasm32-wasip1 target
 # (scripts/build-functions.sh adds it), curl (HTTP/1.1 and HTTP/2 client), pgrep,
-# nats-server (the shared registry's JetStream), and for python3 aioquic (an independent
+# nats-server (the shared registry's JetStream), systemd-analyze (the deploy/ units are
+# verified), ip and tc (the network-namespace tests), and for python3 aioquic (an independent
 # HTTP/3 client) and prometheus_client (its OpenMetrics parser checks /metrics).
 set -euo pipefail
 missing=()
 command -v curl >/dev/null || missing+=(curl)
 command -v pgrep >/dev/null || missing+=(procps)
 command -v nats-server >/dev/null || missing+=(nats-server)
+command -v systemd-analyze >/dev/null || missing+=(systemd)
+command -v ip >/dev/null || missing+=(iproute2)
+command -v tc >/dev/null || missing+=(iproute2)
 command -v python3 >/dev/null || missing+=(python3 python3-pip)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

@@ -44,6 +44,7 @@ pub struct GatewayMetrics {
     requests: Family<RequestLabels, Counter>,
     duration: Family<FunctionLabels, Histogram, fn() -> Histogram>,
     in_flight: Gauge,
+    retries: Counter,
 }
 
 impl Default for GatewayMetrics {
@@ -52,6 +53,7 @@ impl Default for GatewayMetrics {
             requests: Family::default(),
             duration: Family::new_with_constructor(request_buckets as fn() -> Histogram),
             in_flight: Gauge::default(),
+            retries: Counter::default(),
         }
     }
 }
@@ -76,6 +78,11 @@ pub fn registry(gateway: &Arc<Gateway>) -> Registry {
         "requests_in_flight",
         "Requests routed and not yet answered",
         metrics.in_flight.clone(),
+    );
+    edge.register(
+        "retries",
+        "Requests sent again to another node after one failed, refused or timed out",
+        metrics.retries.clone(),
     );
     registry.register_collector(Box::new(GatewayCollector(Arc::downgrade(gateway))));
     registry
@@ -103,6 +110,11 @@ impl Collector for GatewayCollector {
 }
 
 impl GatewayMetrics {
+    /// Counts a request sent again to another node.
+    pub fn retried(&self) {
+        self.retries.inc();
+    }
+
     /// Counts a request as in flight until the guard drops.
     pub fn in_flight(&self) -> InFlightRequest<'_> {
         self.in_flight.inc();

@@ -312,8 +312,15 @@ impl Gateway {
         // Counts the request against the node it is on (through a deploy and the send
         // after it), so that routing sees requests waiting on a cold start.
         let mut on_node: Option<(usize, InFlight<'_>)> = None;
+        let mut sent_to = None;
         loop {
             let step = attempts.step();
+            if let Step::Send(i) = step {
+                if sent_to.is_some_and(|before| before != i) {
+                    self.metrics.retried();
+                }
+                sent_to = Some(i);
+            }
             if let Step::Send(i) | Step::Deploy(i) = step
                 && on_node.as_ref().is_none_or(|(at, _)| *at != i)
             {

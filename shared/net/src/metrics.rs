@@ -12,7 +12,7 @@ use http::{HeaderValue, Method, Response, StatusCode};
 use http_body_util::Full;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
@@ -105,14 +105,23 @@ pub fn write_family(
     samples: &[(Labels, u64)],
 ) -> std::fmt::Result {
     let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+    // One sample without labels is written as `name value`, not `name{} value`.
+    if let [(labels, value)] = samples
+        && labels.is_empty()
+    {
+        return encode_sample(kind, *value, family);
+    }
     for (labels, value) in samples {
-        let sample = family.encode_family(labels)?;
-        match kind {
-            MetricType::Counter => ConstCounter::new(*value).encode(sample)?,
-            _ => ConstGauge::new(i64::try_from(*value).unwrap_or(i64::MAX)).encode(sample)?,
-        }
+        encode_sample(kind, *value, family.encode_family(labels)?)?;
     }
     Ok(())
+}
+
+fn encode_sample(kind: MetricType, value: u64, sample: MetricEncoder<'_>) -> std::fmt::Result {
+    match kind {
+        MetricType::Counter => ConstCounter::new(value).encode(sample),
+        _ => ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX)).encode(sample),
+    }
 }
 
 /// Writes one counter family of seconds read at scrape time (`name` gets `_total`).

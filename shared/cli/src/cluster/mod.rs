@@ -467,6 +467,11 @@ impl LocalCluster {
         }
     }
 
+    /// Node `i`'s process id (0-based), to signal it (SIGSTOP, SIGCONT).
+    pub fn node_pid(&self, i: usize) -> u32 {
+        self.nodes[i].child.id()
+    }
+
     /// Sends SIGTERM to node `i` (0-based): it says it is draining, then exits.
     pub fn terminate_node(&self, i: usize) {
         if let Ok(pid) = i32::try_from(self.nodes[i].child.id()) {
