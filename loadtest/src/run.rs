@@ -147,6 +147,33 @@ async fn send(sender: &mut Sender, spec: &RequestSpec) -> Result<http::Response<
     Ok(head)
 }
 
+/// Whether `addr` may be loaded: a loopback address, or a private IPv4 address on a
+/// subnet this host is directly on while it has no default route: a test host in a
+/// network namespace (made with `ip netns`) that reaches nothing beyond its own subnets.
+fn may_load(addr: std::net::SocketAddr) -> bool {
+    let std::net::IpAddr::V4(ip) = addr.ip() else {
+        return addr.ip().is_loopback();
+    };
+    if ip.is_loopback() {
+        return true;
+    }
+    let routes = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+    // (destination, mask) of each route, as the kernel writes them (hex, in memory order).
+    let routes: Vec<(u32, u32)> = routes
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let hex = |i: usize| u32::from_str_radix(fields.get(i)?, 16).ok();
+            Some((hex(1)?, hex(7)?))
+        })
+        .collect();
+    let target = u32::from_ne_bytes(ip.octets());
+    let default_route = routes.iter().any(|&(_, mask)| mask == 0);
+    let on_subnet = routes.iter().any(|&(dest, mask)| target & mask == dest);
+    ip.is_private() && on_subnet && !default_route
+}
+
 /// Runs `scenario` with `tls` until its end or until `stop` is set (then what was
 /// measured so far is reported). Prints a progress line a second on stderr when
 /// `progress`.
@@ -158,8 +185,8 @@ pub async fn run(
 ) -> anyhow::Result<Report> {
     let addr = scenario.addr()?;
     anyhow::ensure!(
-        addr.ip().is_loopback(),
-        "{addr} is not a loopback address: this tool only loads servers on this machine"
+        may_load(addr),
+        "{addr} is not a loopback address: this tool only loads servers on this machine (or, run inside a network namespace of its own, test hosts on a private subnet there)"
     );
     let connections = match scenario.load {
         Load::Closed { connections, .. } | Load::Open { connections, .. } => connections,

@@ -2,6 +2,8 @@
 //! of real processes on loopback ports chosen by the OS, HTTP/3 clients.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+pub mod load;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

@@ -1,6 +1,6 @@
 //! `edge up`'s cluster file.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -59,6 +59,21 @@ pub struct ClusterConfig {
     pub registry: RegistryKind,
     /// Every process's `log_filter` (`info,access=debug` logs each request).
     pub log_filter: String,
+    /// Where each member runs, when not all on loopback: the gateway's host first, then
+    /// each node's. A member with a host is started in its network namespace and binds
+    /// every listener to its address.
+    pub hosts: Vec<Host>,
+}
+
+/// A host of a member: a network namespace (made beforehand, say with `ip netns add`
+/// and a veth) and the member's address in it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Host {
+    /// The namespace's name (`ip netns exec NAME`).
+    pub netns: String,
+    /// The member's address there.
+    pub addr: IpAddr,
 }
 
 impl Default for ClusterConfig {
@@ -82,6 +97,7 @@ impl Default for ClusterConfig {
             registry: RegistryKind::Embedded,
             registry_resync_ms: 30_000,
             log_filter: "info".into(),
+            hosts: Vec::new(),
         }
     }
 }
@@ -111,6 +127,17 @@ impl ConfigFile for ClusterConfig {
         }
         self.ingress.problems(&mut problems);
         super::check_log_filter(&mut problems, &self.log_filter);
+        if !self.hosts.is_empty() && self.hosts.len() != self.nodes + 1 {
+            problems.push(format!(
+                "hosts: {} listed; {} nodes need {} (the gateway's first) or none",
+                self.hosts.len(),
+                self.nodes,
+                self.nodes + 1
+            ));
+        }
+        if !self.hosts.is_empty() && self.gateways > 1 {
+            problems.push("hosts: one gateway only".into());
+        }
         if !(10..=10_000).contains(&self.gossip_interval_ms) {
             problems.push("gossip_interval_ms: must be between 10 and 10000".into());
         }

@@ -22,7 +22,7 @@ mod node;
 #[cfg(test)]
 mod tests;
 
-pub use cluster::ClusterConfig;
+pub use cluster::{ClusterConfig, Host};
 pub use gateway::{AdminConfig, GatewayConfig, RegistryConfig, RegistryKind};
 pub use ingress::IngressConfig;
 pub use node::{InstancePoolConfig, NodeConfig};

@@ -8,7 +8,7 @@
 //! take it first). Each process logs to `NAME.log` in the folder. Dropping the cluster
 //! kills every process it started.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -175,8 +175,14 @@ impl LocalCluster {
                 config
             }
         };
+        // On a host of its own, the gateway binds every listener to its address.
+        let host = cluster.host(0);
+        let on_host = |at: SocketAddr| match host {
+            Some(ip) => SocketAddr::new(ip, at.port()),
+            None => at,
+        };
         let gateway = GatewayConfig {
-            listen: spec.listen,
+            listen: on_host(spec.listen),
             domain: spec.domain.clone(),
             tls_cert: cluster.certs.gateway_cert.clone(),
             tls_key: cluster.certs.gateway_key.clone(),
@@ -185,15 +191,15 @@ impl LocalCluster {
             cluster_key: cluster.certs.member_key.clone(),
             gossip: GossipConfig {
                 // Port 0 for gossip and status: the gateway says which it got.
-                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                listen: on_host(SocketAddr::from(([127, 0, 0, 1], 0))),
                 key_file: cluster.certs.gossip_key.clone(),
                 interval_ms: spec.gossip_interval_ms,
                 ..GossipConfig::default()
             },
-            status_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            metrics_listen: spec.metrics_listen,
+            status_listen: on_host(SocketAddr::from(([127, 0, 0, 1], 0))),
+            metrics_listen: on_host(spec.metrics_listen),
             admin: AdminConfig {
-                listen: spec.admin_listen,
+                listen: on_host(spec.admin_listen),
                 token_file: cluster.certs.admin_token.clone(),
                 ..AdminConfig::default()
             },
@@ -279,14 +285,16 @@ impl LocalCluster {
         let i = self.nodes.len();
         let name = format!("node-{}", i + 1);
         let own = self.certs.node(&name)?;
+        let ip = self.host(i + 1).unwrap_or(IpAddr::from([127, 0, 0, 1]));
         let config = NodeConfig {
             name: name.clone(),
+            listen: SocketAddr::new(ip, 0),
             tls_cert: own.cert,
             tls_key: own.key,
             cluster_ca: self.certs.ca.clone(),
             cache_dir: self.dir.join(&name).join("cache"),
             state_dir: self.dir.join(&name).join("state"),
-            metrics_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            metrics_listen: SocketAddr::new(ip, 0),
             worker_threads: self
                 .spec
                 .worker_threads_per_node
@@ -294,10 +302,10 @@ impl LocalCluster {
                 .copied()
                 .unwrap_or(self.spec.node_worker_threads),
             gossip: GossipConfig {
+                listen: SocketAddr::new(ip, 0),
                 seeds: vec![self.seed.to_string()],
                 key_file: self.certs.gossip_key.clone(),
                 interval_ms: self.spec.gossip_interval_ms,
-                ..GossipConfig::default()
             },
             log_filter: self.spec.log_filter.clone(),
             ..NodeConfig::default()
@@ -344,15 +352,18 @@ impl LocalCluster {
             .append(true)
             .open(&log_path)?;
         let exe = self.bin_dir.join(binary);
-        let mut command = match &cpus {
-            // taskset executes the program in its own process: the pid stays the node's.
-            Some(list) => {
-                let mut c = Command::new("taskset");
-                c.arg("-c").arg(list).arg(&exe);
-                c
-            }
-            None => Command::new(&exe),
-        };
+        // `ip netns exec` and taskset each execute the program in their own process: the
+        // pid stays the member's.
+        let mut program: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(host) = self.host_of(name) {
+            program.extend(["ip", "netns", "exec", &host.netns].map(Into::into));
+        }
+        if let Some(list) = &cpus {
+            program.extend(["taskset".into(), "-c".into(), list.into()]);
+        }
+        program.push(exe.clone().into());
+        let mut command = Command::new(&program[0]);
+        command.args(&program[1..]);
         let child = command
             .arg("--config")
             .arg(&config)
@@ -373,6 +384,20 @@ impl LocalCluster {
             log_path,
             deadline: Instant::now() + START_TIMEOUT,
         })
+    }
+
+    /// The address of member `i`'s host (0 the gateway, then the nodes), if it has one.
+    fn host(&self, i: usize) -> Option<IpAddr> {
+        self.spec.hosts.get(i).map(|h| h.addr)
+    }
+
+    /// The host of the member named `name` (`gateway`, `node-N`), if it has one.
+    fn host_of(&self, name: &str) -> Option<&edge_shared::config::Host> {
+        let i = match name {
+            "gateway" => 0,
+            _ => name.strip_prefix("node-")?.parse().ok()?,
+        };
+        self.spec.hosts.get(i)
     }
 
     /// The gateway's user address.
