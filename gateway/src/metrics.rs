@@ -97,14 +97,25 @@ impl Collector for GatewayCollector {
         let Some(gateway) = self.0.upgrade() else {
             return Ok(());
         };
+        let snapshot = gateway.membership.snapshot();
+        let (_, failing) = gateway.membership.health(&snapshot);
         write_family(
             &mut encoder,
             (
                 "edge_gateway_usable_nodes",
-                "Nodes live, not draining and not failing, that requests can be routed to",
+                "Nodes gossip holds live and not draining, that requests can be routed to",
                 MetricType::Gauge,
             ),
-            &[(&[], gateway.usable_nodes() as u64)],
+            &[(&[], snapshot.view.usable() as u64)],
+        )?;
+        write_family(
+            &mut encoder,
+            (
+                "edge_gateway_failing_nodes",
+                "Nodes this gateway failed to reach in the last 2 s: routed to last",
+                MetricType::Gauge,
+            ),
+            &[(&[], failing.iter().filter(|&&f| f).count() as u64)],
         )
     }
 }

@@ -31,6 +31,7 @@ fn load(cluster: &LocalCluster, seconds: u64) -> Load {
         connect: None,
         ca: cluster.certs().ca.clone(),
         netns: None,
+        failover: Vec::new(),
     };
     Load::start(&target, seconds)
 }
@@ -135,6 +136,62 @@ fn a_rolling_restart_of_every_node_under_load_loses_no_request() {
         retried: watch.retries() - retries,
         detect: Some(detect),
         back: Some(took),
+    }
+    .report();
+}
+
+#[test]
+fn a_gateway_killed_under_load_while_a_second_serves_loses_no_request() {
+    let (mut cluster, _dir) =
+        support::start_with(3, vec![function("hello", Limits::default())], |spec| {
+            spec.registry = edge_shared::config::RegistryKind::Nats;
+            spec.gateways = 2;
+        });
+    let [first, second] = cluster.gateway_addrs()[..] else {
+        panic!("two gateways")
+    };
+    // The second gateway's view, which outlives the first.
+    let at = cluster.gateway_metrics_addrs().unwrap()[1];
+    let watch = Watch::start(move || scrape_tcp(at));
+    watch.wait_usable(3, Duration::from_secs(30));
+    let target = Target {
+        url: url(&cluster, "/hello"),
+        connect: Some(first),
+        ca: cluster.certs().ca.clone(),
+        netns: None,
+        failover: vec![second],
+    };
+    let load = Load::start(&target, 12);
+    std::thread::sleep(Duration::from_secs(3));
+    cluster.kill_gateway();
+    std::thread::sleep(Duration::from_secs(4));
+    let restarted = Instant::now();
+    cluster.restart_gateway().unwrap();
+    // Back: the restarted gateway answers users again.
+    let probe = Target {
+        connect: Some(first),
+        ..target
+    };
+    let back = (0..200).find_map(|_| {
+        let out = Command::new(edge_cli::cluster::bin_dir().unwrap().join("edge"))
+            .args(["call", &probe.url, "--connect", &first.to_string(), "--ca"])
+            .arg(&probe.ca)
+            .output()
+            .unwrap();
+        if out.status.success() {
+            Some(restarted.elapsed())
+        } else {
+            std::thread::sleep(Duration::from_millis(100));
+            None
+        }
+    });
+    let (load, failovers) = load.finish_counting_failovers();
+    Row {
+        fault: "gateway SIGKILL (a second gateway serving; clients fail over), restarted 4 s later",
+        load,
+        retried: failovers,
+        detect: None,
+        back,
     }
     .report();
 }

@@ -102,6 +102,12 @@ struct LoadArgs {
     /// Connect to this address instead of resolving the URL's host.
     #[arg(long)]
     connect: Option<SocketAddr>,
+    /// Another gateway serving the same functions (repeatable): connections are spread
+    /// over the target and these, pinged so that a lost gateway is noticed within
+    /// seconds, and an idempotent request whose gateway is lost is sent again to the
+    /// next, as a client with several addresses for one name does.
+    #[arg(long)]
+    failover: Vec<SocketAddr>,
     /// Extra request header `NAME: VALUE` (repeatable).
     #[arg(long = "header", short = 'H')]
     headers: Vec<String>,
@@ -148,6 +154,7 @@ impl LoadArgs {
         let overrides = Overrides {
             urls: self.urls.clone(),
             connect: self.connect,
+            failover: self.failover.clone(),
             duration: self.duration,
             warmup: self.warmup,
             rate: self.rate,

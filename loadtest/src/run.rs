@@ -78,7 +78,13 @@ struct Run {
     budget: AtomicU64,
     in_flight: AtomicUsize,
     stop: Arc<AtomicBool>,
+    /// Requests sent again to another gateway.
+    failovers: AtomicU64,
 }
+
+/// One client's way to the cluster: a connection to each gateway, its own first.
+#[derive(Clone)]
+struct Route(Vec<Sender>);
 
 impl Run {
     fn tally(&self) -> MutexGuard<'_, Tally> {
@@ -98,9 +104,27 @@ impl Run {
 
     /// Sends request `which`, due at `due`, and records what came of it (only if due
     /// in the measured part).
-    async fn exchange(&self, sender: &mut Sender, which: usize, due: Instant) {
+    async fn exchange(&self, route: &mut Route, which: usize, due: Instant) {
         let spec = &self.requests[which];
-        let outcome = tokio::time::timeout(self.timeout, send(sender, spec)).await;
+        let lost = |o: &Result<Result<_, ErrorKind>, _>| {
+            matches!(o, Ok(Err(ErrorKind::Connect | ErrorKind::Stream)))
+        };
+        let (first, others) = route.0.split_first_mut().expect("a connection");
+        let mut outcome = tokio::time::timeout(self.timeout, send(first, spec)).await;
+        // Its gateway lost: an idempotent request goes to the next one, within the
+        // same timeout.
+        if spec.method.is_idempotent() {
+            for sender in others {
+                if !lost(&outcome) {
+                    break;
+                }
+                if due >= self.measure_from {
+                    self.failovers.fetch_add(1, Ordering::Relaxed);
+                }
+                let left = self.timeout.saturating_sub(due.elapsed());
+                outcome = tokio::time::timeout(left, send(sender, spec)).await;
+            }
+        }
         if due < self.measure_from {
             return;
         }
@@ -191,13 +215,32 @@ pub async fn run(
     let connections = match scenario.load {
         Load::Closed { connections, .. } | Load::Open { connections, .. } => connections,
     };
+    let gateways: Vec<std::net::SocketAddr> = std::iter::once(addr)
+        .chain(scenario.failover.iter().copied())
+        .collect();
+    for &gateway in &gateways[1..] {
+        anyhow::ensure!(
+            may_load(gateway),
+            "--failover {gateway}: not a loopback address"
+        );
+    }
+    let transport = if gateways.len() > 1 {
+        &quic::WATCHFUL_CLIENT
+    } else {
+        &quic::CLIENT
+    };
     let mut endpoints = Vec::new();
     let mut senders = Vec::new();
-    for _ in 0..connections {
-        // One endpoint (one UDP socket) a connection, as separate clients would have.
-        let endpoint = quic::client(quic::any_local(addr), tls.clone(), &quic::CLIENT)?;
-        let sender = client::connect(&endpoint, addr, &scenario.server_name, |_| {}).await?;
-        senders.push(sender);
+    for c in 0..connections {
+        // One endpoint (one UDP socket) a client, as separate clients would have; its
+        // own gateway the next in turn, so the clients spread over the gateways.
+        let endpoint = quic::client(quic::any_local(addr), tls.clone(), transport)?;
+        let mut route = Vec::new();
+        for k in 0..gateways.len() {
+            let gateway = gateways[(c + k) % gateways.len()];
+            route.push(client::connect(&endpoint, gateway, &scenario.server_name, |_| {}).await?);
+        }
+        senders.push(Route(route));
         endpoints.push(endpoint);
     }
     let start = Instant::now();
@@ -217,6 +260,7 @@ pub async fn run(
         budget: AtomicU64::new(scenario.max_requests),
         in_flight: AtomicUsize::new(0),
         stop,
+        failovers: AtomicU64::new(0),
     });
     let reporter = progress.then(|| tokio::spawn(report_progress(Arc::clone(&run))));
     let mut tasks = Vec::new();
@@ -296,6 +340,7 @@ pub async fn run(
         endpoint.close(0u32.into(), b"done");
     }
     let mut report = run.tally().report(elapsed);
+    report.failovers = run.failovers.load(Ordering::Relaxed);
     report.generator_cpu_seconds = own_cpu_seconds() - cpu_at_measure.await.unwrap_or(0.0);
     Ok(report)
 }

@@ -84,6 +84,9 @@ pub struct RequestSpec {
 pub struct Scenario {
     /// Where to connect.
     pub connect: Option<SocketAddr>,
+    /// Other gateways serving the same names: connections are spread over all, and an
+    /// idempotent request whose gateway is lost goes to the next.
+    pub failover: Vec<SocketAddr>,
     /// TLS server name and `:authority`.
     pub server_name: String,
     /// The measured part's length.
@@ -277,6 +280,8 @@ pub struct Overrides {
     pub urls: Vec<http::Uri>,
     /// Address to connect to.
     pub connect: Option<SocketAddr>,
+    /// Other gateways to fail over to.
+    pub failover: Vec<SocketAddr>,
     /// Measured length.
     pub duration: Option<Duration>,
     /// Warm-up length.
@@ -412,6 +417,7 @@ pub fn build(file: Option<ScenarioFile>, flags: &Overrides) -> anyhow::Result<Sc
     };
     Ok(Scenario {
         connect,
+        failover: flags.failover.clone(),
         server_name,
         duration,
         warmup,

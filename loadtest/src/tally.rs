@@ -202,6 +202,7 @@ impl Tally {
                 .collect(),
             queue: Percentiles::of(&self.queue),
             cold_starts: self.cold_starts,
+            failovers: 0,
             by_status: self.by_status.clone(),
             by_node: self.by_node.clone(),
             errors: self.errors.clone(),
@@ -278,6 +279,8 @@ pub struct Report {
     pub errors: BTreeMap<String, u64>,
     /// CPU time the load generator itself used over the run, in seconds.
     pub generator_cpu_seconds: f64,
+    /// Requests sent again to another gateway after theirs was lost (`--failover`).
+    pub failovers: u64,
 }
 
 impl std::fmt::Display for Report {

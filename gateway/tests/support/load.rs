@@ -20,6 +20,8 @@ pub const RATE: u32 = 200;
 pub struct Sample {
     pub at: Instant,
     pub usable: u64,
+    /// Nodes the gateway failed to reach moments ago.
+    pub failing: u64,
     pub retries: u64,
 }
 
@@ -42,18 +44,20 @@ pub fn scrape_tcp(at: SocketAddr) -> Option<String> {
     Some(text)
 }
 
+/// The requests node `i` (0-based) answered, as the gateway's metrics `text` say.
+pub fn answered_by(text: &str, i: usize) -> u64 {
+    let node = format!("node=\"node-{}\"", i + 1);
+    text.lines()
+        .filter(|l| l.starts_with("edge_gateway_requests_total{") && l.contains(&node))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
 /// The node (0-based, of `nodes`) the gateway's metrics `text` say answered the most.
 pub fn busiest_node(text: &str, nodes: usize) -> usize {
-    let answered = |i: usize| -> u64 {
-        let node = format!("node=\"node-{}\"", i + 1);
-        text.lines()
-            .filter(|l| l.starts_with("edge_gateway_requests_total{") && l.contains(&node))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .map(|v| v as u64)
-            .sum()
-    };
-    let busiest = (0..nodes).max_by_key(|&i| answered(i)).unwrap();
-    assert!(answered(busiest) > 0, "no node answered yet");
+    let busiest = (0..nodes).max_by_key(|&i| answered_by(text, i)).unwrap();
+    assert!(answered_by(text, busiest) > 0, "no node answered yet");
     busiest
 }
 
@@ -77,11 +81,14 @@ impl Watch {
                 }
                 if let Some(text) = scrape() {
                     let usable = metric(&text, "edge_gateway_usable_nodes");
+                    let failing = metric(&text, "edge_gateway_failing_nodes");
                     let retries = metric(&text, "edge_gateway_retries_total");
-                    if let (Some(usable), Some(retries)) = (usable, retries) {
+                    if let (Some(usable), Some(failing), Some(retries)) = (usable, failing, retries)
+                    {
                         let sample = Sample {
                             at: Instant::now(),
                             usable,
+                            failing,
                             retries,
                         };
                         into.lock().unwrap().push(sample);
@@ -133,6 +140,8 @@ pub struct Target {
     pub ca: PathBuf,
     /// The network namespace to run the load tester in.
     pub netns: Option<String>,
+    /// Other gateways to fail over to (`edge-loadtest --failover`).
+    pub failover: Vec<SocketAddr>,
 }
 
 /// An `edge-loadtest` run in the background.
@@ -167,6 +176,9 @@ impl Load {
         if let Some(at) = target.connect {
             command.arg("--connect").arg(at.to_string());
         }
+        for at in &target.failover {
+            command.arg("--failover").arg(at.to_string());
+        }
         let child = command.stdout(Stdio::null()).spawn().unwrap();
         Load {
             child,
@@ -176,7 +188,13 @@ impl Load {
     }
 
     /// Waits for the run to end: (requests, answered 2xx, p99 and max latency in ms).
-    pub fn finish(mut self) -> (u64, u64, f64, f64) {
+    pub fn finish(self) -> (u64, u64, f64, f64) {
+        self.finish_counting_failovers().0
+    }
+
+    /// [`Load::finish`], and the requests the load tester sent again to another
+    /// gateway.
+    pub fn finish_counting_failovers(mut self) -> ((u64, u64, f64, f64), u64) {
         let status = self.child.wait().unwrap();
         assert!(status.success(), "edge-loadtest exited {status}");
         let runs: serde_json::Value =
@@ -190,7 +208,11 @@ impl Load {
             report["by_node"], report["latency"], report["errors"]
         );
         let latency = |p: &str| report["latency"][p].as_f64().unwrap_or(0.0);
-        (requests, ok, latency("p99_ms"), latency("max_ms"))
+        let failovers = report["failovers"].as_u64().unwrap_or(0);
+        (
+            (requests, ok, latency("p99_ms"), latency("max_ms")),
+            failovers,
+        )
     }
 }
 

@@ -39,6 +39,14 @@ pub const NODE_POOL: Transport = Transport {
     keep_alive: Some(Duration::from_millis(500)),
 };
 
+/// A client's connections to several gateways, any of which may serve it (the load
+/// tester's `--failover`): pinged, so a lost gateway is noticed in seconds.
+pub const WATCHFUL_CLIENT: Transport = Transport {
+    max_streams: 100,
+    idle_timeout: Duration::from_secs(3),
+    keep_alive: Some(Duration::from_millis(500)),
+};
+
 /// A client's connection to a gateway (`edge call`, the load tester, the tests).
 pub const CLIENT: Transport = Transport {
     max_streams: 100,
