@@ -116,8 +116,16 @@ impl DevCerts {
     /// The shared registry's NATS server certificate and key (`registry.pem`): a TLS
     /// server for `127.0.0.1` and `localhost`, issued now if missing.
     pub fn registry(&self) -> anyhow::Result<OwnCerts> {
+        self.registry_for(&[])
+    }
+
+    /// [`DevCerts::registry`], its certificate also naming `hosts` (the NATS server's
+    /// addresses or names on a fleet) when it is issued.
+    pub fn registry_for(&self, hosts: &[String]) -> anyhow::Result<OwnCerts> {
         self.issued_once(&self.dir, "registry", |ca| {
-            ca.issue(vec!["127.0.0.1".into(), "localhost".into()], Usage::Server)
+            let mut names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+            names.extend(hosts.iter().cloned());
+            ca.issue(names, Usage::Server)
         })
     }
 

@@ -5,6 +5,7 @@
 //! the load tester carries process orchestration.
 //!
 //! - [`admin`]: the admin API's client and what the commands send and print;
+//! - [`call`]: `edge call`, and the probe of a version `edge deploy` makes;
 //! - [`cluster`]: a local cluster of real processes, as `edge up`, the integration tests
 //!   and `edge-loadtest compare` start it: configuration per process, nodes joining
 //!   through the gateway's gossip address, logs in a state folder;
@@ -15,6 +16,7 @@
 //! - [`usage`]: how `edge usage` asks for and prints the cluster's usage report.
 
 pub mod admin;
+pub mod call;
 pub mod cluster;
 pub mod devcerts;
 pub mod supervise;

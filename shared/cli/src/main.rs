@@ -4,12 +4,11 @@
 //! 1 anything else.
 
 use std::io::Write;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-use bytes::Bytes;
+use anyhow::bail;
 use clap::{Parser, Subcommand};
 use edge_cli::admin::{
     AdminClient, DeployOptions, Reply, deploy_body, functions_table, traffic_body, versions_table,
@@ -17,9 +16,7 @@ use edge_cli::admin::{
 use edge_cli::cluster::{self, LocalCluster};
 use edge_cli::supervise::Supervisor;
 use edge_cli::tail;
-use edge_net::client::{self, H3Client};
 use edge_shared::config::{self, ClusterConfig, RegistryKind};
-use edge_shared::wire;
 
 /// The cluster file `edge up` uses unless given another.
 const DEFAULT_CLUSTER: &str = include_str!("../../../config/cluster.toml");
@@ -136,6 +133,25 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Make a cluster CA and the certificates and secrets of a cluster's roles in DIR
+    /// (kept if there): the gateway's public and member certificates, the gossip key, the
+    /// admin token, and one certificate per `--node` (and the NATS server's with
+    /// `--registry`). Copy each host's files to it; keep `ca.key` off the hosts.
+    Certs {
+        /// Where to write them.
+        #[arg(long, default_value = ".edge/certs")]
+        dir: PathBuf,
+        /// The functions' domain (the public certificate's names).
+        #[arg(long, default_value = "edge.localhost")]
+        domain: String,
+        /// A node's name (repeatable): its certificate in DIR/nodes/.
+        #[arg(long = "node")]
+        nodes: Vec<String>,
+        /// Also the NATS server's certificate (a shared registry), naming these hosts
+        /// (its addresses or DNS names; repeatable) besides localhost.
+        #[arg(long = "registry")]
+        registry: Vec<String>,
+    },
     /// What each function and version used over the cluster: calls, errors, run time,
     /// fuel, peak memory, bytes in and out, as a bill is made.
     Usage {
@@ -221,7 +237,7 @@ fn main() {
                 )
             })?;
             match answered {
-                Some(d) if !admin.json => report_answering(&d, promote, &admin.ca),
+                Some(d) if !admin.json => edge_cli::call::report_answering(&d, promote, &admin.ca),
                 _ => Ok(()),
             }
         }),
@@ -291,6 +307,12 @@ fn main() {
         }
         Command::Tail { name, count, admin } => tail(&admin, &name, count),
         Command::Usage { since, admin } => usage(&admin, since.as_deref()),
+        Command::Certs {
+            dir,
+            domain,
+            nodes,
+            registry,
+        } => certs(&dir, &domain, &nodes, &registry),
         Command::Call {
             url,
             method,
@@ -301,7 +323,7 @@ fn main() {
             connect,
         } => {
             let runtime = tokio::runtime::Runtime::new().expect("starting the async runtime");
-            runtime.block_on(call(
+            runtime.block_on(edge_cli::call::call(
                 &url,
                 &method,
                 &headers,
@@ -320,64 +342,6 @@ fn main() {
             1
         });
     }
-}
-
-/// Prints where a deployed version answers and how long after the deploy's answer it
-/// first did: its first URL that resolves is asked over HTTP/3 (naming the version when
-/// it is not promoted) until the answer comes from it, for at most 10 s.
-fn report_answering(deployed: &serde_json::Value, promote: bool, ca: &Path) -> anyhow::Result<()> {
-    const PATIENCE: Duration = Duration::from_secs(10);
-    let version = deployed["version"].as_u64().unwrap_or_default();
-    let urls: Vec<&str> = deployed["urls"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|u| u.as_str())
-        .collect();
-    let Some((url, addr)) = urls.iter().find_map(|url| {
-        let uri: http::Uri = url.parse().ok()?;
-        let host = uri.host()?.trim_matches(['[', ']']);
-        let addr = (host, uri.port_u16()?).to_socket_addrs().ok()?.next()?;
-        Some((*url, addr))
-    }) else {
-        println!("answers at {}", urls.join(", "));
-        return Ok(());
-    };
-    let started = std::time::Instant::now();
-    let runtime = tokio::runtime::Runtime::new().expect("starting the async runtime");
-    let answered = runtime.block_on(async {
-        let uri: http::Uri = url.parse()?;
-        let host = uri
-            .host()
-            .unwrap_or_default()
-            .trim_matches(['[', ']'])
-            .to_string();
-        let client = H3Client::connect(addr, &host, client::trusting(ca)?).await?;
-        for _ in 0..(PATIENCE.as_millis() / 50) {
-            let mut request =
-                http::Request::get(url).header(http::header::USER_AGENT, "edge-deploy");
-            if !promote {
-                request = request.header(wire::VERSION_HEADER, version);
-            }
-            if let Ok(reply) = client.send(request.body(())?, Bytes::new()).await {
-                let from = reply.headers.get(wire::VERSION_HEADER);
-                if from.and_then(|v| v.to_str().ok()) == Some(&version.to_string()) {
-                    return Ok::<_, anyhow::Error>(Some(reply.status));
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Ok(None)
-    })?;
-    match answered {
-        Some(status) => println!(
-            "{url}: version {version} answered {} after {} ms",
-            status.as_u16(),
-            started.elapsed().as_millis()
-        ),
-        None => println!("{url}: version {version} did not answer within {PATIENCE:?}"),
-    }
-    Ok(())
 }
 
 /// Runs an admin command: `method path` with `body`, then prints the answer with `show`
@@ -412,6 +376,32 @@ fn checked(reply: &Reply) -> anyhow::Result<()> {
     }
     if !reply.status.is_success() {
         bail!("the admin API answered {}: {}", reply.status, reply.body);
+    }
+    Ok(())
+}
+
+/// `edge certs`: the cluster CA and every role's files, listed.
+fn certs(dir: &Path, domain: &str, nodes: &[String], registry: &[String]) -> anyhow::Result<()> {
+    edge_cli::devcerts::private_dir(dir)?;
+    let certs = edge_cli::devcerts::DevCerts::ensure(dir, domain)?;
+    let show = |what: &str, file: &Path| println!("{what:<28} {}", file.display());
+    show("CA (every host)", &certs.ca);
+    show("CA key (keep it off hosts)", &certs.ca_key);
+    show("gateway: public cert", &certs.gateway_cert);
+    show("gateway: public key", &certs.gateway_key);
+    show("gateway: member cert", &certs.member_cert);
+    show("gateway: member key", &certs.member_key);
+    show("gateway: admin token", &certs.admin_token);
+    show("gossip key (every host)", &certs.gossip_key);
+    for node in nodes {
+        let own = certs.node(node)?;
+        show(&format!("{node}: cert"), &own.cert);
+        show(&format!("{node}: key"), &own.key);
+    }
+    if !registry.is_empty() {
+        let own = certs.registry_for(registry)?;
+        show("NATS server: cert", &own.cert);
+        show("NATS server: key", &own.key);
     }
     Ok(())
 }
@@ -579,73 +569,5 @@ fn signal_hook_flag(
             }
         });
     });
-    Ok(())
-}
-
-async fn call(
-    url: &str,
-    method: &str,
-    headers: &[String],
-    data: Option<&str>,
-    ca: Option<PathBuf>,
-    insecure: bool,
-    connect: Option<SocketAddr>,
-) -> anyhow::Result<()> {
-    let uri: http::Uri = url.parse().with_context(|| format!("URL {url:?}"))?;
-    if uri.scheme_str() != Some("https") {
-        bail!("URL {url:?}: HTTP/3 needs https://");
-    }
-    let host = uri
-        .host()
-        .context("URL without a host")?
-        .trim_matches(['[', ']'])
-        .to_string();
-    let port = uri.port_u16().unwrap_or(443);
-    let addr = match connect {
-        Some(a) => a,
-        None => (host.as_str(), port)
-            .to_socket_addrs()
-            .with_context(|| format!("resolving {host}"))?
-            .next()
-            .with_context(|| format!("{host} has no address"))?,
-    };
-    let tls = if insecure {
-        client::insecure()
-    } else {
-        let ca = ca.unwrap_or_else(|| PathBuf::from(".edge/certs/ca.pem"));
-        client::trusting(&ca).with_context(|| {
-            format!(
-                "CA certificate {} (or pass --ca FILE / --insecure)",
-                ca.display()
-            )
-        })?
-    };
-    let mut request = http::Request::builder().method(method).uri(&uri);
-    for h in headers {
-        let (name, value) = h
-            .split_once(':')
-            .with_context(|| format!("header {h:?} is not NAME: VALUE"))?;
-        request = request.header(name.trim(), value.trim());
-    }
-    let body = match data {
-        Some(d) => match d.strip_prefix('@') {
-            Some(file) => {
-                Bytes::from(std::fs::read(file).with_context(|| format!("reading {file}"))?)
-            }
-            None => Bytes::from(d.to_string()),
-        },
-        None => Bytes::new(),
-    };
-    let client = H3Client::connect(addr, &host, tls).await?;
-    let reply = client.send(request.body(())?, body).await?;
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "HTTP/3 {}", reply.status)?;
-    for (name, value) in &reply.headers {
-        writeln!(out, "{name}: {}", value.to_str().unwrap_or("<binary>"))?;
-    }
-    writeln!(out)?;
-    out.write_all(&reply.body)?;
-    out.flush()?;
-    client.close().await;
     Ok(())
 }
