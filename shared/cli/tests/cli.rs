@@ -495,3 +495,77 @@ fn check_config_validates_and_exits_without_serving() {
         );
     }
 }
+
+#[test]
+fn edge_certs_issues_a_ca_and_every_roles_files_keys_for_their_owner_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("fleet");
+    let out = Command::new(bin_dir().unwrap().join("edge"))
+        .args([
+            "certs",
+            "--domain",
+            "edge.example.com",
+            "--node",
+            "node-1",
+            "--node",
+            "node-2",
+        ])
+        .args(["--registry", "10.0.0.5", "--dir"])
+        .arg(&certs)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed = String::from_utf8_lossy(&out.stdout);
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    for file in [
+        "ca.pem",
+        "ca.key",
+        "gateway.pem",
+        "gateway.key",
+        "member.pem",
+        "member.key",
+        "gossip.key",
+        "admin.token",
+        "nodes/node-1.pem",
+        "nodes/node-1.key",
+        "nodes/node-2.key",
+        "registry.pem",
+        "registry.key",
+    ] {
+        let path = certs.join(file);
+        assert!(
+            listed.contains(&path.display().to_string()),
+            "{file} not listed:\n{listed}"
+        );
+        if file.ends_with(".key") || file.ends_with(".token") {
+            assert_eq!(mode(&path), 0o600, "{file}");
+        }
+    }
+    // Run again for a node added later: the CA and the others stay as they were.
+    let ca = std::fs::read(certs.join("ca.pem")).unwrap();
+    let node_1 = std::fs::read(certs.join("nodes/node-1.pem")).unwrap();
+    let again = Command::new(bin_dir().unwrap().join("edge"))
+        .args([
+            "certs",
+            "--domain",
+            "edge.example.com",
+            "--node",
+            "node-3",
+            "--dir",
+        ])
+        .arg(&certs)
+        .status()
+        .unwrap();
+    assert!(again.success());
+    assert_eq!(std::fs::read(certs.join("ca.pem")).unwrap(), ca);
+    assert_eq!(
+        std::fs::read(certs.join("nodes/node-1.pem")).unwrap(),
+        node_1
+    );
+    assert!(certs.join("nodes/node-3.pem").is_file());
+}
