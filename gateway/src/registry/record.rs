@@ -85,6 +85,7 @@ pub const MAX_SPLIT: usize = 2;
 
 /// A function: its versions and its traffic.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "StoredRecord")]
 pub struct FunctionRecord {
     /// Its name.
     pub name: String,
@@ -100,6 +101,41 @@ pub struct FunctionRecord {
     /// How many changes it has had: a gateway serving a record ignores an older one.
     #[serde(default)]
     pub generation: u64,
+}
+
+/// A record as stored, by this version of edge or an earlier one: before traffic
+/// splits, a record named the one version `serving`.
+#[derive(Deserialize)]
+struct StoredRecord {
+    name: String,
+    versions: Vec<Version>,
+    #[serde(default)]
+    traffic: Vec<Share>,
+    #[serde(default)]
+    serving: Option<u64>,
+    #[serde(default)]
+    history: Vec<u64>,
+    #[serde(default)]
+    generation: u64,
+}
+
+impl From<StoredRecord> for FunctionRecord {
+    fn from(stored: StoredRecord) -> FunctionRecord {
+        let traffic = match (stored.traffic.is_empty(), stored.serving) {
+            (true, Some(version)) => vec![Share {
+                version,
+                percent: 100,
+            }],
+            _ => stored.traffic,
+        };
+        FunctionRecord {
+            name: stored.name,
+            versions: stored.versions,
+            traffic,
+            history: stored.history,
+            generation: stored.generation,
+        }
+    }
 }
 
 impl FunctionRecord {
@@ -412,6 +448,20 @@ impl Runs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_record_written_before_traffic_splits_reads_as_its_version_serving_all() {
+        // As the first registry wrote it (a `.edge/` kept from then).
+        let old = r#"{"name":"hello","versions":[{"number":1,"content_id":"33c8916b0d87307059da79717d6d62f71adfaadab83f185c567c94f479e2e4f7","spec":{"routes":[],"env":{},"limits":{"timeout_ms":null,"memory_limit_mib":null,"max_request_body_bytes":null,"max_response_body_bytes":null}},"created_ms":1796130536370}],"serving":1}"#;
+        let record: FunctionRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(record.traffic, [share(1, 100)]);
+        assert_eq!(record.serving_all().unwrap().number, 1);
+        assert!(record.versions[0].spec.precompile);
+        // Written again, it is in today's form, and reads back the same.
+        let again: FunctionRecord =
+            serde_json::from_str(&serde_json::to_string(&record).unwrap()).unwrap();
+        assert_eq!(again, record);
+    }
 
     fn share(version: u64, percent: u8) -> Share {
         Share { version, percent }

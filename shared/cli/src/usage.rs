@@ -46,6 +46,9 @@ fn bytes_text(n: u64) -> String {
     format!("{value:.1} {}", UNITS[unit])
 }
 
+/// How much later than the window's start a node may begin counting without a note.
+const LATER_MS: u64 = 60_000;
+
 /// The report as a table, and its notes (nodes that did not answer, or count from
 /// later than the window's start) for stderr.
 pub fn usage_table(report: &Value) -> (String, Vec<String>) {
@@ -66,10 +69,10 @@ pub fn usage_table(report: &Value) -> (String, Vec<String>) {
             "{:<16} {:>7} {:>10} {:>7} {:>10.3} s {:>14} {:>11} {:>10} {:>10}\n",
             name,
             version,
-            c["invocations"],
-            c["errors"],
+            c["invocations"].as_u64().unwrap_or(0),
+            c["errors"].as_u64().unwrap_or(0),
             c["run_us"].as_u64().unwrap_or(0) as f64 / 1e6,
-            c["fuel"],
+            c["fuel"].as_u64().unwrap_or(0),
             bytes_text(c["peak_memory_bytes"].as_u64().unwrap_or(0)),
             bytes_text(c["bytes_in"].as_u64().unwrap_or(0)),
             bytes_text(c["bytes_out"].as_u64().unwrap_or(0)),
@@ -93,8 +96,11 @@ pub fn usage_table(report: &Value) -> (String, Vec<String>) {
             n["error"].as_str().unwrap_or("?")
         ));
     }
+    // A node that began counting well after the others (it joined later, or lost its
+    // state) is named: the window is not all its own.
+    let from = report["from_ms"].as_u64().unwrap_or(0);
     for n in &nodes {
-        if n["from_ms"].as_u64() > report["from_ms"].as_u64() {
+        if n["from_ms"].as_u64().unwrap_or(0) > from + LATER_MS {
             notes.push(format!(
                 "{} counts from {} only",
                 n["node"].as_str().unwrap_or("?"),
@@ -133,7 +139,7 @@ mod tests {
     fn the_table_has_a_row_per_function_and_version_and_names_what_is_missing() {
         let report = serde_json::json!({
             "from_ms": 0, "to_ms": 3_600_000,
-            "nodes": [{"node": "node-1", "from_ms": 0}, {"node": "node-2", "from_ms": 60_000}],
+            "nodes": [{"node": "node-1", "from_ms": 0}, {"node": "node-2", "from_ms": 60_001}, {"node": "node-4", "from_ms": 5}],
             "unanswered": [{"node": "node-3", "error": "no answer"}],
             "functions": [{"function": "fib", "invocations": 5, "errors": 1, "run_us": 2_500_000,
                 "fuel": 9, "peak_memory_bytes": 1_572_864, "bytes_in": 0, "bytes_out": 2048,
@@ -141,7 +147,11 @@ mod tests {
                     "fuel": 9, "peak_memory_bytes": 1_572_864, "bytes_in": 0, "bytes_out": 2048}]}]
         });
         let (table, notes) = usage_table(&report);
-        assert!(table.contains("2 nodes"), "{table}");
+        assert!(table.contains("3 nodes"), "{table}");
+        assert!(
+            table.contains("fib                  all          5       1      2.500 s"),
+            "{table}"
+        );
         assert!(table.contains("fib"), "{table}");
         assert!(table.contains("v2") && table.contains("2.500 s"), "{table}");
         assert!(
