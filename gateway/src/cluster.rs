@@ -269,14 +269,17 @@ pub(crate) enum DeployError {
 
 /// `method` on `function`'s deployment at a node's control plane.
 fn deployment_call(method: Method, function: &Function) -> Request<()> {
+    control_call(
+        method,
+        &format!("{}{}", wire::DEPLOY_PATH, function.deployment),
+    )
+}
+
+/// `method path` (with its query) at a node's control plane.
+pub(crate) fn control_call(method: Method, path: &str) -> Request<()> {
     Request::builder()
         .method(method)
-        .uri(format!(
-            "https://{}{}{}",
-            wire::NODE_SERVER_NAME,
-            wire::DEPLOY_PATH,
-            function.deployment
-        ))
+        .uri(format!("https://{}{path}", wire::NODE_SERVER_NAME))
         .body(())
         .expect("a valid request")
 }

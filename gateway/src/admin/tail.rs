@@ -14,12 +14,13 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 use edge_shared::wire;
-use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderValue, Method, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use super::{Admin, AdminBody, error};
+use crate::cluster::control_call;
 use crate::proxy::Gateway;
 
 /// Longest line taken from a node; a longer one ends that node's stream (a node's lines
@@ -173,15 +174,7 @@ async fn from_node(
     function: String,
     to_merge: mpsc::Sender<FromNode>,
 ) {
-    let request = Request::builder()
-        .method(Method::GET)
-        .uri(format!(
-            "https://{}{}{function}",
-            wire::NODE_SERVER_NAME,
-            wire::TAIL_PATH
-        ))
-        .body(())
-        .expect("a valid request");
+    let request = control_call(Method::GET, &format!("{}{function}", wire::TAIL_PATH));
     match gateway.nodes.send(node, request, Bytes::new()).await {
         Ok((head, mut stream)) if head.status() == StatusCode::OK => {
             // The node watches from before its answer's head: say so, so that a

@@ -10,11 +10,12 @@ use bytes::Bytes;
 use edge_shared::manifest::DeploymentId;
 use edge_shared::usage::{Counters, UsageReport};
 use edge_shared::wire;
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Response, StatusCode};
 use http_body_util::Full;
 use serde::Serialize;
 
 use super::{Admin, error, internal, json};
+use crate::cluster::control_call;
 use crate::functions::manifest_of;
 
 /// Longest a node may take to send its meter.
@@ -129,15 +130,7 @@ impl Admin {
         since_ms: Option<u64>,
     ) -> Result<UsageReport, String> {
         let query = since_ms.map_or_else(String::new, |s| format!("?since_ms={s}"));
-        let request = Request::builder()
-            .method(Method::GET)
-            .uri(format!(
-                "https://{}{}{query}",
-                wire::NODE_SERVER_NAME,
-                wire::USAGE_PATH
-            ))
-            .body(())
-            .expect("a valid request");
+        let request = control_call(Method::GET, &format!("{}{query}", wire::USAGE_PATH));
         let asked = async {
             let (head, mut stream) = self
                 .gateway

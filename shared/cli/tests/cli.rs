@@ -4,7 +4,6 @@
 #[path = "../../../gateway/tests/support/mod.rs"]
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -32,15 +31,7 @@ fn edge_up(dir: &std::path::Path) -> (std::process::Child, std::sync::mpsc::Rece
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let (lines, said) = std::sync::mpsc::channel();
-    let out = up.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if lines.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let said = support::lines_of(up.stdout.take().unwrap());
     (up, said)
 }
 

@@ -5,7 +5,6 @@
 #[path = "../../../gateway/tests/support/mod.rs"]
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::Receiver;
 use std::time::Duration;
@@ -17,30 +16,28 @@ use http::StatusCode;
 /// How long a line of a tail may take to come.
 const WITHIN: Duration = Duration::from_secs(20);
 
-/// `edge tail ARGS` against `cluster`, its stdout lines on a channel.
-fn edge_tail(cluster: &LocalCluster, args: &[&str]) -> (Child, Receiver<String>) {
-    let mut child = Command::new(bin_dir().unwrap().join("edge"))
-        .arg("tail")
+/// `edge ARGS` against `cluster`'s admin API, not started yet.
+fn edge_command(cluster: &LocalCluster, args: &[&str]) -> Command {
+    let mut command = Command::new(bin_dir().unwrap().join("edge"));
+    command
         .args(args)
         .arg("--admin")
         .arg(format!("https://127.0.0.1:{}", cluster.admin_addr().port()))
         .arg("--ca")
         .arg(&cluster.certs().ca)
         .arg("--token-file")
-        .arg(&cluster.certs().admin_token)
+        .arg(&cluster.certs().admin_token);
+    command
+}
+
+/// `edge tail ARGS` against `cluster`, its stdout lines on a channel.
+fn edge_tail(cluster: &LocalCluster, args: &[&str]) -> (Child, Receiver<String>) {
+    let mut child = edge_command(cluster, &[&["tail"], args].concat())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let (said, lines) = std::sync::mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if said.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let lines = support::lines_of(child.stdout.take().unwrap());
     (child, lines)
 }
 
@@ -185,16 +182,7 @@ async fn a_tail_is_refused_for_no_function_or_past_the_open_limit_and_held_to_it
 
 /// `edge ARGS` against `cluster`'s admin API: exit code, stdout, stderr.
 fn edge(cluster: &LocalCluster, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(bin_dir().unwrap().join("edge"))
-        .args(args)
-        .arg("--admin")
-        .arg(format!("https://127.0.0.1:{}", cluster.admin_addr().port()))
-        .arg("--ca")
-        .arg(&cluster.certs().ca)
-        .arg("--token-file")
-        .arg(&cluster.certs().admin_token)
-        .output()
-        .unwrap();
+    let out = edge_command(cluster, args).output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).to_string(),
