@@ -2,12 +2,14 @@
 //! namespace of their own with their own address, joined by a bridge (veth pairs, made
 //! here as root with `ip netns`). The end-to-end checks run across them, and the faults
 //! a network brings run under load: a node cut off from the gateway but not from the
-//! other nodes, then the reverse, and healing. Where namespaces cannot be made (not
+//! other nodes, then the reverse, 100 ms more and 5% loss on a node's link, a throttled
+//! link, and healing. Where namespaces cannot be made (not
 //! root, no `ip`), each test says so and passes without running.
 //!
 //! A cut is a route to the peer through a neighbour that does not exist: packets are
 //! dropped silently, as on a partition. This kernel has no `netem` (nor `prio` or tc
-//! actions), so the latency-and-loss fault is not run here; RELIABILITY.md says so.
+//! actions), so added latency and loss come from `scripts/netem.py`: the node's packets
+//! to its peers are routed into a TUN device, held and dropped there, and sent on.
 
 mod support;
 
@@ -404,6 +406,70 @@ fn a_node_on_a_throttled_lossy_link_loses_no_request() {
         "netns: node's link throttled (tbf 100 kbit/s, 100 ms queue: delay and drops), 5 s, healed",
         shape,
         unshape,
+        false,
+    );
+}
+
+#[test]
+fn a_node_with_100_ms_more_and_5_percent_loss_on_its_link_loses_no_request() {
+    // What `tc qdisc add dev eth0 root netem delay 100ms loss 5%` does, in userspace
+    // (this kernel has no netem): the node's packets to its peers go through a TUN
+    // device to scripts/netem.py, which holds them 100 ms and drops 5%.
+    let running: std::sync::Mutex<Option<std::process::Child>> = std::sync::Mutex::new(None);
+    let peers = |hosts: &Hosts, node: usize| -> Vec<String> {
+        (1..hosts.count)
+            .filter(|&i| i != node)
+            .map(|i| format!("{}/32", hosts.addr(i)))
+            .collect()
+    };
+    let impair = |hosts: &Hosts, node: usize| {
+        let ns = hosts.ns(node);
+        let src = hosts.addr(node).to_string();
+        ip(&["-n", &ns, "tuntap", "add", "dev", "tun0", "mode", "tun"]).unwrap();
+        ip(&["-n", &ns, "link", "set", "tun0", "up"]).unwrap();
+        let script = support::repo_root().join("scripts/netem.py");
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &ns, "python3"])
+            .arg(script)
+            .args([
+                "--dev",
+                "tun0",
+                "--out",
+                "eth0",
+                "--delay-ms",
+                "100",
+                "--loss",
+                "5",
+            ])
+            .args(["--max-seconds", "120"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let said = support::lines_of(child.stdout.take().unwrap());
+        let ready = said.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert!(ready.starts_with("netem:"), "{ready}");
+        for peer in peers(hosts, node) {
+            ip(&["-n", &ns, "route", "add", &peer, "dev", "tun0", "src", &src]).unwrap();
+        }
+        *running.lock().unwrap() = Some(child);
+    };
+    let heal = |hosts: &Hosts, node: usize| {
+        let ns = hosts.ns(node);
+        for peer in peers(hosts, node) {
+            ip(&["-n", &ns, "route", "del", &peer, "dev", "tun0"]).unwrap();
+        }
+        if let Some(mut child) = running.lock().unwrap().take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+        ip(&["-n", &ns, "link", "del", "tun0"]).unwrap();
+    };
+    partition(
+        "netns: 100 ms added and 5% loss on one node's link (userspace netem), 5 s, healed",
+        impair,
+        heal,
         false,
     );
 }
