@@ -183,7 +183,11 @@ async fn run(config: GatewayConfig, announce: Announce, expect_nodes: usize) -> 
         key: &config.cluster_key,
     };
     let settings = gossip::Settings {
-        name: format!("gateway@{addr}"),
+        name: if config.name.is_empty() {
+            format!("gateway@{addr}")
+        } else {
+            config.name.clone()
+        },
         role: Role::Gateway,
         quic: addr,
         seeds: config.gossip.seeds.clone(),

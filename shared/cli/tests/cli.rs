@@ -170,6 +170,22 @@ fn bad_config_exits_at_start_naming_file_and_key() {
         err.contains("gateway.toml") && err.contains("listen"),
         "{err}"
     );
+
+    // A name, a filter and a tail rate that cannot be, each named.
+    std::fs::write(
+        &gateway,
+        "name = \"two words\"\nlog_filter = \"info,edge=loud\"\n[admin]\ntail_lines_per_second = 0\n",
+    )
+    .unwrap();
+    let (code, err) = run("edge-gateway", &gateway);
+    assert_eq!(code, 2, "{err}");
+    for key in [
+        "name: \"two words\"",
+        "log_filter: \"edge=loud\"",
+        "admin.tail_lines_per_second",
+    ] {
+        assert!(err.contains(key), "{key} missing from: {err}");
+    }
 }
 
 #[test]
@@ -559,4 +575,25 @@ fn edge_certs_issues_a_ca_and_every_roles_files_keys_for_their_owner_alone() {
         node_1
     );
     assert!(certs.join("nodes/node-3.pem").is_file());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateways_configured_name_is_its_member_name() {
+    let (mut cluster, _dir) =
+        support::start(1, vec![support::function("hello", Default::default())]);
+    let config = cluster.dir().join("gateway.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.starts_with("name = \"\"\n"), "{text}");
+    let named = text.replacen("name = \"\"", "name = \"gateway-east\"", 1);
+    std::fs::write(&config, named).unwrap();
+    cluster.restart_gateway().unwrap();
+    let admin = support::admin(&cluster);
+    let reply = admin
+        .call(http::Method::GET, "/v1/cluster", None)
+        .await
+        .unwrap();
+    assert_eq!(reply.body["name"], "gateway-east", "{}", reply.body);
+    let c = support::client(&cluster).await;
+    let r = c.get(&support::url(&cluster, "/hello")).await.unwrap();
+    assert_eq!(r.status, http::StatusCode::OK);
 }

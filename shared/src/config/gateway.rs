@@ -14,6 +14,10 @@ use super::{
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GatewayConfig {
+    /// This gateway's member name in gossip and in the nodes' per-gateway counts; unset,
+    /// `gateway@LISTEN`. Every gateway of a cluster needs its own: set it when `listen`
+    /// is `0.0.0.0`, which any gateway could say.
+    pub name: String,
     /// Address for users: HTTP/3 on UDP and HTTP/1.1 + HTTP/2 on TCP, same port; port 0
     /// picks one free on both.
     pub listen: SocketAddr,
@@ -77,6 +81,7 @@ pub struct GatewayConfig {
 impl Default for GatewayConfig {
     fn default() -> GatewayConfig {
         GatewayConfig {
+            name: String::new(),
             listen: SocketAddr::from(([127, 0, 0, 1], 4433)),
             domain: "edge.localhost".into(),
             tls_cert: PathBuf::new(),
@@ -240,6 +245,17 @@ impl ConfigFile for GatewayConfig {
             problems.push("request_timeout_ms: must be greater than zero".into());
         }
         check_grace(&mut problems, self.shutdown_grace_ms);
+        if !self.name.is_empty()
+            && !self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.@:[]".contains(&b))
+        {
+            problems.push(format!(
+                "name: {:?} may hold letters, digits and - _ . @ : [ ] only",
+                self.name
+            ));
+        }
         check_log_filter(&mut problems, &self.log_filter);
         self.ingress.problems(&mut problems);
         if !self.admin.token_file.as_os_str().is_empty() {
