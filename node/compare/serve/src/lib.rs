@@ -1,7 +1,9 @@
 //! `hello, world!` as a `wasi:http/proxy` component: what `functions/hello` answers
 //! without a name, for `wasmtime serve`.
 
-use wasi::http::types::{Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam};
+use wasi::http::types::{
+    Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
+};
 
 struct Hello;
 
