@@ -150,7 +150,6 @@ fn benches(c: &mut Criterion) {
                     .unwrap(),
                 script_name: "/hello".into(),
                 request_id: "bench".into(),
-                trace_id: "-".into(),
                 body: Bytes::new(),
                 deadline: None,
                 gateway: None,

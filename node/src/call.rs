@@ -20,8 +20,6 @@ pub struct Call {
     pub script_name: String,
     /// Request id.
     pub request_id: String,
-    /// The W3C trace id of its `traceparent`, `-` without one.
-    pub trace_id: String,
     /// The body.
     pub body: Bytes,
     /// Time the gateway gives the node, if it said.

@@ -18,9 +18,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::node::{Node, unix_ms};
+use crate::node::Node;
 use crate::status::DeploymentStatus;
 use crate::usage::Counters;
+use edge_net::gossip::identity::unix_ms;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CallLabels {

@@ -22,11 +22,13 @@ use crate::deployment::{self, DeployError, Deployment, micros};
 use crate::metrics::NodeMetrics;
 use crate::pool::{InstancePool, PoolSizer};
 use crate::runtime::cache::{LoadError, Loaded, ModuleCache, Source};
-use crate::runtime::guest_log::LogContext;
+use crate::runtime::guest_log::{LogContext, Tail};
 use crate::runtime::invoke::{self, Invocation, RunError};
 use crate::tail::Tails;
 use crate::usage::Usage;
 use crate::workers::WorkerPool;
+use edge_net::gossip::identity::unix_ms;
+use edge_shared::trace::TRACEPARENT;
 
 /// The node: its deployments, module cache, admission and worker threads.
 pub struct Node {
@@ -218,9 +220,11 @@ impl Node {
             env: cgi::environment(&request, &deployment.env),
             log: LogContext {
                 request_id: call.request_id,
-                trace_id: call.trace_id,
-                deployment: deployment.id.as_str().to_string(),
-                tail: self.tails.sender(),
+                traceparent: call.request.headers().get(TRACEPARENT).cloned(),
+                tail: self.tails.sender().map(|events| Tail {
+                    events,
+                    deployment: deployment.id.as_str().to_string(),
+                }),
             },
             stdin: call.body,
             stdout_limit: limits.stdout_limit(),
@@ -457,11 +461,4 @@ impl Drop for FromGateway<'_> {
             }
         }
     }
-}
-
-/// Now, in Unix milliseconds.
-pub(crate) fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

@@ -10,14 +10,15 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use edge_net::http3::{self, BodyError, Handler, ServerStream};
 use edge_shared::manifest::DeploymentId;
-use edge_shared::trace::{self, TraceContext};
+use edge_shared::trace;
 use edge_shared::wire::{self, Refusal, ServerTiming};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 
-use crate::node::unix_ms;
+use crate::runtime::guest_log::trace_id;
 use crate::tail::{Next, TailEvent, TailKind};
 use crate::usage::CallUsage;
 use crate::{Call, DeployError, Deployment, Failure, Node};
+use edge_net::gossip::identity::unix_ms;
 
 /// How often a quiet tail stream sends an empty line: how a watcher that went away is
 /// noticed, and a draining node ends the stream.
@@ -36,13 +37,14 @@ impl Handler for Node {
         // For the log, should it fail (cheap clones: header values share their bytes).
         let named = Named {
             request_id: req.headers().get(wire::REQUEST_ID_HEADER).cloned(),
+            traceparent: req.headers().get(trace::TRACEPARENT).cloned(),
             function: req.headers().get(wire::FUNCTION_HEADER).cloned(),
         };
         // A request naming a function is an invocation, whatever its path, host or other
         // headers: a user's path never reaches a control handler (the gateway sets
         // `x-edge-function` on every user's request and drops any the user sent).
         let result = if req.headers().contains_key(wire::FUNCTION_HEADER) {
-            invoke(&self, req, &mut stream).await
+            invoke(&self, req, &mut stream, &named).await
         } else if let Some(function) = req.uri().path().strip_prefix(wire::TAIL_PATH) {
             if req.method() == Method::GET {
                 let function = function.to_string();
@@ -131,22 +133,32 @@ fn with_type(status: StatusCode, content_type: &'static str, body: Bytes) -> (Re
     (response, body)
 }
 
-/// What names a request in the log.
+/// What names a request in the log (cheap clones: header values share their bytes).
 struct Named {
     request_id: Option<HeaderValue>,
+    traceparent: Option<HeaderValue>,
     function: Option<HeaderValue>,
+}
+
+impl Named {
+    fn request_id(&self) -> &str {
+        text(self.request_id.as_ref())
+    }
+
+    fn trace_id(&self) -> String {
+        trace_id(self.traceparent.as_ref())
+    }
+}
+
+/// A header value as text, `-` without one.
+fn text(value: Option<&HeaderValue>) -> &str {
+    value.and_then(|v| v.to_str().ok()).unwrap_or("-")
 }
 
 /// The one place failures become responses: status, `x-edge-refused`, `Retry-After`,
 /// a public reason; the detail goes to the log.
 fn failure_response(node: &Node, named: &Named, failure: Failure) -> (Response<()>, Bytes) {
-    let text = |v: &Option<HeaderValue>| {
-        v.as_ref()
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-")
-            .to_string()
-    };
-    let (request_id, function) = (text(&named.request_id), text(&named.function));
+    let (request_id, function) = (named.request_id(), text(named.function.as_ref()));
     let status = failure.status();
     let worth_a_warning = match failure {
         Failure::Refused(_) => false,
@@ -154,9 +166,9 @@ fn failure_response(node: &Node, named: &Named, failure: Failure) -> (Response<(
         _ => status.is_server_error(),
     };
     if worth_a_warning {
-        tracing::warn!(%request_id, %function, status = status.as_u16(), error = %failure, "request failed");
+        tracing::warn!(%request_id, trace_id = %named.trace_id(), %function, status = status.as_u16(), error = %failure, "request failed");
     } else {
-        tracing::debug!(%request_id, %function, status = status.as_u16(), error = %failure, "request refused");
+        tracing::debug!(%request_id, trace_id = %named.trace_id(), %function, status = status.as_u16(), error = %failure, "request refused");
     }
     let (mut response, body) = plain(status, &failure.public_message());
     let headers = response.headers_mut();
@@ -236,6 +248,7 @@ async fn invoke(
     node: &Node,
     request: Request<()>,
     stream: &mut ServerStream,
+    named: &Named,
 ) -> Result<(Response<()>, Bytes), Failure> {
     let function = header(&request, wire::FUNCTION_HEADER)
         .ok_or_else(|| Failure::BadRequest(format!("missing {}", wire::FUNCTION_HEADER)))?;
@@ -247,15 +260,9 @@ async fn invoke(
     let bytes_in = body.len() as u64;
     let started = Instant::now();
     let text = |name: &str| header(&request, name).map(str::to_string);
-    let request_id = text(wire::REQUEST_ID_HEADER).unwrap_or_else(|| "-".into());
-    let trace_id = header(&request, trace::TRACEPARENT)
-        .and_then(TraceContext::parse)
-        .map_or_else(|| "-".to_string(), |t| t.trace_id_hex());
-    let ids = (request_id.clone(), trace_id.clone());
     let call = Call {
         script_name: text(wire::SCRIPT_NAME_HEADER).unwrap_or_default(),
-        request_id,
-        trace_id,
+        request_id: text(wire::REQUEST_ID_HEADER).unwrap_or_else(|| "-".into()),
         deadline: header(&request, wire::DEADLINE_HEADER)
             .and_then(|v| v.parse().ok())
             .map(Duration::from_millis),
@@ -274,7 +281,7 @@ async fn invoke(
                 ..CallUsage::default()
             });
             let status = failure.status().as_u16();
-            finished(node, &deployment, ids, (status, usage), None, started);
+            finished(node, &deployment, named, (status, usage), None, started);
             return Err(failure);
         }
     };
@@ -291,7 +298,7 @@ async fn invoke(
     finished(
         node,
         &deployment,
-        ids,
+        named,
         (status, Some(usage)),
         timing,
         started,
@@ -313,11 +320,12 @@ async fn invoke(
 
 /// What the end of a call tells: the metrics, the usage meter (for a call that ran),
 /// the access log (target `access`, at debug level: `log_filter = "info,access=debug"`
-/// shows it) and `edge tail` watchers.
+/// shows it) and `edge tail` watchers. The ids are written out only for the log line or
+/// a watcher, and only when there is one.
 fn finished(
     node: &Node,
     deployment: &Deployment,
-    (request_id, trace_id): (String, String),
+    named: &Named,
     (status, usage): (u16, Option<CallUsage>),
     timing: Option<&ServerTiming>,
     started: Instant,
@@ -329,12 +337,12 @@ fn finished(
             .record(&deployment.id, function, &usage, unix_ms());
     }
     let ms = started.elapsed().as_secs_f64() * 1e3;
-    tracing::debug!(target: "access", %request_id, %trace_id, %function, deployment = %deployment.id, status, ms, "call");
+    tracing::debug!(target: "access", request_id = named.request_id(), trace_id = %named.trace_id(), %function, deployment = %deployment.id, status, ms, "call");
     node.tails.send(|| TailEvent {
         function: function.clone(),
         deployment: deployment.id.as_str().to_string(),
-        request_id,
-        trace_id,
+        request_id: named.request_id().to_string(),
+        trace_id: named.trace_id(),
         kind: TailKind::Call { status, ms },
     });
 }

@@ -76,7 +76,6 @@ fn call(query: &str) -> Call {
             .unwrap(),
         script_name: String::new(),
         request_id: "test".into(),
-        trace_id: "-".into(),
         body: Bytes::new(),
         deadline: None,
         gateway: None,

@@ -4,21 +4,31 @@
 
 use std::sync::Arc;
 
+use http::HeaderValue;
 use tokio::sync::broadcast;
 
 use crate::tail::{TailEvent, TailKind};
 
-/// Whom a call's log lines name, and where else they go.
+/// Whom a call's log lines name, and where else they go. Made for every call, so it
+/// holds only what the call had already; the trace id is read from `traceparent` when a
+/// line needs it.
 #[derive(Debug, Clone, Default)]
 pub struct LogContext {
     /// The request id the gateway gave.
     pub request_id: String,
-    /// The W3C trace id, `-` when none came.
-    pub trace_id: String,
-    /// The deployment id.
-    pub deployment: String,
+    /// The `traceparent` the gateway sent, if any.
+    pub traceparent: Option<HeaderValue>,
     /// `edge tail` watchers, when there are any.
-    pub tail: Option<broadcast::Sender<Arc<TailEvent>>>,
+    pub tail: Option<Tail>,
+}
+
+/// Where a watched call's events go.
+#[derive(Debug, Clone)]
+pub struct Tail {
+    /// The watchers' channel.
+    pub events: broadcast::Sender<Arc<TailEvent>>,
+    /// The call's deployment id.
+    pub deployment: String,
 }
 
 impl LogContext {
@@ -26,10 +36,18 @@ impl LogContext {
     pub fn of_request(request_id: &str) -> LogContext {
         LogContext {
             request_id: request_id.to_string(),
-            trace_id: "-".to_string(),
             ..LogContext::default()
         }
     }
+}
+
+/// The W3C trace id of a `traceparent` header, `-` when there is none or it is not
+/// well-formed.
+pub fn trace_id(traceparent: Option<&HeaderValue>) -> String {
+    traceparent
+        .and_then(|v| v.to_str().ok())
+        .and_then(edge_shared::trace::TraceContext::parse)
+        .map_or_else(|| "-".to_string(), |t| t.trace_id_hex())
 }
 
 /// Most bytes of stderr kept per request; the rest is counted and dropped.
@@ -59,6 +77,8 @@ fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
 pub(crate) struct FunctionLog {
     function: String,
     context: LogContext,
+    /// The trace id, read from the context once a line needs it.
+    trace_id: std::cell::OnceCell<String>,
     line: Vec<u8>,
     kept: usize,
     lines: usize,
@@ -71,6 +91,7 @@ impl FunctionLog {
         FunctionLog {
             function: function.to_string(),
             context,
+            trace_id: std::cell::OnceCell::new(),
             line: Vec::new(),
             kept: 0,
             lines: 0,
@@ -97,13 +118,16 @@ impl FunctionLog {
             let text = String::from_utf8_lossy(&self.line);
             let line = escape_controls(&text);
             let c = &self.context;
-            tracing::info!(target: "function", function = %self.function, request_id = %c.request_id, trace_id = %c.trace_id, "{line}");
+            let trace_id = self
+                .trace_id
+                .get_or_init(|| trace_id(c.traceparent.as_ref()));
+            tracing::info!(target: "function", function = %self.function, request_id = %c.request_id, %trace_id, "{line}");
             if let Some(tail) = &c.tail {
-                let _ = tail.send(Arc::new(TailEvent {
+                let _ = tail.events.send(Arc::new(TailEvent {
                     function: self.function.clone(),
-                    deployment: c.deployment.clone(),
+                    deployment: tail.deployment.clone(),
                     request_id: c.request_id.clone(),
-                    trace_id: c.trace_id.clone(),
+                    trace_id: trace_id.clone(),
                     kind: TailKind::Log {
                         line: line.into_owned(),
                     },
