@@ -45,66 +45,59 @@ fn cluster() -> (LocalCluster, tempfile::TempDir, Watch) {
     (cluster, dir, watch)
 }
 
-#[test]
-fn a_node_killed_under_load_loses_no_request() {
+/// `inject` a fault into the busiest node under a load of `seconds`, `recover` it
+/// `outage` later, and report what it cost.
+fn node_fault(
+    fault: &str,
+    seconds: u64,
+    outage: Duration,
+    inject: impl FnOnce(&mut LocalCluster, usize),
+    recover: impl FnOnce(&mut LocalCluster, usize),
+) {
     let (mut cluster, _dir, watch) = cluster();
-    let load = load(&cluster, 12);
+    let load = load(&cluster, seconds);
     std::thread::sleep(Duration::from_secs(3));
     let retries = watch.retries();
     let node = busiest(&cluster);
-    let killed = Instant::now();
-    cluster.kill_node(node);
-    std::thread::sleep(Duration::from_secs(4));
-    let revived = Instant::now();
-    cluster.restart_node(node).unwrap();
+    let injected = Instant::now();
+    inject(&mut cluster, node);
+    std::thread::sleep(outage);
+    let recovered = Instant::now();
+    recover(&mut cluster, node);
     let back = watch.wait_usable(3, Duration::from_secs(20));
     let load = load.finish();
-    let detect = watch.first(killed, |s| s.usable < 3).map(|s| s.at - killed);
     Row {
-        fault: "node SIGKILL, restarted 4 s later",
+        fault,
         load,
         retried: watch.retries() - retries,
-        detect,
-        back: Some(back - revived),
+        detect: watch
+            .first(injected, |s| s.usable < 3)
+            .map(|s| s.at - injected),
+        back: Some(back - recovered),
     }
     .report();
 }
 
 #[test]
+fn a_node_killed_under_load_loses_no_request() {
+    node_fault(
+        "node SIGKILL, restarted 4 s later",
+        12,
+        Duration::from_secs(4),
+        |cluster, node| cluster.kill_node(node),
+        |cluster, node| cluster.restart_node(node).unwrap(),
+    );
+}
+
+#[test]
 fn a_node_paused_for_10_s_under_load_loses_no_request() {
-    let (cluster, _dir, watch) = cluster();
-    let load = load(&cluster, 18);
-    std::thread::sleep(Duration::from_secs(3));
-    let retries = watch.retries();
-    let pid = cluster.node_pid(busiest(&cluster)).to_string();
-    let paused = Instant::now();
-    assert!(
-        Command::new("kill")
-            .args(["-STOP", &pid])
-            .status()
-            .unwrap()
-            .success()
+    node_fault(
+        "node SIGSTOP 10 s, then SIGCONT",
+        18,
+        Duration::from_secs(10),
+        |cluster, node| assert!(cluster.signal_node(node, "STOP")),
+        |cluster, node| assert!(cluster.signal_node(node, "CONT")),
     );
-    std::thread::sleep(Duration::from_secs(10));
-    let resumed = Instant::now();
-    assert!(
-        Command::new("kill")
-            .args(["-CONT", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let back = watch.wait_usable(3, Duration::from_secs(20));
-    let load = load.finish();
-    let detect = watch.first(paused, |s| s.usable < 3).map(|s| s.at - paused);
-    Row {
-        fault: "node SIGSTOP 10 s, then SIGCONT",
-        load,
-        retried: watch.retries() - retries,
-        detect,
-        back: Some(back - resumed),
-    }
-    .report();
 }
 
 #[test]

@@ -122,17 +122,28 @@ impl Hosts {
         }
     }
 
-    /// The gateway's metrics, scraped from the client's host.
+    /// The gateway's metrics at `at`, scraped from the client's host.
     fn scrape(&self, at: SocketAddr) -> Option<String> {
-        let out = self.exec(
-            0,
-            "curl",
-            &["-sf", "--max-time", "2", &format!("http://{at}/metrics")],
-        );
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).to_string())
+        scrape_from(&self.ns(0), at)
     }
+
+    /// A watch of the gateway's metrics at `at`, scraped from the client's host.
+    fn watch(&self, at: SocketAddr) -> Watch {
+        let client = self.ns(0);
+        Watch::start(move || scrape_from(&client, at))
+    }
+}
+
+/// The metrics at `at`, scraped with curl from namespace `ns`.
+fn scrape_from(ns: &str, at: SocketAddr) -> Option<String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "curl", "-sf", "--max-time", "2"])
+        .arg(format!("http://{at}/metrics"))
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).to_string())
 }
 
 impl Drop for Hosts {
@@ -187,13 +198,7 @@ fn a_cluster_across_hosts_serves_users_over_http3_and_tcp_and_routes_around_a_lo
         "the gateway serves on its host's address"
     );
     let metrics = cluster.gateway_metrics_addrs().unwrap()[0];
-    let watch = {
-        let scrape_from = Hosts {
-            prefix: hosts.prefix.clone(),
-            count: 0,
-        };
-        Watch::start(move || scrape_from.scrape(metrics))
-    };
+    let watch = hosts.watch(metrics);
     watch.wait_usable(3, Duration::from_secs(30));
 
     // HTTP/3 from the client's host, with edge call.
@@ -289,11 +294,7 @@ fn partition(
     let Some(hosts) = hosts(3) else { return };
     let (cluster, _dir) = cluster_on(&hosts, 3);
     let metrics = cluster.gateway_metrics_addrs().unwrap()[0];
-    let scraper = Hosts {
-        prefix: hosts.prefix.clone(),
-        count: 0,
-    };
-    let watch = Watch::start(move || scraper.scrape(metrics));
+    let watch = hosts.watch(metrics);
     watch.wait_usable(3, Duration::from_secs(30));
     let (url, at) = user_url(&cluster, "/hello");
     let target = Target {

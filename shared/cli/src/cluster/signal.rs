@@ -23,9 +23,9 @@ impl LocalCluster {
         }
     }
 
-    /// Node `i`'s process id (0-based), to signal it (SIGSTOP, SIGCONT).
-    pub fn node_pid(&self, i: usize) -> u32 {
-        self.nodes[i].child.id()
+    /// Sends `signal` (`STOP`, `CONT`, ...) to node `i` (0-based): whether it was sent.
+    pub fn signal_node(&self, i: usize, signal: &str) -> bool {
+        i32::try_from(self.nodes[i].child.id()).is_ok_and(|pid| send(pid, signal))
     }
 
     /// Sends SIGTERM to node `i` (0-based): it says it is draining, then exits.
@@ -132,8 +132,14 @@ fn wait_exit(child: &mut Child, within: Duration) -> Option<ExitStatus> {
 
 /// Sends SIGTERM to `pid`.
 fn terminate(pid: i32) {
-    let _ = Command::new("kill")
-        .arg("-TERM")
+    send(pid, "TERM");
+}
+
+/// Sends `signal` to process `pid`: whether it was sent.
+fn send(pid: i32, signal: &str) -> bool {
+    Command::new("kill")
+        .arg(format!("-{signal}"))
         .arg(pid.to_string())
-        .status();
+        .status()
+        .is_ok_and(|s| s.success())
 }
