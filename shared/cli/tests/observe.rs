@@ -1,6 +1,7 @@
 //! Following requests as an operator does: one request's ids in the gateway's, the
 //! node's and the function's log lines, `edge tail` showing its call and log line as
-//! they happen, and the tail's limits (unknown function, streams open, lines a second).
+//! they happen, and the tail's limits (unknown function, streams open, lines a second);
+//! JSON logs; and the usage meter against a known load.
 
 #[path = "../../../gateway/tests/support/mod.rs"]
 mod support;
@@ -116,6 +117,43 @@ async fn one_requests_ids_are_in_every_log_line_and_edge_tail_shows_its_call() {
         "the function's line on {node}:\n{}",
         cluster.log(&node)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_log_format_json_every_line_is_json_and_the_functions_line_names_its_request() {
+    let (cluster, _dir) = support::start_with(
+        1,
+        vec![support::function("echo", Default::default())],
+        |spec| spec.log_format = edge_shared::config::LogFormat::Json,
+    );
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let said = "a line for the JSON log";
+    let c = support::client(&cluster).await;
+    let request = http::Request::get(support::url(&cluster, "/echo"))
+        .header("traceparent", format!("00-{trace_id}-b7ad6b7169203331-01"))
+        .header("x-echo-log", said)
+        .body(())
+        .unwrap();
+    let r = c.send(request, Bytes::new()).await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    let request_id = r.header("x-edge-request-id").unwrap().to_string();
+    let lines = |process: &str| -> Vec<serde_json::Value> {
+        cluster
+            .log(process)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{process}: {l:?}: {e}")))
+            .collect()
+    };
+    let found = support::wait_for(WITHIN, || {
+        lines("node-1").iter().any(|l| {
+            l["target"] == "function"
+                && l["fields"]["message"] == said
+                && l["fields"]["request_id"] == request_id.as_str()
+                && l["fields"]["trace_id"] == trace_id
+        })
+    });
+    assert!(found, "{}", cluster.log("node-1"));
+    assert!(!lines("gateway").is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -269,6 +307,14 @@ async fn edge_usage_matches_a_known_load_and_survives_node_restarts() {
     let later = (chrono::Utc::now() + chrono::Duration::hours(2)).to_rfc3339();
     let report = usage_report(&cluster, 2, &["--since", &later]);
     assert_eq!(report["functions"], serde_json::json!([]), "{report}");
+    // The API names a window it cannot read, and changes nothing.
+    let refused = support::admin(&cluster)
+        .call(http::Method::GET, "/v1/usage?since=yesterday", None)
+        .await
+        .unwrap();
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    let why = refused.body["error"].as_str().unwrap();
+    assert!(why.contains("since") && why.contains("yesterday"), "{why}");
     let (code, _, err) = edge(&cluster, &["usage", "--since", "soon"]);
     assert_eq!(code, 1);
     assert!(err.contains("--since \"soon\""), "{err}");

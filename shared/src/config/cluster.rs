@@ -6,7 +6,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    ConfigFile, FunctionConfig, GossipConfig, IngressConfig, RegistryKind, RoutingPolicy, resolve,
+    ConfigFile, FunctionConfig, GossipConfig, IngressConfig, LogFormat, RegistryKind,
+    RoutingPolicy, resolve,
 };
 
 /// `edge up`'s cluster file: how many nodes, where users connect, which functions.
@@ -59,6 +60,8 @@ pub struct ClusterConfig {
     pub registry: RegistryKind,
     /// Every process's `log_filter` (`info,access=debug` logs each request).
     pub log_filter: String,
+    /// Every process's `log_format`: `text` or `json`.
+    pub log_format: LogFormat,
     /// Where each member runs, when not all on loopback: the gateway's host first, then
     /// each node's. A member with a host is started in its network namespace and binds
     /// every listener to its address.
@@ -97,6 +100,7 @@ impl Default for ClusterConfig {
             registry: RegistryKind::Embedded,
             registry_resync_ms: 30_000,
             log_filter: "info".into(),
+            log_format: LogFormat::Text,
             hosts: Vec::new(),
         }
     }

@@ -209,6 +209,7 @@ impl LocalCluster {
             unrouted_grace_ms: spec.unrouted_grace_ms,
             request_timeout_ms: spec.request_timeout_ms,
             log_filter: spec.log_filter.clone(),
+            log_format: spec.log_format,
             ingress: spec.ingress.clone(),
             routing: spec.routing,
             functions: spec.functions.clone(),
@@ -309,6 +310,7 @@ impl LocalCluster {
                 interval_ms: self.spec.gossip_interval_ms,
             },
             log_filter: self.spec.log_filter.clone(),
+            log_format: self.spec.log_format,
             ..NodeConfig::default()
         };
         let cpus = self
