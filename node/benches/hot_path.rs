@@ -17,6 +17,7 @@
 #![allow(missing_docs)]
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -25,6 +26,7 @@ use edge_node::runtime::cache::{ModuleCache, Source};
 use edge_node::runtime::engine;
 use edge_node::runtime::guest_log::LogContext;
 use edge_node::runtime::invoke::{self, Invocation};
+use edge_node::runtime::memories::MemoryPool;
 use edge_node::{Call, Node};
 use edge_shared::config::NodeConfig;
 use edge_shared::manifest::{ContentId, FunctionManifest, Limits, Route};
@@ -77,11 +79,17 @@ fn synthetic_module(bytes: usize) -> Vec<u8> {
     wasmer::wat2wasm(wat.as_bytes()).unwrap().into_owned()
 }
 
+/// The node's default pool of spare linear memories.
+fn memories() -> Arc<MemoryPool> {
+    let pool = NodeConfig::default().instance_pool;
+    MemoryPool::new(pool.spare_memories, (pool.keep_resident_kib as usize) << 10)
+}
+
 fn benches(c: &mut Criterion) {
     let wasm = hello_wasm();
     let id = ContentId::of(&wasm);
     let dir = tempfile::tempdir().unwrap();
-    let cache = ModuleCache::open(dir.path(), 1 << 30, 10_000).unwrap();
+    let cache = ModuleCache::open(dir.path(), 1 << 30, 10_000, memories()).unwrap();
     cache.store_blob(&id, &wasm).unwrap();
     let runnable = cache.load("hello", &id, 128).unwrap().runnable;
     let invocation = || Invocation {
@@ -117,6 +125,20 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             let mut prepared = invoke::prepare(&runnable).unwrap();
             invoke::run(&runnable, &mut prepared, invocation()).unwrap()
+        })
+    });
+
+    // The same, with every instance's memory mapped and unmapped (no spare memories),
+    // as before the memory pool.
+    let unpooled_dir = tempfile::tempdir().unwrap();
+    let unpooled =
+        ModuleCache::open(unpooled_dir.path(), 1 << 30, 10_000, MemoryPool::new(0, 0)).unwrap();
+    unpooled.store_blob(&id, &wasm).unwrap();
+    let unpooled = unpooled.load("hello", &id, 128).unwrap().runnable;
+    c.bench_function("invoke/fresh_hello_unpooled_memory", |b| {
+        b.iter(|| {
+            let mut prepared = invoke::prepare(&unpooled).unwrap();
+            invoke::run(&unpooled, &mut prepared, invocation()).unwrap()
         })
     });
 
@@ -165,7 +187,7 @@ fn benches(c: &mut Criterion) {
     for (name, module) in [("hello", &wasm), ("1mib", &big)] {
         let id = ContentId::of(module);
         let dir = tempfile::tempdir().unwrap();
-        let warmed = ModuleCache::open(dir.path(), 1 << 30, 10_000).unwrap();
+        let warmed = ModuleCache::open(dir.path(), 1 << 30, 10_000, memories()).unwrap();
         warmed.store_blob(&id, module).unwrap();
         assert_eq!(
             warmed.load(name, &id, 128).unwrap().source,
@@ -173,7 +195,7 @@ fn benches(c: &mut Criterion) {
         );
         c.bench_function(&format!("cold/disk_{name}"), |b| {
             b.iter(|| {
-                let cache = ModuleCache::open(dir.path(), 1 << 30, 10_000).unwrap();
+                let cache = ModuleCache::open(dir.path(), 1 << 30, 10_000, memories()).unwrap();
                 let loaded = cache.load(name, &id, 128).unwrap();
                 assert_eq!(loaded.source, Source::Disk);
                 invoke::prepare(&loaded.runnable).unwrap()

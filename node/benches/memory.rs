@@ -41,12 +41,13 @@ fn main() {
         let name = "hello";
         let wasm = example(name);
         let artifact = engine::compile(&wasm).expect("compiles");
+        let memories = edge_node::runtime::memories::MemoryPool::new(16, 2 << 20);
 
         const MODULES: usize = 50;
         let before = resident_bytes();
         let modules: Vec<_> = (0..MODULES)
             .map(|_| {
-                let engine = engine::headless(128, 10_000);
+                let engine = engine::headless(128, 10_000, &memories);
                 engine::deserialize(&engine, &artifact).expect("deserializes")
             })
             .collect();
@@ -55,7 +56,7 @@ fn main() {
         let runnable = invoke::Runnable {
             name: name.into(),
             module: modules[0].clone(),
-            engine: engine::headless(128, 10_000),
+            engine: engine::headless(128, 10_000, &memories),
             memory_limit_mib: 128,
             table_bytes: 10_000 * engine::TABLE_ELEMENT_BYTES,
         };

@@ -12,6 +12,7 @@ use wasmer_middlewares::metering::set_remaining_points;
 
 use crate::cgi::parse_response;
 use crate::runtime::guest_log::LogContext;
+use crate::runtime::memories::MemoryPool;
 use crate::runtime::wasi::{self, RequestIo};
 use crate::runtime::{engine, metering};
 
@@ -48,7 +49,7 @@ impl HostCaller {
     fn get() -> &'static HostCaller {
         static CALLER: OnceLock<HostCaller> = OnceLock::new();
         CALLER.get_or_init(|| {
-            let engine = engine::headless(1, 1024);
+            let engine = engine::headless(1, 1024, &MemoryPool::new(0, 0));
             let mut store = Store::new(engine.clone());
             let env = FunctionEnv::new(
                 &mut store,

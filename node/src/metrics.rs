@@ -201,6 +201,30 @@ impl Collector for NodeCollector {
                 status.evictions,
             ),
             (
+                "edge_node_memory_pool_spare",
+                "Linear memories of spent instances kept, zeroed, for the next ones",
+                gauge,
+                status.memory_pool.spare as u64,
+            ),
+            (
+                "edge_node_memory_pool_reused",
+                "Instances whose linear memory was a spare one (no mapping made)",
+                counter,
+                status.memory_pool.reused,
+            ),
+            (
+                "edge_node_memory_pool_mapped",
+                "Linear memories mapped because no spare one was left",
+                counter,
+                status.memory_pool.mapped,
+            ),
+            (
+                "edge_node_memory_pool_unmapped",
+                "Linear memories unmapped because the spare list was full",
+                counter,
+                status.memory_pool.unmapped,
+            ),
+            (
                 "edge_node_artifacts_refused",
                 "Artifacts on disk refused for a seal not this node's",
                 counter,

@@ -24,6 +24,7 @@ use crate::pool::{InstancePool, PoolSizer};
 use crate::runtime::cache::{LoadError, Loaded, ModuleCache, Source};
 use crate::runtime::guest_log::{LogContext, Tail};
 use crate::runtime::invoke::{self, Invocation, RunError};
+use crate::runtime::memories::MemoryPool;
 use crate::tail::Tails;
 use crate::usage::Usage;
 use crate::workers::WorkerPool;
@@ -75,6 +76,11 @@ impl Node {
                 &config.cache_dir,
                 config.module_cache_mib << 20,
                 config.max_table_elements,
+                MemoryPool::new(
+                    config.instance_pool.spare_memories,
+                    usize::try_from(config.instance_pool.keep_resident_kib << 10)
+                        .unwrap_or(usize::MAX),
+                ),
             )?),
             deployments: DashMap::new(),
             workers: WorkerPool::new(threads, &admitter),

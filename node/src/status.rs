@@ -33,6 +33,19 @@ pub struct Load {
     pub from_gateways: Vec<(String, usize)>,
 }
 
+/// The pool of spare linear memories ([`crate::runtime::memories`]).
+#[derive(Debug, Serialize)]
+pub struct MemoryPoolStatus {
+    /// Spare memories now, zeroed.
+    pub spare: usize,
+    /// Instances whose memory was a spare one.
+    pub reused: u64,
+    /// Memories mapped because none was spare.
+    pub mapped: u64,
+    /// Memories unmapped because the spare list was full.
+    pub unmapped: u64,
+}
+
 /// One deployment in the status.
 #[derive(Debug, Serialize)]
 pub struct DeploymentStatus {
@@ -90,6 +103,8 @@ pub struct NodeStatus {
     pub modules_in_memory: usize,
     /// Their artifact bytes.
     pub module_bytes: u64,
+    /// The pool of spare linear memories.
+    pub memory_pool: MemoryPoolStatus,
     /// Loaded deployments.
     pub deployments: Vec<DeploymentStatus>,
     /// Gossip traffic and membership, once the node has joined.
@@ -160,6 +175,15 @@ impl Node {
             peak_concurrent_loads: self.loads.1.load(Ordering::Relaxed),
             modules_in_memory,
             module_bytes,
+            memory_pool: {
+                let memories = self.cache.memories();
+                MemoryPoolStatus {
+                    spare: memories.spare(),
+                    reused: memories.stats.reused.load(Ordering::Relaxed),
+                    mapped: memories.stats.mapped.load(Ordering::Relaxed),
+                    unmapped: memories.stats.unmapped.load(Ordering::Relaxed),
+                }
+            },
             deployments,
             gossip: self.gossip.get().map(|g| g.stats()),
         }

@@ -32,6 +32,7 @@ use wasmer::{Engine, Module};
 
 use super::engine;
 use super::invoke::Runnable;
+use super::memories::MemoryPool;
 use crate::pool::InstancePool;
 
 /// Where a loaded module came from.
@@ -241,6 +242,8 @@ pub struct ModuleCache {
     seal_key: [u8; 32],
     /// The most elements a table of a loaded module may hold.
     max_table_elements: u32,
+    /// Where every loaded module's instances get their linear memories.
+    memories: Arc<MemoryPool>,
     in_memory: Mutex<Lru<ModuleKey, Warm>>,
     stats: CacheStats,
 }
@@ -248,12 +251,13 @@ pub struct ModuleCache {
 impl ModuleCache {
     /// A cache under `dir`, created if missing, holding up to `memory_budget` bytes of
     /// compiled modules in memory, whose instances' tables hold `max_table_elements` at
-    /// most. The folder and its subfolders are the node's alone
-    /// (0700): what is in them becomes native code in this process.
+    /// most, with linear memories from `memories`. The folder and its subfolders are the
+    /// node's alone (0700): what is in them becomes native code in this process.
     pub fn open(
         dir: &Path,
         memory_budget: u64,
         max_table_elements: u32,
+        memories: Arc<MemoryPool>,
     ) -> Result<ModuleCache, LoadError> {
         let host = hex::encode(&Sha256::digest(engine::host_key().as_bytes())[..8]);
         let cache = ModuleCache {
@@ -261,6 +265,7 @@ impl ModuleCache {
             artifacts: dir.join("artifacts").join(host),
             seal_key: [0; 32],
             max_table_elements,
+            memories,
             in_memory: Mutex::new(Lru::new(memory_budget)),
             stats: CacheStats::default(),
         };
@@ -303,6 +308,11 @@ impl ModuleCache {
     /// The counters.
     pub fn stats(&self) -> &CacheStats {
         &self.stats
+    }
+
+    /// The pool the loaded modules' instances take their linear memories from.
+    pub fn memories(&self) -> &Arc<MemoryPool> {
+        &self.memories
     }
 
     /// Modules in memory and their artifact bytes.
@@ -399,7 +409,7 @@ impl ModuleCache {
                 Duration::ZERO,
             ));
         }
-        let engine = engine::headless(memory_limit_mib, self.max_table_elements);
+        let engine = engine::headless(memory_limit_mib, self.max_table_elements, &self.memories);
         let started = Instant::now();
         let artifact_path = self.artifacts.join(format!("{id}.bin"));
         if let Ok(sealed) = std::fs::read(&artifact_path) {

@@ -8,7 +8,7 @@
 //! engine's tunables; a headless engine of its own per module also lets the module's
 //! code memory go when the module does (see [`headless`]).
 //!
-//! This is the crate's one `unsafe` module: wasmer's `Tunables` trait has `unsafe` methods
+//! One of the crate's two `unsafe` modules (the other is [`super::memories`]): wasmer's `Tunables` trait has `unsafe` methods
 //! (they hand out memory definitions inside a VM context), and `Module::deserialize` is
 //! `unsafe` because it trusts the bytes. Our tunables only narrow the memory type and
 //! delegate to wasmer's own `BaseTunables`; an artifact is deserialized only once its
@@ -27,6 +27,8 @@ use wasmer::{
     TableStyle, TableType,
 };
 use wasmer_middlewares::Metering;
+
+use super::memories::MemoryPool;
 
 /// Identifies the compiler configuration an artifact was produced by. Part of every
 /// on-disk artifact's key: change it whenever compiling would produce different code
@@ -97,7 +99,7 @@ pub const TABLE_ELEMENT_BYTES: u64 = 16;
 /// module loaded into it until the engine itself is dropped, so a shared engine would
 /// keep an evicted module's code forever. With its own engine, a module's code goes when
 /// the module and its last instance do.
-pub fn headless(limit_mib: u64, max_table_elements: u32) -> Engine {
+pub fn headless(limit_mib: u64, max_table_elements: u32, memories: &Arc<MemoryPool>) -> Engine {
     let pages = u32::try_from(limit_mib.saturating_mul(16))
         .unwrap_or(u32::MAX)
         .min(65_536);
@@ -105,6 +107,7 @@ pub fn headless(limit_mib: u64, max_table_elements: u32) -> Engine {
     engine.set_tunables(MemoryLimit {
         max_pages: Pages(pages),
         max_table_elements,
+        memories: Arc::clone(memories),
         base: BaseTunables::new(),
     });
     engine
@@ -118,10 +121,12 @@ pub fn deserialize(engine: &Engine, artifact: &[u8]) -> Result<Module, Deseriali
 }
 
 /// Tunables that cap every linear memory at `max_pages` and every table at
-/// `max_table_elements`, otherwise wasmer's defaults.
+/// `max_table_elements`, and take instances' memories from the node's pool
+/// ([`super::memories`]); otherwise wasmer's defaults.
 struct MemoryLimit {
     max_pages: Pages,
     max_table_elements: u32,
+    memories: Arc<MemoryPool>,
     base: BaseTunables,
 }
 
@@ -175,10 +180,19 @@ impl Tunables for MemoryLimit {
         style: &MemoryStyle,
         vm_definition_location: NonNull<VMMemoryDefinition>,
     ) -> Result<VMMemory, MemoryError> {
-        // SAFETY: same contract as ours, passed through unchanged.
+        let narrowed = self.narrow(ty)?;
+        // SAFETY: same contract as ours, passed through unchanged. The pool serves the
+        // static style that compiled code on 64-bit hosts assumes; anything else is
+        // wasmer's own memory.
         unsafe {
-            self.base
-                .create_vm_memory(&self.narrow(ty)?, style, vm_definition_location)
+            match style {
+                MemoryStyle::Static if !ty.shared => {
+                    self.memories.memory(&narrowed, vm_definition_location)
+                }
+                _ => self
+                    .base
+                    .create_vm_memory(&narrowed, style, vm_definition_location),
+            }
         }
     }
 

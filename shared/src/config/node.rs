@@ -131,6 +131,12 @@ impl ConfigFile for NodeConfig {
         if self.instance_pool.max_per_function > 1024 {
             problems.push("instance_pool.max_per_function: at most 1024".into());
         }
+        if self.instance_pool.spare_memories > 4096 {
+            problems.push("instance_pool.spare_memories: at most 4096".into());
+        }
+        if self.instance_pool.keep_resident_kib > 1 << 20 {
+            problems.push("instance_pool.keep_resident_kib: at most 1048576 (1 GiB)".into());
+        }
         if self.defaults.memory_limit_mib > self.memory_budget_mib {
             problems.push(format!(
                 "defaults.memory_limit_mib: {} is over memory_budget_mib {}",
@@ -181,6 +187,15 @@ pub struct InstancePoolConfig {
     /// A function without requests for this long has its pool emptied (scale to
     /// zero), in milliseconds.
     pub idle_ttl_ms: u64,
+    /// Linear memories of spent instances kept for the next instances, zeroed in place,
+    /// so that no request maps or unmaps memory; beyond it they are unmapped. 0 maps a
+    /// new memory for every instance.
+    pub spare_memories: usize,
+    /// Of a spare memory, how many KiB from its start are zeroed in place and stay
+    /// resident (only pages a guest touched). The rest goes back to the kernel. Each
+    /// spare memory holds at most this much, and an instance never holds resident pages
+    /// beyond its own length.
+    pub keep_resident_kib: u64,
 }
 
 impl Default for InstancePoolConfig {
@@ -188,6 +203,8 @@ impl Default for InstancePoolConfig {
         InstancePoolConfig {
             max_per_function: 16,
             idle_ttl_ms: 60_000,
+            spare_memories: 16,
+            keep_resident_kib: 2048,
         }
     }
 }
