@@ -69,6 +69,10 @@ const EXPECT_NODES_WITHIN: Duration = Duration::from_secs(30);
 /// Longest closing a QUIC endpoint waits for its peers to be told.
 const CLOSE_WITHIN: Duration = Duration::from_secs(2);
 
+/// mimalloc: glibc's malloc and free are a tenth of the request path's CPU.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let args = Args::parse();
     let config: GatewayConfig = match config::load(&args.config) {

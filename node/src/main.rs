@@ -33,6 +33,10 @@ struct Args {
     announce_metrics: Option<PathBuf>,
 }
 
+/// mimalloc: glibc's malloc and free were about a tenth of the node's CPU per request.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let args = Args::parse();
     let config: NodeConfig = match config::load(&args.config) {

@@ -21,8 +21,8 @@
 //!    reset as it is given back (on the worker thread, after the answer went out): pages
 //!    in the first `keep_resident` bytes that are resident are zeroed with `memset`, and
 //!    every other page is handed back to the kernel (`MADV_DONTNEED`), which reads as
-//!    zeros after. A page swapped out counts as not resident and is discarded, never
-//!    skipped.
+//!    zeros after. A page not resident in the kept part was never touched, unless the
+//!    host has swap: then it may be swapped out, and it is discarded, never skipped.
 //! 4. **Resident bytes.** Outside `keep_resident`, a spare slot holds no pages. A slot
 //!    made smaller for its next memory hands the pages above the new length back first,
 //!    so an instance never holds resident pages beyond its own length: the memory budget
@@ -287,6 +287,9 @@ impl Slot {
                 )));
             }
         }
+        // A page that is not resident was never touched, or it was swapped out. Without
+        // swap it reads as zeros already; with swap it is discarded, never skipped.
+        let swap = swap_configured();
         let mut run_start = 0;
         while run_start < pages {
             let in_core = resident[run_start] & 1 == 1;
@@ -298,12 +301,22 @@ impl Slot {
                 // SAFETY: inside the accessible part of this slot's own mapping, which no
                 // instance uses any more.
                 unsafe { std::ptr::write_bytes(self.base.as_ptr().add(start), 0, len) };
-            } else {
+            } else if swap {
                 self.discard(start, len)?;
             }
             run_start = run_end;
         }
         self.discard(keep, self.accessible - keep)
+    }
+}
+
+/// Whether the host has swap now (`sysinfo`), so that a page not resident may still hold
+/// data.
+fn swap_configured() -> bool {
+    // SAFETY: `sysinfo` writes one `struct sysinfo`, which `info` is.
+    unsafe {
+        let mut info: libc::sysinfo = std::mem::zeroed();
+        libc::sysinfo(&mut info) != 0 || info.totalswap > 0
     }
 }
 
