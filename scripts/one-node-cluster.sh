@@ -1,4 +1,4 @@
-# Sourced by the bench scripts: starts `edge up` with one node serving `hello` in a
+# Sourced by the bench scripts: starts `edge up` with one node serving `hello` and `stream` in a
 # temporary folder, and stops it on exit. Sets `bin`, `dir` (the state is `$dir/edge`)
 # and `addr` (the gateway's users' address). `BIN` names other binaries than this
 # checkout's (which are built); `WORKERS` sets the node's worker threads (default 2).
@@ -18,6 +18,9 @@ listen = "127.0.0.1:0"
 [[functions]]
 name = "hello"
 module = "$root/functions/target/wasm32-wasip1/release/hello.wasm"
+[[functions]]
+name = "stream"
+module = "$root/functions/target/wasm32-wasip1/release/stream.wasm"
 TOML
 "$bin/edge" up --config "$dir/cluster.toml" --dir "$dir/edge" >"$dir/up.log" 2>&1 &
 up=$!

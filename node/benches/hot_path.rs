@@ -99,6 +99,7 @@ fn benches(c: &mut Criterion) {
         stdout_limit: 1 << 20,
         fuel: 1_000_000_000,
         deadline: std::time::Instant::now() + Duration::from_secs(60),
+        stream: None,
     };
 
     c.bench_function("invoke/warm_hello", |b| {

@@ -9,7 +9,8 @@ use edge_shared::wire::{Refusal, ServerTiming};
 use http::StatusCode;
 
 use crate::cgi;
-use crate::runtime::invoke::RunError;
+use crate::runtime::invoke::{Completed, RunError};
+use crate::workers::Submitted;
 
 /// A request for a function, as the server read it.
 pub struct Call {
@@ -32,8 +33,13 @@ pub struct Call {
 pub struct Answer {
     /// Its parsed CGI head.
     pub head: cgi::CgiResponse,
-    /// Its whole stdout; the body starts at `head.body_start`.
+    /// Its whole stdout, or with `rest` its first chunk; the body starts at
+    /// `head.body_start`.
     pub output: Bytes,
+    /// The rest of an answer the function is still writing (longer than one chunk of
+    /// [`crate::runtime::wasi::STREAM_CHUNK`]); then `run`, `fuel_used` and
+    /// `memory_bytes` are zero here and come from [`Streaming::end`].
+    pub rest: Option<Streaming>,
     /// queue, cold-start, instantiate and run times.
     pub timing: ServerTiming,
     /// Time in the guest.
@@ -42,6 +48,85 @@ pub struct Answer {
     pub fuel_used: u64,
     /// Its linear memory at the end, in bytes.
     pub memory_bytes: u64,
+}
+
+/// The rest of an answer while the function writes it: chunks as they come, then how
+/// the run ended.
+pub struct Streaming {
+    pub(crate) chunks: tokio::sync::mpsc::Receiver<Bytes>,
+    pub(crate) done: Submitted<JobResult>,
+    /// Body bytes it may still send under `max_response_body_bytes`.
+    pub(crate) body_left: u64,
+    pub(crate) over_limit: Option<u64>,
+    pub(crate) limit: u64,
+}
+
+/// What a run job on a worker delivers: the run and the time it took to instantiate.
+pub(crate) type JobResult = Result<(Completed, Duration), RunError>;
+
+/// How a streamed answer's run ended.
+#[derive(Debug)]
+pub struct Ended {
+    /// Its last bytes, after the chunks.
+    pub tail: Bytes,
+    /// Time in the guest.
+    pub run: Duration,
+    /// Fuel it used.
+    pub fuel_used: u64,
+    /// Its linear memory at the end, in bytes.
+    pub memory_bytes: u64,
+}
+
+impl Streaming {
+    /// The next chunk, as the function wrote it; `None` once it ended (or wrote past
+    /// its response limit, which [`Streaming::end`] then reports).
+    pub async fn next(&mut self) -> Option<Bytes> {
+        if self.over_limit.is_some() {
+            return None;
+        }
+        let chunk = self.chunks.recv().await?;
+        match self.body_left.checked_sub(chunk.len() as u64) {
+            Some(left) => {
+                self.body_left = left;
+                Some(chunk)
+            }
+            None => {
+                self.over_limit = Some(self.limit);
+                None
+            }
+        }
+    }
+
+    /// How the run ended. Called before the chunks ran out, it stops reading them: the
+    /// function's next write fails, and it ends as abandoned.
+    pub async fn end(self) -> Result<Ended, Failure> {
+        let Streaming {
+            chunks,
+            done,
+            body_left,
+            over_limit,
+            limit,
+        } = self;
+        drop(chunks);
+        let too_large = |limit: u64| {
+            Failure::Run(RunError::ResponseTooLarge {
+                limit: usize::try_from(limit).unwrap_or(usize::MAX),
+            })
+        };
+        if let Some(limit) = over_limit {
+            return Err(too_large(limit));
+        }
+        let (completed, _) = done.await.map_err(|_| Failure::Internal)??;
+        if completed.stdout.len() as u64 > body_left {
+            return Err(too_large(limit));
+        }
+        Ok(Ended {
+            tail: Bytes::from(completed.stdout),
+            run: completed.run,
+            fuel_used: completed.fuel_used,
+            memory_bytes: completed.memory_bytes,
+        })
+    }
 }
 
 impl Answer {

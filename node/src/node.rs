@@ -12,11 +12,12 @@ use dashmap::DashMap;
 use edge_net::gossip::Gossip;
 use edge_shared::admission::retry_after_secs;
 use edge_shared::config::NodeConfig;
+use edge_shared::limits::EffectiveLimits;
 use edge_shared::manifest::{DeploymentId, FunctionManifest};
 use edge_shared::wire::{Refusal, ServerTiming};
 
 use crate::admission::Admitter;
-use crate::call::{Answer, Call, Failure};
+use crate::call::{Answer, Call, Failure, JobResult, Streaming};
 use crate::cgi::{self, CgiRequest};
 use crate::deployment::{self, DeployError, Deployment, micros};
 use crate::metrics::NodeMetrics;
@@ -25,8 +26,10 @@ use crate::runtime::cache::{LoadError, Loaded, ModuleCache, Source};
 use crate::runtime::guest_log::{LogContext, Tail};
 use crate::runtime::invoke::{self, Invocation, RunError};
 use crate::runtime::memories::MemoryPool;
+use crate::runtime::wasi::StdoutStream;
 use crate::tail::Tails;
 use crate::usage::Usage;
+use crate::workers::Submitted;
 use crate::workers::WorkerPool;
 use edge_net::gossip::identity::unix_ms;
 use edge_shared::trace::TRACEPARENT;
@@ -216,6 +219,7 @@ impl Node {
         pool.record(self.admitter.function_usage(&deployment.id).0);
 
         let deadline = limits.deadline(call.deadline);
+        let (chunks_in, mut chunks) = tokio::sync::mpsc::channel(STREAM_DEPTH);
         let request = CgiRequest::of(
             &call.request,
             &call.script_name,
@@ -236,9 +240,13 @@ impl Node {
             stdout_limit: limits.stdout_limit(),
             fuel: limits.fuel(self.config.fuel_per_ms),
             deadline: Instant::now() + deadline,
+            stream: Some(StdoutStream {
+                chunks: chunks_in,
+                runtime: tokio::runtime::Handle::current(),
+            }),
         };
         let job_pool = Arc::clone(&pool);
-        let job = self.workers.run(move |ready| {
+        let mut job = self.workers.submit(move |ready| {
             let started = Instant::now();
             // A cold request instantiates on its own path, so its cold start is timed
             // whole; a warm one takes a ready instance when its worker holds one.
@@ -258,11 +266,26 @@ impl Node {
             drop(permit);
             (result, Some(prepared))
         });
-        let (completed, instantiate) = match tokio::time::timeout(deadline, job).await {
-            Err(_) => return Err(Failure::Deadline(deadline)),
-            Ok(Err(_)) => return Err(Failure::Internal),
-            Ok(Ok(result)) => result?,
+        // The run ends, or its stdout outgrows one chunk first and the answer streams.
+        let timeout = tokio::time::sleep(deadline);
+        let done = tokio::select! {
+            biased;
+            done = &mut job => done,
+            Some(first) = chunks.recv() => {
+                return streaming(limits, first, chunks, job, timing);
+            }
+            () = timeout => return Err(Failure::Deadline(deadline)),
         };
+        let (mut completed, instantiate) = done.map_err(|_| Failure::Internal)??;
+        if completed.streamed {
+            // It ended as its first chunks went out: the answer is whole after all.
+            let mut whole = Vec::new();
+            while let Ok(chunk) = chunks.try_recv() {
+                whole.extend_from_slice(&chunk);
+            }
+            whole.append(&mut completed.stdout);
+            completed.stdout = whole;
+        }
         self.note_run(completed.run);
         if cold {
             deployment
@@ -289,6 +312,7 @@ impl Node {
         Ok(Answer {
             head,
             output: Bytes::from(completed.stdout),
+            rest: None,
             timing,
             run: completed.run,
             fuel_used: completed.fuel_used,
@@ -467,4 +491,41 @@ impl Drop for FromGateway<'_> {
             }
         }
     }
+}
+
+/// Chunks of stdout a streaming answer may have on their way at once: with the chunk
+/// being written, what a slow reader makes the node hold per request.
+const STREAM_DEPTH: usize = 4;
+
+/// The answer whose stdout outgrew one chunk while the function still runs: its head
+/// from the first chunk, the rest to come.
+fn streaming(
+    limits: &EffectiveLimits,
+    first: Bytes,
+    chunks: tokio::sync::mpsc::Receiver<Bytes>,
+    done: Submitted<JobResult>,
+    timing: ServerTiming,
+) -> Result<Answer, Failure> {
+    let head = cgi::parse_response(&first)?;
+    let limit = limits.max_response_body_bytes;
+    let body_left = limit
+        .checked_sub((first.len() - head.body_start) as u64)
+        .ok_or(RunError::ResponseTooLarge {
+            limit: usize::try_from(limit).unwrap_or(usize::MAX),
+        })?;
+    Ok(Answer {
+        head,
+        output: first,
+        rest: Some(Streaming {
+            chunks,
+            done,
+            body_left,
+            over_limit: None,
+            limit,
+        }),
+        timing,
+        run: Duration::ZERO,
+        fuel_used: 0,
+        memory_bytes: 0,
+    })
 }

@@ -17,7 +17,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode};
 use crate::runtime::guest_log::trace_id;
 use crate::tail::{Next, TailEvent, TailKind};
 use crate::usage::CallUsage;
-use crate::{Call, DeployError, Deployment, Failure, Node};
+use crate::{Answer, Call, DeployError, Deployment, Failure, Node};
 use edge_net::gossip::identity::unix_ms;
 
 /// How often a quiet tail stream sends an empty line: how a watcher that went away is
@@ -52,10 +52,15 @@ impl Handler for Node {
             }
             Err(Failure::MethodNotAllowed("GET"))
         } else {
-            control(&self, &req, &mut stream).await
+            control(&self, &req, &mut stream).await.map(Some)
         };
         let (response, body) = match result {
-            Ok(r) => r,
+            Ok(Some(r)) => r,
+            // Streamed: answered already.
+            Ok(None) => {
+                http3::stop_reading(&mut stream);
+                return;
+            }
             Err(failure) => failure_response(&self, &named, failure),
         };
         if let Err(e) = http3::respond(&mut stream, response, body).await {
@@ -243,13 +248,14 @@ async fn deploy(
     }
 }
 
-/// Turns an invocation request into a [`Call`] and the function's answer into HTTP.
+/// Turns an invocation request into a [`Call`] and the function's answer into HTTP: the
+/// response to send, or `None` when a streamed answer was sent here.
 async fn invoke(
     node: &Node,
     request: Request<()>,
     stream: &mut ServerStream,
     named: &Named,
-) -> Result<(Response<()>, Bytes), Failure> {
+) -> Result<Option<(Response<()>, Bytes)>, Failure> {
     let function = header(&request, wire::FUNCTION_HEADER)
         .ok_or_else(|| Failure::BadRequest(format!("missing {}", wire::FUNCTION_HEADER)))?;
     let id = DeploymentId::parse(function).map_err(|e| Failure::BadRequest(e.to_string()))?;
@@ -270,7 +276,7 @@ async fn invoke(
         body,
         request,
     };
-    let answer = match node.invoke(&deployment, call).await {
+    let mut answer = match node.invoke(&deployment, call).await {
         Ok(answer) => answer,
         Err(failure) => {
             // A refusal ran nothing: it is no invocation.
@@ -285,6 +291,13 @@ async fn invoke(
             return Err(failure);
         }
     };
+    if let Some(rest) = answer.rest.take() {
+        let response = response_of(node, &answer);
+        let first = answer.body();
+        let call = (&*deployment, named, bytes_in, started);
+        send_streamed(node, call, (response, first, rest), answer.timing, stream).await;
+        return Ok(None);
+    }
     let status = answer.head.status.as_u16();
     let usage = CallUsage {
         error: status >= 500,
@@ -303,6 +316,11 @@ async fn invoke(
         timing,
         started,
     );
+    Ok(Some((response_of(node, &answer), answer.body())))
+}
+
+/// The HTTP head of a function's answer.
+fn response_of(node: &Node, answer: &Answer) -> Response<()> {
     let mut response = Response::new(());
     *response.status_mut() = answer.head.status;
     let headers = response.headers_mut();
@@ -315,7 +333,88 @@ async fn invoke(
     if let Ok(v) = HeaderValue::from_str(node.name()) {
         headers.insert(wire::NODE_HEADER, v);
     }
-    Ok((response, answer.body()))
+    response
+}
+
+/// Longest a gateway may take no bytes of a streamed answer before the node gives up on
+/// it (and the function's next write fails).
+const STREAM_SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Sends an answer the function is still writing: the head and the first bytes at once,
+/// then each chunk as it comes. A run that fails after the head went out can no longer
+/// change the status: the stream is reset (`H3_INTERNAL_ERROR`), so the gateway, and the
+/// user after it, see a broken answer, never a short one that looks whole.
+async fn send_streamed(
+    node: &Node,
+    (deployment, named, bytes_in, started): (&Deployment, &Named, u64, Instant),
+    (response, first, mut rest): (Response<()>, Bytes, crate::call::Streaming),
+    timing: ServerTiming,
+    stream: &mut ServerStream,
+) {
+    let status = response.status().as_u16();
+    let mut bytes_out = first.len() as u64;
+    let sent = async {
+        use tokio::time::timeout;
+        timeout(STREAM_SEND_TIMEOUT, stream.send_response(response)).await??;
+        timeout(STREAM_SEND_TIMEOUT, stream.send_data(first)).await??;
+        while let Some(chunk) = rest.next().await {
+            bytes_out += chunk.len() as u64;
+            timeout(STREAM_SEND_TIMEOUT, stream.send_data(chunk)).await??;
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    let ended = match sent {
+        Ok(()) => rest.end().await,
+        Err(e) => {
+            tracing::debug!(request_id = named.request_id(), error = %e, "the gateway stopped taking a streamed answer");
+            let _ = rest.end().await;
+            Err(Failure::Run(crate::runtime::invoke::RunError::Abandoned))
+        }
+    };
+    let (status, usage) = match ended {
+        Ok(ended) => {
+            bytes_out += ended.tail.len() as u64;
+            let finished = async {
+                if !ended.tail.is_empty() {
+                    stream.send_data(ended.tail.clone()).await?;
+                }
+                stream.finish().await
+            };
+            if let Err(e) = tokio::time::timeout(STREAM_SEND_TIMEOUT, finished).await {
+                tracing::debug!(request_id = named.request_id(), error = %e, "finishing a streamed answer failed");
+            }
+            let usage = CallUsage {
+                error: status >= 500,
+                run: ended.run,
+                fuel: ended.fuel_used,
+                memory_bytes: ended.memory_bytes,
+                bytes_in,
+                bytes_out,
+            };
+            (status, usage)
+        }
+        Err(failure) => {
+            stream.stop_stream(h3::error::Code::H3_INTERNAL_ERROR);
+            let status = failure.status().as_u16();
+            tracing::warn!(request_id = named.request_id(), trace_id = %named.trace_id(), function = %deployment.manifest.name, status, error = %failure, "streamed answer broken off");
+            let usage = CallUsage {
+                error: true,
+                bytes_in,
+                bytes_out,
+                ..CallUsage::default()
+            };
+            (status, usage)
+        }
+    };
+    finished(
+        node,
+        deployment,
+        named,
+        (status, Some(usage)),
+        Some(&timing),
+        started,
+    );
 }
 
 /// What the end of a call tells: the metrics, the usage meter (for a call that ran),

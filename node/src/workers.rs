@@ -28,6 +28,22 @@ const IDLE_CHECK: Duration = Duration::from_secs(1);
 #[error("the job panicked")]
 pub struct Panicked;
 
+/// The result of a job [`WorkerPool::submit`] queued.
+pub struct Submitted<R>(oneshot::Receiver<Result<R, Panicked>>);
+
+impl<R> std::future::Future for Submitted<R> {
+    type Output = Result<R, Panicked>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(Panicked)))
+    }
+}
+
 /// Worker threads fed from one queue of jobs, each with its own queue of new pools.
 pub struct WorkerPool {
     jobs: Sender<Job>,
@@ -68,6 +84,15 @@ impl WorkerPool {
         &self,
         job: impl FnOnce(&mut ReadyInstances) -> (R, L) + Send + 'static,
     ) -> Result<R, Panicked> {
+        self.submit(job).await
+    }
+
+    /// Queues `job` as [`WorkerPool::run`] does; its result comes from the returned
+    /// future, which owns nothing of the pool.
+    pub fn submit<R: Send + 'static, L: 'static>(
+        &self,
+        job: impl FnOnce(&mut ReadyInstances) -> (R, L) + Send + 'static,
+    ) -> Submitted<R> {
         let (done, result) = oneshot::channel();
         let boxed: Job = Box::new(move |ready| {
             match std::panic::catch_unwind(AssertUnwindSafe(|| job(ready))) {
@@ -80,8 +105,10 @@ impl WorkerPool {
                 }
             }
         });
-        self.jobs.send(boxed).map_err(|_| Panicked)?;
-        result.await.unwrap_or(Err(Panicked))
+        // A pool that stopped drops the job, and with it `done`: the result is then
+        // `Panicked`.
+        let _ = self.jobs.send(boxed);
+        Submitted(result)
     }
 
     /// Tells the workers about a new pool, so that idle ones fill it before its first

@@ -9,7 +9,9 @@ use wasmer_middlewares::metering::{MeteringPoints, get_remaining_points, set_rem
 
 use super::guest_log::LogContext;
 use super::metering;
-use super::wasi::{self, Exit, RequestIo, SleptPastDeadline};
+use super::wasi::{
+    self, Exit, RequestIo, SleptPastDeadline, StdoutStream, StreamStop, TakenStdout,
+};
 use super::watchdog::Watchdog;
 
 /// A function ready to run: its compiled module in the engine of its memory limit.
@@ -42,13 +44,19 @@ pub struct Invocation {
     pub fuel: u64,
     /// When its time is up: it may not sleep past it.
     pub deadline: Instant,
+    /// Where stdout goes while the guest writes it, once it is longer than one chunk;
+    /// without one, all of it comes in [`Completed::stdout`].
+    pub stream: Option<StdoutStream>,
 }
 
 /// A successful run.
 #[derive(Debug)]
 pub struct Completed {
-    /// Everything the guest wrote to stdout.
+    /// What the guest wrote to stdout and was not sent through the stream: all of it
+    /// unless `streamed`.
     pub stdout: Vec<u8>,
+    /// Some of stdout went through the stream before this rest.
+    pub streamed: bool,
     /// Time in the guest.
     pub run: Duration,
     /// Fuel it used.
@@ -110,6 +118,9 @@ pub enum RunError {
     /// The guest called `proc_exit` with a non-zero code.
     #[error("function exited with code {0}")]
     Exit(i32),
+    /// The caller stopped reading the response while the guest wrote it.
+    #[error("the caller stopped reading the response")]
+    Abandoned,
     /// The guest wrote more than the response limit.
     #[error("function wrote more than the {limit} byte response limit")]
     ResponseTooLarge {
@@ -173,6 +184,9 @@ pub fn run(
     );
     request.set_memory(memory.clone());
     request.set_deadline(invocation.deadline);
+    if let Some(stream) = invocation.stream {
+        request.set_stream(stream);
+    }
     if let Ok(fuel) = instance.exports.get_global(metering::REMAINING_POINTS) {
         request.set_fuel(fuel.clone());
     }
@@ -184,7 +198,12 @@ pub fn run(
     drop(watched);
     let run = started.elapsed();
     let remaining = get_remaining_points(store, instance);
-    let (stdout, overflow) = io.as_mut(store).take_stdout();
+    let TakenStdout {
+        rest: stdout,
+        overflow,
+        streamed,
+        stopped,
+    } = io.as_mut(store).take_stdout();
     let fuel_used = match remaining {
         MeteringPoints::Remaining(left) => invocation.fuel - left,
         MeteringPoints::Exhausted => invocation.fuel,
@@ -193,6 +212,11 @@ pub fn run(
         return Err(RunError::ResponseTooLarge {
             limit: invocation.stdout_limit,
         });
+    }
+    match stopped {
+        Some(StreamStop::Abandoned) => return Err(RunError::Abandoned),
+        Some(StreamStop::Deadline) => return Err(RunError::Interrupted),
+        None => {}
     }
     if let Err(error) = result {
         match error.downcast_ref::<Exit>() {
@@ -226,6 +250,7 @@ pub fn run(
     }
     Ok(Completed {
         stdout,
+        streamed,
         run,
         fuel_used,
         memory_bytes: memory.view(store).data_size(),

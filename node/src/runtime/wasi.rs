@@ -2,7 +2,8 @@
 //! [`edge_shared::module_check::HOST_IMPORTS`], over one request's state.
 //!
 //! The sandbox grants nothing: no preopened directories (so no filesystem), no sockets;
-//! fd 0 reads the request body, fd 1 collects the CGI response (up to a limit), fd 2 is the
+//! fd 0 reads the request body, fd 1 collects the CGI response (up to a limit; past one
+//! [`STREAM_CHUNK`], sent on in chunks as the guest writes it), fd 2 is the
 //! function's log, one `tracing` event per line with the request id. `poll_oneoff` sleeps
 //! (clock subscriptions; the fds above are always ready) but never past the request's
 //! deadline: a guest that asks to is stopped there, as a timeout.
@@ -27,6 +28,7 @@ mod errno {
     pub(super) const FAULT: i32 = 21;
     pub(super) const FBIG: i32 = 22;
     pub(super) const INVAL: i32 = 28;
+    pub(super) const PIPE: i32 = 64;
     pub(super) const SPIPE: i32 = 70;
 }
 
@@ -39,6 +41,29 @@ pub struct Exit(pub i32);
 #[derive(Debug, thiserror::Error)]
 #[error("function slept past its deadline")]
 pub struct SleptPastDeadline;
+
+/// Stdout is sent on in chunks of this many bytes as the guest writes it; an answer
+/// shorter than this comes whole when the guest ends.
+pub const STREAM_CHUNK: usize = 64 << 10;
+
+/// Where a long stdout goes while the guest still writes: chunks of [`STREAM_CHUNK`]
+/// bytes into a bounded channel. A full channel (the caller reads slower than the guest
+/// writes) holds the guest in its write until there is room or its deadline comes.
+pub struct StdoutStream {
+    /// The chunks, in order.
+    pub chunks: tokio::sync::mpsc::Sender<Bytes>,
+    /// The runtime that reads them (the worker thread waits for room on it).
+    pub runtime: tokio::runtime::Handle,
+}
+
+/// Why a stream of stdout stopped before the guest ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamStop {
+    /// The reader went away: the caller stopped reading.
+    Abandoned,
+    /// The channel stayed full until the guest's deadline.
+    Deadline,
+}
 
 /// One request's I/O as the guest sees it.
 pub struct RequestIo {
@@ -53,8 +78,12 @@ pub struct RequestIo {
     stdin: Bytes,
     stdin_pos: usize,
     stdout: Vec<u8>,
+    /// Bytes of stdout already sent on through `stream`.
+    stdout_sent: usize,
     stdout_limit: usize,
     stdout_overflow: bool,
+    stream: Option<StdoutStream>,
+    stream_stop: Option<StreamStop>,
     log: FunctionLog,
 }
 
@@ -81,8 +110,11 @@ impl RequestIo {
             stdin,
             stdin_pos: 0,
             stdout: Vec::new(),
+            stdout_sent: 0,
             stdout_limit,
             stdout_overflow: false,
+            stream: None,
+            stream_stop: None,
             log: FunctionLog::new(function, log),
         }
     }
@@ -105,11 +137,83 @@ impl RequestIo {
         self.deadline = Some(deadline);
     }
 
-    /// What the guest wrote to stdout, and whether it tried to write more than allowed.
-    pub fn take_stdout(&mut self) -> (Vec<u8>, bool) {
-        self.log.flush();
-        (std::mem::take(&mut self.stdout), self.stdout_overflow)
+    /// Sends stdout on through `stream` as it grows past [`STREAM_CHUNK`].
+    pub fn set_stream(&mut self, stream: StdoutStream) {
+        self.stream = Some(stream);
     }
+
+    /// What the guest wrote to stdout and was not sent on, whether it tried to write
+    /// more than allowed, whether any was sent on, and why the stream stopped if it did.
+    /// Closes the stream: its reader sees the end.
+    pub fn take_stdout(&mut self) -> TakenStdout {
+        self.log.flush();
+        self.stream = None;
+        TakenStdout {
+            rest: std::mem::take(&mut self.stdout),
+            overflow: self.stdout_overflow,
+            streamed: self.stdout_sent > 0,
+            stopped: self.stream_stop,
+        }
+    }
+
+    /// Appends `part` to stdout, sending full chunks on when there is a stream.
+    fn write_stdout(&mut self, mut part: &[u8]) -> Result<(), i32> {
+        if self.stream_stop.is_some() {
+            return Err(errno::PIPE);
+        }
+        while !part.is_empty() {
+            let room = STREAM_CHUNK.saturating_sub(self.stdout.len()).max(1);
+            let (now, later) = part.split_at(part.len().min(room));
+            self.stdout.extend_from_slice(now);
+            part = later;
+            if self.stdout.len() >= STREAM_CHUNK && self.stream.is_some() {
+                self.send_stdout()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the buffered stdout on as one chunk, waiting for room until the deadline.
+    fn send_stdout(&mut self) -> Result<(), i32> {
+        let Some(stream) = &self.stream else {
+            return Ok(());
+        };
+        let chunk = Bytes::from(std::mem::take(&mut self.stdout));
+        let len = chunk.len();
+        let deadline = tokio::time::Instant::from_std(self.deadline.unwrap_or_else(Instant::now));
+        // The timer is made inside `block_on`, in the runtime's context.
+        let chunks = &stream.chunks;
+        let sent = stream
+            .runtime
+            .block_on(async { tokio::time::timeout_at(deadline, chunks.send(chunk)).await });
+        match sent {
+            Ok(Ok(())) => {
+                self.stdout_sent += len;
+                Ok(())
+            }
+            Ok(Err(_)) => {
+                self.stream_stop = Some(StreamStop::Abandoned);
+                Err(errno::PIPE)
+            }
+            Err(_) => {
+                self.stream_stop = Some(StreamStop::Deadline);
+                Err(errno::PIPE)
+            }
+        }
+    }
+}
+
+/// What is left of a request's stdout when the guest ends ([`RequestIo::take_stdout`]).
+#[derive(Debug)]
+pub struct TakenStdout {
+    /// What was not sent on.
+    pub rest: Vec<u8>,
+    /// The guest tried to write more than its limit.
+    pub overflow: bool,
+    /// Some was sent on through the stream.
+    pub streamed: bool,
+    /// Why the stream stopped, if it did.
+    pub stopped: Option<StreamStop>,
 }
 
 fn nul_terminated(bytes: &[u8]) -> Vec<u8> {
@@ -173,7 +277,7 @@ fn copy_out(
     view: &MemoryView<'_>,
     ptr: u32,
     len: u32,
-    mut sink: impl FnMut(&[u8]),
+    mut sink: impl FnMut(&[u8]) -> Result<(), i32>,
 ) -> Result<(), i32> {
     in_bounds(view, ptr, u64::from(len))?;
     let mut buf = vec![0u8; len.min(COPY_CHUNK) as usize];
@@ -181,7 +285,7 @@ fn copy_out(
         let part = &mut buf[..n as usize];
         view.read(u64::from(ptr) + u64::from(at), part)
             .map_err(|_| errno::FAULT)?;
-        sink(part);
+        sink(part)?;
     }
     Ok(())
 }
@@ -295,15 +399,18 @@ fn fd_write(mut env: Env<'_>, fd: u32, iovs: u32, iovs_len: u32, nwritten: u32) 
             total = total.checked_add(len).ok_or(errno::INVAL)?;
             io.copied += u64::from(len);
             if fd == 1 {
-                if io.stdout.len().saturating_add(len as usize) > io.stdout_limit {
+                let written = io.stdout_sent + io.stdout.len();
+                if written.saturating_add(len as usize) > io.stdout_limit {
                     io.stdout_overflow = true;
                     return Err(errno::FBIG);
                 }
-                let stdout = &mut io.stdout;
-                copy_out(view, ptr, len, |part| stdout.extend_from_slice(part))?;
+                copy_out(view, ptr, len, |part| io.write_stdout(part))?;
             } else {
                 let log = &mut io.log;
-                copy_out(view, ptr, len, |part| log.write(part))?;
+                copy_out(view, ptr, len, |part| {
+                    log.write(part);
+                    Ok(())
+                })?;
             }
         }
         write_bytes(view, nwritten, &total.to_le_bytes())?;
