@@ -5,6 +5,7 @@
 mod support;
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use edge_cli::cluster::LocalCluster;
 use edge_shared::manifest::Limits;
@@ -92,6 +93,25 @@ async fn a_nodes_metrics_count_calls_and_time_their_phases() {
     let loads = after[r#"edge_node_module_cache_misses_total{source="compile"}"#]
         + after[r#"edge_node_module_cache_misses_total{source="disk"}"#];
     assert!(loads >= 1.0, "{after:?}");
+    // Every instance's memory comes from the memory pool, spare or newly mapped: the
+    // spent instances' memories are reused as the workers refill.
+    assert!(
+        after["edge_node_memory_pool_mapped_total{}"] >= 1.0,
+        "{after:?}"
+    );
+    let reused = support::eventually(Duration::from_secs(10), || async {
+        scrape_at(at).await["edge_node_memory_pool_reused_total{}"] >= 1.0
+    })
+    .await;
+    assert!(reused, "no spare memory was ever reused");
+    assert!(
+        after.contains_key("edge_node_memory_pool_spare{}"),
+        "{after:?}"
+    );
+    assert!(
+        after.contains_key("edge_node_memory_pool_unmapped_total{}"),
+        "{after:?}"
+    );
     assert_eq!(after["edge_node_in_flight{}"], 0.0, "{after:?}");
     assert_eq!(after["edge_node_queued{}"], 0.0, "{after:?}");
     assert!(after["edge_node_slots{}"] >= 1.0, "{after:?}");
