@@ -143,6 +143,25 @@ fn benches(c: &mut Criterion) {
         })
     });
 
+    // What the worker does after answering: drop the spent instance, its memory reset
+    // in place and kept (spare memories) or unmapped (none).
+    for (name, runnable) in [
+        ("invoke/drop_spent_hello", &runnable),
+        ("invoke/drop_spent_hello_unpooled_memory", &unpooled),
+    ] {
+        c.bench_function(name, |b| {
+            b.iter_batched(
+                || {
+                    let mut prepared = invoke::prepare(runnable).unwrap();
+                    invoke::run(runnable, &mut prepared, invocation()).unwrap();
+                    prepared
+                },
+                drop,
+                BatchSize::PerIteration,
+            )
+        });
+    }
+
     let node_dir = tempfile::tempdir().unwrap();
     let node = Node::new(NodeConfig {
         cache_dir: node_dir.path().into(),
