@@ -7,10 +7,6 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 source "$root/scripts/one-node-cluster.sh"
-for _ in $(seq 1 600); do
-  grep -qs 'deployment=hello@' "$dir/edge/node-1.log" && break
-  sleep 0.1
-done
 id=$(grep -o 'deployment=hello@[0-9a-f]*' "$dir/edge/node-1.log" | head -1 | cut -d= -f2)
 addr=$(cat "$dir/edge/node-1.addr")
 pid=$(pgrep -f "edge-node --config $dir/edge/node-1.toml")

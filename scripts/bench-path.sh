@@ -7,10 +7,6 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 source "$root/scripts/one-node-cluster.sh"
-for _ in $(seq 1 600); do
-  grep -qs 'deployment=hello@' "$dir/edge/node-1.log" && break
-  sleep 0.1
-done
 if [ $# -eq 0 ]; then set -- --connections 4 --streams 16 --duration 10s; fi
 gateway=$(pgrep -f "edge-gateway --config $dir/edge/" | head -1)
 node=$(pgrep -f "edge-node --config $dir/edge/node-1.toml")

@@ -8,10 +8,6 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 mib=${1:-16}
 runs=${2:-5}
 source "$root/scripts/one-node-cluster.sh"
-for _ in $(seq 1 600); do
-  [ "$(grep -c 'deployment=' "$dir/edge/node-1.log" 2>/dev/null)" -ge 2 ] && break
-  sleep 0.1
-done
 node=$(pgrep -f "edge-node --config $dir/edge/node-1.toml")
 url="https://127.0.0.1:${addr##*:}/stream?mib=$mib"
 hwm() { grep VmHWM "/proc/$node/status" | awk '{print $2 " kB"}'; }

@@ -1,7 +1,8 @@
-# Sourced by the bench scripts: starts `edge up` with one node serving `hello` and `stream` in a
-# temporary folder, and stops it on exit. Sets `bin`, `dir` (the state is `$dir/edge`)
-# and `addr` (the gateway's users' address). `BIN` names other binaries than this
-# checkout's (which are built); `WORKERS` sets the node's worker threads (default 2).
+# Sourced by the bench scripts: starts `edge up` with one node serving `hello` and
+# `stream` in a temporary folder, and stops it on exit. Sets `bin`, `dir` (the state is
+# `$dir/edge`) and `addr` (the gateway's users' address) once the node has both deployed.
+# `BIN` names other binaries than this checkout's (which are built); `WORKERS` sets the
+# node's worker threads (default 2).
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 "$root/scripts/build-functions.sh"
 if [ -n "${BIN:-}" ]; then
@@ -30,3 +31,8 @@ for _ in $(seq 1 600); do
   sleep 0.1
 done
 addr=$(grep -o 'users connect to https://[^ ]*' "$dir/up.log" | cut -d/ -f3)
+# Until the node has both functions deployed.
+for _ in $(seq 1 600); do
+  [ "$(grep -c 'deployment=' "$dir/edge/node-1.log" 2>/dev/null)" -ge 2 ] && break
+  sleep 0.1
+done

@@ -17,6 +17,16 @@ fn check_lines(body: &[u8], mib: usize) {
     }
 }
 
+/// `GET url`, answered `200`: the response's stream, its body still to read.
+async fn get(sender: &mut client::Sender, url: &str) -> client::ClientStream {
+    let request = Request::get(url).body(()).unwrap();
+    let (head, stream) = client::exchange(sender, request, Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(head.status(), StatusCode::OK, "{url}");
+    stream
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_answer_reaches_the_user_while_the_function_still_writes_it() {
     let (cluster, _dir) = start(1, vec![function("stream", Limits::default())]);
@@ -30,13 +40,7 @@ async fn a_long_answer_reaches_the_user_while_the_function_still_writes_it() {
     // 16 MiB, more than every buffer on the way (the node's few chunks, two QUIC
     // stream windows, the gateway's hand-over): while the user holds the first bytes
     // and reads no more, the function cannot have finished writing.
-    let request = Request::get(url(&cluster, "/stream?mib=16"))
-        .body(())
-        .unwrap();
-    let (head, mut stream) = client::exchange(&mut sender, request, Bytes::new())
-        .await
-        .unwrap();
-    assert_eq!(head.status(), StatusCode::OK);
+    let mut stream = get(&mut sender, &url(&cluster, "/stream?mib=16")).await;
     let mut body = Vec::with_capacity(16 << 20);
     let mut first = stream.recv_data().await.unwrap().expect("a first chunk");
     body.extend_from_slice(&first.copy_to_bytes(first.remaining()));
@@ -52,13 +56,7 @@ async fn a_long_answer_reaches_the_user_while_the_function_still_writes_it() {
 
     // A function that fails after its head went out: the user's stream is reset, never
     // ended as if the answer were whole.
-    let request = Request::get(url(&cluster, "/stream?mib=8&fail=1024"))
-        .body(())
-        .unwrap();
-    let (head, mut stream) = client::exchange(&mut sender, request, Bytes::new())
-        .await
-        .unwrap();
-    assert_eq!(head.status(), StatusCode::OK);
+    let mut stream = get(&mut sender, &url(&cluster, "/stream?mib=8&fail=1024")).await;
     let mut received = 0;
     let broken = loop {
         match stream.recv_data().await {

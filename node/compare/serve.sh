@@ -24,10 +24,6 @@ component=$component_target/wasm32-wasip2/release/hello_component.wasm
 
 # edge: one gateway and one node with two worker threads (sets bin, dir, addr).
 source "$root/scripts/one-node-cluster.sh"
-for _ in $(seq 1 600); do
-  grep -qs 'deployment=hello@' "$dir/edge/node-1.log" && break
-  sleep 0.1
-done
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 wasmtime serve -Scli --addr "127.0.0.1:$port" "$component" >"$dir/wasmtime.log" 2>&1 &

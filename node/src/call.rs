@@ -37,7 +37,7 @@ pub struct Answer {
     /// `head.body_start`.
     pub output: Bytes,
     /// The rest of an answer the function is still writing (longer than one chunk of
-    /// [`crate::runtime::wasi::STREAM_CHUNK`]); then `run`, `fuel_used` and
+    /// [`crate::runtime::stdout::STREAM_CHUNK`]); then `run`, `fuel_used` and
     /// `memory_bytes` are zero here and come from [`Streaming::end`].
     pub rest: Option<Streaming>,
     /// queue, cold-start, instantiate and run times.

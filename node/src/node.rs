@@ -26,7 +26,7 @@ use crate::runtime::cache::{LoadError, Loaded, ModuleCache, Source};
 use crate::runtime::guest_log::{LogContext, Tail};
 use crate::runtime::invoke::{self, Invocation, RunError};
 use crate::runtime::memories::MemoryPool;
-use crate::runtime::wasi::StdoutStream;
+use crate::runtime::stdout::StdoutStream;
 use crate::tail::Tails;
 use crate::usage::Usage;
 use crate::workers::Submitted;

@@ -3,58 +3,22 @@
 //! trap in the middle of writing them, reads past the end of a memory whose slot was
 //! larger before, growth past the limit. On real wasmer, through `Node::invoke`.
 
-use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
+mod support;
 
-use bytes::Bytes;
-use edge_node::{Call, Node, NodeStatus};
+use std::sync::Arc;
+
+use edge_node::Node;
 use edge_shared::config::NodeConfig;
-use edge_shared::manifest::{ContentId, DeploymentId, FunctionManifest, Limits, Route};
+use edge_shared::manifest::{DeploymentId, Limits};
 use http::StatusCode;
+use support::{call, deploy_wasm, manifest, node, until_status};
 
 const PAGE: u64 = 64 << 10;
-
-fn node(dir: &Path, config: impl FnOnce(&mut NodeConfig)) -> Arc<Node> {
-    let mut c = NodeConfig {
-        cache_dir: dir.into(),
-        worker_threads: 1,
-        ..NodeConfig::default()
-    };
-    config(&mut c);
-    Arc::new(Node::new(c).unwrap())
-}
-
-fn deploy(node: &Node, name: &str, wasm: &[u8], limits: Limits) -> DeploymentId {
-    let manifest = FunctionManifest {
-        name: name.into(),
-        content_id: ContentId::of(wasm),
-        routes: vec![Route::Path(format!("/{name}"))],
-        env: Default::default(),
-        secrets: Default::default(),
-        limits,
-    };
-    let id = manifest.deployment_id();
-    node.deploy(manifest, Some(wasm))
-        .unwrap_or_else(|e| panic!("deploying {name}: {e}"));
-    id
-}
-
-fn call() -> Call {
-    Call {
-        request: http::Request::get("https://edge-node/").body(()).unwrap(),
-        script_name: String::new(),
-        request_id: "test".into(),
-        body: Bytes::new(),
-        deadline: None,
-        gateway: None,
-    }
-}
 
 /// The body of a call of `id`, or its failure's status and message.
 async fn invoke(node: &Node, id: &DeploymentId) -> Result<String, (StatusCode, String)> {
     let deployment = node.deployment(id).unwrap();
-    match node.invoke(&deployment, call()).await {
+    match node.invoke(&deployment, call("")).await {
         Ok(answer) => Ok(String::from_utf8_lossy(&answer.output[answer.head.body_start..]).into()),
         Err(failure) => Err((failure.status(), failure.to_string())),
     }
@@ -120,17 +84,6 @@ fn peek(pages: u32) -> Vec<u8> {
     wasmer::wat2wasm(text.as_bytes()).unwrap().into_owned()
 }
 
-/// Polls the node's status every 5 ms, at most 10 s, until `check` holds on it.
-async fn until_status(node: &Node, check: impl Fn(&NodeStatus) -> bool) -> bool {
-    for _ in 0..2_000 {
-        if check(&node.status()) {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    false
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_request_sees_zeroed_memory_after_secrets_of_any_function_and_traps() {
     // Pooled (instances made ahead, a memory moves between functions at refills) and not
@@ -139,12 +92,13 @@ async fn every_request_sees_zeroed_memory_after_secrets_of_any_function_and_trap
         let dir = tempfile::tempdir().unwrap();
         // A small kept part, so that memories are both zeroed in place and handed back.
         let node = node(dir.path(), |c| {
+            c.worker_threads = 1;
             c.instance_pool.max_per_function = max_per_function;
             c.instance_pool.keep_resident_kib = 512;
         });
-        let writer = deploy(&node, "writer", &snoop(40, 8, false), Limits::default());
-        let trapper = deploy(&node, "trapper", &snoop(48, 4, true), Limits::default());
-        let small = deploy(&node, "small", &snoop(20, 2, false), Limits::default());
+        let writer = deploy_wasm(&node, "writer", &snoop(40, 8, false), Limits::default());
+        let trapper = deploy_wasm(&node, "trapper", &snoop(48, 4, true), Limits::default());
+        let small = deploy_wasm(&node, "small", &snoop(20, 2, false), Limits::default());
         let before = node.status().memory_pool.reused;
         for round in 0..10 {
             for (name, id) in [("writer", &writer), ("small", &small), ("writer", &writer)] {
@@ -169,9 +123,12 @@ async fn every_request_sees_zeroed_memory_after_secrets_of_any_function_and_trap
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_past_the_end_traps_in_a_memory_that_was_larger_before() {
     let dir = tempfile::tempdir().unwrap();
-    let node = node(dir.path(), |c| c.instance_pool.max_per_function = 0);
-    let grower = deploy(&node, "grower", &snoop(20, 20, false), Limits::default());
-    let peek = deploy(&node, "peek", &peek(20), Limits::default());
+    let node = node(dir.path(), |c| {
+        c.worker_threads = 1;
+        c.instance_pool.max_per_function = 0;
+    });
+    let grower = deploy_wasm(&node, "grower", &snoop(20, 20, false), Limits::default());
+    let peek = deploy_wasm(&node, "peek", &peek(20), Limits::default());
     for _ in 0..5 {
         assert_eq!(invoke(&node, &grower).await.as_deref(), Ok("clean\n"));
         let reused = node.status().memory_pool.reused;
@@ -189,14 +146,14 @@ async fn a_read_past_the_end_traps_in_a_memory_that_was_larger_before() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_memory_limit_holds_in_reused_memories() {
     let dir = tempfile::tempdir().unwrap();
-    let node = node(dir.path(), |_| {});
+    let node = node(dir.path(), |c| c.worker_threads = 1);
     let four_mib = Limits {
         memory_limit_mib: Some(4),
         ..Limits::default()
     };
     // 40 pages (2.5 MiB) grown by 30 would be 4.4 MiB: refused; by 24 exactly 4 MiB.
-    let over = deploy(&node, "over", &snoop(40, 30, false), four_mib.clone());
-    let at = deploy(&node, "at", &snoop(40, 24, false), four_mib);
+    let over = deploy_wasm(&node, "over", &snoop(40, 30, false), four_mib.clone());
+    let at = deploy_wasm(&node, "at", &snoop(40, 24, false), four_mib);
     for _ in 0..5 {
         assert_eq!(invoke(&node, &over).await.as_deref(), Ok("refused\n"));
         assert_eq!(invoke(&node, &at).await.as_deref(), Ok("clean\n"));
@@ -205,17 +162,14 @@ async fn the_memory_limit_holds_in_reused_memories() {
     // deploy.
     let refused = node
         .deploy(
-            FunctionManifest {
-                name: "big".into(),
-                content_id: ContentId::of(&snoop(80, 1, false)),
-                routes: vec![Route::Path("/big".into())],
-                env: Default::default(),
-                secrets: Default::default(),
-                limits: Limits {
+            manifest(
+                "big",
+                &snoop(80, 1, false),
+                Limits {
                     memory_limit_mib: Some(4),
                     ..Limits::default()
                 },
-            },
+            ),
             Some(&snoop(80, 1, false)),
         )
         .expect_err("80 pages are over 4 MiB");
@@ -231,7 +185,7 @@ async fn the_budget_counts_each_ready_instance_at_its_length_and_idle_memories_a
         c.instance_pool.spare_memories = 1;
     });
     let table_bytes = u64::from(NodeConfig::default().max_table_elements) * 16;
-    let writer = deploy(&node, "writer", &snoop(40, 8, false), Limits::default());
+    let writer = deploy_wasm(&node, "writer", &snoop(40, 8, false), Limits::default());
     let mut tasks = Vec::new();
     for _ in 0..8 {
         let node = Arc::clone(&node);

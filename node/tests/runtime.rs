@@ -2,85 +2,17 @@
 //! at deploy, fresh instances per request, cold starts after eviction, admission under a
 //! burst.
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+mod support;
+
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use edge_node::runtime::invoke::RunError;
-use edge_node::{Call, DeployError, Failure, Node};
-use edge_shared::config::NodeConfig;
-use edge_shared::manifest::{ContentId, DeploymentId, FunctionManifest, Limits, Route};
+use edge_node::{DeployError, Failure, Node};
+use edge_shared::manifest::{ContentId, DeploymentId, Limits};
 use edge_shared::wire::Refusal;
 use http::StatusCode;
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn example(name: &str) -> Vec<u8> {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let status = std::process::Command::new(repo_root().join("scripts/build-functions.sh"))
-            .status()
-            .expect("running scripts/build-functions.sh");
-        assert!(status.success(), "building the example functions failed");
-    });
-    std::fs::read(repo_root().join(format!(
-        "functions/target/wasm32-wasip1/release/{name}.wasm"
-    )))
-    .unwrap()
-}
-
-fn manifest(name: &str, wasm: &[u8], limits: Limits) -> FunctionManifest {
-    FunctionManifest {
-        name: name.into(),
-        content_id: ContentId::of(wasm),
-        routes: vec![Route::Path(format!("/{name}"))],
-        env: Default::default(),
-        secrets: Default::default(),
-        limits,
-    }
-}
-
-fn node(dir: &Path, config: impl FnOnce(&mut NodeConfig)) -> Arc<Node> {
-    let mut c = NodeConfig {
-        cache_dir: dir.into(),
-        worker_threads: 2,
-        ..NodeConfig::default()
-    };
-    config(&mut c);
-    Arc::new(Node::new(c).unwrap())
-}
-
-fn deploy(node: &Node, name: &str, limits: Limits) -> DeploymentId {
-    deploy_wasm(node, name, &example(name), limits)
-}
-
-/// Deploys `wasm` as function `name`; panics naming the function if it is refused.
-fn deploy_wasm(node: &Node, name: &str, wasm: &[u8], limits: Limits) -> DeploymentId {
-    let m = manifest(name, wasm, limits);
-    let id = m.deployment_id();
-    node.deploy(m, Some(wasm))
-        .unwrap_or_else(|e| panic!("deploying {name}: {e}"));
-    id
-}
-
-fn call(query: &str) -> Call {
-    Call {
-        request: http::Request::get(format!("https://edge-node/?{query}"))
-            .body(())
-            .unwrap(),
-        script_name: String::new(),
-        request_id: "test".into(),
-        body: Bytes::new(),
-        deadline: None,
-        gateway: None,
-    }
-}
+use support::{call, deploy, deploy_wasm, example, manifest, node, until_status};
 
 fn body(answer: &edge_node::Answer) -> &[u8] {
     &answer.output[answer.head.body_start..]
@@ -138,17 +70,6 @@ fn bad_modules_are_refused_at_deploy_with_their_reason() {
         .block_on(node.invoke(&deployment, call("name=x")))
         .unwrap();
     assert_eq!(body(&answer), b"hello, x!\n");
-}
-
-/// Polls the node's status every 5 ms, at most 10 s, until `check` holds on it.
-async fn until_status(node: &Node, check: impl Fn(&edge_node::NodeStatus) -> bool) -> bool {
-    for _ in 0..2_000 {
-        if check(&node.status()) {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    false
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

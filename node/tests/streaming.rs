@@ -1,84 +1,19 @@
 //! Answers longer than one chunk stream while the function writes them: in process,
 //! through `Node::invoke`, on real wasmer with `functions/stream`.
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+mod support;
+
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use edge_node::runtime::wasi::STREAM_CHUNK;
-use edge_node::{Call, Failure, Node, NodeStatus};
-use edge_shared::config::NodeConfig;
-use edge_shared::manifest::{ContentId, DeploymentId, FunctionManifest, Limits, Route};
+use bytes::BytesMut;
+use edge_node::runtime::stdout::STREAM_CHUNK;
+use edge_node::{Failure, NodeStatus};
+use edge_shared::manifest::Limits;
 use http::StatusCode;
-
-fn example(name: &str) -> Vec<u8> {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    BUILT.get_or_init(|| {
-        let status = std::process::Command::new(root.join("scripts/build-functions.sh"))
-            .status()
-            .expect("running scripts/build-functions.sh");
-        assert!(status.success(), "building the example functions failed");
-    });
-    std::fs::read(root.join(format!(
-        "functions/target/wasm32-wasip1/release/{name}.wasm"
-    )))
-    .unwrap()
-}
-
-fn node(dir: &Path) -> Arc<Node> {
-    Arc::new(
-        Node::new(NodeConfig {
-            cache_dir: dir.into(),
-            worker_threads: 2,
-            ..NodeConfig::default()
-        })
-        .unwrap(),
-    )
-}
-
-fn deploy(node: &Node, name: &str, limits: Limits) -> DeploymentId {
-    let wasm = example(name);
-    let manifest = FunctionManifest {
-        name: name.into(),
-        content_id: ContentId::of(&wasm),
-        routes: vec![Route::Path(format!("/{name}"))],
-        env: Default::default(),
-        secrets: Default::default(),
-        limits,
-    };
-    let id = manifest.deployment_id();
-    node.deploy(manifest, Some(&wasm)).unwrap();
-    id
-}
-
-fn call(query: &str) -> Call {
-    Call {
-        request: http::Request::get(format!("https://edge-node/stream?{query}"))
-            .body(())
-            .unwrap(),
-        script_name: String::new(),
-        request_id: "test".into(),
-        body: Bytes::new(),
-        deadline: None,
-        gateway: None,
-    }
-}
+use support::{call, deploy, node, until_status};
 
 fn running(status: &NodeStatus) -> usize {
     status.deployments.iter().map(|d| d.running).sum()
-}
-
-/// Polls the node's status every 5 ms, at most 10 s, until `check` holds on it.
-async fn until_status(node: &Node, check: impl Fn(&NodeStatus) -> bool) -> bool {
-    for _ in 0..2_000 {
-        if check(&node.status()) {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    false
 }
 
 /// Checks that `body` is `stream`'s numbered lines, in order, `mib` MiB of them.
@@ -92,7 +27,7 @@ fn check_lines(body: &[u8], mib: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_answer_arrives_while_the_function_still_writes_it() {
     let dir = tempfile::tempdir().unwrap();
-    let node = node(dir.path());
+    let node = node(dir.path(), |_| {});
     let id = deploy(&node, "stream", Limits::default());
     let deployment = node.deployment(&id).unwrap();
     let mut answer = node.invoke(&deployment, call("mib=10")).await.unwrap();
@@ -129,7 +64,7 @@ async fn a_long_answer_arrives_while_the_function_still_writes_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_that_fails_midway_ends_as_a_failure_not_a_short_answer() {
     let dir = tempfile::tempdir().unwrap();
-    let node = node(dir.path());
+    let node = node(dir.path(), |_| {});
     let id = deploy(&node, "stream", Limits::default());
     let deployment = node.deployment(&id).unwrap();
 
@@ -179,7 +114,7 @@ async fn a_stream_that_fails_midway_ends_as_a_failure_not_a_short_answer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_that_stops_reading_frees_the_function_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let node = node(dir.path());
+    let node = node(dir.path(), |_| {});
     let id = deploy(&node, "stream", Limits::default());
     let deployment = node.deployment(&id).unwrap();
     let mut answer = node.invoke(&deployment, call("mib=16")).await.unwrap();

@@ -9,9 +9,8 @@ use wasmer_middlewares::metering::{MeteringPoints, get_remaining_points, set_rem
 
 use super::guest_log::LogContext;
 use super::metering;
-use super::wasi::{
-    self, Exit, RequestIo, SleptPastDeadline, StdoutStream, StreamStop, TakenStdout,
-};
+use super::stdout::{StdoutStream, StreamStop, TakenStdout};
+use super::wasi::{self, Exit, RequestIo, SleptPastDeadline};
 use super::watchdog::Watchdog;
 
 /// A function ready to run: its compiled module in the engine of its memory limit.

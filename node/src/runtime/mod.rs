@@ -7,5 +7,6 @@ pub mod guest_log;
 pub mod invoke;
 pub mod memories;
 pub mod metering;
+pub mod stdout;
 pub mod wasi;
 pub mod watchdog;

@@ -2,8 +2,8 @@
 //! [`edge_shared::module_check::HOST_IMPORTS`], over one request's state.
 //!
 //! The sandbox grants nothing: no preopened directories (so no filesystem), no sockets;
-//! fd 0 reads the request body, fd 1 collects the CGI response (up to a limit; past one
-//! [`STREAM_CHUNK`], sent on in chunks as the guest writes it), fd 2 is the
+//! fd 0 reads the request body, fd 1 collects the CGI response ([`super::stdout`]: up to
+//! a limit, and sent on in chunks as the guest writes a long one), fd 2 is the
 //! function's log, one `tracing` event per line with the request id. `poll_oneoff` sleeps
 //! (clock subscriptions; the fds above are always ready) but never past the request's
 //! deadline: a guest that asks to is stopped there, as a timeout.
@@ -16,6 +16,7 @@ use edge_shared::module_check::WASI_MODULE;
 
 use super::guest_log::{FunctionLog, LogContext};
 use super::metering;
+use super::stdout::{Refused, Stdout, StdoutStream, TakenStdout};
 use wasmer::{
     Exports, Function, FunctionEnv, FunctionEnvMut, Global, Imports, Memory, MemoryView, Store,
     Value,
@@ -42,29 +43,6 @@ pub struct Exit(pub i32);
 #[error("function slept past its deadline")]
 pub struct SleptPastDeadline;
 
-/// Stdout is sent on in chunks of this many bytes as the guest writes it; an answer
-/// shorter than this comes whole when the guest ends.
-pub const STREAM_CHUNK: usize = 64 << 10;
-
-/// Where a long stdout goes while the guest still writes: chunks of [`STREAM_CHUNK`]
-/// bytes into a bounded channel. A full channel (the caller reads slower than the guest
-/// writes) holds the guest in its write until there is room or its deadline comes.
-pub struct StdoutStream {
-    /// The chunks, in order.
-    pub chunks: tokio::sync::mpsc::Sender<Bytes>,
-    /// The runtime that reads them (the worker thread waits for room on it).
-    pub runtime: tokio::runtime::Handle,
-}
-
-/// Why a stream of stdout stopped before the guest ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StreamStop {
-    /// The reader went away: the caller stopped reading.
-    Abandoned,
-    /// The channel stayed full until the guest's deadline.
-    Deadline,
-}
-
 /// One request's I/O as the guest sees it.
 pub struct RequestIo {
     deadline: Option<Instant>,
@@ -77,13 +55,7 @@ pub struct RequestIo {
     env: Vec<Vec<u8>>,
     stdin: Bytes,
     stdin_pos: usize,
-    stdout: Vec<u8>,
-    /// Bytes of stdout already sent on through `stream`.
-    stdout_sent: usize,
-    stdout_limit: usize,
-    stdout_overflow: bool,
-    stream: Option<StdoutStream>,
-    stream_stop: Option<StreamStop>,
+    stdout: Stdout,
     log: FunctionLog,
 }
 
@@ -109,12 +81,7 @@ impl RequestIo {
                 .collect(),
             stdin,
             stdin_pos: 0,
-            stdout: Vec::new(),
-            stdout_sent: 0,
-            stdout_limit,
-            stdout_overflow: false,
-            stream: None,
-            stream_stop: None,
+            stdout: Stdout::new(stdout_limit),
             log: FunctionLog::new(function, log),
         }
     }
@@ -139,81 +106,15 @@ impl RequestIo {
 
     /// Sends stdout on through `stream` as it grows past [`STREAM_CHUNK`].
     pub fn set_stream(&mut self, stream: StdoutStream) {
-        self.stream = Some(stream);
+        self.stdout.set_stream(stream);
     }
 
-    /// What the guest wrote to stdout and was not sent on, whether it tried to write
-    /// more than allowed, whether any was sent on, and why the stream stopped if it did.
+    /// What the guest wrote to stdout and was not sent on, and how the writing went.
     /// Closes the stream: its reader sees the end.
     pub fn take_stdout(&mut self) -> TakenStdout {
         self.log.flush();
-        self.stream = None;
-        TakenStdout {
-            rest: std::mem::take(&mut self.stdout),
-            overflow: self.stdout_overflow,
-            streamed: self.stdout_sent > 0,
-            stopped: self.stream_stop,
-        }
+        self.stdout.take()
     }
-
-    /// Appends `part` to stdout, sending full chunks on when there is a stream.
-    fn write_stdout(&mut self, mut part: &[u8]) -> Result<(), i32> {
-        if self.stream_stop.is_some() {
-            return Err(errno::PIPE);
-        }
-        while !part.is_empty() {
-            let room = STREAM_CHUNK.saturating_sub(self.stdout.len()).max(1);
-            let (now, later) = part.split_at(part.len().min(room));
-            self.stdout.extend_from_slice(now);
-            part = later;
-            if self.stdout.len() >= STREAM_CHUNK && self.stream.is_some() {
-                self.send_stdout()?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Sends the buffered stdout on as one chunk, waiting for room until the deadline.
-    fn send_stdout(&mut self) -> Result<(), i32> {
-        let Some(stream) = &self.stream else {
-            return Ok(());
-        };
-        let chunk = Bytes::from(std::mem::take(&mut self.stdout));
-        let len = chunk.len();
-        let deadline = tokio::time::Instant::from_std(self.deadline.unwrap_or_else(Instant::now));
-        // The timer is made inside `block_on`, in the runtime's context.
-        let chunks = &stream.chunks;
-        let sent = stream
-            .runtime
-            .block_on(async { tokio::time::timeout_at(deadline, chunks.send(chunk)).await });
-        match sent {
-            Ok(Ok(())) => {
-                self.stdout_sent += len;
-                Ok(())
-            }
-            Ok(Err(_)) => {
-                self.stream_stop = Some(StreamStop::Abandoned);
-                Err(errno::PIPE)
-            }
-            Err(_) => {
-                self.stream_stop = Some(StreamStop::Deadline);
-                Err(errno::PIPE)
-            }
-        }
-    }
-}
-
-/// What is left of a request's stdout when the guest ends ([`RequestIo::take_stdout`]).
-#[derive(Debug)]
-pub struct TakenStdout {
-    /// What was not sent on.
-    pub rest: Vec<u8>,
-    /// The guest tried to write more than its limit.
-    pub overflow: bool,
-    /// Some was sent on through the stream.
-    pub streamed: bool,
-    /// Why the stream stopped, if it did.
-    pub stopped: Option<StreamStop>,
 }
 
 fn nul_terminated(bytes: &[u8]) -> Vec<u8> {
@@ -399,12 +300,11 @@ fn fd_write(mut env: Env<'_>, fd: u32, iovs: u32, iovs_len: u32, nwritten: u32) 
             total = total.checked_add(len).ok_or(errno::INVAL)?;
             io.copied += u64::from(len);
             if fd == 1 {
-                let written = io.stdout_sent + io.stdout.len();
-                if written.saturating_add(len as usize) > io.stdout_limit {
-                    io.stdout_overflow = true;
-                    return Err(errno::FBIG);
-                }
-                copy_out(view, ptr, len, |part| io.write_stdout(part))?;
+                io.stdout.reserve(len).map_err(refused)?;
+                let (stdout, deadline) = (&mut io.stdout, io.deadline);
+                copy_out(view, ptr, len, |part| {
+                    stdout.write(part, deadline).map_err(refused)
+                })?;
             } else {
                 let log = &mut io.log;
                 copy_out(view, ptr, len, |part| {
@@ -416,6 +316,14 @@ fn fd_write(mut env: Env<'_>, fd: u32, iovs: u32, iovs_len: u32, nwritten: u32) 
         write_bytes(view, nwritten, &total.to_le_bytes())?;
         Ok(errno::SUCCESS)
     })
+}
+
+/// The errno of a refused write to stdout.
+fn refused(refused: Refused) -> i32 {
+    match refused {
+        Refused::TooLarge => errno::FBIG,
+        Refused::Stopped => errno::PIPE,
+    }
 }
 
 fn fd_close(_env: Env<'_>, fd: u32) -> i32 {
