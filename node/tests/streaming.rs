@@ -128,3 +128,28 @@ async fn a_caller_that_stops_reading_frees_the_function_at_once() {
     let mut again = node.invoke(&deployment, call("mib=0")).await.unwrap();
     assert!(again.rest.take().is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_reads_too_slowly_holds_the_function_only_until_its_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node(dir.path(), |_| {});
+    let id = deploy(
+        &node,
+        "stream",
+        Limits {
+            timeout_ms: Some(300),
+            ..Limits::default()
+        },
+    );
+    let deployment = node.deployment(&id).unwrap();
+    let mut answer = node.invoke(&deployment, call("mib=16")).await.unwrap();
+    // Held, never read: the function waits in its write for room, and at its deadline
+    // it is stopped there and its slot freed, while the caller still holds the stream.
+    let rest = answer.rest.take().expect("streams");
+    assert!(
+        until_status(&node, |s| running(s) == 0).await,
+        "a caller that does not read held the function past its deadline"
+    );
+    let failure = rest.end().await.unwrap_err();
+    assert_eq!(failure.status(), StatusCode::GATEWAY_TIMEOUT, "{failure}");
+}
