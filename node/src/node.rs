@@ -29,8 +29,7 @@ use crate::runtime::memories::MemoryPool;
 use crate::runtime::stdout::StdoutStream;
 use crate::tail::Tails;
 use crate::usage::Usage;
-use crate::workers::Submitted;
-use crate::workers::WorkerPool;
+use crate::workers::{Submitted, WorkerPool};
 use edge_net::gossip::identity::unix_ms;
 use edge_shared::trace::TRACEPARENT;
 
