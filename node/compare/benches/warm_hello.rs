@@ -18,7 +18,9 @@ use std::path::PathBuf;
 use bytes::Bytes;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use edge_node::runtime::cache::ModuleCache;
+use edge_node::runtime::guest_log::LogContext;
 use edge_node::runtime::invoke::{self, Invocation};
+use edge_node::runtime::memories::MemoryPool;
 use edge_shared::manifest::ContentId;
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, Linker, Module, PoolingAllocationConfig, Store,
@@ -51,16 +53,19 @@ fn cgi_env() -> Vec<(String, String)> {
 fn edge(c: &mut Criterion, wasm: &[u8]) {
     let id = ContentId::of(wasm);
     let dir = tempfile::tempdir().unwrap();
-    let cache = ModuleCache::open(dir.path(), 1 << 30, 10_000).unwrap();
+    let pool = edge_shared::config::NodeConfig::default().instance_pool;
+    let memories = MemoryPool::new(pool.spare_memories, (pool.keep_resident_kib as usize) << 10);
+    let cache = ModuleCache::open(dir.path(), 1 << 30, 10_000, memories).unwrap();
     cache.store_blob(&id, wasm).unwrap();
     let runnable = cache.load("hello", &id, 128).unwrap().runnable;
     let invocation = || Invocation {
-        request_id: "bench".into(),
+        log: LogContext::of_request("bench"),
         env: cgi_env(),
         stdin: Bytes::new(),
         stdout_limit: 1 << 20,
         fuel: FUEL,
         deadline: std::time::Instant::now() + std::time::Duration::from_secs(60),
+        stream: None,
     };
     c.bench_function("edge/pooled", |b| {
         b.iter_batched(
