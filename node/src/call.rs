@@ -57,7 +57,9 @@ pub struct Streaming {
     pub(crate) done: Submitted<JobResult>,
     /// Body bytes it may still send under `max_response_body_bytes`.
     pub(crate) body_left: u64,
-    pub(crate) over_limit: Option<u64>,
+    /// The function wrote past the limit: no more chunks are passed on.
+    pub(crate) over_limit: bool,
+    /// `max_response_body_bytes`.
     pub(crate) limit: u64,
 }
 
@@ -81,7 +83,7 @@ impl Streaming {
     /// The next chunk, as the function wrote it; `None` once it ended (or wrote past
     /// its response limit, which [`Streaming::end`] then reports).
     pub async fn next(&mut self) -> Option<Bytes> {
-        if self.over_limit.is_some() {
+        if self.over_limit {
             return None;
         }
         let chunk = self.chunks.recv().await?;
@@ -91,7 +93,7 @@ impl Streaming {
                 Some(chunk)
             }
             None => {
-                self.over_limit = Some(self.limit);
+                self.over_limit = true;
                 None
             }
         }
@@ -108,17 +110,15 @@ impl Streaming {
             limit,
         } = self;
         drop(chunks);
-        let too_large = |limit: u64| {
-            Failure::Run(RunError::ResponseTooLarge {
-                limit: usize::try_from(limit).unwrap_or(usize::MAX),
-            })
-        };
-        if let Some(limit) = over_limit {
-            return Err(too_large(limit));
+        let too_large = Failure::Run(RunError::ResponseTooLarge {
+            limit: usize::try_from(limit).unwrap_or(usize::MAX),
+        });
+        if over_limit {
+            return Err(too_large);
         }
         let (completed, _) = done.await.map_err(|_| Failure::Internal)??;
         if completed.stdout.len() as u64 > body_left {
-            return Err(too_large(limit));
+            return Err(too_large);
         }
         Ok(Ended {
             tail: Bytes::from(completed.stdout),

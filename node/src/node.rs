@@ -519,7 +519,7 @@ fn streaming(
             chunks,
             done,
             body_left,
-            over_limit: None,
+            over_limit: false,
             limit,
         }),
         timing,

@@ -14,7 +14,9 @@ use edge_shared::trace;
 use edge_shared::wire::{self, Refusal, ServerTiming};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 
+use crate::call::Streaming;
 use crate::runtime::guest_log::trace_id;
+use crate::runtime::invoke::RunError;
 use crate::tail::{Next, TailEvent, TailKind};
 use crate::usage::CallUsage;
 use crate::{Answer, Call, DeployError, Deployment, Failure, Node};
@@ -347,7 +349,7 @@ const STREAM_SEND_TIMEOUT: Duration = Duration::from_secs(10);
 async fn send_streamed(
     node: &Node,
     (deployment, named, bytes_in, started): (&Deployment, &Named, u64, Instant),
-    (response, first, mut rest): (Response<()>, Bytes, crate::call::Streaming),
+    (response, first, mut rest): (Response<()>, Bytes, Streaming),
     timing: ServerTiming,
     stream: &mut ServerStream,
 ) {
@@ -369,15 +371,16 @@ async fn send_streamed(
         Err(e) => {
             tracing::debug!(request_id = named.request_id(), error = %e, "the gateway stopped taking a streamed answer");
             let _ = rest.end().await;
-            Err(Failure::Run(crate::runtime::invoke::RunError::Abandoned))
+            Err(Failure::Run(RunError::Abandoned))
         }
     };
     let (status, usage) = match ended {
         Ok(ended) => {
             bytes_out += ended.tail.len() as u64;
+            let tail = ended.tail;
             let finished = async {
-                if !ended.tail.is_empty() {
-                    stream.send_data(ended.tail.clone()).await?;
+                if !tail.is_empty() {
+                    stream.send_data(tail).await?;
                 }
                 stream.finish().await
             };

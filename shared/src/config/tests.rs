@@ -61,6 +61,27 @@ fn errors_name_the_file_and_the_key() {
 }
 
 #[test]
+fn the_memory_pool_keys_are_bounded_and_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "node.toml",
+        "[instance_pool]\nspare_memories = 100000\nkeep_resident_kib = 99999999\n",
+    );
+    let text = load::<NodeConfig>(&file).unwrap_err().to_string();
+    assert!(
+        text.contains("instance_pool.spare_memories: at most 4096")
+            && text.contains("instance_pool.keep_resident_kib: at most"),
+        "{text}"
+    );
+    let defaults = NodeConfig::default().instance_pool;
+    assert_eq!(
+        (defaults.spare_memories, defaults.keep_resident_kib),
+        (16, 2048)
+    );
+}
+
+#[test]
 fn cluster_config_checks_per_node_settings_and_routing() {
     let dir = tempfile::tempdir().unwrap();
     let file = write(
