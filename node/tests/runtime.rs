@@ -847,3 +847,41 @@ fn a_module_shared_by_two_deployments_outlives_the_first_ones_undeploy() {
         assert_eq!(body(&answer), b"hello, still!\n");
     }
 }
+
+/// Guests that wait in host calls up to their deadline (asleep, or writing to a stream
+/// nobody reads) are where the watchdog's interrupt could land in host code and unwind
+/// it (`watchdog::HostWait`). Dozens of them in a row end at their deadline, free their
+/// slots, and leave the node serving. (The crash this guards against is rare: without
+/// the hold, this test did not hit it in three runs.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guests_waiting_in_host_calls_at_their_deadline_leave_the_node_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node(dir.path(), |_| {});
+    let short = Limits {
+        timeout_ms: Some(30),
+        ..Limits::default()
+    };
+    let sleeper = node
+        .deployment(&deploy(&node, "sleep", short.clone()))
+        .unwrap();
+    let writer = node.deployment(&deploy(&node, "stream", short)).unwrap();
+    for round in 0..30 {
+        let Err(failure) = node.invoke(&sleeper, call("ms=10000")).await else {
+            panic!("a 10 s sleep answered within 30 ms");
+        };
+        assert_eq!(failure.status(), StatusCode::GATEWAY_TIMEOUT, "{failure}");
+        // Held without reading: it waits for room in its stream until the deadline.
+        let mut answer = node.invoke(&writer, call("mib=16")).await.unwrap();
+        let rest = answer.rest.take().expect("streams");
+        assert!(
+            until_status(&node, |s| s.load.in_flight == 0).await,
+            "round {round}: a writer outlived its deadline"
+        );
+        drop(rest);
+    }
+    let hello = node
+        .deployment(&deploy(&node, "hello", Limits::default()))
+        .unwrap();
+    let answer = node.invoke(&hello, call("name=x")).await.unwrap();
+    assert_eq!(body(&answer), b"hello, x!\n");
+}

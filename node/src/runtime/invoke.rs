@@ -192,7 +192,8 @@ pub fn run(
     *io.as_mut(store) = request;
     set_remaining_points(store, instance, invocation.fuel);
 
-    let watched = Watchdog::get().arm(invocation.deadline, store.interrupter());
+    let waiting = io.as_ref(store).waiting();
+    let watched = Watchdog::get().arm(invocation.deadline, store.interrupter(), waiting);
     let result = start.call(store, &[]);
     drop(watched);
     let run = started.elapsed();

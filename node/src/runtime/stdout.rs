@@ -2,9 +2,12 @@
 //! whole for a short answer, and past one [`STREAM_CHUNK`] sent on in chunks while the
 //! guest still writes (a streaming answer).
 
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use bytes::Bytes;
+
+use super::watchdog::HostWait;
 
 /// Stdout is sent on in chunks of this many bytes as the guest writes it; an answer
 /// shorter than this comes whole when the guest ends.
@@ -92,11 +95,12 @@ impl Stdout {
     }
 
     /// Appends `part`, sending full chunks on when there is a stream, waiting for room
-    /// in it no later than `deadline`.
+    /// in it no later than `deadline` with `waiting` set ([`HostWait`]).
     pub(super) fn write(
         &mut self,
         mut part: &[u8],
         deadline: Option<Instant>,
+        waiting: &AtomicBool,
     ) -> Result<(), Refused> {
         if self.stopped.is_some() {
             return Err(Refused::Stopped);
@@ -107,14 +111,14 @@ impl Stdout {
             self.buffer.extend_from_slice(now);
             part = later;
             if self.buffer.len() >= STREAM_CHUNK && self.stream.is_some() {
-                self.send(deadline)?;
+                self.send(deadline, waiting)?;
             }
         }
         Ok(())
     }
 
     /// Sends the buffer on as one chunk, waiting for room until `deadline`.
-    fn send(&mut self, deadline: Option<Instant>) -> Result<(), Refused> {
+    fn send(&mut self, deadline: Option<Instant>, waiting: &AtomicBool) -> Result<(), Refused> {
         let Some(stream) = &self.stream else {
             return Ok(());
         };
@@ -123,6 +127,7 @@ impl Stdout {
         let deadline = tokio::time::Instant::from_std(deadline.unwrap_or_else(Instant::now));
         // The timer is made inside `block_on`, in the runtime's context.
         let chunks = &stream.chunks;
+        let _waiting = HostWait::begin(waiting);
         let sent = stream
             .runtime
             .block_on(async { tokio::time::timeout_at(deadline, chunks.send(chunk)).await });

@@ -5,10 +5,10 @@
 //! time. The wall-clock deadline must therefore be enforced on the guest itself, not
 //! only on the answer: wasmer's `Store::interrupter()` (feature
 //! `experimental-host-interrupt`) signals the thread running the store, and the guest
-//! traps with `HostInterrupt` as soon as it runs wasm code again (an interrupt that
-//! lands in a host function takes effect when it returns). wasmer asks embedders to
-//! repeat an interrupt until the run is seen to end, so the watchdog repeats it every
-//! [`TICK`] until the run disarms it.
+//! traps with `HostInterrupt`. An interrupt that lands in a host call unwinds host code
+//! (see [`HostWait`]), so the watchdog holds it while a guest waits in one. wasmer asks
+//! embedders to repeat an interrupt until the run is seen to end, so the watchdog
+//! repeats it every [`TICK`] until the run disarms it.
 //!
 //! One watchdog thread serves the whole node. It looks at the armed runs every [`TICK`]
 //! rather than being woken for each: arming and disarming a run on the request path is
@@ -16,6 +16,7 @@
 //! stopped within [`TICK`] of its deadline.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -25,10 +26,36 @@ use wasmer::Interrupter;
 /// until the guest has stopped.
 pub const TICK: Duration = Duration::from_millis(10);
 
+/// A guest waiting in a host call (asleep in `poll_oneoff`, or writing to a full
+/// stream) while [`HostWait`] lives: the watchdog holds its interrupt meanwhile.
+///
+/// Why: wasmer 7.4 unwinds an interrupted guest whenever the signal finds the thread on
+/// the guest's stack, and host calls run on that stack too. An interrupt landing in a
+/// host call unwinds host code mid-way and leaks what it held (seen: a `RefCell` borrow
+/// of wasmer's store context, which aborted the node at the next call). The waits end
+/// by themselves at the deadline, and the next tick interrupts a guest that goes on.
+/// Short host calls are not covered, so the window is narrowed, not closed: closing it
+/// needs a deadline check in the compiled code instead of a signal.
+pub struct HostWait<'a>(&'a AtomicBool);
+
+impl<'a> HostWait<'a> {
+    /// The guest behind `waiting` waits in a host call until this is dropped.
+    pub fn begin(waiting: &'a AtomicBool) -> HostWait<'a> {
+        waiting.store(true, Ordering::Release);
+        HostWait(waiting)
+    }
+}
+
+impl Drop for HostWait<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 #[derive(Default)]
 struct Armed {
-    /// (when to interrupt next, id) → whom.
-    due: BTreeMap<(Instant, u64), Interrupter>,
+    /// (when to interrupt next, id) → whom, and whether it waits in a host call.
+    due: BTreeMap<(Instant, u64), (Interrupter, Arc<AtomicBool>)>,
     next_id: u64,
 }
 
@@ -68,12 +95,18 @@ impl Watchdog {
     }
 
     /// Interrupts the store behind `interrupter` once `deadline` has passed (within a
-    /// [`TICK`]), and again every [`TICK`], until the returned guard is dropped.
-    pub fn arm(self: &Arc<Self>, deadline: Instant, interrupter: Interrupter) -> Watched {
+    /// [`TICK`]), and again every [`TICK`], until the returned guard is dropped; never
+    /// while `waiting` says its guest waits in a host call ([`HostWait`]).
+    pub fn arm(
+        self: &Arc<Self>,
+        deadline: Instant,
+        interrupter: Interrupter,
+        waiting: Arc<AtomicBool>,
+    ) -> Watched {
         let mut armed = self.lock();
         let id = armed.next_id;
         armed.next_id += 1;
-        armed.due.insert((deadline, id), interrupter);
+        armed.due.insert((deadline, id), (interrupter, waiting));
         drop(armed);
         Watched {
             watchdog: Arc::clone(self),
@@ -96,9 +129,13 @@ impl Watchdog {
                     .map(|(k, _)| *k)
                     .collect();
                 for key in due {
-                    if let Some(interrupter) = armed.due.remove(&key) {
-                        interrupter.interrupt();
-                        armed.due.insert((now + TICK, key.1), interrupter);
+                    if let Some((interrupter, waiting)) = armed.due.remove(&key) {
+                        if !waiting.load(Ordering::Acquire) {
+                            interrupter.interrupt();
+                        }
+                        armed
+                            .due
+                            .insert((now + TICK, key.1), (interrupter, waiting));
                     }
                 }
             }
