@@ -8,9 +8,10 @@
 //! engine's tunables; a headless engine of its own per module also lets the module's
 //! code memory go when the module does (see [`headless`]).
 //!
-//! One of the crate's two `unsafe` modules (the other is [`super::memories`]): wasmer's `Tunables` trait has `unsafe` methods
-//! (they hand out memory definitions inside a VM context), and `Module::deserialize` is
-//! `unsafe` because it trusts the bytes. Our tunables only narrow the memory type and
+//! One of the crate's three `unsafe` modules (with [`super::memories`] and
+//! [`super::watchdog`]): wasmer's `Tunables` trait has `unsafe` methods (they hand out
+//! memory definitions inside a VM context), and `Module::deserialize` is `unsafe`
+//! because it trusts the bytes. Our tunables only narrow the memory type and
 //! delegate to wasmer's own `BaseTunables`; an artifact is deserialized only once its
 //! seal, made with this node's own secret when it wrote it, verifies (see
 //! `runtime::cache`), and under a key naming the engine and target.
@@ -33,7 +34,7 @@ use super::memories::MemoryPool;
 /// Identifies the compiler configuration an artifact was produced by. Part of every
 /// on-disk artifact's key: change it whenever compiling would produce different code
 /// (compiler, metering cost, wasmer release); wasmer's own header check is the backstop.
-pub const COMPILER_ID: &str = "wasmer-7.4-cranelift-metering2-features1-interrupt1";
+pub const COMPILER_ID: &str = "wasmer-7.4-cranelift-metering2-features1";
 
 /// One unit of fuel per operator; bulk operations pay their length on top
 /// ([`super::metering`]).

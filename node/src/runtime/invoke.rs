@@ -11,7 +11,7 @@ use super::guest_log::LogContext;
 use super::metering;
 use super::stdout::{StdoutStream, StreamStop, TakenStdout};
 use super::wasi::{self, Exit, RequestIo, SleptPastDeadline};
-use super::watchdog::Watchdog;
+use super::watchdog::{FuelGauge, Watchdog};
 
 /// A function ready to run: its compiled module in the engine of its memory limit.
 #[derive(Clone)]
@@ -72,6 +72,8 @@ pub struct Prepared {
     io: FunctionEnv<RequestIo>,
     memory: Memory,
     start: Function,
+    /// Where the watchdog empties the instance's fuel at the deadline.
+    gauge: FuelGauge,
     table_bytes: u64,
 }
 
@@ -148,12 +150,16 @@ pub fn prepare(runnable: &Runnable) -> Result<Prepared, RunError> {
         .get_function("_start")
         .map_err(|e| RunError::Instantiate(e.to_string()))?
         .clone();
+    // Every artifact is compiled with metering; without its fuel, no deadline holds.
+    let gauge = FuelGauge::of(&mut store, &instance)
+        .ok_or_else(|| RunError::Instantiate("the module carries no fuel metering".into()))?;
     Ok(Prepared {
         store,
         instance,
         io,
         memory,
         start,
+        gauge,
         table_bytes: runnable.table_bytes,
     })
 }
@@ -172,6 +178,7 @@ pub fn run(
         io,
         memory,
         start,
+        gauge,
         ..
     } = prepared;
     let mut request = RequestIo::new(
@@ -192,12 +199,13 @@ pub fn run(
     *io.as_mut(store) = request;
     set_remaining_points(store, instance, invocation.fuel);
 
-    let waiting = io.as_ref(store).waiting();
-    let watched = Watchdog::get().arm(invocation.deadline, store.interrupter(), waiting);
-    let result = start.call(store, &[]);
-    drop(watched);
+    let (result, left_at_deadline) =
+        Watchdog::get().watch(invocation.deadline, gauge, || start.call(store, &[]));
     let run = started.elapsed();
-    let remaining = get_remaining_points(store, instance);
+    let remaining = match left_at_deadline {
+        Some(left) => MeteringPoints::Remaining(left),
+        None => get_remaining_points(store, instance),
+    };
     let TakenStdout {
         rest: stdout,
         overflow,
@@ -225,9 +233,8 @@ pub fn run(
             None if error.downcast_ref::<SleptPastDeadline>().is_some() => {
                 return Err(RunError::SleptPastDeadline);
             }
-            None if error.clone().to_trap() == Some(wasmer::sys::vm::TrapCode::HostInterrupt) => {
-                return Err(RunError::Interrupted);
-            }
+            // The watchdog emptied its fuel at the deadline.
+            None if left_at_deadline.is_some() => return Err(RunError::Interrupted),
             None if remaining == MeteringPoints::Exhausted => {
                 return Err(RunError::FuelExhausted {
                     fuel: invocation.fuel,

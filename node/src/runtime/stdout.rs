@@ -2,12 +2,9 @@
 //! whole for a short answer, and past one [`STREAM_CHUNK`] sent on in chunks while the
 //! guest still writes (a streaming answer).
 
-use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use bytes::Bytes;
-
-use super::watchdog::HostWait;
 
 /// Stdout is sent on in chunks of this many bytes as the guest writes it; an answer
 /// shorter than this comes whole when the guest ends.
@@ -95,12 +92,11 @@ impl Stdout {
     }
 
     /// Appends `part`, sending full chunks on when there is a stream, waiting for room
-    /// in it no later than `deadline` with `waiting` set ([`HostWait`]).
+    /// in it no later than `deadline`.
     pub(super) fn write(
         &mut self,
         mut part: &[u8],
         deadline: Option<Instant>,
-        waiting: &AtomicBool,
     ) -> Result<(), Refused> {
         if self.stopped.is_some() {
             return Err(Refused::Stopped);
@@ -111,14 +107,14 @@ impl Stdout {
             self.buffer.extend_from_slice(now);
             part = later;
             if self.buffer.len() >= STREAM_CHUNK && self.stream.is_some() {
-                self.send(deadline, waiting)?;
+                self.send(deadline)?;
             }
         }
         Ok(())
     }
 
     /// Sends the buffer on as one chunk, waiting for room until `deadline`.
-    fn send(&mut self, deadline: Option<Instant>, waiting: &AtomicBool) -> Result<(), Refused> {
+    fn send(&mut self, deadline: Option<Instant>) -> Result<(), Refused> {
         let Some(stream) = &self.stream else {
             return Ok(());
         };
@@ -127,7 +123,6 @@ impl Stdout {
         let deadline = tokio::time::Instant::from_std(deadline.unwrap_or_else(Instant::now));
         // The timer is made inside `block_on`, in the runtime's context.
         let chunks = &stream.chunks;
-        let _waiting = HostWait::begin(waiting);
         let sent = stream
             .runtime
             .block_on(async { tokio::time::timeout_at(deadline, chunks.send(chunk)).await });

@@ -8,8 +8,7 @@
 //! (clock subscriptions; the fds above are always ready) but never past the request's
 //! deadline: a guest that asks to is stopped there, as a timeout.
 
-use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -18,7 +17,6 @@ use edge_shared::module_check::WASI_MODULE;
 use super::guest_log::{FunctionLog, LogContext};
 use super::metering;
 use super::stdout::{Refused, Stdout, StdoutStream, TakenStdout};
-use super::watchdog::HostWait;
 use wasmer::{
     Exports, Function, FunctionEnv, FunctionEnvMut, Global, Imports, Memory, MemoryView, Store,
     Value,
@@ -58,8 +56,6 @@ pub struct RequestIo {
     stdin: Bytes,
     stdin_pos: usize,
     stdout: Stdout,
-    /// Set while the guest waits in a host call ([`HostWait`]).
-    waiting: Arc<AtomicBool>,
     log: FunctionLog,
 }
 
@@ -86,7 +82,6 @@ impl RequestIo {
             stdin,
             stdin_pos: 0,
             stdout: Stdout::new(stdout_limit),
-            waiting: Arc::default(),
             log: FunctionLog::new(function, log),
         }
     }
@@ -107,12 +102,6 @@ impl RequestIo {
     /// The instant past which the guest may not sleep.
     pub fn set_deadline(&mut self, deadline: Instant) {
         self.deadline = Some(deadline);
-    }
-
-    /// Set while the guest waits in a host call: for the watchdog to hold its
-    /// interrupt ([`HostWait`]).
-    pub fn waiting(&self) -> Arc<AtomicBool> {
-        Arc::clone(&self.waiting)
     }
 
     /// Sends stdout on through `stream` as it grows past [`STREAM_CHUNK`].
@@ -312,9 +301,9 @@ fn fd_write(mut env: Env<'_>, fd: u32, iovs: u32, iovs_len: u32, nwritten: u32) 
             io.copied += u64::from(len);
             if fd == 1 {
                 io.stdout.reserve(len).map_err(refused)?;
-                let (stdout, deadline, waiting) = (&mut io.stdout, io.deadline, &io.waiting);
+                let (stdout, deadline) = (&mut io.stdout, io.deadline);
                 copy_out(view, ptr, len, |part| {
-                    stdout.write(part, deadline, waiting).map_err(refused)
+                    stdout.write(part, deadline).map_err(refused)
                 })?;
             } else {
                 let log = &mut io.log;
@@ -442,7 +431,6 @@ fn poll_oneoff(
     let mut sleep_until = None;
     let mut waits = Vec::new();
     let mut deadline = None;
-    let mut waiting = None;
     let parsed = with_memory(&mut env, |io, view| {
         if count == 0 || count > 64 {
             return Err(errno::INVAL);
@@ -502,14 +490,12 @@ fn poll_oneoff(
                 .min();
         }
         deadline = io.deadline;
-        waiting = sleep_until.map(|_| Arc::clone(&io.waiting));
         Ok(errno::SUCCESS)
     });
     if parsed != errno::SUCCESS {
         return Ok(parsed);
     }
-    if let (Some(until), Some(waiting)) = (sleep_until, waiting) {
-        let _waiting = HostWait::begin(&waiting);
+    if let Some(until) = sleep_until {
         if deadline.is_some_and(|d| until > d) {
             let d = deadline.unwrap_or(until);
             std::thread::sleep(d.saturating_duration_since(Instant::now()));

@@ -3,77 +3,143 @@
 //! Fuel bounds a guest's CPU, but only roughly (one to two times its timeout), and a
 //! loop of cheap host calls or of bulk memory operations burns little fuel for a long
 //! time. The wall-clock deadline must therefore be enforced on the guest itself, not
-//! only on the answer: wasmer's `Store::interrupter()` (feature
-//! `experimental-host-interrupt`) signals the thread running the store, and the guest
-//! traps with `HostInterrupt`. An interrupt that lands in a host call unwinds host code
-//! (see [`HostWait`]), so the watchdog holds it while a guest waits in one. wasmer asks
-//! embedders to repeat an interrupt until the run is seen to end, so the watchdog
-//! repeats it every [`TICK`] until the run disarms it.
+//! only on the answer.
 //!
-//! One watchdog thread serves the whole node. It looks at the armed runs every [`TICK`]
-//! rather than being woken for each: arming and disarming a run on the request path is
-//! a map insert and remove under a lock, with no thread wake-up. A guest is therefore
+//! How: at the deadline the watchdog empties the guest's fuel. The metering compiled
+//! into every guest checks its remaining fuel at each branch, call and block end, and
+//! traps there on its own once none is left, so a guest is stopped only at a point of
+//! its own code where stopping is safe. Host code is never disturbed: a guest in a host
+//! call finishes it (the long waits, `poll_oneoff`'s sleep and a full stream, end at the
+//! deadline themselves) and traps at its next check.
+//!
+//! Why not wasmer's `Store::interrupter()` (feature `experimental-host-interrupt`): it
+//! signals the thread, and the handler unwinds the guest wherever the signal finds the
+//! thread on the guest's stack. wasmer's own glue runs there too, right after each host
+//! call returns, holding a borrow of its thread-local store context; an interrupt
+//! landing in that window leaked the borrow, and the next call on that worker thread
+//! panicked inside an `extern "C"` frame and aborted the node. A guest making short
+//! host calls in a loop hit it within a few hundred deadlines
+//! (`guests_in_short_host_calls_at_their_deadline_are_stopped_cleanly`).
+//!
+//! The guest's own metering writes its fuel back after each check, so an emptying that
+//! lands between its read and its write is lost; the watchdog therefore empties the fuel
+//! again every [`TICK`] until the run ends.
+//!
+//! One watchdog thread serves the whole node. It looks at the watched runs every
+//! [`TICK`] rather than being woken for each: watching a run on the request path is a
+//! map insert and remove under a lock, with no thread wake-up. A guest is therefore
 //! stopped within [`TICK`] of its deadline.
+//!
+//! The crate's third `unsafe` module (with [`super::engine`] and [`super::memories`]):
+//! the watchdog writes a guest's fuel global through a pointer, from its own thread.
+//! The invariants:
+//! - **Lifetime.** A [`FuelGauge`] points into an instance's globals, which live as long
+//!   as the instance's store; the gauge is kept beside that store, and the watchdog
+//!   holds its pointer only while [`Watchdog::watch`] runs, which borrows the gauge and
+//!   removes the pointer (under the lock the watchdog writes under) before returning,
+//!   on unwinding too.
+//! - **Atomicity.** The global is an aligned `i64` (wasmer aligns every global
+//!   definition to 16 bytes). The watchdog writes it with an atomic store; the guest's
+//!   compiled code reads and writes it with plain aligned 8-byte moves, which the
+//!   hardware performs whole, so the guest sees either its own value or zero.
+
+#![allow(unsafe_code)]
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use wasmer::Interrupter;
+use wasmer::sys::vm::VMExtern;
+use wasmer::{AsStoreMut, Extern, Instance, Store};
 
-/// How often the watchdog looks at the armed runs; an interrupt is repeated as often
-/// until the guest has stopped.
+use super::metering;
+
+/// How often the watchdog looks at the watched runs; a stopped guest's fuel is emptied
+/// again as often until it has stopped.
 pub const TICK: Duration = Duration::from_millis(10);
 
-/// A guest waiting in a host call (asleep in `poll_oneoff`, or writing to a full
-/// stream) while [`HostWait`] lives: the watchdog holds its interrupt meanwhile.
-///
-/// Why: wasmer 7.4 unwinds an interrupted guest whenever the signal finds the thread on
-/// the guest's stack, and host calls run on that stack too. An interrupt landing in a
-/// host call unwinds host code mid-way and leaks what it held (seen: a `RefCell` borrow
-/// of wasmer's store context, which aborted the node at the next call). The waits end
-/// by themselves at the deadline, and the next tick interrupts a guest that goes on.
-/// Short host calls are not covered, so the window is narrowed, not closed: closing it
-/// needs a deadline check in the compiled code instead of a signal.
-pub struct HostWait<'a>(&'a AtomicBool);
+/// Where one instance keeps its remaining fuel, for the watchdog to empty.
+pub struct FuelGauge {
+    remaining: NonNull<u64>,
+}
 
-impl<'a> HostWait<'a> {
-    /// The guest behind `waiting` waits in a host call until this is dropped.
-    pub fn begin(waiting: &'a AtomicBool) -> HostWait<'a> {
-        waiting.store(true, Ordering::Release);
-        HostWait(waiting)
+// SAFETY: the gauge is only a location; it is written only atomically (see the module's
+// invariants), from whichever thread.
+unsafe impl Send for FuelGauge {}
+
+impl FuelGauge {
+    /// The remaining-fuel global of `instance`, which lives in `store`; `None` for an
+    /// instance without metering (every artifact `engine::compile` makes has it).
+    pub fn of(store: &mut Store, instance: &Instance) -> Option<FuelGauge> {
+        let global = instance
+            .exports
+            .get_global(metering::REMAINING_POINTS)
+            .ok()?;
+        let VMExtern::Global(handle) = Extern::Global(global.clone()).to_vm_extern().unwrap_sys()
+        else {
+            return None;
+        };
+        let definition = handle.get(store.objects_mut().as_sys()).vmglobal();
+        Some(FuelGauge {
+            remaining: definition.cast(),
+        })
+    }
+
+    /// Leaves the guest no fuel, so that it traps at its next metering check; returns
+    /// the fuel it had left.
+    ///
+    /// # Safety
+    /// The instance this gauge was made for must still exist.
+    unsafe fn empty(&self) -> u64 {
+        // SAFETY: the caller keeps the instance alive; the location is an aligned i64
+        // (the module's invariants).
+        unsafe { AtomicU64::from_ptr(self.remaining.as_ptr()) }.swap(0, Ordering::Relaxed)
     }
 }
 
-impl Drop for HostWait<'_> {
-    fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
-    }
+/// A watched run.
+struct Run {
+    /// When to empty its fuel next.
+    due: Instant,
+    gauge: NonNull<u64>,
+    /// Once its deadline has passed: the fuel it had left when it was first emptied.
+    stopped: Option<u64>,
 }
+
+// SAFETY: a run's gauge is written only atomically, and only while its run is watched.
+unsafe impl Send for Run {}
 
 #[derive(Default)]
-struct Armed {
-    /// (when to interrupt next, id) → whom, and whether it waits in a host call.
-    due: BTreeMap<(Instant, u64), (Interrupter, Arc<AtomicBool>)>,
+struct Watched {
+    runs: BTreeMap<u64, Run>,
     next_id: u64,
 }
 
 /// The node's watchdog.
 pub struct Watchdog {
-    armed: Mutex<Armed>,
+    watched: Mutex<Watched>,
 }
 
-/// A run being watched; dropping it (the run ended) disarms it.
-pub struct Watched {
-    watchdog: Arc<Watchdog>,
+/// Removes a run from the watchdog when [`Watchdog::watch`] returns or unwinds.
+struct Unwatch<'a> {
+    watchdog: &'a Watchdog,
     id: u64,
 }
 
-impl Drop for Watched {
+impl Unwatch<'_> {
+    /// Removes the run (if still watched); returns the fuel it had left if its
+    /// deadline stopped it.
+    fn remove(&self) -> Option<u64> {
+        let run = self.watchdog.lock().runs.remove(&self.id);
+        run.and_then(|r| r.stopped)
+    }
+}
+
+impl Drop for Unwatch<'_> {
     fn drop(&mut self) {
-        let mut armed = self.watchdog.lock();
-        armed.due.retain(|&(_, id), _| id != self.id);
+        self.remove();
     }
 }
 
@@ -83,60 +149,66 @@ impl Watchdog {
         static WATCHDOG: OnceLock<Arc<Watchdog>> = OnceLock::new();
         Arc::clone(WATCHDOG.get_or_init(|| {
             let watchdog = Arc::new(Watchdog {
-                armed: Mutex::default(),
+                watched: Mutex::default(),
             });
             let watching = Arc::clone(&watchdog);
             std::thread::Builder::new()
                 .name("edge-watchdog".into())
-                .spawn(move || watching.watch())
+                .spawn(move || watching.keep_watch())
                 .expect("spawning the watchdog thread");
             watchdog
         }))
     }
 
-    /// Interrupts the store behind `interrupter` once `deadline` has passed (within a
-    /// [`TICK`]), and again every [`TICK`], until the returned guard is dropped; never
-    /// while `waiting` says its guest waits in a host call ([`HostWait`]).
-    pub fn arm(
-        self: &Arc<Self>,
+    /// Runs `run`, the guest whose fuel `gauge` holds, emptying its fuel once
+    /// `deadline` has passed (within a [`TICK`]) and again every [`TICK`] until `run`
+    /// returns. Returns its result and, if the deadline stopped it, the fuel it had
+    /// left at the deadline.
+    pub fn watch<R>(
+        &self,
         deadline: Instant,
-        interrupter: Interrupter,
-        waiting: Arc<AtomicBool>,
-    ) -> Watched {
-        let mut armed = self.lock();
-        let id = armed.next_id;
-        armed.next_id += 1;
-        armed.due.insert((deadline, id), (interrupter, waiting));
-        drop(armed);
-        Watched {
-            watchdog: Arc::clone(self),
+        gauge: &FuelGauge,
+        run: impl FnOnce() -> R,
+    ) -> (R, Option<u64>) {
+        let mut watched = self.lock();
+        let id = watched.next_id;
+        watched.next_id += 1;
+        watched.runs.insert(
             id,
-        }
+            Run {
+                due: deadline,
+                gauge: gauge.remaining,
+                stopped: None,
+            },
+        );
+        drop(watched);
+        let unwatch = Unwatch { watchdog: self, id };
+        let result = run();
+        // Removing the run before `gauge`'s borrow ends is what keeps the pointer valid
+        // (the module's invariants); the guard does it on unwinding too.
+        let stopped = unwatch.remove();
+        (result, stopped)
     }
 
-    fn lock(&self) -> MutexGuard<'_, Armed> {
-        self.armed.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Watched> {
+        self.watched.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn watch(&self) {
+    fn keep_watch(&self) {
         loop {
             {
-                let mut armed = self.lock();
+                let mut watched = self.lock();
                 let now = Instant::now();
-                let due: Vec<(Instant, u64)> = armed
-                    .due
-                    .range(..(now, u64::MAX))
-                    .map(|(k, _)| *k)
-                    .collect();
-                for key in due {
-                    if let Some((interrupter, waiting)) = armed.due.remove(&key) {
-                        if !waiting.load(Ordering::Acquire) {
-                            interrupter.interrupt();
-                        }
-                        armed
-                            .due
-                            .insert((now + TICK, key.1), (interrupter, waiting));
-                    }
+                for run in watched.runs.values_mut().filter(|r| r.due <= now) {
+                    let gauge = FuelGauge {
+                        remaining: run.gauge,
+                    };
+                    // SAFETY: a run is in the map only while `watch` borrows its gauge,
+                    // whose instance lives at least as long; it is removed under this
+                    // lock (the module's invariants).
+                    let left = unsafe { gauge.empty() };
+                    run.stopped.get_or_insert(left);
+                    run.due = now + TICK;
                 }
             }
             std::thread::sleep(TICK);
