@@ -153,7 +153,9 @@ impl NodePool {
                 Err(e) => return Err(self.failed(node, e)),
             }
         }
-        let mut sender = self.connect(node).await?;
+        // Boxed: connecting (TLS, the HTTP/3 set-up) is rare, and its future is large;
+        // inline, every request's future would carry room for it and be copied whole.
+        let mut sender = Box::pin(self.connect(node)).await?;
         client::exchange(&mut sender, request, body)
             .await
             .map_err(|e| self.failed(node, e))

@@ -273,7 +273,9 @@ impl Gateway {
         let _in_flight = self.metrics.in_flight();
         let function = Arc::clone(&routed.function);
         let trace = trace_of(request.headers());
-        let forwarded = self.attempt(routed, request, body, &trace, started).await;
+        // Boxed: the attempts' future is several KB (it holds a send to a node), and
+        // inline it would be copied whole into each future that awaits this one.
+        let forwarded = Box::pin(self.attempt(routed, request, body, &trace, started)).await;
         let node = forwarded
             .head
             .headers()
@@ -362,7 +364,9 @@ impl Gateway {
                 }
                 Step::Deploy(i) => {
                     let at = Instant::now();
-                    let outcome = match self.deploy(snapshot.view.nodes[i].addr, function).await {
+                    // Boxed, as a cold path with a large future (see `NodePool::send`).
+                    let deploying_on = Box::pin(self.deploy(snapshot.view.nodes[i].addr, function));
+                    let outcome = match deploying_on.await {
                         Ok(()) => Outcome::Deployed,
                         Err(DeployError::Refused(reason)) => {
                             last_error = reason;
