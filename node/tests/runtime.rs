@@ -601,6 +601,15 @@ async fn bulk_operations_and_host_copies_pay_fuel_by_their_length() {
     }
 }
 
+/// A node with one worker thread and fuel for minutes: only the deadline can stop its
+/// guests, and a worker it failed to free would stop the node.
+fn deadline_only_node(dir: &std::path::Path) -> Arc<Node> {
+    node(dir, |c| {
+        c.worker_threads = 1;
+        c.fuel_per_ms = 1_000_000_000;
+    })
+}
+
 /// Invokes `id`, which must fail (`what` names it), then `hello`, which must answer:
 /// the failed run gave its worker back. Returns the failure.
 async fn fails_then_hello_runs(
@@ -625,11 +634,7 @@ async fn fails_then_hello_runs(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guest_past_its_deadline_is_stopped_there_and_its_worker_freed() {
     let dir = tempfile::tempdir().unwrap();
-    // One worker, and fuel for minutes: only the deadline can stop these guests.
-    let node = node(dir.path(), |c| {
-        c.worker_threads = 1;
-        c.fuel_per_ms = 1_000_000_000;
-    });
+    let node = deadline_only_node(dir.path());
     let wat = |body: &str| {
         let text = format!(
             r#"(module
@@ -892,11 +897,7 @@ async fn guests_waiting_in_host_calls_at_their_deadline_leave_the_node_serving()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guests_in_short_host_calls_at_their_deadline_are_stopped_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    // One worker, and fuel for minutes: only the deadline can stop these guests.
-    let node = node(dir.path(), |c| {
-        c.worker_threads = 1;
-        c.fuel_per_ms = 1_000_000_000;
-    });
+    let node = deadline_only_node(dir.path());
     let hello = deploy(&node, "hello", Limits::default());
     let wasm = wasmer::wat2wasm(
         br#"(module
