@@ -80,6 +80,8 @@ pub(crate) enum GatewayError {
     DeployFailed(String),
     #[error("no answer from the node within {0:?}")]
     Timeout(Duration),
+    #[error("the node's answer broke off or did not match its length")]
+    BrokenAnswer,
 }
 
 impl GatewayError {
@@ -89,7 +91,7 @@ impl GatewayError {
             GatewayError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             GatewayError::BodyBudget => StatusCode::SERVICE_UNAVAILABLE,
-            GatewayError::NoNode(_) => StatusCode::BAD_GATEWAY,
+            GatewayError::NoNode(_) | GatewayError::BrokenAnswer => StatusCode::BAD_GATEWAY,
             GatewayError::DeployFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
             GatewayError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -108,6 +110,7 @@ impl GatewayError {
             GatewayError::NoNode(_) => "no node could take the request\n".into(),
             GatewayError::DeployFailed(_) => "function could not be loaded\n".into(),
             GatewayError::Timeout(_) => "the function's node did not answer in time\n".into(),
+            GatewayError::BrokenAnswer => "the function's answer broke off\n".into(),
         }
     }
 }

@@ -25,11 +25,15 @@ fn aioquic_gets_hello_over_http3() {
     assert!(output.status.success(), "aioquic client failed:\n{stderr}");
     assert!(stdout.contains(":status: 200"), "{stdout}");
     assert!(stdout.contains("x-edge-node: node-1"), "{stdout}");
+    // "hello, aioquic!\n": the node's length, passed on.
+    assert!(stdout.contains("content-length: 16"), "{stdout}");
     assert!(stdout.ends_with("hello, aioquic!\n"), "{stdout}");
 }
 
+/// A short answer goes out whole with its length (from the node), not chunked: over
+/// HTTP/1.1 it used to take two TLS records and two writes.
 #[test]
-fn curl_gets_hello_over_http1_and_http2_with_alt_svc() {
+fn curl_gets_hello_over_http1_and_http2_with_alt_svc_and_its_length() {
     let (cluster, _dir) = start(1, vec![function("hello", Limits::default())]);
     let port = cluster.gateway_addr().port();
     for (flag, version) in [("--http1.1", "1.1"), ("--http2", "2")] {
@@ -54,5 +58,8 @@ fn curl_gets_hello_over_http1_and_http2_with_alt_svc() {
             "{text}"
         );
         assert!(text.contains("hello, world!"), "{text}");
+        let lower = text.to_lowercase();
+        assert!(lower.contains("content-length: 14\r\n"), "{text}");
+        assert!(!lower.contains("transfer-encoding"), "{text}");
     }
 }

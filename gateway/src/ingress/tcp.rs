@@ -25,7 +25,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::connection::{Activity, WriteStall};
 use crate::budget::Held;
-use crate::proxy::{Forwarded, Gateway, ResponseBody};
+use crate::proxy::{Forwarded, Gateway, GatewayError, ResponseBody};
 
 type Body = BoxBody<Bytes, std::io::Error>;
 
@@ -156,7 +156,7 @@ async fn handle(
             let mut held = Held::default();
             let read = read_body(gateway, body, routed.body_limit, &mut held);
             match tokio::time::timeout(ingress.body_read_timeout(), read).await {
-                Ok(Ok(body)) => gateway.forward(routed, head, body).await,
+                Ok(Ok(body)) => gathered(gateway, gateway.forward(routed, head, body).await).await,
                 Ok(Err(Unread::TooLarge)) => gateway.body_too_large(&routed),
                 Ok(Err(Unread::OverBudget)) => gateway.body_over_budget(),
                 Ok(Err(Unread::Broken)) => gateway.body_timed_out(),
@@ -165,6 +165,49 @@ async fn handle(
         }
     };
     to_hyper(forwarded, ingress.write_timeout(), activity)
+}
+
+/// The longest node answer read whole before its head goes out; the node streams what
+/// is longer (from 64 KiB on), and sends no length then.
+const GATHER_LIMIT: u64 = 64 * 1024;
+
+/// A node's answer whose `content-length` says it is short is read whole here, so that
+/// hyper sends it with its length in one write. Relayed as a stream, an HTTP/1.1 answer
+/// went out chunked, in two TLS records and two writes (the last chunk on its own),
+/// through a task and a channel of its own. One that breaks off or does not match its
+/// length becomes a 502.
+async fn gathered(gateway: &Gateway, forwarded: Forwarded) -> Forwarded {
+    let length = forwarded
+        .head
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .filter(|&length| length <= GATHER_LIMIT);
+    let (length, head, mut stream) = match (length, forwarded) {
+        (
+            Some(length),
+            Forwarded {
+                head,
+                body: ResponseBody::Node(stream),
+            },
+        ) => (length, head, stream),
+        (_, forwarded) => return forwarded,
+    };
+    let within = Duration::from_millis(gateway.config.request_timeout_ms);
+    match tokio::time::timeout(within, edge_net::client::read_to_end(&mut stream)).await {
+        Ok(Ok(body)) if body.len() as u64 == length => Forwarded {
+            head,
+            body: ResponseBody::Full(body),
+        },
+        _ => {
+            let request_id = head
+                .headers()
+                .get(edge_shared::wire::REQUEST_ID_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            gateway.error_response(GatewayError::BrokenAnswer, request_id)
+        }
+    }
 }
 
 /// Why a body was not read whole.

@@ -232,12 +232,23 @@ pub async fn read_body(stream: &mut ServerStream, limit: u64) -> Result<Bytes, B
     Ok(body.freeze())
 }
 
-/// Answers on `stream` with `head` and a whole `body`, then finishes the stream.
+/// Answers on `stream` with `head` and a whole `body` (its `content-length` set), then
+/// finishes the stream.
 pub async fn respond(
     stream: &mut ServerStream,
-    head: http::Response<()>,
+    mut head: http::Response<()>,
     body: Bytes,
 ) -> Result<(), h3::error::StreamError> {
+    // The length is known: a client (the gateway above all) can pass the answer on
+    // whole, with its length, rather than chunked. Not for statuses that carry no body.
+    let status = head.status();
+    if !(status.is_informational()
+        || status == http::StatusCode::NO_CONTENT
+        || status == http::StatusCode::NOT_MODIFIED)
+    {
+        head.headers_mut()
+            .insert(http::header::CONTENT_LENGTH, body.len().into());
+    }
     stream.send_response(head).await?;
     if !body.is_empty() {
         stream.send_data(body).await?;
