@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use wasmer::{Engine, Function, FunctionEnv, Instance, Memory, Module, Store};
+use wasmer::{Engine, Function, FunctionEnv, Global, Instance, Memory, Module, Store};
 use wasmer_middlewares::metering::{MeteringPoints, get_remaining_points, set_remaining_points};
 
 use super::guest_log::LogContext;
@@ -72,7 +72,10 @@ pub struct Prepared {
     io: FunctionEnv<RequestIo>,
     memory: Memory,
     start: Function,
-    /// Where the watchdog empties the instance's fuel at the deadline.
+    /// Its remaining fuel ([`metering::REMAINING_POINTS`]), which host copies are
+    /// charged to.
+    fuel: Global,
+    /// Where the watchdog empties that fuel at the deadline.
     gauge: FuelGauge,
     table_bytes: u64,
 }
@@ -151,14 +154,20 @@ pub fn prepare(runnable: &Runnable) -> Result<Prepared, RunError> {
         .map_err(|e| RunError::Instantiate(e.to_string()))?
         .clone();
     // Every artifact is compiled with metering; without its fuel, no deadline holds.
-    let gauge = FuelGauge::of(&mut store, &instance)
-        .ok_or_else(|| RunError::Instantiate("the module carries no fuel metering".into()))?;
+    let no_metering = || RunError::Instantiate("the module carries no fuel metering".into());
+    let fuel = instance
+        .exports
+        .get_global(metering::REMAINING_POINTS)
+        .map_err(|_| no_metering())?
+        .clone();
+    let gauge = FuelGauge::of(&mut store, &fuel).ok_or_else(no_metering)?;
     Ok(Prepared {
         store,
         instance,
         io,
         memory,
         start,
+        fuel,
         gauge,
         table_bytes: runnable.table_bytes,
     })
@@ -178,6 +187,7 @@ pub fn run(
         io,
         memory,
         start,
+        fuel,
         gauge,
         ..
     } = prepared;
@@ -193,9 +203,7 @@ pub fn run(
     if let Some(stream) = invocation.stream {
         request.set_stream(stream);
     }
-    if let Ok(fuel) = instance.exports.get_global(metering::REMAINING_POINTS) {
-        request.set_fuel(fuel.clone());
-    }
+    request.set_fuel(fuel.clone());
     *io.as_mut(store) = request;
     set_remaining_points(store, instance, invocation.fuel);
 

@@ -52,9 +52,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use wasmer::sys::vm::VMExtern;
-use wasmer::{AsStoreMut, Extern, Instance, Store};
-
-use super::metering;
+use wasmer::{AsStoreMut, Extern, Global, Store};
 
 /// How often the watchdog looks at the watched runs; a stopped guest's fuel is emptied
 /// again as often until it has stopped.
@@ -70,14 +68,10 @@ pub struct FuelGauge {
 unsafe impl Send for FuelGauge {}
 
 impl FuelGauge {
-    /// The remaining-fuel global of `instance`, which lives in `store`; `None` for an
-    /// instance without metering (every artifact `engine::compile` makes has it).
-    pub fn of(store: &mut Store, instance: &Instance) -> Option<FuelGauge> {
-        let global = instance
-            .exports
-            .get_global(metering::REMAINING_POINTS)
-            .ok()?;
-        let VMExtern::Global(handle) = Extern::Global(global.clone()).to_vm_extern().unwrap_sys()
+    /// Where `fuel`, the remaining-fuel global ([`super::metering::REMAINING_POINTS`]) of
+    /// an instance in `store`, lives; `None` if it is not a global of `store`.
+    pub fn of(store: &mut Store, fuel: &Global) -> Option<FuelGauge> {
+        let VMExtern::Global(handle) = Extern::Global(fuel.clone()).to_vm_extern().unwrap_sys()
         else {
             return None;
         };
@@ -86,17 +80,17 @@ impl FuelGauge {
             remaining: definition.cast(),
         })
     }
+}
 
-    /// Leaves the guest no fuel, so that it traps at its next metering check; returns
-    /// the fuel it had left.
-    ///
-    /// # Safety
-    /// The instance this gauge was made for must still exist.
-    unsafe fn empty(&self) -> u64 {
-        // SAFETY: the caller keeps the instance alive; the location is an aligned i64
-        // (the module's invariants).
-        unsafe { AtomicU64::from_ptr(self.remaining.as_ptr()) }.swap(0, Ordering::Relaxed)
-    }
+/// Leaves the guest whose fuel is at `remaining` no fuel, so that it traps at its next
+/// metering check; returns the fuel it had left.
+///
+/// # Safety
+/// The instance `remaining` belongs to must still exist.
+unsafe fn empty(remaining: NonNull<u64>) -> u64 {
+    // SAFETY: the caller keeps the instance alive; the location is an aligned i64 (the
+    // module's invariants).
+    unsafe { AtomicU64::from_ptr(remaining.as_ptr()) }.swap(0, Ordering::Relaxed)
 }
 
 /// A watched run.
@@ -200,13 +194,10 @@ impl Watchdog {
                 let mut watched = self.lock();
                 let now = Instant::now();
                 for run in watched.runs.values_mut().filter(|r| r.due <= now) {
-                    let gauge = FuelGauge {
-                        remaining: run.gauge,
-                    };
                     // SAFETY: a run is in the map only while `watch` borrows its gauge,
                     // whose instance lives at least as long; it is removed under this
                     // lock (the module's invariants).
-                    let left = unsafe { gauge.empty() };
+                    let left = unsafe { empty(run.gauge) };
                     run.stopped.get_or_insert(left);
                     run.due = now + TICK;
                 }
