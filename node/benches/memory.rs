@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use edge_node::runtime::engine;
 use edge_node::runtime::invoke;
+use edge_node::runtime::wasi;
 
 const PAGE: u64 = 4096;
 
@@ -56,6 +57,7 @@ fn main() {
         let runnable = invoke::Runnable {
             name: name.into(),
             module: modules[0].clone(),
+            linker: wasi::Linker::of(&modules[0]).expect("links"),
             engine: engine::headless(128, 10_000, &memories),
             memory_limit_mib: 128,
             table_bytes: 10_000 * engine::TABLE_ELEMENT_BYTES,

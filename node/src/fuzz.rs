@@ -6,8 +6,9 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use edge_shared::module_check::WASI_MODULE;
 use edge_shared::wire::is_reserved_response_header;
-use wasmer::{Engine, Extern, FunctionEnv, Instance, Module, Store, Type, Value};
+use wasmer::{Engine, FunctionEnv, Instance, Module, Store, Type, Value};
 use wasmer_middlewares::metering::set_remaining_points;
 
 use crate::cgi::parse_response;
@@ -41,6 +42,7 @@ const PAGE: usize = 64 << 10;
 struct HostCaller {
     engine: Engine,
     module: Module,
+    linker: wasi::Linker,
     /// The host functions, in import order, with their parameter types.
     functions: Vec<(String, Vec<Type>)>,
 }
@@ -59,12 +61,9 @@ impl HostCaller {
             let mut wat = String::from("(module\n");
             let mut exports = String::new();
             // In name order, so a corpus input calls the same functions in every run.
-            let mut imported: Vec<_> = wasi::imports(&mut store, &env).into_iter().collect();
-            imported.sort_by(|a, b| a.0.cmp(&b.0));
-            for ((namespace, name), export) in imported {
-                let Extern::Function(f) = export else {
-                    continue;
-                };
+            let mut imported = wasi::imports(&mut store, &env);
+            imported.sort_by_key(|&(name, _)| name);
+            for (name, f) in imported {
                 let ty = f.ty(&store);
                 let types = |ts: &[Type]| {
                     ts.iter()
@@ -79,12 +78,12 @@ impl HostCaller {
                 )
                 .replace("(param )", "")
                 .replace("(result )", "");
-                wat += &format!("(import {namespace:?} {name:?} (func ${name} {signature}))\n");
+                wat += &format!("(import {WASI_MODULE:?} {name:?} (func ${name} {signature}))\n");
                 let args: String = (0..ty.params().len())
                     .map(|i| format!("local.get {i} "))
                     .collect();
                 exports += &format!("(func (export {name:?}) {signature} {args} call ${name})\n");
-                functions.push((name.clone(), ty.params().to_vec()));
+                functions.push((name.to_string(), ty.params().to_vec()));
             }
             wat += "(memory (export \"memory\") 1 1)\n(func (export \"_start\"))\n";
             wat += &exports;
@@ -94,6 +93,7 @@ impl HostCaller {
             let module = engine::deserialize(&engine, &artifact).expect("and loads");
             HostCaller {
                 engine,
+                linker: wasi::Linker::of(&module).expect("links"),
                 module,
                 functions,
             }
@@ -132,8 +132,9 @@ pub fn host_calls(data: &[u8]) {
             1024,
         ),
     );
-    let imports = wasi::imports(&mut store, &env);
-    let instance = Instance::new(&mut store, &caller.module, &imports).expect("instantiates");
+    let imports = caller.linker.externs(&mut store, &env);
+    let instance =
+        Instance::new_by_index(&mut store, &caller.module, &imports).expect("instantiates");
     let memory = instance
         .exports
         .get_memory("memory")

@@ -33,6 +33,7 @@ use wasmer::{Engine, Module};
 use super::engine;
 use super::invoke::Runnable;
 use super::memories::MemoryPool;
+use super::wasi::Linker;
 use crate::pool::InstancePool;
 
 /// Where a loaded module came from.
@@ -84,6 +85,9 @@ pub enum LoadError {
     /// Neither the artifact nor the module bytes are on this node.
     #[error("module {0} is not in the blob store")]
     Missing(ContentId),
+    /// It imports what the host does not provide.
+    #[error("module cannot be linked: {0}")]
+    Link(String),
     /// The cache folder could not be written.
     #[error("cache {}: {source}", path.display())]
     Io {
@@ -383,17 +387,20 @@ impl ModuleCache {
     ) -> Result<Loaded, LoadError> {
         let key = (id.clone(), memory_limit_mib);
         let table_bytes = u64::from(self.max_table_elements) * engine::TABLE_ELEMENT_BYTES;
-        let loaded = |module: Module, engine: Engine, source, blob, load| Loaded {
-            runnable: Runnable {
-                name: name.to_string(),
-                module,
-                engine,
-                memory_limit_mib,
-                table_bytes,
-            },
-            source,
-            blob,
-            load,
+        let loaded = |module: Module, engine: Engine, source, blob, load| {
+            Ok(Loaded {
+                runnable: Runnable {
+                    name: name.to_string(),
+                    linker: Linker::of(&module).map_err(LoadError::Link)?,
+                    module,
+                    engine,
+                    memory_limit_mib,
+                    table_bytes,
+                },
+                source,
+                blob,
+                load,
+            })
         };
         let in_memory = self
             .lru()
@@ -401,13 +408,13 @@ impl ModuleCache {
             .map(|w| (w.module.clone(), w.engine.clone()));
         if let Some((module, engine)) = in_memory {
             self.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(loaded(
+            return loaded(
                 module,
                 engine,
                 Source::Memory,
                 Duration::ZERO,
                 Duration::ZERO,
-            ));
+            );
         }
         let engine = engine::headless(memory_limit_mib, self.max_table_elements, &self.memories);
         let started = Instant::now();
@@ -425,13 +432,7 @@ impl ModuleCache {
                         let took = started.elapsed();
                         tracing::info!(function = name, content_id = %id, ms = took.as_secs_f64() * 1e3, "module loaded from the disk cache");
                         let module = self.keep(key, module, &engine, artifact.len());
-                        return Ok(loaded(
-                            module.0,
-                            module.1,
-                            Source::Disk,
-                            Duration::ZERO,
-                            took,
-                        ));
+                        return loaded(module.0, module.1, Source::Disk, Duration::ZERO, took);
                     }
                     Err(e) => {
                         tracing::warn!(path = %artifact_path.display(), error = %e, "unusable artifact, compiling again");
@@ -461,7 +462,7 @@ impl ModuleCache {
         let took = compile_started.elapsed();
         tracing::info!(function = name, content_id = %id, ms = took.as_secs_f64() * 1e3, "module compiled");
         let (module, engine) = self.keep(key, module, &engine, artifact.len());
-        Ok(loaded(module, engine, Source::Compiled, blob, took))
+        loaded(module, engine, Source::Compiled, blob, took)
     }
 
     /// Keeps `module` (loaded into `engine`) in memory; the modules it pushes out go

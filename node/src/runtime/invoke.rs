@@ -10,7 +10,7 @@ use wasmer_middlewares::metering::{MeteringPoints, get_remaining_points, set_rem
 use super::guest_log::LogContext;
 use super::metering;
 use super::stdout::{StdoutStream, StreamStop, TakenStdout};
-use super::wasi::{self, Exit, RequestIo, SleptPastDeadline};
+use super::wasi::{Exit, Linker, RequestIo, SleptPastDeadline};
 use super::watchdog::{FuelGauge, Watchdog};
 
 /// A function ready to run: its compiled module in the engine of its memory limit.
@@ -20,6 +20,8 @@ pub struct Runnable {
     pub name: String,
     /// Compiled module.
     pub module: Module,
+    /// How its imports are linked.
+    pub linker: Linker,
     /// Headless engine enforcing the function's memory limit.
     pub engine: Engine,
     /// Memory limit in MiB, to tell a memory-limit failure from other traps.
@@ -140,8 +142,8 @@ pub fn prepare(runnable: &Runnable) -> Result<Prepared, RunError> {
         &mut store,
         RequestIo::new(&runnable.name, LogContext::default(), &[], Bytes::new(), 0),
     );
-    let imports = wasi::imports(&mut store, &io);
-    let instance = Instance::new(&mut store, &runnable.module, &imports)
+    let imports = runnable.linker.externs(&mut store, &io);
+    let instance = Instance::new_by_index(&mut store, &runnable.module, &imports)
         .map_err(|e| RunError::Instantiate(e.to_string()))?;
     let memory = instance
         .exports
