@@ -4,6 +4,12 @@
 //! set-up and HTTP/3 accept loop (`edge_net::http3::serve`), with a constant handler in
 //! place of the gateway. Loading it on the same machine in the same run says what the
 //! transport alone can do, so a full-path figure can be read as a fraction of it.
+//!
+//! The bare relay is the floor of the whole path's shape: a server with the same accept
+//! loop that forwards each request over one pooled QUIC connection (the gateway's
+//! client settings, `edge_net::quic::NODE_POOL`) to a baseline server and relays the
+//! answer. Two QUIC hops and three endpoints, as gateway and node, with no routing,
+//! admission or wasm: what the whole path would reach if edge's own work cost nothing.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -12,6 +18,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use edge_cli::devcerts::DevCerts;
+use edge_net::client::{self, Sender};
 use edge_net::http3::{self, Handler, ServerStream};
 use edge_net::lifecycle::{InFlight, Shutdown};
 use edge_net::{quic, tls};
@@ -48,17 +55,73 @@ impl Handler for Constant {
     }
 }
 
-/// Answers every request on `endpoint` until the process ends.
-pub async fn serve(endpoint: quinn::Endpoint) {
+/// Forwards every request to one upstream server and relays its answer.
+struct Relay {
+    upstream: Sender,
+}
+
+impl Handler for Relay {
+    async fn handle(self: Arc<Self>, request: http::Request<()>, mut stream: ServerStream) {
+        let answer = async {
+            let (head, mut body) =
+                client::exchange(&mut self.upstream.clone(), request, Bytes::new()).await?;
+            let body = client::read_to_end(&mut body).await?;
+            let (mut parts, ()) = head.into_parts();
+            parts
+                .headers
+                .insert(wire::NODE_HEADER, http::HeaderValue::from_static("relay"));
+            anyhow::Ok((http::Response::from_parts(parts, ()), body))
+        };
+        let (response, body) = match answer.await {
+            Ok(answer) => answer,
+            Err(e) => {
+                eprintln!("relay: {e:#}");
+                let failed = http::Response::builder()
+                    .status(http::StatusCode::BAD_GATEWAY)
+                    .body(())
+                    .expect("a valid response");
+                (failed, Bytes::new())
+            }
+        };
+        let _ = http3::respond(&mut stream, response, body).await;
+    }
+}
+
+/// A relay's connection to the baseline server at `upstream`, which trusts `ca`.
+async fn relay_to(upstream: SocketAddr, ca: &Path) -> anyhow::Result<Relay> {
+    let tls = tls::client_config(ca, None, &[wire::ALPN_H3])?;
+    let endpoint = quic::client(quic::any_local(upstream), tls, &quic::NODE_POOL)?;
+    let upstream = client::connect(&endpoint, upstream, "localhost", |_| {}).await?;
+    Ok(Relay { upstream })
+}
+
+/// Answers every request on `endpoint` until the process ends: with the constant, or,
+/// given an `upstream` baseline server (whose certificates are in `cert_dir` too), by
+/// relaying to it.
+pub async fn serve(
+    endpoint: quinn::Endpoint,
+    upstream: Option<SocketAddr>,
+    cert_dir: &Path,
+) -> anyhow::Result<()> {
+    match upstream {
+        None => serve_with(endpoint, Arc::new(Constant)).await,
+        Some(upstream) => {
+            let relay = relay_to(upstream, &cert_dir.join("ca.pem")).await?;
+            serve_with(endpoint, Arc::new(relay)).await;
+        }
+    }
+    Ok(())
+}
+
+async fn serve_with<H: Handler>(endpoint: quinn::Endpoint, handler: Arc<H>) {
     // Never fired: the baseline runs until it is killed.
     let (_never, forever) = Shutdown::manual();
     let grace = std::time::Duration::ZERO;
     // The gateway's default limits for users, as everything else about it.
     let limits = http3::Limits::for_users(&edge_shared::config::IngressConfig::default());
-    let constant = Arc::new(Constant);
     http3::serve(
         &endpoint,
-        constant,
+        handler,
         limits,
         forever,
         InFlight::default(),
@@ -75,21 +138,41 @@ pub struct Child {
     pub addr: SocketAddr,
     /// The CA its certificate comes from.
     pub ca: std::path::PathBuf,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Child {
     /// Starts `edge-loadtest baseline` on a free loopback port.
     pub fn start() -> anyhow::Result<Child> {
+        Child::spawn(tempfile::tempdir()?, None)
+    }
+
+    /// Starts a bare relay to `upstream` on a free loopback port, with its certificates.
+    pub fn start_relay(upstream: &Child) -> anyhow::Result<Child> {
+        // The upstream's certificates, so that each trusts the other's CA.
         let dir = tempfile::tempdir()?;
+        for file in std::fs::read_dir(upstream.dir.path())? {
+            let file = file?;
+            if file.file_type()?.is_file() && file.file_name() != "addr" {
+                std::fs::copy(file.path(), dir.path().join(file.file_name()))?;
+            }
+        }
+        Child::spawn(dir, Some(upstream.addr))
+    }
+
+    fn spawn(dir: tempfile::TempDir, upstream: Option<SocketAddr>) -> anyhow::Result<Child> {
         let announce = dir.path().join("addr");
-        let mut child = std::process::Command::new(std::env::current_exe()?)
+        let mut command = std::process::Command::new(std::env::current_exe()?);
+        command
             .args(["baseline", "--listen", "127.0.0.1:0", "--dir"])
             .arg(dir.path())
             .arg("--announce")
             .arg(&announce)
-            .stdout(std::process::Stdio::null())
-            .spawn()?;
+            .stdout(std::process::Stdio::null());
+        if let Some(upstream) = upstream {
+            command.arg("--relay-to").arg(upstream.to_string());
+        }
+        let mut child = command.spawn()?;
         for _ in 0..500 {
             if let Ok(text) = std::fs::read_to_string(&announce)
                 && let Ok(addr) = text.trim().parse()
@@ -98,7 +181,7 @@ impl Child {
                     child,
                     addr,
                     ca: dir.path().join("ca.pem"),
-                    _dir: dir,
+                    dir,
                 });
             }
             if let Some(status) = child.try_wait()? {

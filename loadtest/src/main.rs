@@ -64,6 +64,10 @@ enum Command {
         /// Write the bound address to this file once serving.
         #[arg(long)]
         announce: Option<PathBuf>,
+        /// Relay every request to this baseline server instead of answering it (the
+        /// bare relay: two QUIC hops without edge); DIR holds that server's certificates.
+        #[arg(long)]
+        relay_to: Option<SocketAddr>,
     },
 }
 
@@ -122,6 +126,10 @@ struct LoadArgs {
     /// report the fraction of its throughput reached.
     #[arg(long)]
     baseline: bool,
+    /// With `--baseline`, also run the same load against a bare relay in front of the
+    /// bare server (two QUIC hops, no edge) and report the fractions of both.
+    #[arg(long, requires = "baseline")]
+    baseline_relay: bool,
     /// Write the report as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -197,7 +205,8 @@ fn main() -> anyhow::Result<()> {
             listen,
             dir,
             announce,
-        }) => serve_baseline(listen, &dir, announce),
+            relay_to,
+        }) => serve_baseline(listen, &dir, announce, relay_to),
         Some(Command::Compare {
             cluster,
             policies,
@@ -212,21 +221,36 @@ fn load(args: &LoadArgs) -> anyhow::Result<()> {
     let scenario = args.scenario()?;
     let runtime = tokio::runtime::Runtime::new()?;
     let stop = stop_on_ctrl_c(&runtime);
-    let bare = if args.baseline {
-        let server = baseline::Child::start()?;
+    let against = |server: &baseline::Child| -> anyhow::Result<Report> {
         let aimed = scenario.aimed_at(server.addr)?;
         let client = tls::client_config(&server.ca, None, &[wire::ALPN_H3])?;
-        eprintln!("baseline: the same load against a bare quinn + h3 server");
-        let report = runtime.block_on(edge_loadtest::run(
+        runtime.block_on(edge_loadtest::run(
             &aimed,
             client,
             Arc::clone(&stop),
             !args.quiet,
-        ))?;
-        println!("baseline (bare quinn + h3 on this machine):\n{report}\n");
-        Some(report)
+        ))
+    };
+    let (bare, relay) = if args.baseline {
+        let server = baseline::Child::start()?;
+        eprintln!("baseline: the same load against a bare quinn + h3 server");
+        let bare = against(&server)?;
+        println!("baseline (bare quinn + h3 on this machine):\n{bare}\n");
+        let relay = if args.baseline_relay {
+            let relay = baseline::Child::start_relay(&server)?;
+            eprintln!("bare relay: the same load through a bare relay to that server");
+            let report = against(&relay)?;
+            println!(
+                "bare relay (two QUIC hops, no edge):\n{report}\nbare relay: {:.1}% of the bare transport\n",
+                100.0 * report.throughput / bare.throughput.max(1e-9)
+            );
+            Some(report)
+        } else {
+            None
+        };
+        (Some(bare), relay)
     } else {
-        None
+        (None, None)
     };
     let cpu_before = args.cpu_of.map(CpuByThread::sample).transpose()?;
     let report = runtime.block_on(edge_loadtest::run(
@@ -244,12 +268,23 @@ fn load(args: &LoadArgs) -> anyhow::Result<()> {
             100.0 * report.throughput / bare.throughput.max(1e-9)
         );
     }
+    if let Some(relay) = &relay {
+        println!(
+            "vs the bare relay: {:.0} of {:.0} req/s, {:.1}% of it",
+            report.throughput,
+            relay.throughput,
+            100.0 * report.throughput / relay.throughput.max(1e-9)
+        );
+    }
     if let (Some(pid), Some(before)) = (args.cpu_of, cpu_before) {
         print_cpu(pid, &before, &report)?;
     }
     let mut runs: Vec<(&str, &Report)> = vec![("target", &report)];
     if let Some(bare) = &bare {
         runs.push(("baseline", bare));
+    }
+    if let Some(relay) = &relay {
+        runs.push(("relay", relay));
     }
     write_outputs(args, &runs)
 }
@@ -295,6 +330,7 @@ fn serve_baseline(
     listen: SocketAddr,
     dir: &std::path::Path,
     announce: Option<PathBuf>,
+    relay_to: Option<SocketAddr>,
 ) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
@@ -303,13 +339,19 @@ fn serve_baseline(
         if let Some(file) = announce {
             std::fs::write(&file, addr.to_string())?;
         }
-        println!(
-            "baseline: HTTP/3 on {addr}, constant {}-byte answers; CA {}",
-            baseline::BODY.len(),
-            certs.ca.display()
-        );
+        match relay_to {
+            None => println!(
+                "baseline: HTTP/3 on {addr}, constant {}-byte answers; CA {}",
+                baseline::BODY.len(),
+                certs.ca.display()
+            ),
+            Some(upstream) => println!(
+                "bare relay: HTTP/3 on {addr} to {upstream}; CA {}",
+                certs.ca.display()
+            ),
+        }
         tokio::select! {
-            () = baseline::serve(endpoint.clone()) => {}
+            served = baseline::serve(endpoint.clone(), relay_to, dir) => served?,
             _ = tokio::signal::ctrl_c() => endpoint.close(0u32.into(), b"done"),
         }
         Ok(())

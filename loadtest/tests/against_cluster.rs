@@ -190,7 +190,7 @@ fn a_bad_scenario_file_is_refused_naming_the_file_and_key() {
 }
 
 #[test]
-fn baseline_runs_the_same_load_against_a_bare_server_and_reports_the_fraction() {
+fn baseline_runs_the_same_load_against_a_bare_server_and_a_bare_relay_and_reports_the_fractions() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = cluster(dir.path());
     let out = dir.path().join("r.json");
@@ -199,6 +199,7 @@ fn baseline_runs_the_same_load_against_a_bare_server_and_reports_the_fraction() 
         &[
             &format!("https://localhost:{port}/hello"),
             "--baseline",
+            "--baseline-relay",
             "--connections",
             "1",
             "--streams",
@@ -213,10 +214,20 @@ fn baseline_runs_the_same_load_against_a_bare_server_and_reports_the_fraction() 
     );
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(text.contains("% of the bare transport"), "{text}");
+    assert!(
+        text.contains("bare relay: ") && text.contains("% of it"),
+        "{text}"
+    );
     let report = json(&out);
     assert_eq!(
         report["baseline"]["by_node"]["baseline"],
         report["baseline"]["answered"]
+    );
+    // Every answer through the relay came from the bare server behind it.
+    assert!(report["relay"]["answered"].as_u64().unwrap() > 0);
+    assert_eq!(
+        report["relay"]["by_node"]["relay"],
+        report["relay"]["answered"]
     );
     assert!(report["target"]["answered"].as_u64().unwrap() > 0);
 }
