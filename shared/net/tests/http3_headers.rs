@@ -1,0 +1,124 @@
+//! Header fields survive QPACK both ways over a real HTTP/3 connection: the request's
+//! through the client's encoder and the server's decoder, the answer's the other way.
+//! Every field is a literal, so each goes through the Huffman coder (the vendored h3's
+//! fast encoder, vendor/README.md) and back through h3's decoder.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use edge_net::client::H3Client;
+use edge_net::http3::{self, Handler, ServerStream};
+use edge_net::lifecycle::{InFlight, Shutdown};
+use edge_net::pki::{ClusterCa, Usage};
+use edge_net::{quic, tls};
+use http::{HeaderMap, HeaderName, HeaderValue, Request};
+
+/// Answers with the request's own `x-*` header fields.
+struct Echo;
+
+impl Handler for Echo {
+    async fn handle(self: Arc<Self>, request: http::Request<()>, mut stream: ServerStream) {
+        let mut response = http::Response::builder().status(200);
+        for (name, value) in request.headers() {
+            if name.as_str().starts_with("x-") {
+                response = response.header(name, value);
+            }
+        }
+        let response = response.body(()).expect("a valid response");
+        let _ = http3::respond(&mut stream, response, Bytes::new()).await;
+    }
+}
+
+/// Field values of every byte a value may hold (visible ASCII, space, tab inside, and
+/// obs-text), of every length up to 300, and with all 256 codes' lengths mixed.
+fn fields() -> HeaderMap {
+    let legal: Vec<u8> = (0x20..=0x7e).chain(0x80..=0xff).collect();
+    let mut fields = HeaderMap::new();
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for len in 1..=300usize {
+        let value: Vec<u8> = (0..len)
+            .map(|i| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                match i {
+                    // No leading or trailing whitespace: HTTP trims it.
+                    0 => b'a',
+                    _ if i == len - 1 => b'z',
+                    _ if i % 37 == 5 => b'\t',
+                    _ => legal[(seed % legal.len() as u64) as usize],
+                }
+            })
+            .collect();
+        let name = HeaderName::try_from(format!("x-field-{len}")).unwrap();
+        fields.insert(name, HeaderValue::from_bytes(&value).unwrap());
+    }
+    // Names of every letter, digit and symbol a name may hold.
+    let name = "x-!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz";
+    fields.insert(
+        HeaderName::try_from(name).unwrap(),
+        HeaderValue::from_static("v"),
+    );
+    fields
+}
+
+#[tokio::test]
+async fn header_fields_of_every_byte_round_trip_through_qpack() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ClusterCa::generate().unwrap();
+    let server = ca.issue(vec!["localhost".into()], Usage::Server).unwrap();
+    let paths = ["ca.pem", "server.pem", "server.key"].map(|f| dir.path().join(f));
+    std::fs::write(&paths[0], ca.cert_pem()).unwrap();
+    std::fs::write(&paths[1], &server.cert_pem).unwrap();
+    std::fs::write(&paths[2], &server.key_pem).unwrap();
+    std::fs::set_permissions(
+        &paths[2],
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let identity = tls::Identity {
+        cert: &paths[1],
+        key: &paths[2],
+    };
+    let config = tls::server_config(identity, None, &[b"h3"], true).unwrap();
+    let endpoint = quic::server("127.0.0.1:0".parse().unwrap(), config, &quic::USERS).unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let (_stop, stopping) = Shutdown::manual();
+    // About 46 KB of fields: past a user's limit, inside a member's.
+    let limits = http3::Limits::MEMBERS;
+    tokio::spawn(async move {
+        http3::serve(
+            &endpoint,
+            Arc::new(Echo),
+            limits,
+            stopping,
+            InFlight::default(),
+            std::time::Duration::ZERO,
+        )
+        .await
+    });
+
+    let client_tls = tls::client_config(&paths[0], None, &[b"h3"]).unwrap();
+    let client = H3Client::connect(addr, "localhost", client_tls)
+        .await
+        .unwrap();
+    let sent = fields();
+    let mut request = Request::get(format!("https://localhost:{}/", addr.port()));
+    for (name, value) in &sent {
+        request = request.header(name, value);
+    }
+    let reply = client
+        .send(request.body(()).unwrap(), Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200);
+    for (name, value) in &sent {
+        assert_eq!(reply.headers.get(name), Some(value), "{name}");
+    }
+    let echoed = reply
+        .headers
+        .keys()
+        .filter(|n| n.as_str().starts_with("x-"));
+    assert_eq!(echoed.count(), sent.len());
+    client.close().await;
+}
