@@ -407,7 +407,7 @@ const fn code_of(value: &EncodeValue) -> (u64, u32) {
     (code, value.bit_count)
 }
 
-const CODES: [(u64, u32); 256] = {
+pub(super) const CODES: [(u64, u32); 256] = {
     let mut codes = [(0, 0); 256];
     let mut i = 0;
     while i < 256 {

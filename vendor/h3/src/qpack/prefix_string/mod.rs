@@ -45,15 +45,14 @@ pub fn decode<B: Buf>(size: u8, buf: &mut B) -> Result<Vec<u8>, Error> {
         return Err(Error::UnexpectedEnd);
     }
 
-    let payload = buf.copy_to_bytes(len);
+    // edge: the string copied out once, not byte by byte, and decoded by the canonical
+    // decoder (decode.rs).
+    let mut payload = vec![0; len];
+    buf.copy_to_slice(&mut payload);
     let value = if flags & 1 == 0 {
-        payload.into_iter().collect()
+        payload
     } else {
-        let mut decoded = Vec::new();
-        for byte in payload.into_iter().collect::<Vec<u8>>().hpack_decode() {
-            decoded.push(byte?);
-        }
-        decoded
+        decode::huffman(&payload)?
     };
     Ok(value)
 }
