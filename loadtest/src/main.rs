@@ -242,7 +242,7 @@ fn load(args: &LoadArgs) -> anyhow::Result<()> {
             let report = against(&relay)?;
             println!(
                 "bare relay (two QUIC hops, no edge):\n{report}\nbare relay: {:.1}% of the bare transport\n",
-                100.0 * report.throughput / bare.throughput.max(1e-9)
+                percent_of(&report, &bare)
             );
             Some(report)
         } else {
@@ -260,21 +260,18 @@ fn load(args: &LoadArgs) -> anyhow::Result<()> {
         !args.quiet,
     ))?;
     println!("{report}");
-    if let Some(bare) = &bare {
-        println!(
-            "vs baseline: {:.0} of {:.0} req/s, {:.1}% of the bare transport",
-            report.throughput,
-            bare.throughput,
-            100.0 * report.throughput / bare.throughput.max(1e-9)
-        );
-    }
-    if let Some(relay) = &relay {
-        println!(
-            "vs the bare relay: {:.0} of {:.0} req/s, {:.1}% of it",
-            report.throughput,
-            relay.throughput,
-            100.0 * report.throughput / relay.throughput.max(1e-9)
-        );
+    for (against, label, of) in [
+        (&bare, "vs baseline", "of the bare transport"),
+        (&relay, "vs the bare relay", "of it"),
+    ] {
+        if let Some(against) = against {
+            println!(
+                "{label}: {:.0} of {:.0} req/s, {:.1}% {of}",
+                report.throughput,
+                against.throughput,
+                percent_of(&report, against)
+            );
+        }
     }
     if let (Some(pid), Some(before)) = (args.cpu_of, cpu_before) {
         print_cpu(pid, &before, &report)?;
@@ -287,6 +284,11 @@ fn load(args: &LoadArgs) -> anyhow::Result<()> {
         runs.push(("relay", relay));
     }
     write_outputs(args, &runs)
+}
+
+/// `report`'s throughput as a percentage of `against`'s.
+fn percent_of(report: &Report, against: &Report) -> f64 {
+    100.0 * report.throughput / against.throughput.max(1e-9)
 }
 
 fn write_outputs(args: &LoadArgs, runs: &[(&str, &Report)]) -> anyhow::Result<()> {
