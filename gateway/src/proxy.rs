@@ -514,13 +514,11 @@ impl Gateway {
         started: Instant,
     ) -> Forwarded {
         let headers = head.headers_mut();
-        let mut timing = ServerTiming::default();
-        timing.push("deploy", deploying);
-        if let Some(node_timing) = headers.get("server-timing").and_then(|v| v.to_str().ok()) {
-            timing.extend(ServerTiming::parse(node_timing));
-        }
-        timing.push("total", started.elapsed());
-        if let Ok(v) = HeaderValue::from_str(&timing.header_value()) {
+        // The node's timings (its header: guests cannot set it) go through as they are.
+        let node_timing = headers.get("server-timing").and_then(|v| v.to_str().ok());
+        let deploy = ServerTiming::of("deploy", deploying);
+        let total = ServerTiming::of("total", started.elapsed());
+        if let Ok(v) = HeaderValue::from_str(&ServerTiming::joined(&deploy, node_timing, &total)) {
             headers.insert("server-timing", v);
         }
         self.decorate(headers, request_id);

@@ -195,9 +195,25 @@ impl ServerTiming {
         ServerTiming { entries }
     }
 
-    /// Appends the entries of `other`.
-    pub fn extend(&mut self, other: ServerTiming) {
-        self.entries.extend(other.entries);
+    /// One metric.
+    pub fn of(name: &str, duration: Duration) -> ServerTiming {
+        let mut timing = ServerTiming::default();
+        timing.push(name, duration);
+        timing
+    }
+
+    /// A header value of `first`'s entries, then `inner` (a value another member wrote,
+    /// passed on as it is), then `last`'s.
+    pub fn joined(first: &ServerTiming, inner: Option<&str>, last: &ServerTiming) -> String {
+        let mut out = first.header_value();
+        if let Some(inner) = inner.filter(|inner| !inner.trim().is_empty()) {
+            if !out.is_empty() {
+                out.push_str(", ");
+            }
+            out.push_str(inner);
+        }
+        last.write_to(&mut out);
+        out
     }
 
     /// Every entry: its name and duration.
@@ -217,14 +233,21 @@ impl ServerTiming {
 
     /// The header value.
     pub fn header_value(&self) -> String {
-        let mut out = String::new();
-        for (i, (name, ms)) in self.entries.iter().enumerate() {
-            if i > 0 {
+        let mut out = String::with_capacity(24 * self.entries.len());
+        self.write_to(&mut out);
+        out
+    }
+
+    /// Appends the entries to a header value being built in `out` (after a comma, if it
+    /// holds some already), each to the microsecond: integer formatting, not a float's.
+    pub fn write_to(&self, out: &mut String) {
+        for (name, ms) in &self.entries {
+            if !out.is_empty() {
                 out.push_str(", ");
             }
-            let _ = write!(out, "{name};dur={ms:.3}");
+            let micros = (ms.max(0.0) * 1000.0).round() as u64;
+            let _ = write!(out, "{name};dur={}.{:03}", micros / 1000, micros % 1000);
         }
-        out
     }
 }
 
@@ -276,6 +299,27 @@ mod tests {
         assert_eq!(parsed.get_ms("run"), Some(2.0));
         assert_eq!(parsed.get_ms("cold"), None);
         assert_eq!(ServerTiming::parse("junk, a;dur=x").get_ms("a"), None);
+        // Rounded to the microsecond; appended after a value already begun.
+        let mut t = ServerTiming::default();
+        t.push("total", Duration::from_nanos(12_345_678));
+        t.push("zero", Duration::ZERO);
+        let mut out = String::from("run;dur=0.136");
+        t.write_to(&mut out);
+        assert_eq!(out, "run;dur=0.136, total;dur=12.346, zero;dur=0.000");
+        let deploy = ServerTiming::of("deploy", Duration::ZERO);
+        for (inner, joined) in [
+            (
+                Some("run;dur=0.136"),
+                "deploy;dur=0.000, run;dur=0.136, total;dur=12.346, zero;dur=0.000",
+            ),
+            (
+                Some(" "),
+                "deploy;dur=0.000, total;dur=12.346, zero;dur=0.000",
+            ),
+            (None, "deploy;dur=0.000, total;dur=12.346, zero;dur=0.000"),
+        ] {
+            assert_eq!(ServerTiming::joined(&deploy, inner, &t), joined);
+        }
     }
 
     #[test]
