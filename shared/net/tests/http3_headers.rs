@@ -62,8 +62,9 @@ fn fields() -> HeaderMap {
     fields
 }
 
-#[tokio::test]
-async fn header_fields_of_every_byte_round_trip_through_qpack() {
+/// An echoing HTTP/3 server on loopback, under a member's limits; its CA's file, and
+/// the folder that holds it.
+async fn serve_echo() -> (std::net::SocketAddr, std::path::PathBuf, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let ca = ClusterCa::generate().unwrap();
     let server = ca.issue(vec!["localhost".into()], Usage::Server).unwrap();
@@ -83,10 +84,11 @@ async fn header_fields_of_every_byte_round_trip_through_qpack() {
     let config = tls::server_config(identity, None, &[b"h3"], true).unwrap();
     let endpoint = quic::server("127.0.0.1:0".parse().unwrap(), config, &quic::USERS).unwrap();
     let addr = endpoint.local_addr().unwrap();
-    let (_stop, stopping) = Shutdown::manual();
+    let (stop, stopping) = Shutdown::manual();
     // About 46 KB of fields: past a user's limit, inside a member's.
     let limits = http3::Limits::MEMBERS;
     tokio::spawn(async move {
+        let _stop = stop;
         http3::serve(
             &endpoint,
             Arc::new(Echo),
@@ -97,8 +99,14 @@ async fn header_fields_of_every_byte_round_trip_through_qpack() {
         )
         .await
     });
+    let [ca, ..] = paths;
+    (addr, ca, dir)
+}
 
-    let client_tls = tls::client_config(&paths[0], None, &[b"h3"]).unwrap();
+#[tokio::test]
+async fn header_fields_of_every_byte_round_trip_through_qpack() {
+    let (addr, ca, _dir) = serve_echo().await;
+    let client_tls = tls::client_config(&ca, None, &[b"h3"]).unwrap();
     let client = H3Client::connect(addr, "localhost", client_tls)
         .await
         .unwrap();
@@ -120,5 +128,66 @@ async fn header_fields_of_every_byte_round_trip_through_qpack() {
         .keys()
         .filter(|n| n.as_str().starts_with("x-"));
     assert_eq!(echoed.count(), sent.len());
+    client.close().await;
+}
+
+/// A hostile client's header block whose Huffman string breaks RFC 7541 5.2 (padding
+/// that is not all ones, padding past 7 bits, EOS inside): the connection is closed with
+/// QPACK_DECOMPRESSION_FAILED, and the server goes on serving everyone else.
+#[tokio::test]
+async fn a_malformed_huffman_string_closes_its_connection_and_no_other() {
+    let (addr, ca, _dir) = serve_echo().await;
+    for name in [
+        &[0b1001_1000, 0b1000_1101][..], // "gc" padded with 01101
+        &[0xff],                         // 8 bits of padding
+        &[0xff, 0xff, 0xff, 0xfc],       // EOS
+    ] {
+        let endpoint = quic::client(
+            quic::any_local(addr),
+            tls::client_config(&ca, None, &[b"h3"]).unwrap(),
+            &quic::CLIENT,
+        )
+        .unwrap();
+        let connection = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
+        // A HEADERS frame: the QPACK prefix (no dynamic table), then one literal field
+        // with a literal, Huffman-coded name (0b001N_H + a 3-bit length) and an empty
+        // value.
+        let mut block = vec![0x00, 0x00, 0b0010_1000 | name.len() as u8];
+        block.extend_from_slice(name);
+        block.push(0x00);
+        let mut frame = vec![0x01, block.len() as u8];
+        frame.extend_from_slice(&block);
+        let (mut send, _recv) = connection.open_bi().await.unwrap();
+        send.write_all(&frame).await.unwrap();
+        send.finish().unwrap();
+        let closed = tokio::time::timeout(std::time::Duration::from_secs(10), connection.closed())
+            .await
+            .expect("the server closes the connection");
+        match closed {
+            quinn::ConnectionError::ApplicationClosed(close) => {
+                assert_eq!(close.error_code, quinn::VarInt::from_u32(0x200), "{name:?}")
+            }
+            other => panic!("{name:?}: {other}"),
+        }
+    }
+    // Everyone else is still served.
+    let client = H3Client::connect(
+        addr,
+        "localhost",
+        tls::client_config(&ca, None, &[b"h3"]).unwrap(),
+    )
+    .await
+    .unwrap();
+    let reply = client
+        .send(
+            Request::get(format!("https://localhost:{}/", addr.port()))
+                .header("x-still", "served")
+                .body(())
+                .unwrap(),
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.headers.get("x-still").unwrap(), "served");
     client.close().await;
 }
