@@ -1,6 +1,8 @@
 mod bitwin;
 mod decode;
 mod encode;
+// edge: the fast coder (fast.rs).
+mod fast;
 
 use std::convert::TryInto;
 use std::fmt;
@@ -45,21 +47,20 @@ pub fn decode<B: Buf>(size: u8, buf: &mut B) -> Result<Vec<u8>, Error> {
         return Err(Error::UnexpectedEnd);
     }
 
-    // edge: the string copied out once, not byte by byte, and decoded by the canonical
-    // decoder (decode.rs).
+    // edge: the string copied out once, not byte by byte, and decoded by the fast coder.
     let mut payload = vec![0; len];
     buf.copy_to_slice(&mut payload);
     let value = if flags & 1 == 0 {
         payload
     } else {
-        decode::huffman(&payload)?
+        fast::decode(&payload)?
     };
     Ok(value)
 }
 
 pub fn encode<B: BufMut>(size: u8, flags: u8, value: &[u8], buf: &mut B) -> Result<(), Error> {
     // edge: straight from the slice, without copying it first.
-    let encoded = encode::huffman(value);
+    let encoded = fast::encode(value);
     prefix_int::encode(size - 1, flags << 1 | 1, encoded.len().try_into()?, buf);
     // edge: the encoded string in one write, not byte by byte.
     buf.put_slice(&encoded);
