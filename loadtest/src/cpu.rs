@@ -12,7 +12,7 @@ const TICKS_PER_SECOND: f64 = 100.0;
 
 /// CPU seconds per thread group: thread names with trailing digits and separators cut
 /// (`edge-worker-0` and `edge-worker-1` are `edge-worker`).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct CpuByThread(pub BTreeMap<String, f64>);
 
 impl CpuByThread {

@@ -252,7 +252,10 @@ fn load(args: &LoadArgs) -> anyhow::Result<()> {
     } else {
         (None, None)
     };
-    let cpu_before = args.cpu_of.map(CpuByThread::sample).transpose()?;
+    let scenario = edge_loadtest::Scenario {
+        cpu_of: args.cpu_of,
+        ..scenario
+    };
     let report = runtime.block_on(edge_loadtest::run(
         &scenario,
         args.tls()?,
@@ -273,8 +276,8 @@ fn load(args: &LoadArgs) -> anyhow::Result<()> {
             );
         }
     }
-    if let (Some(pid), Some(before)) = (args.cpu_of, cpu_before) {
-        print_cpu(pid, &before, &report)?;
+    if let (Some(pid), Some(used)) = (args.cpu_of, &report.target_cpu) {
+        print_cpu(pid, used, &report);
     }
     let mut runs: Vec<(&str, &Report)> = vec![("target", &report)];
     if let Some(bare) = &bare {
@@ -311,8 +314,8 @@ fn write_outputs(args: &LoadArgs, runs: &[(&str, &Report)]) -> anyhow::Result<()
     Ok(())
 }
 
-fn print_cpu(pid: u32, before: &CpuByThread, report: &Report) -> anyhow::Result<()> {
-    let used = CpuByThread::sample(pid)?.since(before);
+/// The CPU time `pid` used over the measured window, in all and per answered request.
+fn print_cpu(pid: u32, used: &CpuByThread, report: &Report) {
     let per_request_us = |s: f64| s * 1e6 / report.answered.max(1) as f64;
     println!(
         "cpu of {pid}: {:.2} s in all, {:.1} µs per answered request",
@@ -325,7 +328,6 @@ fn print_cpu(pid: u32, before: &CpuByThread, report: &Report) -> anyhow::Result<
             per_request_us(*seconds)
         );
     }
-    Ok(())
 }
 
 fn serve_baseline(

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use anyhow::Context as _;
 use bytes::Buf;
 use edge_net::client::{self, Sender};
 use edge_net::quic;
@@ -244,11 +245,13 @@ pub async fn run(
         endpoints.push(endpoint);
     }
     let start = Instant::now();
-    // The generator's own CPU time over the measured window.
+    // The generator's own CPU time over the measured window, and the watched
+    // process's: sampled as it starts and after the last answer.
     let measure_from = start + scenario.warmup;
+    let cpu_of = scenario.cpu_of;
     let cpu_at_measure = tokio::spawn(async move {
         tokio::time::sleep_until(measure_from).await;
-        own_cpu_seconds()
+        (own_cpu_seconds(), cpu_of.map(CpuByThread::sample))
     });
     let run = Arc::new(Run {
         requests: scenario.requests.clone(),
@@ -341,7 +344,14 @@ pub async fn run(
     }
     let mut report = run.tally().report(elapsed);
     report.failovers = run.failovers.load(Ordering::Relaxed);
-    report.generator_cpu_seconds = own_cpu_seconds() - cpu_at_measure.await.unwrap_or(0.0);
+    let (own_before, target_before) = cpu_at_measure.await?;
+    report.generator_cpu_seconds = own_cpu_seconds() - own_before;
+    if let (Some(pid), Some(before)) = (cpu_of, target_before) {
+        let before = before.with_context(|| format!("reading the CPU time of process {pid}"))?;
+        let after = CpuByThread::sample(pid)
+            .with_context(|| format!("reading the CPU time of process {pid}"))?;
+        report.target_cpu = Some(after.since(&before));
+    }
     Ok(report)
 }
 

@@ -101,6 +101,9 @@ pub struct Scenario {
     pub max_requests: u64,
     /// The mix.
     pub requests: Vec<RequestSpec>,
+    /// A local process whose CPU time to count over the measured window, as the
+    /// generator's own is (`--cpu-of`).
+    pub cpu_of: Option<u32>,
 }
 
 impl Scenario {
@@ -425,6 +428,7 @@ pub fn build(file: Option<ScenarioFile>, flags: &Overrides) -> anyhow::Result<Sc
         timeout,
         max_requests: flags.max_requests.unwrap_or(u64::MAX),
         requests,
+        cpu_of: None,
     })
 }
 

@@ -9,6 +9,8 @@ use edge_shared::wire::ServerTiming;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::cpu::CpuByThread;
+
 /// Percentiles reported, as quantiles.
 const SPECTRUM: [f64; 8] = [0.0, 0.5, 0.75, 0.9, 0.99, 0.999, 0.9999, 1.0];
 
@@ -207,6 +209,7 @@ impl Tally {
             by_node: self.by_node.clone(),
             errors: self.errors.clone(),
             generator_cpu_seconds: 0.0,
+            target_cpu: None,
         }
     }
 }
@@ -277,8 +280,11 @@ pub struct Report {
     pub by_node: BTreeMap<String, u64>,
     /// Errors by kind.
     pub errors: BTreeMap<String, u64>,
-    /// CPU time the load generator itself used over the run, in seconds.
+    /// CPU time the load generator itself used over the measured window, in seconds.
     pub generator_cpu_seconds: f64,
+    /// CPU time the process of [`crate::Scenario::cpu_of`] used over the same window,
+    /// by thread group.
+    pub target_cpu: Option<CpuByThread>,
     /// Requests sent again to another gateway after theirs was lost (`--failover`).
     pub failovers: u64,
 }
