@@ -87,7 +87,8 @@ fn main() {
         return;
     }
     logging::init(config.log_format, &config.log_filter);
-    let runtime = tokio::runtime::Runtime::new().expect("starting the async runtime");
+    let runtime = edge_net::runtime::multi_thread(config.network_scheduling)
+        .expect("starting the async runtime");
     let announced = Announce {
         users: args.announce,
         status: args.announce_status,

@@ -51,7 +51,8 @@ fn main() {
         return;
     }
     logging::init(config.log_format, &config.log_filter);
-    let runtime = tokio::runtime::Runtime::new().expect("starting the async runtime");
+    let runtime = edge_net::runtime::multi_thread(config.network_scheduling)
+        .expect("starting the async runtime");
     if let Err(e) = runtime.block_on(run(config, args.announce, args.announce_metrics)) {
         tracing::error!("edge-node: {e:#}");
         std::process::exit(1);

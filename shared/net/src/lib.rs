@@ -13,7 +13,9 @@
 //!   simulate clusters;
 //! - [`lifecycle`]: the shutdown signal that reaches every loop, and the count of
 //!   requests in flight a server drains before it leaves;
-//! - [`logging`]: the process's `tracing` subscriber.
+//! - [`logging`]: the process's `tracing` subscriber;
+//! - [`runtime`]: the async runtime a server runs on, its threads under the configured
+//!   scheduling policy.
 
 pub mod client;
 pub mod gossip;
@@ -23,4 +25,5 @@ pub mod logging;
 pub mod metrics;
 pub mod pki;
 pub mod quic;
+pub mod runtime;
 pub mod tls;

@@ -48,6 +48,20 @@ pub enum LogFormat {
     Json,
 }
 
+/// The Linux scheduling policy of a process's network threads (its async runtime).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkScheduling {
+    /// `SCHED_BATCH`: a network thread woken by a packet or a finished guest does not
+    /// preempt the thread running on its core (a guest, above all); it runs on a free
+    /// core, or when the running thread's time slice ends. Fewer context switches a
+    /// request, and fair shares of the CPU as before.
+    #[default]
+    Batch,
+    /// `SCHED_OTHER`, Linux's default: a woken network thread preempts the running one.
+    Normal,
+}
+
 /// Levels a `log_filter` directive may set.
 const LOG_LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
 

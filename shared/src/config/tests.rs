@@ -29,6 +29,16 @@ fn node_config_loads_with_defaults_and_relative_paths() {
     assert_eq!(cfg.gossip.key_file, dir.path().join("gossip.key"));
     assert_eq!(cfg.gossip.seeds, ["gw.local:7946"]);
     assert_eq!(cfg.gossip.interval_ms, 200);
+    assert_eq!(cfg.network_scheduling, NetworkScheduling::Batch);
+    let normal = write(
+        dir.path(),
+        "normal.toml",
+        &(std::fs::read_to_string(&file)
+            .unwrap()
+            .replace("[defaults]", "network_scheduling = \"normal\"\n[defaults]")),
+    );
+    let cfg: NodeConfig = load(&normal).unwrap();
+    assert_eq!(cfg.network_scheduling, NetworkScheduling::Normal);
 }
 
 #[test]
@@ -42,6 +52,17 @@ fn errors_name_the_file_and_the_key() {
     let err = load::<NodeConfig>(&file).unwrap_err().to_string();
     assert!(
         err.contains("bad.toml") && err.contains("worker_threads"),
+        "{err}"
+    );
+
+    let file = write(
+        dir.path(),
+        "policy.toml",
+        "network_scheduling = \"realtime\"\n",
+    );
+    let err = load::<NodeConfig>(&file).unwrap_err().to_string();
+    assert!(
+        err.contains("policy.toml") && err.contains("network_scheduling"),
         "{err}"
     );
 

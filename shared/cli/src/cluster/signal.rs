@@ -23,6 +23,16 @@ impl LocalCluster {
         }
     }
 
+    /// The process id of node `i` (0-based).
+    pub fn node_pid(&self, i: usize) -> u32 {
+        self.nodes[i].child.id()
+    }
+
+    /// The process id of the (first) gateway, while it runs.
+    pub fn gateway_pid(&self) -> Option<u32> {
+        self.gateway.as_ref().map(|g| g.child.id())
+    }
+
     /// Sends `signal` (`STOP`, `CONT`, ...) to node `i` (0-based): whether it was sent.
     pub fn signal_node(&self, i: usize, signal: &str) -> bool {
         i32::try_from(self.nodes[i].child.id()).is_ok_and(|pid| send(pid, signal))
