@@ -13,7 +13,7 @@ use edge_loadtest::cpu::CpuByThread;
 use edge_loadtest::scenario::{self, Overrides, Scenario};
 use edge_loadtest::{Report, baseline, compare, parse_duration, svg};
 use edge_net::tls;
-use edge_shared::config::{ClusterConfig, NetworkScheduling, RoutingPolicy};
+use edge_shared::config::{ClusterConfig, RoutingPolicy, SchedulingPolicy};
 use edge_shared::wire;
 
 /// Loads URL(s) over HTTP/3 and reports latency percentiles, throughput, errors, cold
@@ -339,7 +339,7 @@ fn serve_baseline(
     // Its threads under the policy edge's servers run under by default, so that the
     // floor and edge are measured alike (the bare server's figures do not move with it;
     // the bare relay's do, BENCHMARKS.md).
-    let runtime = edge_net::runtime::multi_thread(NetworkScheduling::default())?;
+    let runtime = edge_net::runtime::multi_thread(SchedulingPolicy::default())?;
     runtime.block_on(async {
         let (endpoint, certs) = baseline::bind(listen, dir)?;
         let addr = endpoint.local_addr()?;

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use edge_shared::config::SchedulingPolicy;
 use edge_shared::manifest::DeploymentId;
 use tokio::sync::oneshot;
 
@@ -64,7 +65,15 @@ impl WorkerPool {
             let admitter = Arc::clone(admitter);
             std::thread::Builder::new()
                 .name(format!("edge-worker-{i}"))
-                .spawn(move || work(&queue, &pools, ReadyInstances::new(admitter)))
+                .spawn(move || {
+                    // Guests run under Linux's default policy, whichever thread made
+                    // the pool (a thread inherits its maker's, and the network's are
+                    // `SCHED_BATCH`): they are what the network must not preempt.
+                    if let Err(e) = edge_net::runtime::apply(SchedulingPolicy::Normal) {
+                        tracing::warn!(error = %e, "cannot set a worker's scheduling policy");
+                    }
+                    work(&queue, &pools, ReadyInstances::new(admitter))
+                })
                 .expect("spawning a worker thread");
         }
         WorkerPool {
@@ -179,5 +188,30 @@ mod tests {
             Panicked
         );
         assert_eq!(pool.run(|_| (8, ())).await.unwrap(), 8);
+    }
+
+    /// The calling thread's scheduling policy, field 41 of its `stat`.
+    fn policy() -> u32 {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+        let after_name = &stat[stat.rfind(')').unwrap() + 1..];
+        after_name
+            .split_whitespace()
+            .nth(41 - 3)
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn guests_run_under_the_default_policy_whatever_thread_made_the_pool() {
+        // Made on a network thread (SCHED_BATCH, 3), whose policy a thread inherits.
+        let pool = std::thread::spawn(|| {
+            edge_net::runtime::apply(SchedulingPolicy::Batch).unwrap();
+            assert_eq!(policy(), 3);
+            WorkerPool::new(1, &Admitter::new(1, 1 << 30))
+        })
+        .join()
+        .unwrap();
+        assert_eq!(pool.run(|_| (policy(), ())).await.unwrap(), 0);
     }
 }

@@ -1,6 +1,6 @@
 //! The async runtime a server's network work runs on: tokio's multi-threaded scheduler,
 //! one thread per CPU, each thread put under the configured Linux scheduling policy as it
-//! starts ([`NetworkScheduling`]).
+//! starts ([`SchedulingPolicy`]).
 //!
 //! Why a policy at all: on a node, every request crosses from a network thread to a
 //! guest's worker thread and back, and each crossing wakes a thread. Under Linux's
@@ -15,12 +15,13 @@
 
 #![allow(unsafe_code)]
 
-use edge_shared::config::NetworkScheduling;
+use edge_shared::config::SchedulingPolicy;
 
 /// A multi-threaded tokio runtime (IO and time enabled) whose threads run under
-/// `scheduling`. A thread whose policy cannot be set logs a warning and runs under the
-/// default policy.
-pub fn multi_thread(scheduling: NetworkScheduling) -> std::io::Result<tokio::runtime::Runtime> {
+/// `scheduling`: its workers and its blocking pool; the calling thread keeps its own, and
+/// so do the threads it starts (a node's guest workers). A thread whose policy cannot be
+/// set logs a warning and runs under the default policy.
+pub fn multi_thread(scheduling: SchedulingPolicy) -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .on_thread_start(move || {
@@ -32,10 +33,10 @@ pub fn multi_thread(scheduling: NetworkScheduling) -> std::io::Result<tokio::run
 }
 
 /// Puts the calling thread under `scheduling`.
-pub fn apply(scheduling: NetworkScheduling) -> std::io::Result<()> {
+pub fn apply(scheduling: SchedulingPolicy) -> std::io::Result<()> {
     let policy = match scheduling {
-        NetworkScheduling::Batch => libc::SCHED_BATCH,
-        NetworkScheduling::Normal => libc::SCHED_OTHER,
+        SchedulingPolicy::Batch => libc::SCHED_BATCH,
+        SchedulingPolicy::Normal => libc::SCHED_OTHER,
     };
     // Both policies take priority 0; any user may switch between them.
     let param = libc::sched_param { sched_priority: 0 };
@@ -62,14 +63,26 @@ mod tests {
     #[test]
     fn the_runtime_threads_run_under_the_policy_and_others_do_not() {
         for (scheduling, expected) in [
-            (NetworkScheduling::Batch, libc::SCHED_BATCH),
-            (NetworkScheduling::Normal, libc::SCHED_OTHER),
+            (SchedulingPolicy::Batch, libc::SCHED_BATCH),
+            (SchedulingPolicy::Normal, libc::SCHED_OTHER),
         ] {
             let runtime = multi_thread(scheduling).unwrap();
-            let seen = runtime.block_on(async { tokio::spawn(async { policy() }).await.unwrap() });
-            assert_eq!(seen, expected, "{scheduling:?}");
+            let (worker, blocking) = runtime.block_on(async {
+                let worker = tokio::spawn(async { policy() }).await.unwrap();
+                let blocking = tokio::task::spawn_blocking(policy).await.unwrap();
+                (worker, blocking)
+            });
+            assert_eq!((worker, blocking), (expected, expected), "{scheduling:?}");
         }
         // The thread that built the runtimes keeps its own.
         assert_eq!(policy(), libc::SCHED_OTHER);
+        // A thread may go back to the default.
+        std::thread::spawn(|| {
+            apply(SchedulingPolicy::Batch).unwrap();
+            apply(SchedulingPolicy::Normal).unwrap();
+            assert_eq!(policy(), libc::SCHED_OTHER);
+        })
+        .join()
+        .unwrap();
     }
 }

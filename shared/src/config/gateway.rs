@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    ConfigFile, FunctionConfig, GossipConfig, IngressConfig, LogFormat, NetworkScheduling,
-    RoutingPolicy, check_grace, check_log_filter, require_file, resolve,
+    ConfigFile, FunctionConfig, GossipConfig, IngressConfig, LogFormat, RoutingPolicy,
+    SchedulingPolicy, check_grace, check_log_filter, require_file, resolve,
 };
 
 /// `edge-gateway`'s configuration file.
@@ -73,7 +73,7 @@ pub struct GatewayConfig {
     /// Linux scheduling policy of the gateway's threads: `batch` (default), so that a
     /// thread woken by a packet does not preempt the one running on its core but takes
     /// a free core or the next turn, or `normal`, Linux's default (BENCHMARKS.md).
-    pub network_scheduling: NetworkScheduling,
+    pub network_scheduling: SchedulingPolicy,
     /// Log format.
     pub log_format: LogFormat,
     /// Log levels, as comma-separated directives: a level, or MODULE=LEVEL
@@ -106,7 +106,7 @@ impl Default for GatewayConfig {
             functions: Vec::new(),
             unrouted_grace_ms: 60_000,
             shutdown_grace_ms: 10_000,
-            network_scheduling: NetworkScheduling::Batch,
+            network_scheduling: SchedulingPolicy::Batch,
             log_format: LogFormat::Text,
             log_filter: "info".into(),
         }

@@ -48,17 +48,19 @@ pub enum LogFormat {
     Json,
 }
 
-/// The Linux scheduling policy of a process's network threads (its async runtime).
+/// A Linux scheduling policy for a group of a process's threads: `network_scheduling`
+/// sets its network threads' (its async runtime); a node's guest workers always run
+/// under `Normal`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum NetworkScheduling {
-    /// `SCHED_BATCH`: a network thread woken by a packet or a finished guest does not
-    /// preempt the thread running on its core (a guest, above all); it runs on a free
-    /// core, or when the running thread's time slice ends. Fewer context switches a
-    /// request, and fair shares of the CPU as before.
+pub enum SchedulingPolicy {
+    /// `SCHED_BATCH`: a thread woken by a packet or a finished guest does not preempt
+    /// the thread running on its core (a guest, above all); it runs on a free core, or
+    /// when the running thread's time slice ends. Fewer context switches a request, and
+    /// fair shares of the CPU as before.
     #[default]
     Batch,
-    /// `SCHED_OTHER`, Linux's default: a woken network thread preempts the running one.
+    /// `SCHED_OTHER`, Linux's default: a woken thread preempts the running one.
     Normal,
 }
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    ConfigFile, GossipConfig, LimitDefaults, LogFormat, NetworkScheduling, check_grace,
+    ConfigFile, GossipConfig, LimitDefaults, LogFormat, SchedulingPolicy, check_grace,
     check_log_filter, require_file, resolve,
 };
 
@@ -42,7 +42,7 @@ pub struct NodeConfig {
     /// next turn, or `normal`, Linux's default. With `batch` a node served 15-20% more
     /// `hello` for 15-20% less CPU a request, and a lower p99 near saturation
     /// (BENCHMARKS.md).
-    pub network_scheduling: NetworkScheduling,
+    pub network_scheduling: SchedulingPolicy,
     /// Memory that running and pooled instances may reserve together, in MiB: a
     /// running request reserves its function's `memory_limit_mib`, an idle pooled
     /// instance its current linear memory. Requests over it wait like over the slots.
@@ -89,7 +89,7 @@ impl Default for NodeConfig {
             state_dir: PathBuf::from("node-state"),
             usage_flush_ms: 5_000,
             worker_threads: 0,
-            network_scheduling: NetworkScheduling::Batch,
+            network_scheduling: SchedulingPolicy::Batch,
             memory_budget_mib: 2048,
             module_cache_mib: 512,
             max_table_elements: 10_000,

@@ -29,7 +29,7 @@ fn node_config_loads_with_defaults_and_relative_paths() {
     assert_eq!(cfg.gossip.key_file, dir.path().join("gossip.key"));
     assert_eq!(cfg.gossip.seeds, ["gw.local:7946"]);
     assert_eq!(cfg.gossip.interval_ms, 200);
-    assert_eq!(cfg.network_scheduling, NetworkScheduling::Batch);
+    assert_eq!(cfg.network_scheduling, SchedulingPolicy::Batch);
     let normal = write(
         dir.path(),
         "normal.toml",
@@ -38,7 +38,7 @@ fn node_config_loads_with_defaults_and_relative_paths() {
             .replace("[defaults]", "network_scheduling = \"normal\"\n[defaults]")),
     );
     let cfg: NodeConfig = load(&normal).unwrap();
-    assert_eq!(cfg.network_scheduling, NetworkScheduling::Normal);
+    assert_eq!(cfg.network_scheduling, SchedulingPolicy::Normal);
 }
 
 #[test]
