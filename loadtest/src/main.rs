@@ -252,7 +252,7 @@ fn load(args: &LoadArgs) -> anyhow::Result<()> {
     } else {
         (None, None)
     };
-    let scenario = edge_loadtest::Scenario {
+    let scenario = Scenario {
         cpu_of: args.cpu_of,
         ..scenario
     };
