@@ -50,37 +50,41 @@ pub fn apply(scheduling: SchedulingPolicy) -> std::io::Result<()> {
     }
 }
 
+/// The calling thread's policy, if it is one of the two edge sets.
+pub fn current() -> Option<SchedulingPolicy> {
+    // SAFETY: pid 0 is the calling thread; the call takes no pointer.
+    match unsafe { libc::sched_getscheduler(0) } {
+        libc::SCHED_BATCH => Some(SchedulingPolicy::Batch),
+        libc::SCHED_OTHER => Some(SchedulingPolicy::Normal),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// The calling thread's policy, as the kernel reports it.
-    fn policy() -> i32 {
-        // SAFETY: no arguments but the calling thread's pid 0.
-        unsafe { libc::sched_getscheduler(0) }
-    }
-
     #[test]
     fn the_runtime_threads_run_under_the_policy_and_others_do_not() {
         for (scheduling, expected) in [
-            (SchedulingPolicy::Batch, libc::SCHED_BATCH),
-            (SchedulingPolicy::Normal, libc::SCHED_OTHER),
+            (SchedulingPolicy::Batch, Some(SchedulingPolicy::Batch)),
+            (SchedulingPolicy::Normal, Some(SchedulingPolicy::Normal)),
         ] {
             let runtime = multi_thread(scheduling).unwrap();
             let (worker, blocking) = runtime.block_on(async {
-                let worker = tokio::spawn(async { policy() }).await.unwrap();
-                let blocking = tokio::task::spawn_blocking(policy).await.unwrap();
+                let worker = tokio::spawn(async { current() }).await.unwrap();
+                let blocking = tokio::task::spawn_blocking(current).await.unwrap();
                 (worker, blocking)
             });
             assert_eq!((worker, blocking), (expected, expected), "{scheduling:?}");
         }
         // The thread that built the runtimes keeps its own.
-        assert_eq!(policy(), libc::SCHED_OTHER);
+        assert_eq!(current(), Some(SchedulingPolicy::Normal));
         // A thread may go back to the default.
         std::thread::spawn(|| {
             apply(SchedulingPolicy::Batch).unwrap();
             apply(SchedulingPolicy::Normal).unwrap();
-            assert_eq!(policy(), libc::SCHED_OTHER);
+            assert_eq!(current(), Some(SchedulingPolicy::Normal));
         })
         .join()
         .unwrap();
