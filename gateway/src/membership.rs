@@ -151,6 +151,8 @@ mod tests {
             generation: 1,
             load: LoadReport::default(),
             warm: WarmSet::default(),
+            warming: WarmSet::default(),
+            engine: String::new(),
             state_version: 1,
         }
     }

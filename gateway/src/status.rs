@@ -91,14 +91,17 @@ impl StatusServer {
 }
 
 impl Handler for StatusServer {
+    type Peer = ();
+
     /// Cluster members only: a gateway's or a node's certificate, not any of the CA's.
-    fn admits(&self, peer: &quinn::Connection) -> bool {
+    fn admits(&self, peer: &quinn::Connection) -> Option<()> {
         [wire::GATEWAY_MEMBER_NAME, wire::NODE_SERVER_NAME]
             .iter()
             .any(|role| edge_net::tls::peer_has_name(peer, role))
+            .then_some(())
     }
 
-    async fn handle(self: Arc<Self>, request: Request<()>, mut stream: ServerStream) {
+    async fn handle(self: Arc<Self>, _peer: (), request: Request<()>, mut stream: ServerStream) {
         let (status, body) = if request.uri().path() == wire::STATUS_PATH {
             let json = serde_json::to_vec(&self.status()).unwrap_or_default();
             (StatusCode::OK, Bytes::from(json))

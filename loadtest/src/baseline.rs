@@ -44,7 +44,18 @@ pub fn bind(addr: SocketAddr, cert_dir: &Path) -> anyhow::Result<(quinn::Endpoin
 struct Constant;
 
 impl Handler for Constant {
-    async fn handle(self: Arc<Self>, _request: http::Request<()>, mut stream: ServerStream) {
+    type Peer = ();
+
+    fn admits(&self, _peer: &quinn::Connection) -> Option<()> {
+        Some(())
+    }
+
+    async fn handle(
+        self: Arc<Self>,
+        _peer: (),
+        _request: http::Request<()>,
+        mut stream: ServerStream,
+    ) {
         let response = http::Response::builder()
             .status(http::StatusCode::OK)
             .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
@@ -61,7 +72,18 @@ struct Relay {
 }
 
 impl Handler for Relay {
-    async fn handle(self: Arc<Self>, request: http::Request<()>, mut stream: ServerStream) {
+    type Peer = ();
+
+    fn admits(&self, _peer: &quinn::Connection) -> Option<()> {
+        Some(())
+    }
+
+    async fn handle(
+        self: Arc<Self>,
+        _peer: (),
+        request: http::Request<()>,
+        mut stream: ServerStream,
+    ) {
         let answer = async {
             let (head, mut body) =
                 client::exchange(&mut self.upstream.clone(), request, Bytes::new()).await?;

@@ -146,6 +146,12 @@ pub enum Failure {
     /// Neither an invocation (no `x-edge-function`) nor a control path.
     #[error("not an invocation, and no such control path")]
     NoSuchControl,
+    /// Another node asked for an artifact this node does not hold.
+    #[error("no such artifact here")]
+    NoArtifact,
+    /// Another node asked for anything but an artifact.
+    #[error("a node may fetch artifacts here, nothing else")]
+    NodesFetchOnly,
     /// A control path asked with the wrong method.
     #[error("{0} only")]
     MethodNotAllowed(&'static str),
@@ -180,7 +186,8 @@ impl Failure {
     pub fn status(&self) -> StatusCode {
         match self {
             Failure::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Failure::NoSuchControl => StatusCode::NOT_FOUND,
+            Failure::NoSuchControl | Failure::NoArtifact => StatusCode::NOT_FOUND,
+            Failure::NodesFetchOnly => StatusCode::FORBIDDEN,
             Failure::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Failure::DeployRefused(_) => StatusCode::UNPROCESSABLE_ENTITY,
             // A deploy by content id to a node without the module: a conflict the
@@ -206,6 +213,8 @@ impl Failure {
         match self {
             Failure::BadRequest(_)
             | Failure::NoSuchControl
+            | Failure::NoArtifact
+            | Failure::NodesFetchOnly
             | Failure::MethodNotAllowed(_)
             | Failure::DeployRefused(_) => {
                 format!("{self}\n")

@@ -31,6 +31,7 @@ pub mod deployment;
 pub mod fuzz;
 pub mod metrics;
 pub mod node;
+pub mod peers;
 pub mod pool;
 pub mod runtime;
 pub mod server;

@@ -11,6 +11,7 @@ use edge_net::lifecycle::{InFlight, Shutdown};
 use edge_net::metrics::{GossipCollector, QuicCollector};
 use edge_net::{http3, logging, quic, tls};
 use edge_node::Node;
+use edge_node::peers::Peers;
 use edge_shared::config::{self, NodeConfig};
 use edge_shared::wire;
 
@@ -70,6 +71,13 @@ async fn run(
         key: &config.tls_key,
     };
     let tls = tls::server_config(identity, Some(&config.cluster_ca), &[wire::ALPN_H3], true)?;
+    // This node's certificate as a client, towards other nodes for their artifacts
+    // (they serve those to nodes only).
+    let peer_tls = config
+        .artifacts
+        .share
+        .then(|| tls::client_config(&config.cluster_ca, Some(identity), &[wire::ALPN_H3]))
+        .transpose()?;
     let endpoint = quic::server(config.listen, tls, &quic::MEMBERS)?;
     let addr = endpoint.local_addr()?;
     let key = ClusterKey::read(&config.gossip.key_file)?;
@@ -89,9 +97,23 @@ async fn run(
         .await
         .with_context(|| format!("binding the metrics listener on TCP {metrics_listen}"))?;
     let usage_flush = Duration::from_millis(config.usage_flush_ms);
+    let artifacts = config.artifacts.clone();
     let node = Arc::new(Node::new(config)?);
     let gossip = Arc::new(Gossip::start(&settings, link, key).await?);
     node.attach_gossip(Arc::clone(&gossip));
+    gossip.publish_engine(node.engine()).await;
+    if let Some(tls) = peer_tls {
+        let endpoint = quic::client(quic::any_local(addr), tls, &quic::CLIENT)?;
+        let peers = Peers::new(
+            node.name(),
+            node.cache(),
+            Arc::clone(&gossip),
+            settings.credentials.clone(),
+            endpoint,
+            artifacts,
+        );
+        node.share_artifacts(settings.credentials.clone(), peers);
+    }
     tracing::info!(name = node.name(), %addr, gossip = %gossip.addr(), seeds = ?settings.seeds, "edge-node serving HTTP/3");
     // Fired once the node has drained and gateways have turned away: the server then
     // accepts no more.
@@ -199,5 +221,9 @@ async fn publish_load(node: Arc<Node>, gossip: Arc<Gossip>, every: Duration, sto
         };
         let warm = WarmSet::of(load.warm.iter().map(|d| d.as_str()));
         gossip.publish(report, &warm).await;
+        let warming = node.warming();
+        gossip
+            .publish_warming(&WarmSet::of(warming.iter().map(|d| d.as_str())))
+            .await;
     }
 }

@@ -230,6 +230,24 @@ impl Collector for NodeCollector {
                 counter,
                 status.refused_artifacts,
             ),
+            (
+                "edge_node_artifacts_fetch_refused",
+                "Artifacts from other nodes refused: their signature or bytes did not check out",
+                counter,
+                status.refused_fetches,
+            ),
+            (
+                "edge_node_artifacts_served",
+                "Artifacts handed to other nodes",
+                counter,
+                status.served_artifacts,
+            ),
+            (
+                "edge_node_warming",
+                "Deployments loading now, gossiped as warming",
+                gauge,
+                status.warming as u64,
+            ),
         ] {
             write_family(e, (name, help, kind), &one(value))?;
         }
@@ -237,12 +255,13 @@ impl Collector for NodeCollector {
             e,
             (
                 "edge_node_module_cache_misses",
-                "Module loads not served from memory, by how they were loaded: compiled, or deserialized from the artifact on disk",
+                "Module loads not served from memory, by how they were loaded: compiled, deserialized from the artifact on disk, or fetched from another node (then deserialized)",
                 counter,
             ),
             &[
                 (&[("source", "compile")], status.compiles),
                 (&[("source", "disk")], status.deserializations),
+                (&[("source", "peer")], status.fetched_artifacts),
             ],
         )?;
         let per = |f: fn(&DeploymentStatus) -> u64| -> Vec<([(&'static str, &str); 1], u64)> {

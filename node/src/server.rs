@@ -9,12 +9,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use edge_net::http3::{self, BodyError, Handler, ServerStream};
-use edge_shared::manifest::DeploymentId;
+use edge_shared::manifest::{ContentId, DeploymentId};
 use edge_shared::trace;
 use edge_shared::wire::{self, Refusal, ServerTiming};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 
 use crate::call::Streaming;
+use crate::runtime::cache::Source;
 use crate::runtime::guest_log::trace_id;
 use crate::runtime::invoke::RunError;
 use crate::tail::{Next, TailEvent, TailKind};
@@ -29,19 +30,50 @@ const TAIL_HEARTBEAT: Duration = Duration::from_secs(2);
 /// Largest deploy body: the largest module plus room for the manifest.
 const MAX_DEPLOY_BODY: u64 = edge_shared::module_check::MAX_MODULE_BYTES as u64 + (1 << 20);
 
+/// Who a connection to the node comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    /// A gateway: invocations, deploys, the status, tails, usage.
+    Gateway,
+    /// Another node: compiled artifacts, nothing else.
+    Node,
+}
+
 impl Handler for Node {
-    /// Gateways only: a client certificate of the cluster CA with the gateway role.
-    fn admits(&self, peer: &quinn::Connection) -> bool {
-        edge_net::tls::peer_has_name(peer, wire::GATEWAY_MEMBER_NAME)
+    type Peer = Caller;
+
+    /// Cluster members only, by their certificate of the cluster CA: gateways, and with
+    /// `artifacts.share`, other nodes.
+    fn admits(&self, peer: &quinn::Connection) -> Option<Caller> {
+        if edge_net::tls::peer_has_name(peer, wire::GATEWAY_MEMBER_NAME) {
+            Some(Caller::Gateway)
+        } else if self.config.artifacts.share
+            && edge_net::tls::peer_has_name(peer, wire::NODE_SERVER_NAME)
+        {
+            Some(Caller::Node)
+        } else {
+            None
+        }
     }
 
-    async fn handle(self: Arc<Self>, req: Request<()>, mut stream: ServerStream) {
+    async fn handle(self: Arc<Self>, caller: Caller, req: Request<()>, mut stream: ServerStream) {
         // For the log, should it fail (cheap clones: header values share their bytes).
         let named = Named {
             request_id: req.headers().get(wire::REQUEST_ID_HEADER).cloned(),
             traceparent: req.headers().get(trace::TRACEPARENT).cloned(),
             function: req.headers().get(wire::FUNCTION_HEADER).cloned(),
         };
+        // A node reaches its peers' artifacts and nothing else: no invocation, deploy,
+        // status, tail or usage.
+        if caller == Caller::Node {
+            let result = artifact(&self, &req).await;
+            let (response, body) = result.unwrap_or_else(|f| failure_response(&self, &named, f));
+            if let Err(e) = http3::respond(&mut stream, response, body).await {
+                tracing::debug!(error = %e, "sending an artifact failed");
+            }
+            http3::stop_reading(&mut stream);
+            return;
+        }
         // A request naming a function is an invocation, whatever its path, host or other
         // headers: a user's path never reaches a control handler (the gateway sets
         // `x-edge-function` on every user's request and drops any the user sent).
@@ -70,6 +102,32 @@ impl Handler for Node {
         }
         http3::stop_reading(&mut stream);
     }
+}
+
+/// A compiled artifact for another node: `GET /_edge/v1/artifacts/{content id}?engine=KEY`,
+/// its seal line and bytes, or `404` when this node has none of that engine key.
+async fn artifact(node: &Arc<Node>, req: &Request<()>) -> Result<(Response<()>, Bytes), Failure> {
+    let Some(id) = req.uri().path().strip_prefix(wire::ARTIFACT_PATH) else {
+        return Err(Failure::NodesFetchOnly);
+    };
+    if req.method() != Method::GET {
+        return Err(Failure::MethodNotAllowed("GET"));
+    }
+    let id = ContentId::try_from(id.to_string()).map_err(|e| Failure::BadRequest(e.to_string()))?;
+    let engine = req.uri().query().and_then(|q| q.strip_prefix("engine="));
+    if engine != Some(node.engine()) {
+        return Err(Failure::NoArtifact);
+    }
+    let server = Arc::clone(node);
+    let body = tokio::task::spawn_blocking(move || server.shared_artifact(&id))
+        .await
+        .map_err(|_| Failure::Internal)?
+        .ok_or(Failure::NoArtifact)?;
+    Ok(with_type(
+        StatusCode::OK,
+        "application/octet-stream",
+        body.into(),
+    ))
 }
 
 /// The control plane: deploys and the status, for cluster members.
@@ -226,12 +284,19 @@ async fn deploy(
     }
     // An empty module: the manifest names it by content id alone.
     let module = (!module.is_empty()).then(|| body.slice(body.len() - module.len()..));
+    let _warming = node.start_warming(&id);
+    let fetched = node.fetch_artifact(&id, &manifest.content_id).await;
     let loader = Arc::clone(node);
     let loaded = tokio::task::spawn_blocking(move || loader.deploy(manifest, module.as_deref()))
         .await
         .map_err(|_| Failure::Internal)?;
     match loaded {
         Ok((source, took)) => {
+            let source = match (fetched, source) {
+                (Some(_), Source::Disk) => Source::Peer,
+                _ => source,
+            };
+            let took = took + fetched.unwrap_or_default();
             let json = serde_json::json!({ "deployment": id.as_str(), "source": source, "ms": took.as_secs_f64() * 1e3 });
             let (mut response, body) = with_type(
                 StatusCode::CREATED,

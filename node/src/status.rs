@@ -96,6 +96,14 @@ pub struct NodeStatus {
     pub evictions: u64,
     /// Artifacts on disk refused since start for a seal that is not this node's.
     pub refused_artifacts: u64,
+    /// Artifacts taken from other nodes since start, instead of compiling.
+    pub fetched_artifacts: u64,
+    /// Artifacts other nodes offered since start that failed the signature check.
+    pub refused_fetches: u64,
+    /// Artifacts handed to other nodes since start.
+    pub served_artifacts: u64,
+    /// Deployments loading now (gossiped as `warming`).
+    pub warming: usize,
     /// The most cold loads (compile or deserialize on the request path) ever running at
     /// once: never more than the slots, since a cold load holds one.
     pub peak_concurrent_loads: usize,
@@ -172,6 +180,10 @@ impl Node {
             deserializations: stats.deserializations.load(Ordering::Relaxed),
             evictions: stats.evictions.load(Ordering::Relaxed),
             refused_artifacts: stats.refused_artifacts.load(Ordering::Relaxed),
+            fetched_artifacts: stats.fetches.load(Ordering::Relaxed),
+            refused_fetches: stats.refused_fetches.load(Ordering::Relaxed),
+            served_artifacts: stats.served.load(Ordering::Relaxed),
+            warming: self.warming.len(),
             peak_concurrent_loads: self.loads.1.load(Ordering::Relaxed),
             modules_in_memory,
             module_bytes,

@@ -6,6 +6,8 @@
 //! | `identity` | the member's [`Claims`] (role, name, HTTP/3 address, version, draining, incarnation), its certificate, and its signature over both (see [`SignedClaims`]) |
 //! | `load` | `in_flight queued slots ewma_run_us cpu_permille`, then `GATEWAY=N` for each gateway with requests here (spaces between) |
 //! | `warm.0` … `warm.f` | the warm set: 48-bit fingerprints of deployment ids, 12 hex digits each, sorted, split in 16 shards by first digit |
+//! | `warming` | deployments the node is loading now, not ready yet: fingerprints as in the warm set, one value |
+//! | `engine` | a node's engine key (compiler, target, CPU features; [`crate::artifact::engine_key`]): nodes of one key can load each other's compiled artifacts |
 //!
 //! A member's identity is signed with its own key, not the shared cluster key, so a
 //! member can write only its own (the gossip agent verifies it: `edge_net::gossip`).
@@ -174,6 +176,18 @@ impl WarmSet {
         shards
     }
 
+    /// The set as one value (`warming`): the fingerprints, sorted.
+    pub fn encode_one(&self) -> String {
+        self.encode().concat()
+    }
+
+    /// The set in one value of [`WarmSet::encode_one`]; a malformed value is empty.
+    pub fn decode(text: &str) -> WarmSet {
+        let mut set = WarmSet::default();
+        set.add_shard(text);
+        set
+    }
+
     /// Adds the fingerprints in one shard value; a malformed value adds nothing.
     pub fn add_shard(&mut self, text: &str) {
         if !text.len().is_multiple_of(FINGERPRINT_HEX) || !text.is_ascii() {
@@ -187,6 +201,11 @@ impl WarmSet {
         }
     }
 }
+
+/// The key of the set of deployments a node is loading now.
+pub const WARMING_KEY: &str = "warming";
+/// The key of a node's engine key.
+pub const ENGINE_KEY: &str = "engine";
 
 /// The key of warm-set shard `i`.
 pub fn warm_key(i: usize) -> String {
@@ -356,6 +375,10 @@ pub struct Member {
     pub load: LoadReport,
     /// Its warm set.
     pub warm: WarmSet,
+    /// Deployments it is loading now (not ready yet).
+    pub warming: WarmSet,
+    /// Its engine key (nodes; empty if it did not say).
+    pub engine: String,
     /// The version of its latest state change seen (changes whenever it publishes).
     pub state_version: u64,
 }
@@ -385,6 +408,8 @@ impl Member {
             generation: identity.generation,
             load: get("load").and_then(LoadReport::decode).unwrap_or_default(),
             warm,
+            warming: get(WARMING_KEY).map_or_else(WarmSet::default, WarmSet::decode),
+            engine: get(ENGINE_KEY).unwrap_or_default().to_string(),
             state_version: identity.state_version,
         }
     }

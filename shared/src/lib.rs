@@ -21,9 +21,11 @@
 //! [`gossip`], the key-values each member publishes and their codecs; [`config`], the
 //! configuration files, checked field by field, every error naming its file and key;
 //! [`fuzz`], what the fuzz targets check of each input taken from strangers; [`usage`],
-//! what a node's usage meter reports; [`trace`], W3C trace context.
+//! what a node's usage meter reports; [`trace`], W3C trace context; [`artifact`], the seal of a
+//! compiled artifact one node hands another.
 
 pub mod admission;
+pub mod artifact;
 pub mod attempt;
 pub mod config;
 pub mod fuzz;

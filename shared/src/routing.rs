@@ -188,7 +188,8 @@ fn least_loaded_warm(input: &Input<'_>, usable: &[usize], rng: &mut dyn Rng) -> 
     // Then every other usable node: unsaturated ones in the function's rendezvous order
     // (where a cold start should land), then saturated ones least loaded first (when
     // every node is saturated, the least loaded of all goes first, never the same
-    // rendezvous favourite).
+    // rendezvous favourite), and last the ones still loading the function (they would
+    // hold the request until ready, and are not to be piled onto).
     let mut rest: Vec<usize> = usable
         .iter()
         .copied()
@@ -197,7 +198,9 @@ fn least_loaded_warm(input: &Input<'_>, usable: &[usize], rng: &mut dyn Rng) -> 
     // One hash per node, not one per comparison.
     rest.sort_by_cached_key(|&i| {
         let load = load(i);
-        if load < 1.0 {
+        if nodes[i].warming.contains(function) {
+            (2, std::cmp::Reverse(0), (load * 1e6) as u64)
+        } else if load < 1.0 {
             (
                 0,
                 std::cmp::Reverse(rendezvous(input.function, &nodes[i])),
@@ -217,8 +220,8 @@ pub const PREWARM_AT: f64 = 0.5;
 /// The node to warm the function on ahead of need: when every usable node where it is
 /// warm is loaded past [`PREWARM_AT`], the first cold usable node in its rendezvous
 /// order (where its next cold start would land anyway). `None` while a warm node has
-/// room, when nothing is warm yet (the first request warms it), or when no cold node is
-/// left.
+/// room, when nothing is warm yet (the first request warms it), while a node is warming
+/// it already (one at a time), or when no cold node is left.
 pub fn prewarm_target(input: &Input<'_>) -> Option<usize> {
     let nodes = &input.view.nodes;
     let usable: Vec<usize> = (0..nodes.len()).filter(|&i| nodes[i].usable()).collect();
@@ -226,6 +229,7 @@ pub fn prewarm_target(input: &Input<'_>) -> Option<usize> {
     let is_warm = |i: usize| nodes[i].warm.contains(function);
     let warm: Vec<usize> = usable.iter().copied().filter(|&i| is_warm(i)).collect();
     if warm.is_empty()
+        || usable.iter().any(|&i| nodes[i].warming.contains(function))
         || warm
             .iter()
             .any(|&i| estimated_load(&nodes[i], input.own_in_flight[i]) < PREWARM_AT)
@@ -290,6 +294,7 @@ mod tests {
                     in_flight: 0,
                     queued: 0,
                     warm: WarmSet::default(),
+                    warming: WarmSet::default(),
                     own_in_flight_at_report: 0,
                 })
                 .collect(),
@@ -493,6 +498,39 @@ mod tests {
         assert_eq!(input(&view(3), &[0; 3]), None);
         v.nodes[target].up = false;
         assert_ne!(input(&v, &[0; 3]), Some(target));
+    }
+
+    #[test]
+    fn a_node_warming_the_function_gets_none_of_its_requests_and_no_second_warm_up() {
+        let id = "hello@0123456789abcdef";
+        let mut v = view(3);
+        v.nodes[0].warm = WarmSet::of([id]);
+        v.nodes[0].in_flight = 3;
+        fn input(v: &ClusterView) -> Input<'_> {
+            Input {
+                view: v,
+                function: fingerprint("hello@0123456789abcdef"),
+                own_in_flight: &[0; 3],
+                recently_failed: &[],
+                sequence: 0,
+            }
+        }
+        let target = prewarm_target(&input(&v)).unwrap();
+        // The target says it is warming: no second warm-up is asked of anyone, and it
+        // comes after every other node in the order, the saturated warm one included.
+        v.nodes[target].warming = WarmSet::of([id]);
+        assert_eq!(prewarm_target(&input(&v)), None);
+        v.nodes[0].in_flight = 4;
+        let mut rng = SplitMix64(3);
+        for _ in 0..20 {
+            let order = order(&LeastLoadedWarm, &input(&v), &mut rng);
+            assert_eq!(order.len(), 3);
+            assert_eq!(order[2], target, "{order:?}");
+        }
+        // Warming another function changes nothing for this one.
+        v.nodes[target].warming = WarmSet::of(["other@0123456789abcdef"]);
+        v.nodes[0].in_flight = 3;
+        assert_eq!(prewarm_target(&input(&v)), Some(target));
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub struct NodeState {
     pub queued: usize,
     /// Deployments warm on it.
     pub warm: WarmSet,
+    /// Deployments it is loading now, not ready yet.
+    pub warming: WarmSet,
     /// Of the requests it reported, how many came from this gateway.
     pub own_in_flight_at_report: usize,
 }
@@ -70,6 +72,7 @@ impl ClusterView {
                 in_flight: m.load.in_flight,
                 queued: m.load.queued,
                 warm: m.warm.clone(),
+                warming: m.warming.clone(),
                 own_in_flight_at_report: m.load.from_gateway(me),
             })
             .collect();
@@ -166,6 +169,8 @@ mod tests {
                 ..LoadReport::default()
             },
             warm: WarmSet::default(),
+            warming: WarmSet::default(),
+            engine: String::new(),
             state_version: 1,
         }
     }

@@ -35,6 +35,10 @@ pub const STATUS_PATH: &str = "/_edge/v1/status";
 /// Path prefix of a node's stream of one function's calls and log lines, for `edge
 /// tail`: `GET /_edge/v1/tail/{function name}`, answered with JSON lines.
 pub const TAIL_PATH: &str = "/_edge/v1/tail/";
+/// Path prefix of a node's compiled artifacts, for other nodes only: `GET
+/// /_edge/v1/artifacts/{content id}?engine={engine key}`, answered with the artifact's
+/// seal line and its bytes (see [`crate::artifact`]), or `404`.
+pub const ARTIFACT_PATH: &str = "/_edge/v1/artifacts/";
 /// Path of a node's usage meter: `GET /_edge/v1/usage[?since_ms=N]`, JSON.
 pub const USAGE_PATH: &str = "/_edge/v1/usage";
 /// TLS server name in node certificates, checked by the gateway: the node role.

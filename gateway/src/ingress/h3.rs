@@ -12,7 +12,13 @@ use crate::budget::Held;
 use crate::proxy::{Forwarded, Gateway};
 
 impl Handler for Gateway {
-    async fn handle(self: Arc<Self>, request: Request<()>, mut stream: ServerStream) {
+    type Peer = ();
+
+    fn admits(&self, _peer: &quinn::Connection) -> Option<()> {
+        Some(())
+    }
+
+    async fn handle(self: Arc<Self>, _peer: (), request: Request<()>, mut stream: ServerStream) {
         let ingress = &self.config.ingress;
         let forwarded = match self.route(&request) {
             Err(unrouted) => self.not_found(unrouted),

@@ -8,26 +8,35 @@
 //! so nothing else has to be kept in step.
 //!
 //! Layout under the cache folder: `blobs/{content id}.wasm` (the module bytes, verified
-//! against their hash), `artifacts/{host key}/{content id}.bin` (compiled code, sealed)
-//! and `artifact.key`.
+//! against their hash), `artifacts/{engine key}/{content id}.bin` (compiled code, sealed),
+//! beside it `{content id}.seal` (the signature of the node that compiled it, for other
+//! nodes) and `artifact.key`.
 //!
 //! An artifact is native code that `Module::deserialize` trusts blindly, so each one is
 //! sealed when written: an HMAC-SHA256 tag, made with the node's own secret
 //! (`artifact.key`, 0600), before its bytes. A tag that does not verify (a file written
 //! by anyone but this node) is never deserialized: the artifact is dropped and compiled
 //! again.
+//!
+//! Artifacts travel between nodes ([`crate::peers`]): the node that compiles one signs
+//! it with its certificate's key ([`edge_shared::artifact`]), and a node takes one from a
+//! peer only once that signature and the bytes' digest check out
+//! ([`ModuleCache::keep_fetched`]'s caller); it then seals it as its own. The seal file
+//! travels on with it, so the signature is always the compiling node's.
 
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+use edge_net::gossip::Credentials;
+use edge_shared::artifact::ArtifactClaims;
 use edge_shared::manifest::{ContentId, DeploymentId};
 use hmac::{Hmac, Mac};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 use wasmer::{Engine, Module};
 
 use super::engine;
@@ -46,6 +55,9 @@ pub enum Source {
     Disk,
     /// Compiled from the module bytes.
     Compiled,
+    /// Taken from another node, then deserialized (the node says so; the cache sees a
+    /// load from disk).
+    Peer,
 }
 
 /// A loaded module and what loading it took.
@@ -73,6 +85,12 @@ pub struct CacheStats {
     pub evictions: AtomicU64,
     /// Artifacts on disk refused for a seal that is not this node's.
     pub refused_artifacts: AtomicU64,
+    /// Artifacts taken from other nodes (their signature checked).
+    pub fetches: AtomicU64,
+    /// Artifacts other nodes offered that failed the check: not loaded.
+    pub refused_fetches: AtomicU64,
+    /// Artifacts handed to other nodes.
+    pub served: AtomicU64,
 }
 
 /// Why a module could not be loaded.
@@ -242,6 +260,11 @@ const SEAL_LEN: usize = 32;
 pub struct ModuleCache {
     blobs: PathBuf,
     artifacts: PathBuf,
+    /// This host's engine key: its artifacts' folder, and what peers' must match.
+    engine: String,
+    /// Signs the artifacts this node compiles, for other nodes, with its name; unset
+    /// (tests of the runtime alone), they are not shared.
+    signer: OnceLock<(Credentials, String)>,
     /// The node's secret that seals its artifacts.
     seal_key: [u8; 32],
     /// The most elements a table of a loaded module may hold.
@@ -263,10 +286,12 @@ impl ModuleCache {
         max_table_elements: u32,
         memories: Arc<MemoryPool>,
     ) -> Result<ModuleCache, LoadError> {
-        let host = hex::encode(&Sha256::digest(engine::host_key().as_bytes())[..8]);
+        let host = edge_shared::artifact::engine_key(&engine::host_key());
         let cache = ModuleCache {
             blobs: dir.join("blobs"),
-            artifacts: dir.join("artifacts").join(host),
+            artifacts: dir.join("artifacts").join(&host),
+            engine: host,
+            signer: OnceLock::new(),
             seal_key: [0; 32],
             max_table_elements,
             memories,
@@ -307,6 +332,63 @@ impl ModuleCache {
         let mut mac = self.mac();
         mac.update(artifact);
         mac.verify_slice(tag).ok().map(|()| artifact)
+    }
+
+    /// This host's engine key.
+    pub fn engine(&self) -> &str {
+        &self.engine
+    }
+
+    /// Signs each artifact compiled from now on with `credentials`, as node `name`, so
+    /// that other nodes may take it.
+    pub fn sign_with(&self, credentials: Credentials, name: &str) {
+        let _ = self.signer.set((credentials, name.to_string()));
+    }
+
+    /// Whether module `id`'s artifact is on disk (every module in memory has one).
+    pub fn has_artifact(&self, id: &ContentId) -> bool {
+        self.artifact_path(id).is_file()
+    }
+
+    /// Module `id`'s artifact as another node takes it: its seal line, `\n`, its bytes.
+    /// `None` without both (say, compiled before this node signed its artifacts).
+    ///
+    /// This node's own seal is not checked here: the taker checks the signature, which
+    /// covers the bytes as they were compiled, so a file changed on this disk is
+    /// refused there (and here, at its next load).
+    pub fn shared_artifact(&self, id: &ContentId) -> Option<Vec<u8>> {
+        let seal = std::fs::read(self.seal_path(id)).ok()?;
+        let sealed = std::fs::read(self.artifact_path(id)).ok()?;
+        let artifact = sealed.get(SEAL_LEN..)?;
+        let mut body = Vec::with_capacity(seal.len() + 1 + artifact.len());
+        body.extend_from_slice(&seal);
+        body.push(b'\n');
+        body.extend_from_slice(artifact);
+        self.stats.served.fetch_add(1, Ordering::Relaxed);
+        Some(body)
+    }
+
+    /// Keeps an artifact of module `id` taken from another node, whose `seal` the caller
+    /// has checked against these bytes: sealed as this node's own, so [`Self::load`]
+    /// deserializes it; its seal kept to hand it on.
+    pub fn keep_fetched(
+        &self,
+        id: &ContentId,
+        seal: &str,
+        artifact: &[u8],
+    ) -> Result<(), LoadError> {
+        self.write_once(&self.seal_path(id), seal.as_bytes())?;
+        self.write_once(&self.artifact_path(id), &self.seal(artifact))?;
+        self.stats.fetches.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn artifact_path(&self, id: &ContentId) -> PathBuf {
+        self.artifacts.join(format!("{id}.bin"))
+    }
+
+    fn seal_path(&self, id: &ContentId) -> PathBuf {
+        self.artifacts.join(format!("{id}.seal"))
     }
 
     /// The counters.
@@ -418,13 +500,14 @@ impl ModuleCache {
         }
         let engine = engine::headless(memory_limit_mib, self.max_table_elements, &self.memories);
         let started = Instant::now();
-        let artifact_path = self.artifacts.join(format!("{id}.bin"));
+        let artifact_path = self.artifact_path(id);
         if let Ok(sealed) = std::fs::read(&artifact_path) {
             match self.unseal(&sealed) {
                 None => {
                     tracing::warn!(path = %artifact_path.display(), "artifact without this node's seal: not loaded, compiling again");
                     self.stats.refused_artifacts.fetch_add(1, Ordering::Relaxed);
                     let _ = std::fs::remove_file(&artifact_path);
+                    let _ = std::fs::remove_file(self.seal_path(id));
                 }
                 Some(artifact) => match engine::deserialize(&engine, artifact) {
                     Ok(module) => {
@@ -437,6 +520,7 @@ impl ModuleCache {
                     Err(e) => {
                         tracing::warn!(path = %artifact_path.display(), error = %e, "unusable artifact, compiling again");
                         let _ = std::fs::remove_file(&artifact_path);
+                        let _ = std::fs::remove_file(self.seal_path(id));
                     }
                 },
             }
@@ -457,6 +541,7 @@ impl ModuleCache {
         let artifact = engine::compile(&wasm).map_err(|e| LoadError::Compile(e.to_string()))?;
         self.stats.compiles.fetch_add(1, Ordering::Relaxed);
         self.write_once(&artifact_path, &self.seal(&artifact))?;
+        self.sign(id, &artifact)?;
         let module = engine::deserialize(&engine, &artifact)
             .map_err(|e| LoadError::Compile(format!("loading the fresh artifact: {e}")))?;
         let took = compile_started.elapsed();
@@ -492,6 +577,24 @@ impl ModuleCache {
             tracing::info!(content_id = %id, "module evicted from memory");
         }
         (module, engine.clone())
+    }
+
+    /// Writes the seal other nodes check `artifact` (just compiled from `id`) by, if
+    /// this node signs its artifacts. A seal already there (a concurrent compile's, of
+    /// the same bytes) stays. A failure to sign is logged: the artifact is then this
+    /// node's alone.
+    fn sign(&self, id: &ContentId, artifact: &[u8]) -> Result<(), LoadError> {
+        let Some((credentials, name)) = self.signer.get() else {
+            return Ok(());
+        };
+        let claims = ArtifactClaims::of(id, &self.engine, name, artifact);
+        match credentials.sign_artifact(&claims) {
+            Ok(seal) => self.write_once(&self.seal_path(id), seal.as_bytes()),
+            Err(e) => {
+                tracing::error!(content_id = %id, error = %e, "signing an artifact failed: it is not shared");
+                Ok(())
+            }
+        }
     }
 
     fn lru(&self) -> MutexGuard<'_, Lru<ModuleKey, Warm>> {

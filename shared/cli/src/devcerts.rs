@@ -107,7 +107,18 @@ impl DevCerts {
     }
 
     /// Node `name`'s own certificate and key (in `nodes/`), issued now if missing.
+    /// One issued by an older edge up for TLS servers only is issued again: nodes now
+    /// call each other too.
     pub fn node(&self, name: &str) -> anyhow::Result<OwnCerts> {
+        let dir = self.dir.join("nodes");
+        let cert = dir.join(format!("{name}.pem"));
+        if let (Ok(ca), Ok(pem)) = (
+            std::fs::read_to_string(&self.ca),
+            std::fs::read_to_string(&cert),
+        ) && !edge_net::pki::authenticates_clients(&ca, &pem)
+        {
+            let _ = std::fs::remove_file(&cert);
+        }
         self.issued_once(&self.dir.join("nodes"), name, |ca| {
             ca.issue_member(Role::Node, name)
         })

@@ -32,15 +32,18 @@ pub type ServerStream = RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
 
 /// Handles one request: answers on its stream.
 pub trait Handler: Send + Sync + 'static {
-    /// Whether to serve the peer of a new connection at all (for example: only a given
-    /// role of cluster member); a refused connection is closed before any request.
-    fn admits(&self, _peer: &quinn::Connection) -> bool {
-        true
-    }
+    /// Who the peer of a connection is, as far as the handler cares (for example: which
+    /// role of cluster member); every request of the connection is handled as its.
+    type Peer: Clone + Send + Sync + 'static;
 
-    /// Answers `request` on `stream`.
+    /// The peer of a new connection, or `None` not to serve it at all (for example: not
+    /// a role this server serves); a refused connection is closed before any request.
+    fn admits(&self, peer: &quinn::Connection) -> Option<Self::Peer>;
+
+    /// Answers `request` from `peer` on `stream`.
     fn handle(
         self: Arc<Self>,
+        peer: Self::Peer,
         request: Request<()>,
         stream: ServerStream,
     ) -> impl Future<Output = ()> + Send;
@@ -139,14 +142,14 @@ async fn connection<H: Handler>(
         .await
         .map_err(|_| anyhow::anyhow!("QUIC handshake timed out"))??;
     let remote = conn.remote_address();
-    if !handler.admits(&conn) {
+    let Some(peer) = handler.admits(&conn) else {
         tracing::warn!(%remote, "connection refused: the peer's certificate has no role here");
         conn.close(
             REFUSED_ROLE,
             b"certificate without the role this server serves",
         );
         return Ok(());
-    }
+    };
     let quic = conn.clone();
     let mut h3 = h3::server::builder()
         .max_field_section_size(limits.max_field_section_bytes)
@@ -162,7 +165,7 @@ async fn connection<H: Handler>(
                 let Some(resolver) = accepted? else { break };
                 let guards = (in_flight.start(), own.start());
                 let handler = Arc::clone(&handler);
-                let quic = quic.clone();
+                let (quic, peer) = (quic.clone(), peer.clone());
                 tokio::spawn(async move {
                     let _guards = guards;
                     let resolved =
@@ -173,7 +176,7 @@ async fn connection<H: Handler>(
                         // the task's own stays small, so that tokio does not copy the large
                         // one when it makes, runs and ends the task.
                         Ok(Ok((request, stream))) => {
-                            Box::pin(handler.handle(request, stream)).await;
+                            Box::pin(handler.handle(peer, request, stream)).await;
                         }
                         Ok(Err(e)) => tracing::debug!(%remote, error = %e, "malformed HTTP/3 request"),
                         Err(_) => {

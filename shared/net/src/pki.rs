@@ -5,11 +5,12 @@
 //! - **a DNS name** for the role (`edge-node`, `edge-gateway`), which nodes and gateways
 //!   check on their peers, and for a node its member name as well (`NAME.node.edge`),
 //!   which binds the name it claims in gossip to its key;
-//! - **the extended key usage**: node certificates are for TLS servers only, and so is
-//!   the public certificate users see; a gateway's member certificate is for TLS
-//!   clients (towards nodes) and servers (its status endpoint, for members). So the
-//!   public certificate, though issued by the same CA in development, fails as a
-//!   client certificate at the handshake.
+//! - **the extended key usage**: member certificates are for TLS clients and servers
+//!   (a gateway calls nodes and serves its status to members; a node serves gateways
+//!   and other nodes, and calls other nodes for the compiled artifacts it lacks); the
+//!   public certificate users see is for TLS servers only. So the public certificate,
+//!   though issued by the same CA in development, fails as a client certificate at
+//!   the handshake.
 //!
 //! `edge up` uses this for its development CA; a fleet's operator issues the same shape
 //! of certificate with their own CA (see the README).
@@ -36,10 +37,10 @@ pub struct Issued {
 /// What a leaf certificate is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Usage {
-    /// A TLS server only (nodes; the gateway's public endpoints).
+    /// A TLS server only (the gateway's public endpoints).
     Server,
-    /// A TLS client and server (a gateway's member certificate: towards nodes, and on
-    /// its status endpoint).
+    /// A TLS client and server (member certificates: a gateway's towards nodes and on
+    /// its status endpoint; a node's towards gateways and other nodes).
     ClientAndServer,
 }
 
@@ -112,16 +113,63 @@ impl ClusterCa {
         })
     }
 
-    /// A cluster member's certificate: a node's (`edge-node` and its member name, a
-    /// server) or a gateway's member certificate (`edge-gateway`, a client and a
-    /// server).
+    /// A cluster member's certificate, a client and a server: a node's (`edge-node`
+    /// and its member name) or a gateway's member certificate (`edge-gateway`).
     pub fn issue_member(&self, role: Role, name: &str) -> Result<Issued, rcgen::Error> {
         match role {
             Role::Node => self.issue(
                 vec![NODE_SERVER_NAME.into(), member_dns_name(name)],
-                Usage::Server,
+                Usage::ClientAndServer,
             ),
             Role::Gateway => self.issue(vec![GATEWAY_MEMBER_NAME.into()], Usage::ClientAndServer),
         }
+    }
+}
+
+/// Whether `cert_pem` is a certificate of the CA `ca_pem` that authenticates a TLS
+/// client. Node certificates issued before nodes fetched artifacts from each other are
+/// for servers only: `edge up` issues those again.
+pub fn authenticates_clients(ca_pem: &str, cert_pem: &str) -> bool {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, UnixTime};
+    let (Ok(ca), Ok(cert)) = (
+        CertificateDer::from_pem_slice(ca_pem.as_bytes()),
+        CertificateDer::from_pem_slice(cert_pem.as_bytes()),
+    ) else {
+        return false;
+    };
+    let (Ok(anchor), Ok(leaf)) = (
+        webpki::anchor_from_trusted_cert(&ca),
+        webpki::EndEntityCert::try_from(&cert),
+    ) else {
+        return false;
+    };
+    leaf.verify_for_usage(
+        webpki::ALL_VERIFICATION_ALGS,
+        &[anchor],
+        &[],
+        UnixTime::now(),
+        webpki::KeyUsage::client_auth(),
+        None,
+        None,
+    )
+    .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn member_certificates_authenticate_clients_and_the_public_one_does_not() {
+        let ca = ClusterCa::generate().unwrap();
+        let node = ca.issue_member(Role::Node, "node-1").unwrap();
+        let gateway = ca.issue_member(Role::Gateway, "gw").unwrap();
+        let public = ca.issue(vec!["localhost".into()], Usage::Server).unwrap();
+        assert!(authenticates_clients(ca.cert_pem(), &node.cert_pem));
+        assert!(authenticates_clients(ca.cert_pem(), &gateway.cert_pem));
+        assert!(!authenticates_clients(ca.cert_pem(), &public.cert_pem));
+        let other = ClusterCa::generate().unwrap();
+        assert!(!authenticates_clients(other.cert_pem(), &node.cert_pem));
     }
 }

@@ -17,7 +17,18 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request};
 struct Echo;
 
 impl Handler for Echo {
-    async fn handle(self: Arc<Self>, request: http::Request<()>, mut stream: ServerStream) {
+    type Peer = ();
+
+    fn admits(&self, _peer: &quinn::Connection) -> Option<()> {
+        Some(())
+    }
+
+    async fn handle(
+        self: Arc<Self>,
+        _peer: (),
+        request: http::Request<()>,
+        mut stream: ServerStream,
+    ) {
         let mut response = http::Response::builder().status(200);
         for (name, value) in request.headers() {
             if name.as_str().starts_with("x-") {

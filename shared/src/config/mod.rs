@@ -25,7 +25,7 @@ mod tests;
 pub use cluster::{ClusterConfig, Host};
 pub use gateway::{AdminConfig, GatewayConfig, RegistryConfig, RegistryKind};
 pub use ingress::IngressConfig;
-pub use node::{InstancePoolConfig, NodeConfig};
+pub use node::{ArtifactsConfig, InstancePoolConfig, NodeConfig};
 
 /// A configuration file that could not be used.
 #[derive(Debug, thiserror::Error)]

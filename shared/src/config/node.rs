@@ -65,6 +65,8 @@ pub struct NodeConfig {
     pub defaults: LimitDefaults,
     /// How this node joins the cluster and publishes its load.
     pub gossip: GossipConfig,
+    /// Compiled artifacts taken from and handed to other nodes.
+    pub artifacts: ArtifactsConfig,
     /// On SIGTERM, after announcing `draining`, longest the node waits for the requests
     /// it runs and has queued to finish before it leaves, in milliseconds.
     pub shutdown_grace_ms: u64,
@@ -97,6 +99,7 @@ impl Default for NodeConfig {
             fuel_per_ms: 10_000_000,
             defaults: LimitDefaults::default(),
             gossip: GossipConfig::default(),
+            artifacts: ArtifactsConfig::default(),
             shutdown_grace_ms: 10_000,
             log_format: LogFormat::Text,
             log_filter: "info".into(),
@@ -181,7 +184,56 @@ impl ConfigFile for NodeConfig {
             problems.push("defaults.memory_limit_mib: at most 4096 (wasm32)".into());
         }
         self.gossip.problems(&mut problems);
+        self.artifacts.problems(&mut problems);
         problems
+    }
+}
+
+/// Compiled artifacts shared between nodes: a node that lacks a module's compiled
+/// artifact takes it from a node that has it warm (same compiler, target and CPU
+/// features), signed by the node that compiled it, instead of compiling it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArtifactsConfig {
+    /// Whether to fetch artifacts from other nodes and serve them to nodes that ask.
+    /// `false`: every node compiles what it runs.
+    pub share: bool,
+    /// Most nodes asked for one artifact before compiling it after all.
+    pub max_peers: usize,
+    /// Longest one node may take to hand over an artifact, in milliseconds.
+    pub fetch_timeout_ms: u64,
+    /// Largest artifact taken from another node, in MiB (a 1 MiB module compiles to
+    /// about 5 MiB).
+    pub max_artifact_mib: u64,
+}
+
+impl Default for ArtifactsConfig {
+    fn default() -> ArtifactsConfig {
+        ArtifactsConfig {
+            share: true,
+            max_peers: 3,
+            fetch_timeout_ms: 2_000,
+            max_artifact_mib: 64,
+        }
+    }
+}
+
+impl ArtifactsConfig {
+    fn problems(&self, problems: &mut Vec<String>) {
+        if !(1..=16).contains(&self.max_peers) {
+            problems.push("artifacts.max_peers: from 1 to 16".into());
+        }
+        if !(10..=60_000).contains(&self.fetch_timeout_ms) {
+            problems.push("artifacts.fetch_timeout_ms: from 10 to 60000".into());
+        }
+        if !(1..=1024).contains(&self.max_artifact_mib) {
+            problems.push("artifacts.max_artifact_mib: from 1 to 1024".into());
+        }
+    }
+
+    /// [`ArtifactsConfig::fetch_timeout_ms`].
+    pub fn fetch_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.fetch_timeout_ms)
     }
 }
 

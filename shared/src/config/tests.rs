@@ -103,6 +103,28 @@ fn the_memory_pool_keys_are_bounded_and_named() {
 }
 
 #[test]
+fn the_artifact_sharing_keys_are_bounded_and_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "node.toml",
+        "[artifacts]\nmax_peers = 0\nfetch_timeout_ms = 1\nmax_artifact_mib = 4096\n",
+    );
+    let text = load::<NodeConfig>(&file).unwrap_err().to_string();
+    for key in [
+        "artifacts.max_peers: from 1 to 16",
+        "artifacts.fetch_timeout_ms: from 10",
+        "artifacts.max_artifact_mib: from 1 to 1024",
+    ] {
+        assert!(text.contains(key), "{key} in {text}");
+    }
+    let file = write(dir.path(), "typo.toml", "[artifacts]\nshared = false\n");
+    let text = load::<NodeConfig>(&file).unwrap_err().to_string();
+    assert!(text.contains("shared"), "{text}");
+    assert!(NodeConfig::default().artifacts.share);
+}
+
+#[test]
 fn cluster_config_checks_per_node_settings_and_routing() {
     let dir = tempfile::tempdir().unwrap();
     let file = write(

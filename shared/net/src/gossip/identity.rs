@@ -25,7 +25,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use chitchat::ChitchatId;
+use edge_shared::artifact::{ArtifactClaims, SignedArtifact};
 use edge_shared::gossip::{Claims, Role, SignedClaims, member_dns_name};
+use edge_shared::manifest::ContentId;
 use edge_shared::wire::{GATEWAY_MEMBER_NAME, NODE_SERVER_NAME};
 use rustls::SignatureScheme;
 use rustls::pki_types::SignatureVerificationAlgorithm;
@@ -113,20 +115,28 @@ impl Credentials {
 
     /// The identity value for `claims`, signed.
     pub fn sign(&self, claims: &Claims) -> Result<String, String> {
+        let signed = claims.to_be_signed(&self.certificate);
+        let (scheme, signature) = self.sign_text(&signed)?;
+        Ok(SignedClaims::encode(&signed, scheme, &signature))
+    }
+
+    /// The seal of an artifact this node compiled: `claims` signed with its key.
+    pub fn sign_artifact(&self, claims: &ArtifactClaims) -> Result<String, String> {
+        let signed = claims.to_be_signed(&self.certificate);
+        let (scheme, signature) = self.sign_text(&signed)?;
+        Ok(SignedArtifact::encode(&signed, scheme, &signature))
+    }
+
+    fn sign_text(&self, text: &str) -> Result<(u16, Vec<u8>), String> {
         let offered: Vec<SignatureScheme> = SCHEMES.iter().map(|(s, _)| *s).collect();
         let signer = self
             .key
             .choose_scheme(&offered)
             .ok_or("the private key is of a kind no member can verify")?;
-        let signed = claims.to_be_signed(&self.certificate);
         let signature = signer
-            .sign(signed.as_bytes())
+            .sign(text.as_bytes())
             .map_err(|e| format!("signing: {e}"))?;
-        Ok(SignedClaims::encode(
-            &signed,
-            u16::from(signer.scheme()),
-            &signature,
-        ))
+        Ok((u16::from(signer.scheme()), signature))
     }
 
     /// The claims in `text` if it is a valid identity for the member gossip knows as
@@ -140,10 +150,59 @@ impl Credentials {
         {
             return Err("claims another member's gossip id");
         }
-        let der = CertificateDer::from(signed.certificate.as_slice());
+        self.check_signature(
+            &signed.certificate,
+            claims.role,
+            &claims.name,
+            (signed.scheme, &signed.signed, &signed.signature),
+        )?;
+        Ok(signed.claims)
+    }
+
+    /// The claims of an artifact's `seal` if it is valid for `artifact`, the compiled
+    /// module `content_id` for engine key `engine`: signed by a node of the cluster CA
+    /// under the name it claims, over these very bytes. Else why not. Checked before
+    /// anything deserializes the artifact.
+    pub fn verify_artifact(
+        &self,
+        seal: &str,
+        content_id: &ContentId,
+        engine: &str,
+        artifact: &[u8],
+    ) -> Result<ArtifactClaims, &'static str> {
+        let signed = SignedArtifact::decode(seal).ok_or("a malformed seal")?;
+        let claims = &signed.claims;
+        if claims.content_id != *content_id {
+            return Err("a seal for another module");
+        }
+        if claims.engine != engine {
+            return Err("a seal for another engine");
+        }
+        self.check_signature(
+            &signed.certificate,
+            Role::Node,
+            &claims.node,
+            (signed.scheme, &signed.signed, &signed.signature),
+        )?;
+        if edge_shared::artifact::digest(artifact) != claims.digest {
+            return Err("bytes that are not the ones signed");
+        }
+        Ok(signed.claims)
+    }
+
+    /// Checks that `certificate` chains to the cluster CA for `role` and names `name`
+    /// (nodes), and that `signature` (scheme, text, bytes) is its key's over the text.
+    fn check_signature(
+        &self,
+        certificate: &[u8],
+        role: Role,
+        name: &str,
+        (scheme, text, signature): (u16, &str, &[u8]),
+    ) -> Result<(), &'static str> {
+        let der = CertificateDer::from(certificate);
         let cert = EndEntityCert::try_from(&der).map_err(|_| "a malformed certificate")?;
         let algorithms: Vec<_> = SCHEMES.iter().map(|(_, a)| *a).collect();
-        let (usage, role_name) = match claims.role {
+        let (usage, role_name) = match role {
             Role::Node => (KeyUsage::server_auth(), NODE_SERVER_NAME),
             Role::Gateway => (KeyUsage::client_auth(), GATEWAY_MEMBER_NAME),
         };
@@ -164,17 +223,16 @@ impl Credentials {
         if !has_name(role_name) {
             return Err("a certificate without the role's name");
         }
-        if claims.role == Role::Node && !has_name(&member_dns_name(&claims.name)) {
+        if role == Role::Node && !has_name(&member_dns_name(name)) {
             return Err("a certificate issued for another node's name");
         }
         let algorithm = SCHEMES
             .iter()
-            .find(|(s, _)| u16::from(*s) == signed.scheme)
+            .find(|(s, _)| u16::from(*s) == scheme)
             .map(|(_, a)| *a)
             .ok_or("an unknown signature scheme")?;
-        cert.verify_signature(algorithm, signed.signed.as_bytes(), &signed.signature)
-            .map_err(|_| "a signature that does not verify")?;
-        Ok(signed.claims)
+        cert.verify_signature(algorithm, text.as_bytes(), signature)
+            .map_err(|_| "a signature that does not verify")
     }
 }
 
@@ -358,5 +416,77 @@ mod tests {
         assert_eq!(refusals, ["older than the identity accepted", "malformed"]);
         let mut fresh = Accepted::default();
         assert!(fresh.check(&n1, &id, "garbage", |_| ()).is_none());
+    }
+
+    #[test]
+    fn an_artifact_is_taken_only_as_its_compiling_node_signed_it() {
+        use edge_shared::artifact::{ArtifactClaims, engine_key};
+        let ca = ClusterCa::generate().unwrap();
+        let n1 = node(&ca, "node-1");
+        let n2 = node(&ca, "node-2");
+        let id = ContentId::of(b"module");
+        let engine = engine_key("this host");
+        let artifact = b"native code".to_vec();
+        let claims = ArtifactClaims::of(&id, &engine, "node-1", &artifact);
+        let seal = n1.sign_artifact(&claims).unwrap();
+        assert_eq!(
+            n2.verify_artifact(&seal, &id, &engine, &artifact),
+            Ok(claims.clone())
+        );
+
+        // One byte changed after signing; another module; another engine.
+        let mut tampered = artifact.clone();
+        tampered[0] ^= 1;
+        let other_id = ContentId::of(b"other");
+        for (id, engine, bytes, reason) in [
+            (
+                &id,
+                engine.as_str(),
+                &tampered,
+                "bytes that are not the ones signed",
+            ),
+            (
+                &other_id,
+                engine.as_str(),
+                &artifact,
+                "a seal for another module",
+            ),
+            (
+                &id,
+                "0000000000000000",
+                &artifact,
+                "a seal for another engine",
+            ),
+        ] {
+            assert_eq!(n2.verify_artifact(&seal, id, engine, bytes), Err(reason));
+        }
+        // node-2 signing as node-1; a gateway's or a stranger CA's certificate; a seal
+        // whose claims were changed after signing.
+        let gateway = credentials(&ca, ca.issue_member(Role::Gateway, "gw").unwrap());
+        let other = ClusterCa::generate().unwrap();
+        let stranger = credentials(&other, other.issue_member(Role::Node, "node-1").unwrap());
+        for (who, reason) in [
+            (&n2, "a certificate issued for another node's name"),
+            (&gateway, "a certificate without the role's name"),
+            (
+                &stranger,
+                "a certificate the cluster CA did not issue for the role",
+            ),
+        ] {
+            let seal = who.sign_artifact(&claims).unwrap();
+            assert_eq!(
+                n1.verify_artifact(&seal, &id, &engine, &artifact),
+                Err(reason)
+            );
+        }
+        let forged = seal.replace(&claims.digest, &edge_shared::artifact::digest(&tampered));
+        assert_eq!(
+            n2.verify_artifact(&forged, &id, &engine, &tampered),
+            Err("a signature that does not verify")
+        );
+        assert_eq!(
+            n2.verify_artifact("junk", &id, &engine, &artifact),
+            Err("a malformed seal")
+        );
     }
 }

@@ -42,8 +42,8 @@ pub use self::auth::{ClusterKey, Counters, Link, SignedTransport};
 pub use self::identity::Credentials;
 use self::identity::{Accepted, node_id, unix_ms};
 pub use edge_shared::gossip::{
-    Claims, IDENTITY_KEY, Identity, LoadReport, Member, Role, WARM_SHARDS, WarmSet, fingerprint,
-    warm_key,
+    Claims, ENGINE_KEY, IDENTITY_KEY, Identity, LoadReport, Member, Role, WARM_SHARDS, WARMING_KEY,
+    WarmSet, fingerprint, warm_key,
 };
 
 /// Chitchat's cluster id: a member of another edge cluster (another key) could not
@@ -209,6 +209,29 @@ impl Gossip {
         for (i, shard) in shards.into_iter().enumerate() {
             me.set(warm_key(i), shard);
         }
+    }
+
+    /// Publishes the deployments this node is loading now: gateways send none of their
+    /// requests here, and ask no other warm-up of it, until they show in the warm set.
+    pub async fn publish_warming(&self, warming: &WarmSet) {
+        let value = warming.encode_one();
+        let chitchat = &self.chitchat;
+        chitchat
+            .lock()
+            .await
+            .self_node_state()
+            .set(WARMING_KEY, value);
+    }
+
+    /// Publishes this node's engine key: nodes of one key take each other's compiled
+    /// artifacts.
+    pub async fn publish_engine(&self, engine: &str) {
+        let chitchat = &self.chitchat;
+        chitchat
+            .lock()
+            .await
+            .self_node_state()
+            .set(ENGINE_KEY, engine);
     }
 
     /// The version of this member's own state: it grows with every change published.

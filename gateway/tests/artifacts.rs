@@ -1,0 +1,251 @@
+//! Compiled artifacts travel between nodes, over real processes: a node that joins late
+//! takes a warm function's artifact from the node that compiled it instead of compiling
+//! it; an artifact changed after it was signed is refused and compiled instead; and a
+//! node's certificate reaches another node's artifacts and nothing else there.
+
+mod support;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use edge_cli::cluster::LocalCluster;
+use edge_net::client::H3Client;
+use edge_shared::artifact::SignedArtifact;
+use edge_shared::config::RoutingPolicy;
+use edge_shared::manifest::Limits;
+use edge_shared::wire;
+use http::{Method, Request, StatusCode};
+use support::{client, function, node_status, url};
+
+/// One node serving `hello` (round robin, so a node that joins gets requests at once),
+/// warm after a first request.
+async fn hello_on_one_node() -> (LocalCluster, tempfile::TempDir, H3Client) {
+    let (cluster, dir) =
+        support::start_with(1, vec![function("hello", Limits::default())], |spec| {
+            spec.routing = RoutingPolicy::RoundRobin;
+        });
+    let c = client(&cluster).await;
+    let r = c.get(&url(&cluster, "/hello")).await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    (cluster, dir, c)
+}
+
+/// Adds a node and waits until the gateway routes to it.
+async fn add_node(cluster: &mut LocalCluster) -> usize {
+    let i = cluster.add_node().unwrap();
+    let name = format!("node-{}", i + 1);
+    let joined = support::eventually(Duration::from_secs(10), || async {
+        support::node_state(cluster, &name).await.as_deref() == Some("usable")
+    })
+    .await;
+    assert!(joined, "{}", support::gateway_status(cluster).await);
+    i
+}
+
+/// Calls `hello` until node `i` has answered, at most 20 times.
+async fn until_answered_by(cluster: &LocalCluster, c: &H3Client, i: usize) {
+    let name = format!("node-{}", i + 1);
+    for _ in 0..20 {
+        let r = c.get(&url(cluster, "/hello")).await.unwrap();
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+        if r.header(wire::NODE_HEADER) == Some(name.as_str()) {
+            return;
+        }
+    }
+    panic!("{name} never answered: {}", cluster.log(&name));
+}
+
+fn counter(status: &serde_json::Value, key: &str) -> u64 {
+    status[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} in {status}"))
+}
+
+/// The compiled artifacts in node `name`'s cache.
+fn artifacts_of(cluster: &LocalCluster, name: &str) -> Vec<PathBuf> {
+    let root = cluster.dir().join(name).join("cache").join("artifacts");
+    let mut found = Vec::new();
+    for engine in std::fs::read_dir(&root).unwrap() {
+        for file in std::fs::read_dir(engine.unwrap().path()).unwrap() {
+            let path = file.unwrap().path();
+            if path.extension().is_some_and(|e| e == "bin") {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_joins_late_takes_the_artifact_from_a_peer_and_compiles_nothing() {
+    let (mut cluster, _dir, c) = hello_on_one_node().await;
+    let first = node_status(&cluster, 0).await;
+    assert_eq!(counter(&first, "compiles"), 1, "{first}");
+
+    let i = add_node(&mut cluster).await;
+    until_answered_by(&cluster, &c, i).await;
+
+    let late = node_status(&cluster, i).await;
+    assert_eq!(counter(&late, "compiles"), 0, "{late}");
+    assert_eq!(counter(&late, "fetched_artifacts"), 1, "{late}");
+    assert_eq!(counter(&late, "refused_fetches"), 0, "{late}");
+    let first = node_status(&cluster, 0).await;
+    assert_eq!(counter(&first, "served_artifacts"), 1, "{first}");
+    assert_eq!(counter(&first, "compiles"), 1, "{first}");
+    let log = cluster.log("node-2");
+    assert!(log.contains("artifact taken from a peer"), "{log}");
+
+    // It hands the artifact on with the compiling node's signature: a third node takes
+    // it from either, still without compiling.
+    let third = add_node(&mut cluster).await;
+    until_answered_by(&cluster, &c, third).await;
+    let status = node_status(&cluster, third).await;
+    assert_eq!(
+        (
+            counter(&status, "compiles"),
+            counter(&status, "fetched_artifacts")
+        ),
+        (0, 1),
+        "{status}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_artifact_changed_after_it_was_signed_is_refused_and_compiled_instead() {
+    let (mut cluster, _dir, c) = hello_on_one_node().await;
+    // Someone with access to node-1's disk (not to its key) changes the compiled code.
+    let artifacts = artifacts_of(&cluster, "node-1");
+    assert_eq!(artifacts.len(), 1, "{artifacts:?}");
+    let mut bytes = std::fs::read(&artifacts[0]).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x5a;
+    std::fs::write(&artifacts[0], &bytes).unwrap();
+
+    let i = add_node(&mut cluster).await;
+    until_answered_by(&cluster, &c, i).await;
+    let late = node_status(&cluster, i).await;
+    // At least once: a deploy and a request may each have asked before either compiled.
+    assert!(counter(&late, "refused_fetches") >= 1, "{late}");
+    assert_eq!(counter(&late, "fetched_artifacts"), 0, "{late}");
+    assert_eq!(counter(&late, "compiles"), 1, "{late}");
+    let log = cluster.log("node-2");
+    assert!(
+        log.contains("artifact from a peer refused")
+            && log.contains("bytes that are not the ones signed"),
+        "{log}"
+    );
+    // node-1 still serves from the module in its memory.
+    for _ in 0..4 {
+        let r = c.get(&url(&cluster, "/hello")).await.unwrap();
+        assert_eq!(r.status, StatusCode::OK);
+    }
+}
+
+/// An HTTP/3 client to node `i` presenting node `as_node`'s certificate.
+async fn as_node(cluster: &LocalCluster, i: usize, as_node: &str) -> H3Client {
+    let certs = cluster.certs();
+    let own = certs.node(as_node).unwrap();
+    let identity = edge_net::tls::Identity {
+        cert: &own.cert,
+        key: &own.key,
+    };
+    let tls = edge_net::tls::client_config(&certs.ca, Some(identity), &[wire::ALPN_H3]).unwrap();
+    H3Client::connect(cluster.node_addrs()[i], wire::NODE_SERVER_NAME, tls)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_certificate_reaches_a_peers_artifacts_and_nothing_else() {
+    let (cluster, _dir, _c) = hello_on_one_node().await;
+    let status = node_status(&cluster, 0).await;
+    let deployment = status["deployments"][0]["id"].as_str().unwrap().to_string();
+    let artifact = artifacts_of(&cluster, "node-1").remove(0);
+    let content_id = artifact.file_stem().unwrap().to_str().unwrap().to_string();
+    let engine = artifact
+        .parent()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let peer = as_node(&cluster, 0, "node-9").await;
+    let base = format!("https://{}", wire::NODE_SERVER_NAME);
+
+    // The artifact, with a seal that names node-1 and the module.
+    let r = peer
+        .get(&format!(
+            "{base}{}{content_id}?engine={engine}",
+            wire::ARTIFACT_PATH
+        ))
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    let (seal, bytes) = SignedArtifact::split(&r.body).unwrap();
+    let seal = SignedArtifact::decode(seal).unwrap();
+    assert_eq!(seal.claims.node, "node-1");
+    assert_eq!(seal.claims.content_id.as_str(), content_id);
+    assert_eq!(seal.claims.digest, edge_shared::artifact::digest(bytes));
+    // Another engine key's, or a module it does not hold: not found.
+    for path in [
+        format!(
+            "{}{content_id}?engine=0000000000000000",
+            wire::ARTIFACT_PATH
+        ),
+        format!("{}{content_id}", wire::ARTIFACT_PATH),
+        format!("{}{}?engine={engine}", wire::ARTIFACT_PATH, "0".repeat(64)),
+    ] {
+        let r = peer.get(&format!("{base}{path}")).await.unwrap();
+        assert_eq!(
+            r.status,
+            StatusCode::NOT_FOUND,
+            "{path}: {:?} {:?}",
+            r.headers,
+            r.body
+        );
+    }
+    // Nothing else: no invocation, deploy, status, usage or tail.
+    let invoke = Request::get(format!("{base}/hello"))
+        .header(wire::FUNCTION_HEADER, &deployment)
+        .body(())
+        .unwrap();
+    let r = peer.send(invoke, Bytes::new()).await.unwrap();
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{:?}", r.body);
+    let undeploy = Request::builder()
+        .method(Method::DELETE)
+        .uri(format!("{base}{}{deployment}", wire::DEPLOY_PATH))
+        .body(())
+        .unwrap();
+    let r = peer.send(undeploy, Bytes::new()).await.unwrap();
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    for path in [wire::STATUS_PATH, wire::USAGE_PATH, "/_edge/v1/tail/hello"] {
+        let r = peer.get(&format!("{base}{path}")).await.unwrap();
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{path}");
+    }
+    // The deployment is still there and warm.
+    let status = node_status(&cluster, 0).await;
+    assert_eq!(status["deployments"][0]["id"], deployment.as_str());
+
+    // The public certificate, though of the same CA, is no member's: refused at the
+    // handshake (it is for TLS servers only).
+    let certs = cluster.certs();
+    let public = edge_net::tls::Identity {
+        cert: &certs.gateway_cert,
+        key: &certs.gateway_key,
+    };
+    let tls = edge_net::tls::client_config(&certs.ca, Some(public), &[wire::ALPN_H3]).unwrap();
+    let refused =
+        match H3Client::connect(cluster.node_addrs()[0], wire::NODE_SERVER_NAME, tls).await {
+            Err(_) => true,
+            Ok(c) => c
+                .get(&format!(
+                    "{base}{}{content_id}?engine={engine}",
+                    wire::ARTIFACT_PATH
+                ))
+                .await
+                .is_err(),
+        };
+    assert!(refused, "the public certificate fetched an artifact");
+}

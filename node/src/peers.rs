@@ -1,0 +1,189 @@
+//! Compiled artifacts from other nodes: a node that lacks a module's artifact asks the
+//! nodes that have its deployment warm, of the same engine key, before it compiles.
+//!
+//! Who has what comes from gossip: each node publishes its engine key and its warm set,
+//! and a node warm for a deployment holds its module's artifact. The fetch goes over the
+//! cluster's mutual TLS (this node's certificate as a client; the peer's checked for the
+//! member name gossip gives it), and what comes back is checked before anything loads
+//! it: the seal must be signed by a node of the cluster CA under its own name, for this
+//! module and engine key, over these very bytes
+//! ([`edge_net::gossip::Credentials::verify_artifact`]). One that fails is logged and
+//! counted, and the next peer is asked; with none left, the node compiles.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use edge_net::client;
+use edge_net::gossip::{Credentials, Gossip, Role, fingerprint};
+use edge_shared::artifact::SignedArtifact;
+use edge_shared::config::ArtifactsConfig;
+use edge_shared::gossip::member_dns_name;
+use edge_shared::manifest::{ContentId, DeploymentId};
+use edge_shared::wire;
+use http::{Request, StatusCode};
+
+use crate::runtime::cache::ModuleCache;
+
+/// An artifact taken from a peer, its seal checked.
+pub struct Fetched {
+    /// The seal (its compiling node's signature).
+    pub seal: String,
+    /// The artifact's bytes.
+    pub artifact: Bytes,
+    /// The node it came from.
+    pub from: String,
+    /// How long it took, connection included.
+    pub took: Duration,
+}
+
+/// What a node needs to take artifacts from its peers.
+pub struct Peers {
+    name: String,
+    cache: Arc<ModuleCache>,
+    gossip: Arc<Gossip>,
+    credentials: Credentials,
+    endpoint: quinn::Endpoint,
+    config: ArtifactsConfig,
+}
+
+/// One peer that may hold an artifact.
+struct Holder {
+    down: bool,
+    name: String,
+    quic: SocketAddr,
+    load: usize,
+}
+
+impl Peers {
+    /// Peers of the node `name`, whose artifacts go to `cache` (and must be of its
+    /// engine key), found through `gossip`, reached from `endpoint` (a client endpoint
+    /// presenting this node's certificate), their artifacts checked with `credentials`.
+    pub fn new(
+        name: &str,
+        cache: Arc<ModuleCache>,
+        gossip: Arc<Gossip>,
+        credentials: Credentials,
+        endpoint: quinn::Endpoint,
+        config: ArtifactsConfig,
+    ) -> Peers {
+        Peers {
+            name: name.to_string(),
+            cache,
+            gossip,
+            credentials,
+            endpoint,
+            config,
+        }
+    }
+
+    /// The artifact of module `content_id` from a node where `deployment` is warm, its
+    /// seal checked; `None` when no such node has one that passes (the caller compiles).
+    pub async fn fetch(
+        &self,
+        deployment: &DeploymentId,
+        content_id: &ContentId,
+    ) -> Option<Fetched> {
+        let function = fingerprint(deployment.as_str());
+        let mut holders: Vec<Holder> = self
+            .gossip
+            .members()
+            .await
+            .into_iter()
+            .filter(|m| {
+                m.role == Role::Node
+                    && !m.draining
+                    && m.name != self.name
+                    && m.engine == self.cache.engine()
+                    && m.warm.contains(function)
+            })
+            .map(|m| Holder {
+                down: !m.live,
+                load: (m.load.in_flight + m.load.queued) * 1000 / m.load.slots.max(1),
+                name: m.name,
+                quic: m.quic,
+            })
+            .collect();
+        // The ones the failure detector holds alive first, the least loaded first among
+        // them (handing over an artifact costs its sender a little). A node that has just
+        // joined holds nobody alive yet: it asks the others all the same, each under the
+        // fetch timeout.
+        holders.sort_by_key(|h| (h.down, h.load));
+        for holder in holders.iter().take(self.config.max_peers) {
+            let started = Instant::now();
+            let asked =
+                tokio::time::timeout(self.config.fetch_timeout(), self.ask(holder, content_id))
+                    .await;
+            let body = match asked {
+                Ok(Ok(Some(body))) => body,
+                Ok(Ok(None)) => continue,
+                Ok(Err(e)) => {
+                    tracing::debug!(peer = %holder.name, error = %e, "fetching an artifact failed");
+                    continue;
+                }
+                Err(_) => {
+                    tracing::warn!(peer = %holder.name, timeout_ms = self.config.fetch_timeout_ms, "fetching an artifact timed out");
+                    continue;
+                }
+            };
+            match self.check(&body, content_id) {
+                Ok((seal, artifact)) => {
+                    return Some(Fetched {
+                        seal,
+                        artifact,
+                        from: holder.name.clone(),
+                        took: started.elapsed(),
+                    });
+                }
+                Err(reason) => {
+                    tracing::warn!(peer = %holder.name, %content_id, reason, "artifact from a peer refused: not loaded");
+                    let refused = &self.cache.stats().refused_fetches;
+                    refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
+        None
+    }
+
+    /// The seal and bytes of an artifact's answer, if the seal holds for them.
+    fn check(&self, body: &Bytes, content_id: &ContentId) -> Result<(String, Bytes), &'static str> {
+        let (seal, artifact) = SignedArtifact::split(body).ok_or("no seal line")?;
+        self.credentials
+            .verify_artifact(seal, content_id, self.cache.engine(), artifact)?;
+        let at = body.len() - artifact.len();
+        Ok((seal.to_string(), body.slice(at..)))
+    }
+
+    /// Asks `holder` for the artifact: its answer's body, or `None` if it has none.
+    async fn ask(&self, holder: &Holder, content_id: &ContentId) -> anyhow::Result<Option<Bytes>> {
+        let server_name = member_dns_name(&holder.name);
+        let mut sender = client::connect(&self.endpoint, holder.quic, &server_name, |_| {}).await?;
+        let uri = format!(
+            "https://{server_name}{}{content_id}?engine={}",
+            wire::ARTIFACT_PATH,
+            self.cache.engine()
+        );
+        let request = Request::get(uri).body(())?;
+        let (head, mut stream) = client::exchange(&mut sender, request, Bytes::new()).await?;
+        if head.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        anyhow::ensure!(
+            head.status() == StatusCode::OK,
+            "answered {}",
+            head.status()
+        );
+        let limit = self.config.max_artifact_mib << 20;
+        let mut body = BytesMut::new();
+        while let Some(mut chunk) = stream.recv_data().await? {
+            anyhow::ensure!(
+                (body.len() + chunk.remaining()) as u64 <= limit,
+                "an artifact over artifacts.max_artifact_mib ({} MiB)",
+                self.config.max_artifact_mib
+            );
+            body.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
+        }
+        Ok(Some(body.freeze()))
+    }
+}
