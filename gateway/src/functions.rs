@@ -17,6 +17,8 @@ use edge_shared::module_check::check_module;
 use edge_shared::routes::{RouteTable, default_routes};
 use edge_shared::wire;
 
+use edge_shared::demand::Demand;
+
 use crate::registry::{
     Deployed, FunctionRecord, FunctionSpec, Registry, RegistryError, RolledBack, Share, check_split,
 };
@@ -40,6 +42,8 @@ pub struct Function {
     pub version: u64,
     /// Whether it is compiled on its home node before it takes traffic.
     pub precompile: bool,
+    /// Its arrivals at this gateway, for the pre-warm projection.
+    pub demand: std::sync::Mutex<Demand>,
 }
 
 /// Why a deploy was refused; nothing changed.
@@ -119,6 +123,7 @@ impl Function {
             manifest,
             version,
             precompile: spec.precompile,
+            demand: std::sync::Mutex::default(),
         })
     }
 }

@@ -127,7 +127,7 @@ impl Membership {
         changes
     }
 
-    fn now_ms(&self) -> u64 {
+    pub(crate) fn now_ms(&self) -> u64 {
         // Never 0, so 0 can mean "not failed".
         self.started.elapsed().as_millis() as u64 + 1
     }

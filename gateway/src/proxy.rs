@@ -417,12 +417,19 @@ impl Gateway {
     /// and recent failures as input.
     fn decide(&self, snapshot: &Snapshot, function: &Function) -> routing::Decision {
         let (own, failed) = self.membership.health(snapshot);
+        let growth = {
+            let now_ms = self.membership.now_ms();
+            let mut demand = function.demand.lock().unwrap_or_else(|p| p.into_inner());
+            demand.record(now_ms);
+            demand.growth(now_ms)
+        };
         let input = routing::Input {
             view: &snapshot.view,
             function: function.key,
             own_in_flight: &own,
             recently_failed: &failed,
             sequence: self.next_node.fetch_add(1, Ordering::Relaxed),
+            growth,
         };
         let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
         routing::decide(self.config.routing, &input, &mut *rng)

@@ -249,3 +249,117 @@ async fn a_node_certificate_reaches_a_peers_artifacts_and_nothing_else() {
         };
     assert!(refused, "the public certificate fetched an artifact");
 }
+
+/// A module of about `bytes` of wasm that compiles slowly: a chain of functions of
+/// arithmetic (what `node/benches/hot_path.rs` measures as its 1 MiB module).
+fn big_module(bytes: usize) -> Vec<u8> {
+    let body = "local.get 0 i32.const 7 i32.mul i32.const 3 i32.add local.tee 0 \
+                i32.const 13 i32.rem_u local.get 0 i32.xor local.set 0 ";
+    let functions = bytes / 232;
+    // A CGI answer, so that a call of it is a 200.
+    let mut text = String::from(
+        "(module (import \"wasi_snapshot_preview1\" \"fd_write\" \
+         (func $w (param i32 i32 i32 i32) (result i32)))\n(memory (export \"memory\") 1)\n",
+    );
+    for i in 0..functions {
+        let next = if i + 1 < functions {
+            format!("local.get 0 call $f{}", i + 1)
+        } else {
+            "local.get 0".to_string()
+        };
+        text.push_str(&format!(
+            "(func $f{i} (param i32) (result i32) {} {next})\n",
+            body.repeat(12)
+        ));
+    }
+    text.push_str(
+        "(data (i32.const 16) \"Content-Type: text/plain\\n\\nbig\\n\") \
+         (func (export \"_start\") i32.const 1 call $f0 drop \
+         (i32.store (i32.const 0) (i32.const 16)) (i32.store (i32.const 4) (i32.const 30)) \
+         (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))",
+    );
+    wat::parse_str(&text).unwrap()
+}
+
+/// The `ms=` figure of the first line of `log` that contains `what`.
+fn logged_ms(log: &str, what: &str) -> f64 {
+    let line = log
+        .lines()
+        .find(|l| l.contains(what))
+        .unwrap_or_else(|| panic!("no {what:?} in {log}"));
+    let at = line.find("ms=").unwrap() + 3;
+    line[at..]
+        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// The spill to a new node both ways, for BENCHMARKS.md: what node-1 paid to compile
+/// each module, and what node-2, joining late, paid to fetch the artifact (connection,
+/// transfer, signature check, kept on disk) and deserialize it. A measurement, not a
+/// test of speed (nothing here is timed against a threshold):
+/// `cargo test -p edge-gateway --test artifacts -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: run with --ignored --nocapture"]
+async fn spill_timings() {
+    use base64::Engine as _;
+    let (mut cluster, _dir, c) = hello_on_one_node().await;
+    let wasm = big_module(1 << 20);
+    let body = serde_json::json!({
+        "module": base64::engine::general_purpose::STANDARD.encode(&wasm),
+    });
+    let admin = support::admin(&cluster);
+    support::admin_call(&admin, Method::PUT, "/v1/functions/big", Some(body), 201).await;
+    let r = c.get(&url(&cluster, "/big")).await.unwrap();
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+
+    let i = add_node(&mut cluster).await;
+    for path in ["/hello", "/big"] {
+        let name = format!("node-{}", i + 1);
+        let mut answered = false;
+        for _ in 0..20 {
+            let r = c.get(&url(&cluster, path)).await.unwrap();
+            assert_eq!(r.status, StatusCode::OK);
+            answered |= r.header(wire::NODE_HEADER) == Some(name.as_str());
+            if answered {
+                break;
+            }
+        }
+        assert!(answered, "{path}");
+    }
+    let late = node_status(&cluster, i).await;
+    assert_eq!(counter(&late, "compiles"), 0, "{late}");
+    let (first, second) = (cluster.log("node-1"), cluster.log("node-2"));
+    println!(
+        "wasm bytes: hello {}, big {}",
+        std::fs::read(support::example("hello")).unwrap().len(),
+        wasm.len()
+    );
+    for function in ["hello", "big"] {
+        let compiled = format!("function=\"{function}\"");
+        let compiled = compiled.as_str();
+        let compile = first
+            .lines()
+            .find(|l| l.contains("module compiled") && l.contains(compiled))
+            .map(|l| logged_ms(l, "module compiled"))
+            .unwrap();
+        let fetches: Vec<&str> = second
+            .lines()
+            .filter(|l| {
+                l.contains("artifact taken from a peer")
+                    && l.contains(&format!("deployment={function}@"))
+            })
+            .collect();
+        let loads: Vec<&str> = second
+            .lines()
+            .filter(|l| l.contains("module loaded from the disk cache") && l.contains(compiled))
+            .collect();
+        println!(
+            "{function}: compile {compile:.1} ms; fetch {:.1} ms + deserialize {:.1} ms",
+            logged_ms(fetches[0], "artifact taken"),
+            logged_ms(loads[0], "module loaded")
+        );
+    }
+}

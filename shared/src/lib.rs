@@ -28,6 +28,7 @@ pub mod admission;
 pub mod artifact;
 pub mod attempt;
 pub mod config;
+pub mod demand;
 pub mod fuzz;
 pub mod gossip;
 pub mod limits;

@@ -55,6 +55,9 @@ pub struct Input<'a> {
     pub recently_failed: &'a [bool],
     /// Requests this gateway has routed so far (round robin's position).
     pub sequence: usize,
+    /// The function's arrival rate one warm-up ahead over its rate now
+    /// ([`crate::demand::Demand::growth`]); 1 when unknown.
+    pub growth: f64,
 }
 
 /// A routing policy: ranks the usable nodes for one request. Pure: all it may use is its
@@ -185,11 +188,12 @@ fn least_loaded_warm(input: &Input<'_>, usable: &[usize], rng: &mut dyn Rng) -> 
             order.push(second);
         }
     }
-    // Then every other usable node: unsaturated ones in the function's rendezvous order
-    // (where a cold start should land), then saturated ones least loaded first (when
-    // every node is saturated, the least loaded of all goes first, never the same
-    // rendezvous favourite), and last the ones still loading the function (they would
-    // hold the request until ready, and are not to be piled onto).
+    // Then every other usable node: first the ones loading the function now (gossiped
+    // `warming`: ready soonest, where a cold node would start from nothing, so a request
+    // never starts a second cold start beside a warm-up), then unsaturated ones in the
+    // function's rendezvous order (where a cold start should land), then saturated ones
+    // least loaded first (when every node is saturated, the least loaded of all goes
+    // first, never the same rendezvous favourite).
     let mut rest: Vec<usize> = usable
         .iter()
         .copied()
@@ -198,16 +202,16 @@ fn least_loaded_warm(input: &Input<'_>, usable: &[usize], rng: &mut dyn Rng) -> 
     // One hash per node, not one per comparison.
     rest.sort_by_cached_key(|&i| {
         let load = load(i);
-        if nodes[i].warming.contains(function) {
-            (2, std::cmp::Reverse(0), (load * 1e6) as u64)
+        if nodes[i].warming.contains(function) && load < 1.0 {
+            (0, std::cmp::Reverse(0), (load * 1e6) as u64)
         } else if load < 1.0 {
             (
-                0,
+                1,
                 std::cmp::Reverse(rendezvous(input.function, &nodes[i])),
                 0,
             )
         } else {
-            (1, std::cmp::Reverse(0), (load * 1e6) as u64)
+            (2, std::cmp::Reverse(0), (load * 1e6) as u64)
         }
     });
     order.extend(rest);
@@ -218,8 +222,10 @@ fn least_loaded_warm(input: &Input<'_>, usable: &[usize], rng: &mut dyn Rng) -> 
 pub const PREWARM_AT: f64 = 0.5;
 
 /// The node to warm the function on ahead of need: when every usable node where it is
-/// warm is loaded past [`PREWARM_AT`], the first cold usable node in its rendezvous
-/// order (where its next cold start would land anyway). `None` while a warm node has
+/// warm is loaded past [`PREWARM_AT`] once its load is scaled by the function's projected
+/// growth ([`Input::growth`]: a rising rate asks early, a falling one holds back), the
+/// first cold usable node in its rendezvous order (where its next cold start would land
+/// anyway). `None` while a warm node has
 /// room, when nothing is warm yet (the first request warms it), while a node is warming
 /// it already (one at a time), or when no cold node is left.
 pub fn prewarm_target(input: &Input<'_>) -> Option<usize> {
@@ -232,7 +238,7 @@ pub fn prewarm_target(input: &Input<'_>) -> Option<usize> {
         || usable.iter().any(|&i| nodes[i].warming.contains(function))
         || warm
             .iter()
-            .any(|&i| estimated_load(&nodes[i], input.own_in_flight[i]) < PREWARM_AT)
+            .any(|&i| estimated_load(&nodes[i], input.own_in_flight[i]) * input.growth < PREWARM_AT)
     {
         return None;
     }
@@ -327,6 +333,7 @@ mod tests {
                 own_in_flight: own,
                 recently_failed: &[],
                 sequence: seq,
+                growth: 1.0,
             },
             rng,
         )[0]
@@ -357,6 +364,7 @@ mod tests {
                         own_in_flight: &[0; 4],
                         recently_failed: &[],
                         sequence: seq,
+                        growth: 1.0,
                     },
                     &mut rng,
                 );
@@ -424,6 +432,7 @@ mod tests {
                         own_in_flight: &[0; 4],
                         recently_failed: &[],
                         sequence: 0,
+                        growth: 1.0,
                     },
                     &mut rng,
                 )[0]
@@ -480,6 +489,7 @@ mod tests {
                 own_in_flight: own,
                 recently_failed: &[],
                 sequence: 0,
+                growth: 1.0,
             })
         };
         // Room on the warm node (1 of 4 slots): nothing to do.
@@ -501,7 +511,7 @@ mod tests {
     }
 
     #[test]
-    fn a_node_warming_the_function_gets_none_of_its_requests_and_no_second_warm_up() {
+    fn a_node_warming_the_function_waits_behind_warm_ones_and_ahead_of_cold_ones() {
         let id = "hello@0123456789abcdef";
         let mut v = view(3);
         v.nodes[0].warm = WarmSet::of([id]);
@@ -513,24 +523,58 @@ mod tests {
                 own_in_flight: &[0; 3],
                 recently_failed: &[],
                 sequence: 0,
+                growth: 1.0,
             }
         }
         let target = prewarm_target(&input(&v)).unwrap();
-        // The target says it is warming: no second warm-up is asked of anyone, and it
-        // comes after every other node in the order, the saturated warm one included.
+        let cold = 3 - target;
+        // The target says it is warming: no second warm-up is asked of anyone.
         v.nodes[target].warming = WarmSet::of([id]);
         assert_eq!(prewarm_target(&input(&v)), None);
-        v.nodes[0].in_flight = 4;
         let mut rng = SplitMix64(3);
-        for _ in 0..20 {
-            let order = order(&LeastLoadedWarm, &input(&v), &mut rng);
-            assert_eq!(order.len(), 3);
-            assert_eq!(order[2], target, "{order:?}");
-        }
+        // While the warm node has room, requests go there, then to the warming node,
+        // never first to a cold one.
+        assert_eq!(
+            order(&LeastLoadedWarm, &input(&v), &mut rng),
+            [0, target, cold]
+        );
+        // Once it is full, the warming node (ready soonest) goes first; a cold node
+        // would start from nothing.
+        v.nodes[0].in_flight = 4;
+        assert_eq!(
+            order(&LeastLoadedWarm, &input(&v), &mut rng),
+            [target, cold, 0]
+        );
         // Warming another function changes nothing for this one.
         v.nodes[target].warming = WarmSet::of(["other@0123456789abcdef"]);
         v.nodes[0].in_flight = 3;
         assert_eq!(prewarm_target(&input(&v)), Some(target));
+    }
+
+    #[test]
+    fn a_rising_rate_warms_the_next_node_early_and_a_falling_one_holds_back() {
+        let mut v = view(3);
+        v.nodes[0].warm = WarmSet::of(["hello@0123456789abcdef"]);
+        let at = |v: &ClusterView, growth: f64| {
+            prewarm_target(&Input {
+                view: v,
+                function: fingerprint("hello@0123456789abcdef"),
+                own_in_flight: &[0; 3],
+                recently_failed: &[],
+                sequence: 0,
+                growth,
+            })
+        };
+        // A quarter busy: nothing while steady, a warm-up when the rate is set to
+        // double within the lead.
+        v.nodes[0].in_flight = 1;
+        assert_eq!(at(&v, 1.0), None);
+        assert!(at(&v, 2.0).is_some());
+        // Three quarters busy: a warm-up while steady, none when the rate is falling
+        // away fast.
+        v.nodes[0].in_flight = 3;
+        assert!(at(&v, 1.0).is_some());
+        assert_eq!(at(&v, 0.5), None);
     }
 
     #[test]
@@ -544,6 +588,7 @@ mod tests {
             own_in_flight: &[0; 3],
             recently_failed: &[true, false, false],
             sequence: 0,
+            growth: 1.0,
         };
         let mut rng = SplitMix64(11);
         let llw = decide(RoutingPolicy::LeastLoadedWarm, &input, &mut rng);
