@@ -110,21 +110,20 @@ impl Peers {
         // joined holds nobody alive yet: it asks the others all the same, each under the
         // fetch timeout.
         holders.sort_by_key(|h| (h.down, h.load));
+        let deadline = tokio::time::Instant::now() + self.config.fetch_timeout();
         for holder in holders.iter().take(self.config.max_peers) {
             let started = Instant::now();
-            let asked =
-                tokio::time::timeout(self.config.fetch_timeout(), self.ask(holder, content_id))
-                    .await;
+            let asked = tokio::time::timeout_at(deadline, self.ask(holder, content_id)).await;
             let body = match asked {
                 Ok(Ok(Some(body))) => body,
                 Ok(Ok(None)) => continue,
                 Ok(Err(e)) => {
-                    tracing::debug!(peer = %holder.name, error = %e, "fetching an artifact failed");
+                    tracing::warn!(peer = %holder.name, error = %e, "fetching an artifact failed");
                     continue;
                 }
                 Err(_) => {
-                    tracing::warn!(peer = %holder.name, timeout_ms = self.config.fetch_timeout_ms, "fetching an artifact timed out");
-                    continue;
+                    tracing::warn!(peer = %holder.name, timeout_ms = self.config.fetch_timeout_ms, "fetching an artifact ran out of artifacts.fetch_timeout_ms: compiling");
+                    break;
                 }
             };
             match self.check(&body, content_id) {
@@ -158,7 +157,15 @@ impl Peers {
     /// Asks `holder` for the artifact: its answer's body, or `None` if it has none.
     async fn ask(&self, holder: &Holder, content_id: &ContentId) -> anyhow::Result<Option<Bytes>> {
         let server_name = member_dns_name(&holder.name);
-        let mut sender = client::connect(&self.endpoint, holder.quic, &server_name, |_| {}).await?;
+        let connecting = client::connect(&self.endpoint, holder.quic, &server_name, |_| {});
+        let mut sender = tokio::time::timeout(self.config.connect_timeout(), connecting)
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "no connection within artifacts.connect_timeout_ms ({} ms)",
+                    self.config.connect_timeout_ms
+                )
+            })??;
         let uri = format!(
             "https://{server_name}{}{content_id}?engine={}",
             wire::ARTIFACT_PATH,

@@ -200,7 +200,11 @@ pub struct ArtifactsConfig {
     pub share: bool,
     /// Most nodes asked for one artifact before compiling it after all.
     pub max_peers: usize,
-    /// Longest one node may take to hand over an artifact, in milliseconds.
+    /// Longest the connection to one node may take, in milliseconds: a node that does
+    /// not answer (paused, partitioned) costs a cold load no more than this.
+    pub connect_timeout_ms: u64,
+    /// Longest fetching an artifact may take in all, every node asked included, in
+    /// milliseconds; then the node compiles.
     pub fetch_timeout_ms: u64,
     /// Largest artifact taken from another node, in MiB (a 1 MiB module compiles to
     /// about 5 MiB).
@@ -212,6 +216,7 @@ impl Default for ArtifactsConfig {
         ArtifactsConfig {
             share: true,
             max_peers: 3,
+            connect_timeout_ms: 250,
             fetch_timeout_ms: 2_000,
             max_artifact_mib: 64,
         }
@@ -222,6 +227,9 @@ impl ArtifactsConfig {
     fn problems(&self, problems: &mut Vec<String>) {
         if !(1..=16).contains(&self.max_peers) {
             problems.push("artifacts.max_peers: from 1 to 16".into());
+        }
+        if !(10..=10_000).contains(&self.connect_timeout_ms) {
+            problems.push("artifacts.connect_timeout_ms: from 10 to 10000".into());
         }
         if !(10..=60_000).contains(&self.fetch_timeout_ms) {
             problems.push("artifacts.fetch_timeout_ms: from 10 to 60000".into());
@@ -234,6 +242,11 @@ impl ArtifactsConfig {
     /// [`ArtifactsConfig::fetch_timeout_ms`].
     pub fn fetch_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_millis(self.fetch_timeout_ms)
+    }
+
+    /// [`ArtifactsConfig::connect_timeout_ms`].
+    pub fn connect_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.connect_timeout_ms)
     }
 }
 
