@@ -371,7 +371,8 @@ async fn only_a_gateways_member_certificate_reaches_the_registry() {
         Err(_) => false,
     };
     assert!(!plain_reads, "a client without TLS read the registry");
-    // TLS without a certificate, with a node's (a TLS server only), with the public
+    // TLS without a certificate, with a node's (a client certificate of the CA, but not
+    // naming the gateway role, the one user the server maps), with the public
     // one, and with one of another CA: each refused.
     let node = certs.node("node-1").unwrap();
     let other = edge_net::pki::ClusterCa::generate().unwrap();

@@ -18,8 +18,9 @@ pub(super) struct Nats {
 
 impl Nats {
     /// Starts `nats-server` on a loopback port it picks, and reads which from its ports
-    /// file. Clients need a certificate of the cluster CA with the client usage (the
-    /// gateways' member certificate): mutual TLS, verified by the server.
+    /// file. Clients need a certificate of the cluster CA with the client usage that
+    /// names the gateway role (the gateways' member certificate): mutual TLS, verified by
+    /// the server, the certificate's DNS name mapped to its one user.
     pub(super) fn start(dir: &Path, certs: &DevCerts) -> anyhow::Result<Nats> {
         Nats::start_on(dir, certs, "-1")
     }
@@ -39,15 +40,27 @@ impl Nats {
             .create(true)
             .append(true)
             .open(dir.join("nats.log"))?;
+        // Mutual TLS, and of the cluster CA's client certificates only those naming
+        // the gateway role map to a user: a node's certificate (a TLS client too, towards
+        // other nodes) is refused.
+        let config = ports.join("nats.conf");
+        let quoted = |p: &Path| serde_json::to_string(&p.to_string_lossy()).unwrap_or_default();
+        std::fs::write(
+            &config,
+            format!(
+                "tls {{\n  cert_file: {}\n  key_file: {}\n  ca_file: {}\n  verify_and_map: true\n}}\n\
+                 authorization {{\n  users = [ {{ user: \"{}\" }} ]\n}}\n",
+                quoted(&own.cert),
+                quoted(&own.key),
+                quoted(&certs.ca),
+                edge_shared::wire::GATEWAY_MEMBER_NAME,
+            ),
+        )?;
         let mut child = Command::new("nats-server")
+            .arg("-c")
+            .arg(&config)
             .args(["-js", "-a", "127.0.0.1", "-p", port, "-sd"])
             .arg(ports.join("store"))
-            .args(["--tls", "--tlsverify", "--tlscert"])
-            .arg(&own.cert)
-            .arg("--tlskey")
-            .arg(&own.key)
-            .arg("--tlscacert")
-            .arg(&certs.ca)
             .arg("--ports_file_dir")
             .arg(&ports)
             .stdin(Stdio::null())
