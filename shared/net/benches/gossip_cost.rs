@@ -11,6 +11,14 @@ use edge_net::gossip::simulation::Simulation;
 use edge_net::gossip::{ClusterKey, Counters, Gossip, Link, LoadReport, Role, Settings, WarmSet};
 
 const ROUND: Duration = Duration::from_millis(200);
+
+/// The gossip round: [`ROUND`], or `ROUND_MS` from the environment.
+fn interval() -> Duration {
+    std::env::var("ROUND_MS")
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .map_or(ROUND, Duration::from_millis)
+}
 /// Steady state measured over this long, every member publishing a new load each round.
 const STEADY: Duration = Duration::from_secs(30);
 /// Functions warm on each member (its warm set is gossiped once, then unchanged).
@@ -46,7 +54,7 @@ fn sent_bytes(members: &[&Gossip]) -> u64 {
 }
 
 async fn simulated(n: usize) {
-    let mut sim = Simulation::new(key(), ROUND);
+    let mut sim = Simulation::new(key(), interval());
     let start = tokio::time::Instant::now();
     for i in 0..n {
         let seeds: &[usize] = if i == 0 { &[] } else { &[0] };
@@ -68,12 +76,12 @@ async fn simulated(n: usize) {
         .await;
     let members: Vec<&Gossip> = (0..n).filter_map(|i| sim.member(i)).collect();
     let before = sent_bytes(&members);
-    let rounds = (STEADY.as_millis() / ROUND.as_millis()) as usize;
+    let rounds = (STEADY.as_millis() / interval().as_millis()) as usize;
     for round in 1..=rounds {
         for (i, g) in members.iter().enumerate() {
             g.publish(load(round, i), &warm_set(i)).await;
         }
-        tokio::time::sleep(ROUND).await;
+        tokio::time::sleep(interval()).await;
     }
     let per_member = (sent_bytes(&members) - before) as f64 / n as f64 / STEADY.as_secs_f64();
     sim.publish(1, 99, &[]).await;
@@ -125,7 +133,7 @@ async fn over_udp(n: usize) -> anyhow::Result<()> {
             role: Role::Node,
             quic: SocketAddr::from(([127, 0, 0, 1], 5000 + i as u16)),
             seeds: seed.iter().map(ToString::to_string).collect(),
-            interval: ROUND,
+            interval: interval(),
             phi_threshold: edge_net::gossip::PHI_THRESHOLD,
             credentials,
         };
@@ -148,13 +156,13 @@ async fn over_udp(n: usize) -> anyhow::Result<()> {
     let refs: Vec<&Gossip> = members.iter().collect();
     let before = sent_bytes(&refs);
     let steady = Duration::from_secs(10);
-    let rounds = (steady.as_millis() / ROUND.as_millis()) as usize;
+    let rounds = (steady.as_millis() / interval().as_millis()) as usize;
     let measured = std::time::Instant::now();
     for round in 1..=rounds {
         for (i, g) in members.iter().enumerate() {
             g.publish(load(round, i), &warm_set(i)).await;
         }
-        tokio::time::sleep(ROUND).await;
+        tokio::time::sleep(interval()).await;
     }
     let per_member =
         (sent_bytes(&refs) - before) as f64 / n as f64 / measured.elapsed().as_secs_f64();
@@ -173,7 +181,10 @@ fn main() {
         println!("gossip_cost: benchmark");
         return;
     }
-    for n in [3, 10, 100] {
+    for n in std::env::var("ONLY")
+        .ok()
+        .map_or(vec![3, 10, 100], |n| vec![n.parse().unwrap()])
+    {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .start_paused(true)
