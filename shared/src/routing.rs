@@ -234,11 +234,12 @@ pub fn prewarm_target(input: &Input<'_>) -> Option<usize> {
     let function = input.function;
     let is_warm = |i: usize| nodes[i].warm.contains(function);
     let warm: Vec<usize> = usable.iter().copied().filter(|&i| is_warm(i)).collect();
+    // Cheapest test first: most requests find a warm node with room.
     if warm.is_empty()
-        || usable.iter().any(|&i| nodes[i].warming.contains(function))
         || warm
             .iter()
             .any(|&i| estimated_load(&nodes[i], input.own_in_flight[i]) * input.growth < PREWARM_AT)
+        || usable.iter().any(|&i| nodes[i].warming.contains(function))
     {
         return None;
     }
