@@ -15,7 +15,7 @@ use bytes::{Buf, Bytes};
 use edge_net::client::ClientStream;
 use edge_net::tls;
 use edge_shared::attempt::{self, Attempts, Outcome, Step};
-use edge_shared::config::GatewayConfig;
+use edge_shared::config::{GatewayConfig, Prewarm};
 use edge_shared::routing::{self, SplitMix64};
 use edge_shared::trace;
 use edge_shared::wire::{self, Refusal, ServerTiming};
@@ -142,8 +142,8 @@ pub struct Gateway {
     pub(crate) placed: AtomicBool,
     pub(crate) rng: Mutex<SplitMix64>,
     /// (node, function) pairs to warm ahead of need, for [`Gateway::watch_cluster`].
-    pub(crate) prewarm: tokio::sync::mpsc::UnboundedSender<Prewarm>,
-    pub(crate) prewarm_queue: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Prewarm>>>,
+    pub(crate) prewarm: tokio::sync::mpsc::UnboundedSender<WarmUp>,
+    pub(crate) prewarm_queue: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<WarmUp>>>,
     /// Versions that stopped taking traffic, for [`Gateway::watch_cluster`] to drop
     /// from nodes after `unrouted_grace_ms`.
     pub(crate) retired: tokio::sync::mpsc::UnboundedSender<Arc<Function>>,
@@ -159,7 +159,7 @@ pub struct Gateway {
 }
 
 /// A function to warm on a node ahead of need.
-pub(crate) type Prewarm = (SocketAddr, Arc<Function>);
+pub(crate) type WarmUp = (SocketAddr, Arc<Function>);
 
 impl Gateway {
     /// A gateway serving `functions` (from the registry), with its node pool.
@@ -417,11 +417,14 @@ impl Gateway {
     /// and recent failures as input.
     fn decide(&self, snapshot: &Snapshot, function: &Function) -> routing::Decision {
         let (own, failed) = self.membership.health(snapshot);
-        let growth = {
-            let now_ms = self.membership.now_ms();
-            let mut demand = function.demand.lock().unwrap_or_else(|p| p.into_inner());
-            demand.record(now_ms);
-            demand.growth(now_ms)
+        let growth = match self.config.prewarm {
+            Prewarm::Projected => {
+                let now_ms = self.membership.now_ms();
+                let mut demand = function.demand.lock().unwrap_or_else(|p| p.into_inner());
+                demand.record(now_ms);
+                demand.growth(now_ms)
+            }
+            Prewarm::Threshold | Prewarm::Off => 1.0,
         };
         let input = routing::Input {
             view: &snapshot.view,
@@ -432,7 +435,11 @@ impl Gateway {
             growth,
         };
         let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
-        routing::decide(self.config.routing, &input, &mut *rng)
+        let mut decision = routing::decide(self.config.routing, &input, &mut *rng);
+        if self.config.prewarm == Prewarm::Off {
+            decision.prewarm = None;
+        }
+        decision
     }
 
     /// Asks the cluster loop to warm `function` on `node`, once until it is done.

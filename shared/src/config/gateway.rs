@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    ConfigFile, FunctionConfig, GossipConfig, IngressConfig, LogFormat, RoutingPolicy,
+    ConfigFile, FunctionConfig, GossipConfig, IngressConfig, LogFormat, Prewarm, RoutingPolicy,
     SchedulingPolicy, check_grace, check_log_filter, require_file, resolve,
 };
 
@@ -47,6 +47,10 @@ pub struct GatewayConfig {
     pub request_timeout_ms: u64,
     /// How the gateway picks a node for each request.
     pub routing: RoutingPolicy,
+    /// When the gateway warms a function on one more node ahead of need:
+    /// `projected` (default: on the warm nodes' load scaled by the function's projected
+    /// arrival rate), `threshold` (on their load now), or `off`.
+    pub prewarm: Prewarm,
     /// Largest request body the gateway accepts for any function, in bytes: a
     /// function's own limit may be lower, never higher.
     pub max_request_body_bytes: u64,
@@ -98,6 +102,7 @@ impl Default for GatewayConfig {
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9480)),
             request_timeout_ms: 30_000,
             routing: RoutingPolicy::LeastLoadedWarm,
+            prewarm: Prewarm::Projected,
             max_request_body_bytes: 16 << 20,
             ingress: IngressConfig::default(),
             admin: AdminConfig::default(),

@@ -141,7 +141,9 @@ where
         .build()
         .and_then(|c| c.try_deserialize())
         .map_err(|e| fail(vec![e.to_string()]))?;
-    parsed.resolve_paths(base);
+    // Absolute, so that paths stay right when written into another file elsewhere (as
+    // `edge up` writes each member's file from a cluster file named relatively).
+    parsed.resolve_paths(&std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf()));
     let problems = parsed.problems();
     if problems.is_empty() {
         Ok(parsed)
@@ -246,6 +248,21 @@ impl GossipConfig {
             }
         }
     }
+}
+
+/// When a gateway warms a function on one more node ahead of need (under
+/// `least-loaded-warm`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Prewarm {
+    /// When the warm nodes' load, scaled by where the function's arrival rate is heading
+    /// one warm-up ahead, passes half their slots.
+    #[default]
+    Projected,
+    /// When the warm nodes' load now passes half their slots.
+    Threshold,
+    /// Never: a function spreads by cold starts on the request path.
+    Off,
 }
 
 /// How a gateway orders the nodes to try for a request. Nodes that just failed go last

@@ -212,6 +212,44 @@ module = "hello.wasm"
 }
 
 #[test]
+fn paths_in_a_file_named_relatively_resolve_to_absolute_ones() {
+    let dir = tempfile::tempdir_in(".").unwrap();
+    let name = dir.path().file_name().unwrap().to_owned();
+    write(dir.path(), "m.wasm", "x");
+    write(
+        dir.path(),
+        "c.toml",
+        "[[functions]]\nname = \"m\"\nmodule = \"m.wasm\"\n",
+    );
+    let relative = PathBuf::from(".").join(name).join("c.toml");
+    let cluster = load::<ClusterConfig>(&relative).unwrap();
+    let module = &cluster.functions[0].module;
+    assert!(module.is_absolute(), "{}", module.display());
+    assert!(module.is_file(), "{}", module.display());
+}
+
+#[test]
+fn the_prewarm_key_takes_three_values_and_names_itself_when_wrong() {
+    assert_eq!(GatewayConfig::default().prewarm, Prewarm::Projected);
+    let dir = tempfile::tempdir().unwrap();
+    for (value, parsed) in [("off", Prewarm::Off), ("threshold", Prewarm::Threshold)] {
+        let file = write(dir.path(), "g.toml", &format!("prewarm = \"{value}\"\n"));
+        // The file lacks its certificates: the error names those, not `prewarm`.
+        let text = load::<GatewayConfig>(&file).unwrap_err().to_string();
+        assert!(!text.contains("prewarm"), "{text}");
+        let config: GatewayConfig =
+            serde_json::from_str(&format!("{{\"prewarm\": \"{value}\"}}")).unwrap();
+        assert_eq!(config.prewarm, parsed);
+    }
+    let file = write(dir.path(), "g.toml", "prewarm = \"sometimes\"\n");
+    let text = load::<GatewayConfig>(&file).unwrap_err().to_string();
+    assert!(
+        text.contains("prewarm") && text.contains("sometimes"),
+        "{text}"
+    );
+}
+
+#[test]
 fn the_example_files_use_only_known_keys() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
     // The examples name certificate files that only `edge up` creates: those are the
