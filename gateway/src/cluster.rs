@@ -2,13 +2,15 @@
 //! publishing its own load, placing functions on their home nodes, and warming them
 //! ahead of need where routing asks for it.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, MutexGuard};
 use std::time::Duration;
 
 use edge_net::gossip::{Gossip, LoadReport, WarmSet};
 use edge_net::lifecycle::Shutdown;
+use edge_shared::config::Prewarm;
 use edge_shared::routing;
 
 use crate::functions::{Function, Functions};
@@ -17,6 +19,7 @@ use edge_net::client::read_to_end;
 use edge_shared::wire::{self, Refusal};
 use http::{Method, Request, StatusCode};
 
+use crate::membership::Snapshot;
 use crate::nodes::ForwardError;
 use crate::proxy::{Gateway, refusal_of};
 
@@ -282,4 +285,47 @@ pub(crate) fn control_call(method: Method, path: &str) -> Request<()> {
         .uri(format!("https://{}{path}", wire::NODE_SERVER_NAME))
         .body(())
         .expect("a valid request")
+}
+
+/// The routing decision of one request, and the warm-ups it asks for.
+impl Gateway {
+    /// The routing decision for `function`, with this gateway's own in-flight counts
+    /// and recent failures as input.
+    pub(crate) fn decide(&self, snapshot: &Snapshot, function: &Function) -> routing::Decision {
+        let (own, failed) = self.membership.health(snapshot);
+        let growth = match self.config.prewarm {
+            Prewarm::Projected => {
+                let now_ms = self.membership.now_ms();
+                let mut demand = function.demand.lock().unwrap_or_else(|p| p.into_inner());
+                demand.record(now_ms);
+                demand.growth(now_ms)
+            }
+            Prewarm::Threshold | Prewarm::Off => 1.0,
+        };
+        let input = routing::Input {
+            view: &snapshot.view,
+            function: function.key,
+            own_in_flight: &own,
+            recently_failed: &failed,
+            sequence: self.next_node.fetch_add(1, Ordering::Relaxed),
+            growth,
+        };
+        let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
+        let mut decision = routing::decide(self.config.routing, &input, &mut *rng);
+        if self.config.prewarm == Prewarm::Off {
+            decision.prewarm = None;
+        }
+        decision
+    }
+
+    /// Asks the cluster loop to warm `function` on `node`, once until it is done.
+    pub(crate) fn ask_prewarm(&self, node: SocketAddr, function: &Arc<Function>) {
+        if self.warming().insert((node, function.key)) {
+            let _ = self.prewarm.send((node, Arc::clone(function)));
+        }
+    }
+
+    pub(crate) fn warming(&self) -> MutexGuard<'_, HashSet<(SocketAddr, u64)>> {
+        self.warming.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }

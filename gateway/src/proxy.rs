@@ -6,8 +6,8 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -15,8 +15,8 @@ use bytes::{Buf, Bytes};
 use edge_net::client::ClientStream;
 use edge_net::tls;
 use edge_shared::attempt::{self, Attempts, Outcome, Step};
-use edge_shared::config::{GatewayConfig, Prewarm};
-use edge_shared::routing::{self, SplitMix64};
+use edge_shared::config::GatewayConfig;
+use edge_shared::routing::SplitMix64;
 use edge_shared::trace;
 use edge_shared::wire::{self, Refusal, ServerTiming};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
@@ -24,7 +24,7 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use crate::budget::BodyBudget;
 use crate::cluster::DeployError;
 use crate::functions::{Function, Functions};
-use crate::membership::{InFlight, Membership, Snapshot};
+use crate::membership::{InFlight, Membership};
 use crate::metrics::GatewayMetrics;
 use crate::nodes::{ForwardError, NodePool};
 use crate::request_trace::{Trace, trace_of};
@@ -135,7 +135,7 @@ pub struct Gateway {
     /// gateway): each change starts from the functions the previous one left.
     pub changing: tokio::sync::Mutex<()>,
     pub(crate) nodes: NodePool,
-    next_node: AtomicUsize,
+    pub(crate) next_node: AtomicUsize,
     /// The nodes as gossip tells of them, and this gateway's own counters of each.
     pub(crate) membership: Membership,
     /// Whether functions have been placed on the first nodes (see [`Gateway::place`]).
@@ -411,46 +411,6 @@ impl Gateway {
 
     fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.config.request_timeout_ms)
-    }
-
-    /// The routing decision for `function`, with this gateway's own in-flight counts
-    /// and recent failures as input.
-    fn decide(&self, snapshot: &Snapshot, function: &Function) -> routing::Decision {
-        let (own, failed) = self.membership.health(snapshot);
-        let growth = match self.config.prewarm {
-            Prewarm::Projected => {
-                let now_ms = self.membership.now_ms();
-                let mut demand = function.demand.lock().unwrap_or_else(|p| p.into_inner());
-                demand.record(now_ms);
-                demand.growth(now_ms)
-            }
-            Prewarm::Threshold | Prewarm::Off => 1.0,
-        };
-        let input = routing::Input {
-            view: &snapshot.view,
-            function: function.key,
-            own_in_flight: &own,
-            recently_failed: &failed,
-            sequence: self.next_node.fetch_add(1, Ordering::Relaxed),
-            growth,
-        };
-        let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
-        let mut decision = routing::decide(self.config.routing, &input, &mut *rng);
-        if self.config.prewarm == Prewarm::Off {
-            decision.prewarm = None;
-        }
-        decision
-    }
-
-    /// Asks the cluster loop to warm `function` on `node`, once until it is done.
-    fn ask_prewarm(&self, node: SocketAddr, function: &Arc<Function>) {
-        if self.warming().insert((node, function.key)) {
-            let _ = self.prewarm.send((node, Arc::clone(function)));
-        }
-    }
-
-    pub(crate) fn warming(&self) -> MutexGuard<'_, HashSet<(SocketAddr, u64)>> {
-        self.warming.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     async fn send(

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use dashmap::DashMap;
-use edge_net::gossip::Credentials;
 use edge_net::gossip::Gossip;
 use edge_shared::admission::retry_after_secs;
 use edge_shared::config::NodeConfig;
@@ -67,10 +66,10 @@ pub struct Node {
     pub(crate) warming: DashMap<DeploymentId, ()>,
     /// Other nodes, to take compiled artifacts from (once the node has joined gossip
     /// with `artifacts.share` on).
-    peers: OnceLock<Peers>,
+    pub(crate) peers: OnceLock<Peers>,
     /// Held while a module's artifact is asked of peers, so that concurrent loads of it
     /// (a deploy and a request, say) ask once.
-    fetching: DashMap<ContentId, Arc<tokio::sync::Mutex<()>>>,
+    pub(crate) fetching: DashMap<ContentId, Arc<tokio::sync::Mutex<()>>>,
 }
 
 impl Node {
@@ -408,7 +407,7 @@ impl Node {
     }
 
     /// The deployment's pool while its module is in memory (a use of the module).
-    fn warm_pool(&self, deployment: &Deployment) -> Option<Arc<InstancePool>> {
+    pub(crate) fn warm_pool(&self, deployment: &Deployment) -> Option<Arc<InstancePool>> {
         self.cache.pool(&deployment.module_key(), &deployment.id)
     }
 
@@ -476,103 +475,9 @@ impl Node {
         self.admitter.usage().running
     }
 
-    /// Takes compiled artifacts it lacks from `peers` from now on, and signs the ones it
-    /// compiles with `credentials` for them.
-    pub fn share_artifacts(&self, credentials: Credentials, peers: Peers) {
-        self.cache.sign_with(credentials, self.name());
-        let _ = self.peers.set(peers);
-    }
-
-    /// Its module cache.
-    pub fn cache(&self) -> Arc<ModuleCache> {
-        Arc::clone(&self.cache)
-    }
-
-    /// Module `content_id`'s artifact with its seal, for another node.
-    pub fn shared_artifact(&self, content_id: &ContentId) -> Option<Vec<u8>> {
-        self.cache.shared_artifact(content_id)
-    }
-
-    /// The engine key of this node's compiled artifacts.
-    pub fn engine(&self) -> &str {
-        self.cache.engine()
-    }
-
-    /// Deployments loading now.
-    pub fn warming(&self) -> Vec<DeploymentId> {
-        self.warming.iter().map(|e| e.key().clone()).collect()
-    }
-
-    /// Marks `id` as loading until the guard goes, unless it is warm already.
-    pub(crate) fn start_warming(&self, id: &DeploymentId) -> Option<Warming<'_>> {
-        let warm = self
-            .deployment(id)
-            .is_some_and(|d| self.warm_pool(&d).is_some());
-        if warm {
-            return None;
-        }
-        self.warming.insert(id.clone(), ());
-        Some(Warming {
-            node: self,
-            id: id.clone(),
-        })
-    }
-
-    /// If this node holds no compiled artifact of `content_id`, takes one from a node
-    /// where `deployment` is warm (checked, then kept as this node's own): how long that
-    /// took, or `None` if it was not needed or no peer had one that checked out (the
-    /// load then compiles).
-    pub async fn fetch_artifact(
-        &self,
-        deployment: &DeploymentId,
-        content_id: &ContentId,
-    ) -> Option<Duration> {
-        let peers = self.peers.get()?;
-        if self.cache.has_artifact(content_id) {
-            return None;
-        }
-        let lock = Arc::clone(&self.fetching.entry(content_id.clone()).or_default());
-        let _fetching = lock.lock().await;
-        if self.cache.has_artifact(content_id) {
-            return None;
-        }
-        let fetched = peers.fetch(deployment, content_id).await;
-        self.fetching.remove(content_id);
-        let fetched = fetched?;
-        let cache = Arc::clone(&self.cache);
-        let id = content_id.clone();
-        let (seal, artifact) = (fetched.seal, fetched.artifact);
-        let kept = tokio::task::spawn_blocking(move || cache.keep_fetched(&id, &seal, &artifact))
-            .await
-            .map_err(|e| LoadError::Compile(e.to_string()))
-            .and_then(|kept| kept);
-        match kept {
-            Ok(()) => {
-                tracing::info!(%deployment, from = %fetched.from, ms = fetched.took.as_secs_f64() * 1e3, "artifact taken from a peer");
-                Some(fetched.took)
-            }
-            Err(e) => {
-                tracing::error!(%deployment, error = %e, "keeping an artifact from a peer failed");
-                None
-            }
-        }
-    }
-
     /// Shows `gossip`'s counters and membership in the status from now on.
     pub fn attach_gossip(&self, gossip: Arc<Gossip>) {
         let _ = self.gossip.set(gossip);
-    }
-}
-
-/// A deployment loading: in the node's `warming` set while alive.
-pub(crate) struct Warming<'a> {
-    node: &'a Node,
-    id: DeploymentId,
-}
-
-impl Drop for Warming<'_> {
-    fn drop(&mut self) {
-        self.node.warming.remove(&self.id);
     }
 }
 

@@ -9,6 +9,9 @@
 //! module and engine key, over these very bytes
 //! ([`edge_net::gossip::Credentials::verify_artifact`]). One that fails is logged and
 //! counted, and the next peer is asked; with none left, the node compiles.
+//!
+//! Also here, the node's side of it: signing what it compiles, handing artifacts to
+//! other nodes, and the `warming` set it gossips while it loads a deployment.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,7 +27,8 @@ use edge_shared::manifest::{ContentId, DeploymentId};
 use edge_shared::wire;
 use http::{Request, StatusCode};
 
-use crate::runtime::cache::ModuleCache;
+use crate::Node;
+use crate::runtime::cache::{LoadError, ModuleCache};
 
 /// An artifact taken from a peer, its seal checked.
 pub struct Fetched {
@@ -192,5 +196,103 @@ impl Peers {
             body.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
         }
         Ok(Some(body.freeze()))
+    }
+}
+
+/// A node's side of sharing: what it hands others, what it takes from them, and what it
+/// is loading now.
+impl Node {
+    /// Takes compiled artifacts it lacks from `peers` from now on, and signs the ones it
+    /// compiles with `credentials` for them.
+    pub fn share_artifacts(&self, credentials: Credentials, peers: Peers) {
+        self.cache.sign_with(credentials, self.name());
+        let _ = self.peers.set(peers);
+    }
+
+    /// Its module cache.
+    pub fn cache(&self) -> Arc<ModuleCache> {
+        Arc::clone(&self.cache)
+    }
+
+    /// Module `content_id`'s artifact with its seal, for another node.
+    pub fn shared_artifact(&self, content_id: &ContentId) -> Option<Vec<u8>> {
+        self.cache.shared_artifact(content_id)
+    }
+
+    /// The engine key of this node's compiled artifacts.
+    pub fn engine(&self) -> &str {
+        self.cache.engine()
+    }
+
+    /// Deployments loading now.
+    pub fn warming(&self) -> Vec<DeploymentId> {
+        self.warming.iter().map(|e| e.key().clone()).collect()
+    }
+
+    /// Marks `id` as loading until the guard goes, unless it is warm already.
+    pub(crate) fn start_warming(&self, id: &DeploymentId) -> Option<Warming<'_>> {
+        let warm = self
+            .deployment(id)
+            .is_some_and(|d| self.warm_pool(&d).is_some());
+        if warm {
+            return None;
+        }
+        self.warming.insert(id.clone(), ());
+        Some(Warming {
+            node: self,
+            id: id.clone(),
+        })
+    }
+
+    /// If this node holds no compiled artifact of `content_id`, takes one from a node
+    /// where `deployment` is warm (checked, then kept as this node's own): how long that
+    /// took, or `None` if it was not needed or no peer had one that checked out (the
+    /// load then compiles).
+    pub async fn fetch_artifact(
+        &self,
+        deployment: &DeploymentId,
+        content_id: &ContentId,
+    ) -> Option<Duration> {
+        let peers = self.peers.get()?;
+        if self.cache.has_artifact(content_id) {
+            return None;
+        }
+        let lock = Arc::clone(&self.fetching.entry(content_id.clone()).or_default());
+        let _fetching = lock.lock().await;
+        if self.cache.has_artifact(content_id) {
+            return None;
+        }
+        let fetched = peers.fetch(deployment, content_id).await;
+        self.fetching.remove(content_id);
+        let fetched = fetched?;
+        let cache = Arc::clone(&self.cache);
+        let id = content_id.clone();
+        let (seal, artifact) = (fetched.seal, fetched.artifact);
+        let kept = tokio::task::spawn_blocking(move || cache.keep_fetched(&id, &seal, &artifact))
+            .await
+            .map_err(|e| LoadError::Compile(e.to_string()))
+            .and_then(|kept| kept);
+        match kept {
+            Ok(()) => {
+                tracing::info!(%deployment, from = %fetched.from, ms = fetched.took.as_secs_f64() * 1e3, "artifact taken from a peer");
+                Some(fetched.took)
+            }
+            Err(e) => {
+                tracing::error!(%deployment, error = %e, "keeping an artifact from a peer failed");
+                None
+            }
+        }
+    }
+}
+
+/// A deployment loading: in the node's `warming` set while alive.
+pub(crate) struct Warming<'a> {
+    node: &'a Node,
+    id: DeploymentId,
+}
+
+impl Drop for Warming<'_> {
+    fn drop(&mut self) {
+        self.node.warming.remove(&self.id);
     }
 }

@@ -5,6 +5,7 @@ pub mod cache;
 pub mod engine;
 pub mod guest_log;
 pub mod invoke;
+pub mod lru;
 pub mod memories;
 pub mod metering;
 pub mod stdout;
