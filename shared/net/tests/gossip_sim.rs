@@ -183,3 +183,62 @@ async fn a_key_holder_cannot_pass_as_another_member() {
     let received = Counters::get(&sim.member(0).unwrap().counters().rejected);
     assert_eq!(received, 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_member_warming_a_function_is_known_as_such_until_it_shows_warm() {
+    use edge_net::gossip::WarmSet;
+    use edge_shared::routing::{self, Input, SplitMix64};
+    use edge_shared::view::ClusterView;
+    let sim = cluster(4).await;
+    let all = [0, 1, 2, 3];
+    converges(&sim, &all, Duration::from_secs(10)).await;
+    // m1 has the function warm and full; m2 starts loading it and says so.
+    sim.publish(1, 8, &["hello@1"]).await;
+    let warming = WarmSet::of(["hello@1"]);
+    let m2 = sim.member(2).unwrap();
+    m2.publish_warming(&warming).await;
+    m2.publish_engine("0123456789abcdef").await;
+    converges(&sim, &all, Duration::from_secs(5)).await;
+    let seen = sim.view_of(0, 2).await.unwrap();
+    assert!(seen.warming.contains(fingerprint("hello@1")));
+    assert_eq!(seen.engine, "0123456789abcdef");
+
+    // What member 0 routes on: m1 is full (8 in flight on 4 slots), so the warming m2
+    // comes first, before the cold m3 (which would start from nothing), and no second
+    // warm-up is asked of anyone.
+    let order = |members: &[edge_net::gossip::Member]| {
+        let view = ClusterView::build(members, "m0");
+        let input = Input {
+            view: &view,
+            function: fingerprint("hello@1"),
+            own_in_flight: &vec![0; view.nodes.len()],
+            recently_failed: &vec![false; view.nodes.len()],
+            sequence: 0,
+            growth: 1.0,
+        };
+        let decision = routing::decide(
+            edge_shared::config::RoutingPolicy::LeastLoadedWarm,
+            &input,
+            &mut SplitMix64(1),
+        );
+        let names: Vec<String> = decision
+            .order
+            .iter()
+            .map(|&i| view.nodes[i].name.clone())
+            .collect();
+        (names, decision.prewarm)
+    };
+    let members = sim.member(0).unwrap().members().await;
+    let (names, prewarm) = order(&members);
+    assert_eq!(names, ["m2", "m3", "m1"], "{names:?}");
+    assert_eq!(prewarm, None);
+
+    // Ready: the warming set empties and the warm set has it.
+    sim.publish(2, 0, &["hello@1"]).await;
+    m2.publish_warming(&WarmSet::default()).await;
+    converges(&sim, &all, Duration::from_secs(5)).await;
+    let seen = sim.view_of(0, 2).await.unwrap();
+    assert!(seen.warming.is_empty() && seen.warm.contains(fingerprint("hello@1")));
+    let (names, _) = order(&sim.member(0).unwrap().members().await);
+    assert_eq!(names[0], "m2", "{names:?}");
+}
