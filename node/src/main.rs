@@ -199,7 +199,8 @@ async fn flush_usage(node: Arc<Node>, every: Duration, stop: Shutdown) {
     }
 }
 
-/// Publishes the node's load and warm set every gossip round, until `stop` fires.
+/// Publishes the node's load and warm set every gossip round, until `stop` fires; first
+/// drops the modules idle past their TTL, so the warm set published is without them.
 async fn publish_load(node: Arc<Node>, gossip: Arc<Gossip>, every: Duration, stop: Shutdown) {
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -210,6 +211,8 @@ async fn publish_load(node: Arc<Node>, gossip: Arc<Gossip>, every: Duration, sto
             _ = ticker.tick() => {}
             () = &mut stopped => return,
         }
+        let idle = Arc::clone(&node);
+        let _ = tokio::task::spawn_blocking(move || idle.scale_down_idle()).await;
         let load = node.load();
         let report = LoadReport {
             in_flight: load.in_flight,

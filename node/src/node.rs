@@ -465,6 +465,19 @@ impl Node {
         )
     }
 
+    /// Drops from memory the compiled modules whose functions have all been idle for
+    /// `module_idle_ttl_ms` (scale to zero): they leave the warm set, and their next
+    /// request deserializes the artifact. Blocks (the modules' code is unmapped here).
+    pub fn scale_down_idle(&self) {
+        let ttl = self.config.module_idle_ttl_ms;
+        if ttl == 0 {
+            return;
+        }
+        for content_id in self.cache.evict_idle(Duration::from_millis(ttl)) {
+            tracing::info!(%content_id, idle_ms = ttl, "idle module left memory");
+        }
+    }
+
     /// Marks the node as draining: new invocations are refused with `draining`.
     pub fn drain(&self) {
         self.draining.store(true, Ordering::Relaxed);

@@ -67,6 +67,11 @@ impl PoolSizer {
         self.peak.max(self.previous_peak).clamp(1, self.max)
     }
 
+    /// How long since the last request, at `now`.
+    pub fn idle_for(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.last_request)
+    }
+
     fn roll(&mut self, now: Instant) {
         while now.saturating_duration_since(self.window_start) >= PEAK_WINDOW {
             self.previous_peak = self.peak;
@@ -133,6 +138,11 @@ impl InstancePool {
     /// Notes a request starting with `in_flight` requests of the function running.
     pub fn record(&self, in_flight: usize) {
         lock(&self.sizer).record(in_flight, Instant::now());
+    }
+
+    /// How long since its last request (or its deploy).
+    pub fn idle_for(&self) -> Duration {
+        lock(&self.sizer).idle_for(Instant::now())
     }
 
     /// Ready instances now, over all worker threads.

@@ -132,6 +132,49 @@ async fn scale_to_zero_releases_the_pooled_memory_and_the_function_stays_warm() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_idle_past_its_ttl_leaves_memory_and_comes_back_from_disk_in_milliseconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node(dir.path(), |c| c.module_idle_ttl_ms = 1_000);
+    let hello = deploy(&node, "hello", Limits::default());
+    let fib = deploy(&node, "fib", Limits::default());
+    let deployment = node.deployment(&hello).unwrap();
+    node.invoke(&deployment, call("name=x")).await.unwrap();
+    // Not idle long enough yet: both stay.
+    node.scale_down_idle();
+    assert_eq!(node.status().modules_in_memory, 2);
+    // fib idles past the TTL while hello keeps being called.
+    let until = std::time::Instant::now() + Duration::from_millis(1_300);
+    while std::time::Instant::now() < until {
+        node.invoke(&deployment, call("name=x")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    node.scale_down_idle();
+    let status = node.status();
+    assert_eq!(status.modules_in_memory, 1, "{status:?}");
+    assert_eq!(
+        status.load.warm,
+        vec![hello.clone()],
+        "fib left the warm set"
+    );
+    assert_eq!(status.evictions, 1);
+    // Back from zero: from the artifact on disk, never compiled again.
+    let answer = node
+        .invoke(&node.deployment(&fib).unwrap(), call("n=10"))
+        .await
+        .unwrap();
+    assert_eq!(answer.head.status, StatusCode::OK);
+    let timing = &answer.timing;
+    println!("back from zero: {}", timing.header_value());
+    assert!(
+        timing.get_ms("deserialize").unwrap() > 0.0,
+        "{}",
+        timing.header_value()
+    );
+    assert_eq!(timing.get_ms("compile"), None);
+    assert_eq!(node.status().compiles, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_evicted_module_comes_back_by_deserializing_with_its_phases_reported() {
     let dir = tempfile::tempdir().unwrap();
     // Room for one compiled module (the examples' artifacts are about 0.7 MiB each).

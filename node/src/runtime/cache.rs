@@ -352,6 +352,20 @@ impl ModuleCache {
             .collect()
     }
 
+    /// Drops from memory every module whose deployments have all gone without a request
+    /// for `ttl` (scale to zero of the compiled code: its next request deserializes the
+    /// artifact from disk, a few milliseconds). A module without a deployment's pool is
+    /// left to the LRU. Returns the content ids dropped.
+    pub fn evict_idle(&self, ttl: Duration) -> Vec<ContentId> {
+        let gone = self.lru().remove_where(|warm| {
+            !warm.pools.is_empty() && warm.pools.values().all(|p| p.idle_for() >= ttl)
+        });
+        self.stats
+            .evictions
+            .fetch_add(gone.len() as u64, Ordering::Relaxed);
+        gone.into_iter().map(|(id, _)| id).collect()
+    }
+
     /// Keeps module bytes `wasm` (whose hash is `id`) in the blob store.
     pub fn store_blob(&self, id: &ContentId, wasm: &[u8]) -> Result<(), LoadError> {
         self.write_once(&self.blob_path(id), wasm)

@@ -71,6 +71,22 @@ impl<K: Clone + Eq + Hash, V> Lru<K, V> {
         Some(&mut entry.value)
     }
 
+    /// Removes the entries `gone` says so of; returns their keys.
+    pub fn remove_where(&mut self, mut gone: impl FnMut(&V) -> bool) -> Vec<K> {
+        let keys: Vec<K> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| gone(&e.value))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &keys {
+            if let Some(e) = self.entries.remove(k) {
+                self.used -= e.bytes;
+            }
+        }
+        keys
+    }
+
     /// Every value, in no particular order, without marking any as used.
     pub fn values(&self) -> impl Iterator<Item = &V> {
         self.entries.values().map(|e| &e.value)
@@ -114,5 +130,9 @@ mod tests {
         // Replacing an entry counts its new size only.
         assert!(lru.insert("huge", 5, 10).is_empty());
         assert_eq!(lru.used(), 10);
+        // Removed by what they hold.
+        lru.insert("small", 1, 3);
+        assert_eq!(lru.remove_where(|&v| v == 5), vec!["huge"]);
+        assert_eq!((lru.len(), lru.used()), (1, 3));
     }
 }

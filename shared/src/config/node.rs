@@ -50,6 +50,11 @@ pub struct NodeConfig {
     /// Compiled modules kept in memory, in MiB of artifact; the least recently used
     /// go beyond it (their functions turn cold, their artifacts stay on disk).
     pub module_cache_mib: u64,
+    /// A compiled module whose functions have all had no request for this long leaves
+    /// memory (and the warm set gossiped), in milliseconds; its next request loads it
+    /// from the artifact on disk, a few milliseconds. 0 keeps modules until the LRU
+    /// needs their room.
+    pub module_idle_ttl_ms: u64,
     /// Most elements one table of an instance may hold. Each table is counted at this
     /// cap (16 bytes an element) in the memory budget; a module whose table starts
     /// larger cannot be deployed.
@@ -94,6 +99,7 @@ impl Default for NodeConfig {
             network_scheduling: SchedulingPolicy::Batch,
             memory_budget_mib: 2048,
             module_cache_mib: 512,
+            module_idle_ttl_ms: 600_000,
             max_table_elements: 10_000,
             instance_pool: InstancePoolConfig::default(),
             fuel_per_ms: 10_000_000,
@@ -158,6 +164,9 @@ impl ConfigFile for NodeConfig {
         check_log_filter(&mut problems, &self.log_filter);
         if !(100..=3_600_000).contains(&self.usage_flush_ms) {
             problems.push("usage_flush_ms: from 100 to 3600000".into());
+        }
+        if self.module_idle_ttl_ms != 0 && self.module_idle_ttl_ms < 1_000 {
+            problems.push("module_idle_ttl_ms: 0 (never) or at least 1000".into());
         }
         if !(1..=10_000_000).contains(&self.max_table_elements) {
             problems.push("max_table_elements: from 1 to 10000000".into());
