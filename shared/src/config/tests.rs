@@ -125,7 +125,10 @@ fn the_artifact_sharing_keys_are_bounded_and_named() {
     assert!(NodeConfig::default().artifacts.share);
     let file = write(dir.path(), "idle.toml", "module_idle_ttl_ms = 5\n");
     let text = load::<NodeConfig>(&file).unwrap_err().to_string();
-    assert!(text.contains("module_idle_ttl_ms: 0 (never) or at least 1000"), "{text}");
+    assert!(
+        text.contains("module_idle_ttl_ms: 0 (never) or at least 1000"),
+        "{text}"
+    );
     assert_eq!(NodeConfig::default().module_idle_ttl_ms, 600_000);
 }
 
