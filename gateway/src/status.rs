@@ -5,8 +5,9 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use edge_net::gossip::Role;
 use edge_net::gossip::{Gossip, GossipStats};
-use edge_net::http3::{self, Handler, ServerStream};
+use edge_net::http3::{self, Handler, Peer, ServerStream};
 use edge_shared::wire;
 use http::{HeaderValue, Request, Response, StatusCode};
 use serde::Serialize;
@@ -91,17 +92,18 @@ impl StatusServer {
 }
 
 impl Handler for StatusServer {
-    type Peer = ();
-
     /// Cluster members only: a gateway's or a node's certificate, not any of the CA's.
-    fn admits(&self, peer: &quinn::Connection) -> Option<()> {
-        [wire::GATEWAY_MEMBER_NAME, wire::NODE_SERVER_NAME]
-            .iter()
-            .any(|role| edge_net::tls::peer_has_name(peer, role))
-            .then_some(())
+    fn admits(&self, peer: &quinn::Connection) -> Option<Peer> {
+        [
+            (wire::GATEWAY_MEMBER_NAME, Role::Gateway),
+            (wire::NODE_SERVER_NAME, Role::Node),
+        ]
+        .into_iter()
+        .find(|(name, _)| edge_net::tls::peer_has_name(peer, name))
+        .map(|(_, role)| Peer::Member(role))
     }
 
-    async fn handle(self: Arc<Self>, _peer: (), request: Request<()>, mut stream: ServerStream) {
+    async fn handle(self: Arc<Self>, _peer: Peer, request: Request<()>, mut stream: ServerStream) {
         let (status, body) = if request.uri().path() == wire::STATUS_PATH {
             let json = serde_json::to_vec(&self.status()).unwrap_or_default();
             (StatusCode::OK, Bytes::from(json))

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use edge_cli::devcerts::DevCerts;
 use edge_net::client::{self, Sender};
-use edge_net::http3::{self, Handler, ServerStream};
+use edge_net::http3::{self, Handler, Peer, ServerStream};
 use edge_net::lifecycle::{InFlight, Shutdown};
 use edge_net::{quic, tls};
 use edge_shared::wire;
@@ -44,15 +44,9 @@ pub fn bind(addr: SocketAddr, cert_dir: &Path) -> anyhow::Result<(quinn::Endpoin
 struct Constant;
 
 impl Handler for Constant {
-    type Peer = ();
-
-    fn admits(&self, _peer: &quinn::Connection) -> Option<()> {
-        Some(())
-    }
-
     async fn handle(
         self: Arc<Self>,
-        _peer: (),
+        _peer: Peer,
         _request: http::Request<()>,
         mut stream: ServerStream,
     ) {
@@ -72,15 +66,9 @@ struct Relay {
 }
 
 impl Handler for Relay {
-    type Peer = ();
-
-    fn admits(&self, _peer: &quinn::Connection) -> Option<()> {
-        Some(())
-    }
-
     async fn handle(
         self: Arc<Self>,
-        _peer: (),
+        _peer: Peer,
         request: http::Request<()>,
         mut stream: ServerStream,
     ) {

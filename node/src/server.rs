@@ -8,7 +8,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use edge_net::http3::{self, BodyError, Handler, ServerStream};
+use edge_net::gossip::Role;
+use edge_net::http3::{self, BodyError, Handler, Peer, ServerStream};
 use edge_shared::manifest::{ContentId, DeploymentId};
 use edge_shared::trace;
 use edge_shared::wire::{self, Refusal, ServerTiming};
@@ -30,33 +31,22 @@ const TAIL_HEARTBEAT: Duration = Duration::from_secs(2);
 /// Largest deploy body: the largest module plus room for the manifest.
 const MAX_DEPLOY_BODY: u64 = edge_shared::module_check::MAX_MODULE_BYTES as u64 + (1 << 20);
 
-/// Who a connection to the node comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Caller {
-    /// A gateway: invocations, deploys, the status, tails, usage.
-    Gateway,
-    /// Another node: compiled artifacts, nothing else.
-    Node,
-}
-
 impl Handler for Node {
-    type Peer = Caller;
-
-    /// Cluster members only, by their certificate of the cluster CA: gateways, and with
-    /// `artifacts.share`, other nodes.
-    fn admits(&self, peer: &quinn::Connection) -> Option<Caller> {
+    /// Cluster members only, by their certificate of the cluster CA: gateways (for
+    /// everything), and with `artifacts.share`, other nodes (for artifacts only).
+    fn admits(&self, peer: &quinn::Connection) -> Option<Peer> {
         if edge_net::tls::peer_has_name(peer, wire::GATEWAY_MEMBER_NAME) {
-            Some(Caller::Gateway)
+            Some(Peer::Member(Role::Gateway))
         } else if self.config.artifacts.share
             && edge_net::tls::peer_has_name(peer, wire::NODE_SERVER_NAME)
         {
-            Some(Caller::Node)
+            Some(Peer::Member(Role::Node))
         } else {
             None
         }
     }
 
-    async fn handle(self: Arc<Self>, caller: Caller, req: Request<()>, mut stream: ServerStream) {
+    async fn handle(self: Arc<Self>, peer: Peer, req: Request<()>, mut stream: ServerStream) {
         // For the log, should it fail (cheap clones: header values share their bytes).
         let named = Named {
             request_id: req.headers().get(wire::REQUEST_ID_HEADER).cloned(),
@@ -65,7 +55,7 @@ impl Handler for Node {
         };
         // A node reaches its peers' artifacts and nothing else: no invocation, deploy,
         // status, tail or usage.
-        if caller == Caller::Node {
+        if peer == Peer::Member(Role::Node) {
             let result = artifact(&self, &req).await;
             let (response, body) = result.unwrap_or_else(|f| failure_response(&self, &named, f));
             if let Err(e) = http3::respond(&mut stream, response, body).await {

@@ -5,20 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use edge_net::http3::{self, BodyError, Handler, ServerStream};
+use edge_net::http3::{self, BodyError, Handler, Peer, ServerStream};
 use http::Request;
 
 use crate::budget::Held;
 use crate::proxy::{Forwarded, Gateway};
 
 impl Handler for Gateway {
-    type Peer = ();
-
-    fn admits(&self, _peer: &quinn::Connection) -> Option<()> {
-        Some(())
-    }
-
-    async fn handle(self: Arc<Self>, _peer: (), request: Request<()>, mut stream: ServerStream) {
+    async fn handle(self: Arc<Self>, _peer: Peer, request: Request<()>, mut stream: ServerStream) {
         let ingress = &self.config.ingress;
         let forwarded = match self.route(&request) {
             Err(unrouted) => self.not_found(unrouted),

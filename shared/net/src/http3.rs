@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
+use edge_shared::gossip::Role;
 use h3::server::RequestStream;
 use http::Request;
 
@@ -30,20 +31,29 @@ const CLOSE_LINGER: Duration = Duration::from_millis(500);
 /// A request stream as a server sees it.
 pub type ServerStream = RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
 
+/// Who a connection comes from, as its handler admitted it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    /// Anyone: the server asks for no role (users; the load tester's baselines).
+    Anyone,
+    /// A cluster member of this role, by its certificate from the cluster CA.
+    Member(Role),
+}
+
 /// Handles one request: answers on its stream.
 pub trait Handler: Send + Sync + 'static {
-    /// Who the peer of a connection is, as far as the handler cares (for example: which
-    /// role of cluster member); every request of the connection is handled as its.
-    type Peer: Clone + Send + Sync + 'static;
-
-    /// The peer of a new connection, or `None` not to serve it at all (for example: not
-    /// a role this server serves); a refused connection is closed before any request.
-    fn admits(&self, peer: &quinn::Connection) -> Option<Self::Peer>;
+    /// Who the peer of a new connection is, or `None` not to serve it at all (for
+    /// example: not a role this server serves); a refused connection is closed before
+    /// any request. Every request of the connection is handled as from that peer. By
+    /// default, anyone.
+    fn admits(&self, _connection: &quinn::Connection) -> Option<Peer> {
+        Some(Peer::Anyone)
+    }
 
     /// Answers `request` from `peer` on `stream`.
     fn handle(
         self: Arc<Self>,
-        peer: Self::Peer,
+        peer: Peer,
         request: Request<()>,
         stream: ServerStream,
     ) -> impl Future<Output = ()> + Send;
@@ -165,7 +175,7 @@ async fn connection<H: Handler>(
                 let Some(resolver) = accepted? else { break };
                 let guards = (in_flight.start(), own.start());
                 let handler = Arc::clone(&handler);
-                let (quic, peer) = (quic.clone(), peer.clone());
+                let quic = quic.clone();
                 tokio::spawn(async move {
                     let _guards = guards;
                     let resolved =

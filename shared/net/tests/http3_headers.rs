@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use edge_net::client::H3Client;
-use edge_net::http3::{self, Handler, ServerStream};
+use edge_net::http3::{self, Handler, Peer, ServerStream};
 use edge_net::lifecycle::{InFlight, Shutdown};
 use edge_net::pki::{ClusterCa, Usage};
 use edge_net::{quic, tls};
@@ -17,15 +17,9 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request};
 struct Echo;
 
 impl Handler for Echo {
-    type Peer = ();
-
-    fn admits(&self, _peer: &quinn::Connection) -> Option<()> {
-        Some(())
-    }
-
     async fn handle(
         self: Arc<Self>,
-        _peer: (),
+        _peer: Peer,
         request: http::Request<()>,
         mut stream: ServerStream,
     ) {
