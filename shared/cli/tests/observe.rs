@@ -282,15 +282,27 @@ async fn edge_usage_matches_a_known_load_and_survives_node_restarts() {
         "{table}"
     );
 
-    // Both nodes restarted (SIGTERM, then started on their state): nothing is lost.
+    // Both nodes restarted (SIGTERM, then started on their state): nothing is lost. The
+    // second comes back on its old metrics port; the first's was taken while it was down
+    // (by anything: an outgoing connection can be handed any free port), so it takes a
+    // new one and announces it.
+    let before = cluster.node_metrics_addrs().unwrap();
+    let mut squatter = None;
     for i in 0..2 {
         cluster.terminate_node(i);
         assert!(
             cluster.wait_node(i, Duration::from_secs(30)).is_some(),
             "node {i} did not exit"
         );
+        if i == 0 {
+            squatter = Some(std::net::TcpListener::bind(before[0]).unwrap());
+        }
         cluster.restart_node(i).unwrap();
     }
+    let after = cluster.node_metrics_addrs().unwrap();
+    assert_ne!(after[0], before[0]);
+    assert_eq!(after[1], before[1]);
+    drop(squatter);
     check(&usage_report(&cluster, 2, &[]));
     // The metrics carry the same counts.
     let mut counted = 0.0;

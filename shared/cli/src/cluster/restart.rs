@@ -4,6 +4,8 @@
 
 use anyhow::{Context, bail};
 use edge_shared::config::{GatewayConfig, NodeConfig};
+use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use super::nats::Nats;
@@ -41,11 +43,15 @@ impl LocalCluster {
         text.gossip.listen = self.seed;
         text.status_listen = self.status;
         text.admin.listen = self.admin;
-        if let Ok(at) = announced(&self.dir.join("gateway.metrics")) {
-            text.metrics_listen = at;
-        }
-        std::fs::write(&config, toml::to_string(&text)?)?;
-        self.gateway = Some(self.launch_gateway("gateway", config)?.serving()?);
+        let metrics = self.dir.join("gateway.metrics");
+        let gateway = on_old_metrics_port(
+            &config,
+            text,
+            &metrics,
+            |c| &mut c.metrics_listen,
+            || self.launch_gateway("gateway", config.clone())?.serving(),
+        )?;
+        self.gateway = Some(gateway);
         Ok(())
     }
 
@@ -119,20 +125,48 @@ impl LocalCluster {
         let mut text: NodeConfig = toml::from_str(&std::fs::read_to_string(&config)?)?;
         text.listen = addr;
         let metrics = self.dir.join(format!("{name}.metrics"));
-        if let Ok(at) = announced(&metrics) {
-            text.metrics_listen = at;
-        }
-        std::fs::write(&config, toml::to_string(&text)?)?;
         let announce = metrics.to_string_lossy().to_string();
-        self.nodes[i] = self
-            .launch(
-                "edge-node",
-                &name,
-                config,
-                cpus,
-                &["--announce-metrics", &announce],
-            )?
-            .serving()?;
+        self.nodes[i] = on_old_metrics_port(
+            &config,
+            text,
+            &metrics,
+            |c| &mut c.metrics_listen,
+            || {
+                self.launch(
+                    "edge-node",
+                    &name,
+                    config.clone(),
+                    cpus.clone(),
+                    &["--announce-metrics", &announce],
+                )?
+                .serving()
+            },
+        )?;
         Ok(())
+    }
+}
+
+/// Starts a member (`start`, reading `config`) on the metrics address it announced in
+/// `metrics` before, so a scrape pointed at it keeps working. If something took that port
+/// while the member was down (another process's outgoing connection can be handed any
+/// free port), it starts again on a new port, announced in the same file.
+fn on_old_metrics_port<C: serde::Serialize>(
+    config: &Path,
+    mut text: C,
+    metrics: &Path,
+    listen: impl Fn(&mut C) -> &mut SocketAddr,
+    mut start: impl FnMut() -> anyhow::Result<Process>,
+) -> anyhow::Result<Process> {
+    if let Ok(at) = announced(metrics) {
+        *listen(&mut text) = at;
+    }
+    std::fs::write(config, toml::to_string(&text)?)?;
+    match start() {
+        Err(e) if format!("{e:#}").contains("binding the metrics listener") => {
+            listen(&mut text).set_port(0);
+            std::fs::write(config, toml::to_string(&text)?)?;
+            start()
+        }
+        started => started,
     }
 }
