@@ -1,47 +1,100 @@
-//! `compare`: the same scenario against a fresh local cluster per routing policy, one
-//! after the other on this machine, reported side by side.
+//! `compare`: the same load against a fresh local cluster per variant (a routing policy,
+//! or a cluster file of its own), one after the other on this machine, reported side by
+//! side, with the module loads (compiles, artifacts fetched) its nodes counted.
 
 use std::fmt::Write;
+use std::io::{Read, Write as _};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use edge_cli::cluster::{LocalCluster, bin_dir};
 use edge_net::tls;
-use edge_shared::config::{ClusterConfig, RoutingPolicy};
+use edge_shared::config::ClusterConfig;
 use edge_shared::wire;
 
 use crate::run::run;
 use crate::scenario::Scenario;
-use crate::tally::Report;
+use crate::tally::{ModuleLoads, Report};
 
-/// Runs `scenario` once per policy, each on its own new cluster made from `spec`.
+/// One cluster to start and load: its label in the table and its cluster file.
+pub struct Variant {
+    /// Column label (`least-loaded-warm`, `before`).
+    pub label: String,
+    /// The cluster to start.
+    pub spec: ClusterConfig,
+}
+
+/// One part of the load run on each cluster, in turn: a ramp, then a plateau, say.
+pub struct Phase {
+    /// Added to the variant's label when there are several phases.
+    pub label: String,
+    /// The load.
+    pub scenario: Scenario,
+}
+
+/// Runs every phase, in order, on a new cluster per variant. A run's label is its
+/// variant's, with the phase's after it when there are several.
 pub fn compare(
-    spec: &ClusterConfig,
-    policies: &[RoutingPolicy],
-    scenario: &Scenario,
+    variants: &[Variant],
+    phases: &[Phase],
     stop: &Arc<AtomicBool>,
     progress: bool,
-) -> anyhow::Result<Vec<(RoutingPolicy, Report)>> {
+) -> anyhow::Result<Vec<(String, Report)>> {
     let runtime = tokio::runtime::Runtime::new()?;
     let mut results = Vec::new();
-    for &policy in policies {
+    for variant in variants {
         if stop.load(Ordering::Relaxed) {
             break;
         }
         let dir = tempfile::tempdir()?;
-        let mut spec = spec.clone();
-        spec.routing = policy;
+        let mut spec = variant.spec.clone();
         spec.listen = "127.0.0.1:0".parse()?;
-        eprintln!("compare: {} nodes, routing {}", spec.nodes, policy.as_str());
+        eprintln!("compare: {}, {} nodes", variant.label, spec.nodes);
         let mut cluster = LocalCluster::start(&spec, dir.path(), &bin_dir()?)?;
-        let aimed = scenario.aimed_at(cluster.gateway_addr())?;
         let client_tls = tls::client_config(&cluster.certs().ca, None, &[wire::ALPN_H3])?;
-        let report = runtime.block_on(run(&aimed, client_tls, Arc::clone(stop), progress));
+        for phase in phases {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let label = match phases {
+                [_] => variant.label.clone(),
+                _ => format!("{} {}", variant.label, phase.label),
+            };
+            let aimed = phase.scenario.aimed_at(cluster.gateway_addr())?;
+            let before = module_loads(&cluster);
+            let report =
+                runtime.block_on(run(&aimed, client_tls.clone(), Arc::clone(stop), progress));
+            let mut report = report?;
+            report.module_loads = Some(module_loads(&cluster).since(before));
+            results.push((label, report));
+        }
         cluster.stop(Duration::from_secs(5));
-        results.push((policy, report?));
     }
     Ok(results)
+}
+
+/// The module loads every node of `cluster` has counted since it started (a node whose
+/// metrics cannot be read counts none).
+fn module_loads(cluster: &LocalCluster) -> ModuleLoads {
+    let addrs = cluster.node_metrics_addrs().unwrap_or_default();
+    addrs
+        .into_iter()
+        .filter_map(scrape)
+        .map(|text| ModuleLoads::of_metrics(&text))
+        .fold(ModuleLoads::default(), ModuleLoads::plus)
+}
+
+/// `GET /metrics` at `at` over plain TCP (`metrics_listen` speaks HTTP/1.1).
+fn scrape(at: SocketAddr) -> Option<String> {
+    let mut tcp = TcpStream::connect_timeout(&at, Duration::from_secs(2)).ok()?;
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: edge\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    tcp.read_to_string(&mut text).ok()?;
+    Some(text)
 }
 
 /// Runs `scenario` once against each given gateway (`label`, address), for clusters
@@ -71,6 +124,14 @@ pub fn compare_given(
 /// One row's value for one run.
 type Cell = fn(&Report) -> String;
 
+/// One count of a run's module loads, `-` where none were read (`--given`).
+fn loads(report: &Report, count: fn(&ModuleLoads) -> u64) -> String {
+    report
+        .module_loads
+        .as_ref()
+        .map_or("-".into(), |l| count(l).to_string())
+}
+
 /// The results side by side, one column per policy.
 pub fn table(results: &[(&str, &Report)]) -> String {
     let mut out = String::new();
@@ -79,7 +140,7 @@ pub fn table(results: &[(&str, &Report)]) -> String {
         let _ = write!(out, "{label:>14}");
     }
     out.push('\n');
-    let rows: [(&str, Cell); 10] = [
+    let rows: [(&str, Cell); 13] = [
         ("req/s", |r| format!("{:.0}", r.throughput)),
         ("answered", |r| r.answered.to_string()),
         ("p50 ms", |r| format!("{:.3}", r.latency.p50_ms)),
@@ -88,6 +149,12 @@ pub fn table(results: &[(&str, &Report)]) -> String {
         ("p99.9 ms", |r| format!("{:.3}", r.latency.p999_ms)),
         ("max ms", |r| format!("{:.3}", r.latency.max_ms)),
         ("cold starts", |r| r.cold_starts.to_string()),
+        ("warm %", |r| {
+            let warm = r.answered.saturating_sub(r.cold_starts) as f64;
+            format!("{:.3}", 100.0 * warm / r.answered.max(1) as f64)
+        }),
+        ("compiles", |r| loads(r, |l| l.compiles)),
+        ("fetched", |r| loads(r, |l| l.fetched)),
         ("queue p99 ms", |r| format!("{:.3}", r.queue.p99_ms)),
         ("errors", |r| r.errors.values().sum::<u64>().to_string()),
     ];

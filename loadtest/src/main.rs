@@ -30,29 +30,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Runs the same load against a fresh local cluster per routing policy and prints
-    /// the results side by side.
-    Compare {
-        /// The cluster to start for each policy (an `edge up` cluster file).
-        #[arg(long, default_value = "config/cluster.toml")]
-        cluster: PathBuf,
-        /// Policies to compare, comma-separated.
-        #[arg(
-            long,
-            value_delimiter = ',',
-            default_value = "least-loaded-warm,round-robin,random"
-        )]
-        policies: Vec<RoutingPolicy>,
-        /// Nodes per cluster (the cluster file's by default).
-        #[arg(long)]
-        nodes: Option<usize>,
-        /// Compare running gateways instead of starting clusters: `LABEL=ADDR`
-        /// (repeatable), e.g. one cluster per policy started by hand.
-        #[arg(long, value_parser = parse_given)]
-        given: Vec<(String, SocketAddr)>,
-        #[command(flatten)]
-        load: Box<LoadArgs>,
-    },
+    /// Runs the same load against a fresh local cluster per routing policy (or per
+    /// cluster file) and prints the results side by side.
+    Compare(Box<CompareArgs>),
     /// Serves the bare-transport baseline: quinn + h3 answering a constant body.
     Baseline {
         /// UDP address to serve on.
@@ -144,6 +124,39 @@ struct LoadArgs {
     quiet: bool,
 }
 
+/// `compare`'s arguments.
+#[derive(Args)]
+struct CompareArgs {
+    /// The cluster to start for each policy (an `edge up` cluster file).
+    #[arg(long, default_value = "config/cluster.toml")]
+    cluster: PathBuf,
+    /// Policies to compare, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "least-loaded-warm,round-robin,random"
+    )]
+    policies: Vec<RoutingPolicy>,
+    /// Nodes per cluster (the cluster file's by default).
+    #[arg(long)]
+    nodes: Option<usize>,
+    /// Compare these cluster files instead of policies: `LABEL=FILE` (repeatable),
+    /// each started fresh in turn, e.g. a feature off and on.
+    #[arg(long, value_parser = parse_labelled::<PathBuf>, conflicts_with = "policies")]
+    clusters: Vec<(String, PathBuf)>,
+    /// Another scenario file run right after the first on the same cluster
+    /// (repeatable), each reported on its own: a ramp, then a plateau. Labelled by
+    /// file name.
+    #[arg(long, conflicts_with = "given")]
+    then: Vec<PathBuf>,
+    /// Compare running gateways instead of starting clusters: `LABEL=ADDR`
+    /// (repeatable), e.g. one cluster per policy started by hand.
+    #[arg(long, value_parser = parse_labelled::<SocketAddr>)]
+    given: Vec<(String, SocketAddr)>,
+    #[command(flatten)]
+    load: Box<LoadArgs>,
+}
+
 impl LoadArgs {
     fn scenario(&self) -> anyhow::Result<Scenario> {
         let file = self.scenario.as_deref().map(scenario::load).transpose()?;
@@ -207,13 +220,7 @@ fn main() -> anyhow::Result<()> {
             announce,
             relay_to,
         }) => serve_baseline(listen, &dir, announce, relay_to),
-        Some(Command::Compare {
-            cluster,
-            policies,
-            nodes,
-            given,
-            load,
-        }) => run_compare(&cluster, &policies, nodes, &given, &load),
+        Some(Command::Compare(args)) => run_compare(&args),
     }
 }
 
@@ -365,45 +372,101 @@ fn serve_baseline(
     })
 }
 
-fn parse_given(text: &str) -> Result<(String, SocketAddr), String> {
-    let (label, addr) = text
+/// `LABEL=VALUE`.
+fn parse_labelled<T>(text: &str) -> Result<(String, T), String>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    let (label, value) = text
         .split_once('=')
-        .ok_or_else(|| format!("{text:?}: expected LABEL=ADDR"))?;
-    let addr = addr.parse().map_err(|e| format!("{text:?}: {e}"))?;
-    Ok((label.to_string(), addr))
+        .ok_or_else(|| format!("{text:?}: expected LABEL=VALUE"))?;
+    let value = value.parse().map_err(|e| format!("{text:?}: {e}"))?;
+    Ok((label.to_string(), value))
 }
 
-fn run_compare(
-    cluster: &std::path::Path,
-    policies: &[RoutingPolicy],
-    nodes: Option<usize>,
-    given: &[(String, SocketAddr)],
-    args: &LoadArgs,
-) -> anyhow::Result<()> {
-    if !given.is_empty() {
-        let scenario = args.scenario()?;
-        let runtime = tokio::runtime::Runtime::new()?;
-        let stop = stop_on_ctrl_c(&runtime);
-        let results = compare::compare_given(given, &scenario, &args.tls()?, &stop, !args.quiet)?;
-        drop(runtime);
-        let labelled: Vec<(&str, &Report)> = results.iter().map(|(l, r)| (l.as_str(), r)).collect();
-        println!("{}", compare::table(&labelled));
-        return write_outputs(args, &labelled);
-    }
-    // Absolute, so that module paths resolve the same from the cluster's own folder.
-    let cluster = cluster
-        .canonicalize()
-        .with_context(|| format!("cluster file {}", cluster.display()))?;
-    let mut spec: ClusterConfig = edge_shared::config::load(&cluster)?;
-    if let Some(n) = nodes {
-        spec.nodes = n;
-    }
-    let scenario = args.scenario()?;
+fn run_compare(compare_args: &CompareArgs) -> anyhow::Result<()> {
+    let args = &compare_args.load;
     let runtime = tokio::runtime::Runtime::new()?;
     let stop = stop_on_ctrl_c(&runtime);
-    let results = compare::compare(&spec, policies, &scenario, &stop, !args.quiet)?;
+    let results = if compare_args.given.is_empty() {
+        let variants = compare_args.variants()?;
+        let phases = compare_args.phases()?;
+        compare::compare(&variants, &phases, &stop, !args.quiet)?
+    } else {
+        let scenario = args.scenario()?;
+        let tls = args.tls()?;
+        compare::compare_given(&compare_args.given, &scenario, &tls, &stop, !args.quiet)?
+    };
     drop(runtime);
-    let labelled: Vec<(&str, &Report)> = results.iter().map(|(p, r)| (p.as_str(), r)).collect();
+    let labelled: Vec<(&str, &Report)> = results.iter().map(|(l, r)| (l.as_str(), r)).collect();
     println!("{}", compare::table(&labelled));
     write_outputs(args, &labelled)
+}
+
+impl CompareArgs {
+    /// The clusters to start: one per `--clusters` file, else one per policy of
+    /// `--cluster`.
+    fn variants(&self) -> anyhow::Result<Vec<compare::Variant>> {
+        let spec = |file: &std::path::Path| -> anyhow::Result<ClusterConfig> {
+            // Absolute, so that module paths resolve the same from the cluster's folder.
+            let file = file
+                .canonicalize()
+                .with_context(|| format!("cluster file {}", file.display()))?;
+            let mut spec: ClusterConfig = edge_shared::config::load(&file)?;
+            if let Some(n) = self.nodes {
+                spec.nodes = n;
+            }
+            Ok(spec)
+        };
+        if !self.clusters.is_empty() {
+            return self
+                .clusters
+                .iter()
+                .map(|(label, file)| {
+                    let spec = spec(file)?;
+                    Ok(compare::Variant {
+                        label: label.clone(),
+                        spec,
+                    })
+                })
+                .collect();
+        }
+        let base = spec(&self.cluster)?;
+        Ok(self
+            .policies
+            .iter()
+            .map(|&policy| compare::Variant {
+                label: policy.as_str().to_string(),
+                spec: ClusterConfig {
+                    routing: policy,
+                    ..base.clone()
+                },
+            })
+            .collect())
+    }
+
+    /// The load run on each cluster: the scenario, then each `--then` file, with the
+    /// same flags.
+    fn phases(&self) -> anyhow::Result<Vec<compare::Phase>> {
+        let label = |file: Option<&std::path::Path>| {
+            file.and_then(|f| f.file_stem())
+                .map_or("load".into(), |s| s.to_string_lossy().to_string())
+        };
+        let first = compare::Phase {
+            label: label(self.load.scenario.as_deref()),
+            scenario: self.load.scenario()?,
+        };
+        let then = self.then.iter().map(|file| {
+            let args = LoadArgs {
+                scenario: Some(file.clone()),
+                ..(*self.load).clone()
+            };
+            Ok(compare::Phase {
+                label: label(Some(file)),
+                scenario: args.scenario()?,
+            })
+        });
+        std::iter::once(Ok(first)).chain(then).collect()
+    }
 }

@@ -210,6 +210,7 @@ impl Tally {
             errors: self.errors.clone(),
             generator_cpu_seconds: 0.0,
             target_cpu: None,
+            module_loads: None,
         }
     }
 }
@@ -287,6 +288,57 @@ pub struct Report {
     pub target_cpu: Option<CpuByThread>,
     /// Requests sent again to another gateway after theirs was lost (`--failover`).
     pub failovers: u64,
+    /// Module loads on the cluster's nodes during the run (`compare`, on a cluster it
+    /// started).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub module_loads: Option<ModuleLoads>,
+}
+
+/// How nodes loaded modules they lacked in memory, over a run: summed over the nodes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ModuleLoads {
+    /// Compiled from the module.
+    pub compiles: u64,
+    /// Artifacts fetched from another node.
+    pub fetched: u64,
+    /// Artifacts deserialized from the node's own disk.
+    pub from_disk: u64,
+}
+
+impl ModuleLoads {
+    /// The loads that `/metrics` text of one node counts
+    /// (`edge_node_module_cache_misses_total{source=…}`).
+    pub fn of_metrics(text: &str) -> ModuleLoads {
+        let count = |source: &str| {
+            let line = format!("edge_node_module_cache_misses_total{{source=\"{source}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(&line)?.trim().parse::<f64>().ok())
+                .map_or(0, |v| v as u64)
+        };
+        ModuleLoads {
+            compiles: count("compile"),
+            fetched: count("peer"),
+            from_disk: count("disk"),
+        }
+    }
+
+    /// `self` and `other` together.
+    pub fn plus(self, other: ModuleLoads) -> ModuleLoads {
+        ModuleLoads {
+            compiles: self.compiles + other.compiles,
+            fetched: self.fetched + other.fetched,
+            from_disk: self.from_disk + other.from_disk,
+        }
+    }
+
+    /// What was counted after `before` (counters only grow, unless a node restarted).
+    pub fn since(self, before: ModuleLoads) -> ModuleLoads {
+        ModuleLoads {
+            compiles: self.compiles.saturating_sub(before.compiles),
+            fetched: self.fetched.saturating_sub(before.fetched),
+            from_disk: self.from_disk.saturating_sub(before.from_disk),
+        }
+    }
 }
 
 impl std::fmt::Display for Report {
@@ -401,5 +453,30 @@ mod tests {
         a.timing = Some("deploy;dur=0, cold;dur=0, queue;dur=0");
         t.answer(&a);
         assert_eq!(t.report(Duration::from_secs(1)).cold_starts, 1);
+    }
+
+    #[test]
+    fn module_loads_are_read_from_a_nodes_metrics_and_counted_over_a_run() {
+        let metrics = |compile, peer| {
+            format!(
+                "# TYPE edge_node_module_cache_misses counter\n\
+                 edge_node_module_cache_misses_total{{source=\"compile\"}} {compile}\n\
+                 edge_node_module_cache_misses_total{{source=\"disk\"}} 2\n\
+                 edge_node_module_cache_misses_total{{source=\"peer\"}} {peer}\n\
+                 edge_node_warming 0\n"
+            )
+        };
+        let before = ModuleLoads::of_metrics(&metrics(3, 0));
+        assert_eq!(
+            before,
+            ModuleLoads {
+                compiles: 3,
+                fetched: 0,
+                from_disk: 2
+            }
+        );
+        let after = ModuleLoads::of_metrics(&metrics(4, 7)).plus(ModuleLoads::of_metrics(""));
+        let run = after.since(before);
+        assert_eq!((run.compiles, run.fetched, run.from_disk), (1, 7, 0));
     }
 }

@@ -308,3 +308,75 @@ fn compare_also_runs_against_gateways_given_by_address() {
         "{table}"
     );
 }
+
+#[test]
+fn compare_runs_phases_on_each_cluster_file_and_counts_its_nodes_module_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let built = Command::new(root().join("scripts/build-functions.sh"))
+        .status()
+        .unwrap();
+    assert!(built.success());
+    let hello = root().join("functions/target/wasm32-wasip1/release/hello.wasm");
+    let mut files = Vec::new();
+    for (label, share) in [("shared", true), ("alone", false)] {
+        let file = dir.path().join(format!("{label}.toml"));
+        std::fs::write(
+            &file,
+            format!(
+                "nodes = 2\nnode_worker_threads = 1\nshare_artifacts = {share}\n\
+                 prewarm = \"threshold\"\n[[functions]]\nname = \"hello\"\nmodule = {hello:?}\n"
+            ),
+        )
+        .unwrap();
+        files.push(format!("{label}={}", file.display()));
+    }
+    let phase = |name: &str, rate: u32| {
+        let file = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &file,
+            format!(
+                "target = \"https://localhost\"\nduration = \"1s\"\nwarmup = \"0s\"\n\
+                 rate = {rate}\n[[requests]]\nname = \"hello\"\npath = \"/hello\"\n"
+            ),
+        )
+        .unwrap();
+        file
+    };
+    let (first, plateau) = (phase("first", 20), phase("plateau", 40));
+    let out = dir.path().join("c.json");
+    let output = succeeds(
+        edge_loadtest()
+            .args(["compare", "--clusters", &files[0], "--clusters", &files[1]])
+            .arg("--scenario")
+            .arg(&first)
+            .arg("--then")
+            .arg(&plateau)
+            .args(["--quiet", "--json"])
+            .arg(&out),
+    );
+    let table = String::from_utf8_lossy(&output.stdout);
+    for row in [
+        "warm %",
+        "compiles",
+        "fetched",
+        "shared plateau",
+        "alone first",
+    ] {
+        assert!(table.contains(row), "{row}: {table}");
+    }
+    let report = json(&out);
+    for run in [
+        "shared first",
+        "shared plateau",
+        "alone first",
+        "alone plateau",
+    ] {
+        let r = &report[run];
+        assert!(r["answered"].as_u64().unwrap() > 0, "{run}: {report}");
+        assert_eq!(r["errors"], serde_json::json!({}), "{run}: {report}");
+        // Deployed (compiled on its home node) before the load: a light load compiles
+        // nothing and meets no cold start.
+        assert_eq!(r["module_loads"]["compiles"], 0, "{run}: {report}");
+        assert_eq!(r["cold_starts"], 0, "{run}: {report}");
+    }
+}

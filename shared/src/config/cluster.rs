@@ -6,7 +6,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    ConfigFile, FunctionConfig, GossipConfig, IngressConfig, LogFormat, RegistryKind,
+    ConfigFile, FunctionConfig, GossipConfig, IngressConfig, LogFormat, Prewarm, RegistryKind,
     RoutingPolicy, resolve,
 };
 
@@ -40,6 +40,11 @@ pub struct ClusterConfig {
     pub routing: RoutingPolicy,
     /// Time between gossip rounds of every member, in ms.
     pub gossip_interval_ms: u64,
+    /// The gateways' `prewarm`: when a function's next node is warmed before it is needed.
+    pub prewarm: Prewarm,
+    /// The nodes' `artifacts.share`: whether nodes hand compiled artifacts to each other
+    /// (`false`: each compiles what it runs, as before artifacts travelled).
+    pub share_artifacts: bool,
     /// The gateway's ingress limits.
     pub ingress: IngressConfig,
     /// Functions deployed at start.
@@ -92,6 +97,8 @@ impl Default for ClusterConfig {
             domain: "edge.localhost".into(),
             routing: RoutingPolicy::LeastLoadedWarm,
             gossip_interval_ms: GossipConfig::default().interval_ms,
+            prewarm: Prewarm::Projected,
+            share_artifacts: true,
             ingress: IngressConfig::default(),
             functions: Vec::new(),
             gateways: 1,

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use edge_shared::config::{
-    AdminConfig, ClusterConfig, GatewayConfig, GossipConfig, NodeConfig, RegistryConfig,
-    RegistryKind,
+    AdminConfig, ArtifactsConfig, ClusterConfig, GatewayConfig, GossipConfig, NodeConfig,
+    RegistryConfig, RegistryKind,
 };
 
 use crate::devcerts::DevCerts;
@@ -212,6 +212,7 @@ impl LocalCluster {
             log_format: spec.log_format,
             ingress: spec.ingress.clone(),
             routing: spec.routing,
+            prewarm: spec.prewarm,
             functions: spec.functions.clone(),
             ..GatewayConfig::default()
         };
@@ -311,6 +312,10 @@ impl LocalCluster {
             },
             log_filter: self.spec.log_filter.clone(),
             log_format: self.spec.log_format,
+            artifacts: ArtifactsConfig {
+                share: self.spec.share_artifacts,
+                ..ArtifactsConfig::default()
+            },
             ..NodeConfig::default()
         };
         let cpus = self
