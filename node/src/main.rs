@@ -88,6 +88,7 @@ async fn run(
         seeds: config.gossip.seeds.clone(),
         interval: Duration::from_millis(config.gossip.interval_ms),
         phi_threshold: gossip::PHI_THRESHOLD,
+        budget_bytes_per_s: config.gossip.budget_bytes_per_s,
         credentials: gossip::Credentials::from_files(&config.cluster_ca, identity)?,
     };
     let grace = Duration::from_millis(config.shutdown_grace_ms);

@@ -2,7 +2,12 @@
 //! members on the in-memory network (paused clock: simulated seconds), and for 3 and
 //! 10 members over real UDP on loopback (wall-clock seconds).
 //!
-//! `cargo bench -p edge-shared --profile dev --bench gossip_cost`
+//! `cargo bench -p edge-net --profile dev --bench gossip_cost`
+//!
+//! From the environment: `ONLY=N` (one cluster size), `ROUND_MS` (the round, 200),
+//! `BUDGET` (each member's send budget in bytes/s; the config's default, 10,000, and 0
+//! for none), `WARM` (functions warm on each member, 50) and `CHURN` (warm-set changes
+//! per member per second during the steady state, 0).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -21,18 +26,38 @@ fn interval() -> Duration {
 }
 /// Steady state measured over this long, every member publishing a new load each round.
 const STEADY: Duration = Duration::from_secs(30);
-/// Functions warm on each member (its warm set is gossiped once, then unchanged).
-const WARM_PER_MEMBER: usize = 50;
+
+/// `name` from the environment, else `default`.
+fn knob(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Each member's send budget, bytes per second.
+fn budget() -> u64 {
+    let default = edge_shared::config::GossipConfig::default().budget_bytes_per_s;
+    knob("BUDGET", default as usize) as u64
+}
 
 fn key() -> ClusterKey {
     ClusterKey::new(&[1; 32]).expect("a key")
 }
 
-fn warm_set(member: usize) -> WarmSet {
-    let ids: Vec<String> = (0..WARM_PER_MEMBER)
+/// Member `member`'s warm set after `changes` changes: `WARM` functions, the oldest
+/// replaced by a new one at each change.
+fn warm_set(member: usize, changes: usize) -> WarmSet {
+    let ids: Vec<String> = (changes..changes + knob("WARM", 50))
         .map(|f| format!("fn-{member}-{f}@v1"))
         .collect();
     WarmSet::of(ids.iter().map(String::as_str))
+}
+
+/// Warm-set changes of each member by `round` (`CHURN` a second).
+fn changes(round: usize) -> usize {
+    let per_second = knob("CHURN", 0) as f64;
+    (round as f64 * interval().as_secs_f64() * per_second) as usize
 }
 
 fn load(round: usize, member: usize) -> LoadReport {
@@ -55,6 +80,7 @@ fn sent_bytes(members: &[&Gossip]) -> u64 {
 
 async fn simulated(n: usize) {
     let mut sim = Simulation::new(key(), interval());
+    sim.budget_bytes_per_s = budget();
     let start = tokio::time::Instant::now();
     for i in 0..n {
         let seeds: &[usize] = if i == 0 { &[] } else { &[0] };
@@ -68,7 +94,7 @@ async fn simulated(n: usize) {
         .map(|_| start.elapsed());
     for i in 0..n {
         if let Some(g) = sim.member(i) {
-            g.publish(load(0, i), &warm_set(i)).await;
+            g.publish(load(0, i), &warm_set(i, 0)).await;
         }
     }
     let warm = sim
@@ -79,11 +105,16 @@ async fn simulated(n: usize) {
     let rounds = (STEADY.as_millis() / interval().as_millis()) as usize;
     for round in 1..=rounds {
         for (i, g) in members.iter().enumerate() {
-            g.publish(load(round, i), &warm_set(i)).await;
+            g.publish(load(round, i), &warm_set(i, changes(round)))
+                .await;
         }
         tokio::time::sleep(interval()).await;
     }
     let per_member = (sent_bytes(&members) - before) as f64 / n as f64 / STEADY.as_secs_f64();
+    let held_back: u64 = members
+        .iter()
+        .map(|g| Counters::get(&g.counters().held_back))
+        .sum();
     sim.publish(1, 99, &[]).await;
     let change = sim
         .wait_until(Duration::from_secs(60), async |s| s.converged(&all).await)
@@ -101,8 +132,9 @@ async fn simulated(n: usize) {
         })
         .await;
     println!(
-        "simulated {n:>3} members: join {}, warm sets {}, steady {per_member:>8.0} B/s per member, \
-         one change reaches all in {}, crash marked down by all in {}",
+        "simulated {n:>3} members: join {}, warm sets {}, steady {per_member:>8.0} B/s per member \
+         ({held_back} exchanges held back), one change reaches all in {}, crash marked down by \
+         all in {}",
         show(join),
         show(warm),
         show(change),
@@ -135,6 +167,7 @@ async fn over_udp(n: usize) -> anyhow::Result<()> {
             seeds: seed.iter().map(ToString::to_string).collect(),
             interval: interval(),
             phi_threshold: edge_net::gossip::PHI_THRESHOLD,
+            budget_bytes_per_s: budget(),
             credentials,
         };
         let gossip = Gossip::start(&settings, link, key()).await?;
@@ -160,7 +193,8 @@ async fn over_udp(n: usize) -> anyhow::Result<()> {
     let measured = std::time::Instant::now();
     for round in 1..=rounds {
         for (i, g) in members.iter().enumerate() {
-            g.publish(load(round, i), &warm_set(i)).await;
+            g.publish(load(round, i), &warm_set(i, changes(round)))
+                .await;
         }
         tokio::time::sleep(interval()).await;
     }

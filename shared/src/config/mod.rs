@@ -220,6 +220,10 @@ pub struct GossipConfig {
     pub key_file: PathBuf,
     /// Time between gossip rounds, in ms; load is published every round.
     pub interval_ms: u64,
+    /// Bytes per second a member sends on gossip, on average, before it opens fewer
+    /// exchanges of its own (it still answers every one): rounds lengthen in a large
+    /// cluster, and a small one gossips every round. 0: no limit.
+    pub budget_bytes_per_s: u64,
 }
 
 impl Default for GossipConfig {
@@ -229,6 +233,7 @@ impl Default for GossipConfig {
             seeds: Vec::new(),
             key_file: PathBuf::new(),
             interval_ms: 200,
+            budget_bytes_per_s: 10_000,
         }
     }
 }
@@ -238,6 +243,11 @@ impl GossipConfig {
         require_file(problems, "gossip.key_file", &self.key_file);
         if !(10..=10_000).contains(&self.interval_ms) {
             problems.push("gossip.interval_ms: must be between 10 and 10000".into());
+        }
+        if self.budget_bytes_per_s != 0 && self.budget_bytes_per_s < 1_000 {
+            problems.push(
+                "gossip.budget_bytes_per_s: 0 (no limit) or at least 1000: a member must be able to send a digest now and then".into(),
+            );
         }
         for (i, seed) in self.seeds.iter().enumerate() {
             let well_formed = seed

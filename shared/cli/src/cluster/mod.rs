@@ -309,6 +309,7 @@ impl LocalCluster {
                 seeds: vec![self.seed.to_string()],
                 key_file: self.certs.gossip_key.clone(),
                 interval_ms: self.spec.gossip_interval_ms,
+                ..GossipConfig::default()
             },
             log_filter: self.spec.log_filter.clone(),
             log_format: self.spec.log_format,

@@ -30,7 +30,9 @@ use chitchat::transport::{Socket, Transport};
 use chitchat::{ChitchatMessage, Deserializable, Serializable};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+use tokio::time::Instant;
 
+use super::budget::SendBudget;
 use super::memory::Port;
 
 /// Bytes of the tag appended to each datagram.
@@ -128,6 +130,9 @@ pub struct Counters {
     /// Member identities refused: not signed by the member they name (see
     /// [`super::identity`]), or older than the one accepted.
     pub forged: AtomicU64,
+    /// Exchanges this member did not open, to keep within its send budget (see
+    /// [`super::budget`]).
+    pub held_back: AtomicU64,
 }
 
 impl Counters {
@@ -210,15 +215,23 @@ pub struct SignedTransport {
     link: std::sync::Mutex<Option<Link>>,
     key: ClusterKey,
     counters: Arc<Counters>,
+    budget_bytes_per_s: u64,
 }
 
 impl SignedTransport {
-    /// A transport for `link` (opened once, by chitchat).
-    pub fn new(link: Link, key: ClusterKey, counters: Arc<Counters>) -> SignedTransport {
+    /// A transport for `link` (opened once, by chitchat), opening exchanges only within
+    /// `budget_bytes_per_s` sent (0: every one).
+    pub fn new(
+        link: Link,
+        key: ClusterKey,
+        counters: Arc<Counters>,
+        budget_bytes_per_s: u64,
+    ) -> SignedTransport {
         SignedTransport {
             link: std::sync::Mutex::new(Some(link)),
             key,
             counters,
+            budget_bytes_per_s,
         }
     }
 }
@@ -242,6 +255,8 @@ impl Transport for SignedTransport {
             counters: Arc::clone(&self.counters),
             buf: Vec::new(),
             seen: Seen::default(),
+            budget: (self.budget_bytes_per_s > 0)
+                .then(|| SendBudget::new(self.budget_bytes_per_s, Instant::now())),
         }))
     }
 }
@@ -252,6 +267,7 @@ struct SignedSocket {
     counters: Arc<Counters>,
     buf: Vec<u8>,
     seen: Seen,
+    budget: Option<SendBudget>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -292,10 +308,21 @@ impl Seen {
 #[async_trait::async_trait]
 impl Socket for SignedSocket {
     async fn send(&mut self, to: SocketAddr, message: ChitchatMessage) -> anyhow::Result<()> {
+        let opens = matches!(message, ChitchatMessage::Syn { .. });
+        if let Some(budget) = &mut self.budget
+            && opens
+            && !budget.opens(Instant::now())
+        {
+            Counters::add(&self.counters.held_back, 1);
+            return Ok(());
+        }
         let datagram = self.key.seal(compress(&message.serialize_to_vec()));
         if datagram.len() > MAX_DATAGRAM {
             tracing::warn!(%to, bytes = datagram.len(), "gossip message too large, not sent");
             return Ok(());
+        }
+        if let Some(budget) = &mut self.budget {
+            budget.spend(datagram.len());
         }
         Counters::add(&self.counters.sent, 1);
         Counters::add(&self.counters.sent_bytes, datagram.len());

@@ -25,6 +25,7 @@
 //! certificate's key besides ([`identity`]), so a key holder can write only its own.
 
 pub mod auth;
+pub mod budget;
 pub mod identity;
 pub mod memory;
 pub mod simulation;
@@ -69,6 +70,9 @@ pub struct Settings {
     pub interval: Duration,
     /// Phi-accrual threshold above which a silent member counts as down.
     pub phi_threshold: f64,
+    /// Bytes per second this member sends on average before it opens fewer exchanges
+    /// of its own (see [`budget`]); 0: no limit.
+    pub budget_bytes_per_s: u64,
     /// Its certificate and key, which sign its identity, and the cluster CA, which
     /// others' identities must chain to.
     pub credentials: Credentials,
@@ -140,7 +144,12 @@ impl Gossip {
             ("load".to_string(), LoadReport::default().encode()),
         ];
         identity.extend((0..WARM_SHARDS).map(|i| (warm_key(i), String::new())));
-        let transport = SignedTransport::new(link, key, Arc::clone(&counters));
+        let transport = SignedTransport::new(
+            link,
+            key,
+            Arc::clone(&counters),
+            settings.budget_bytes_per_s,
+        );
         let handle = chitchat::spawn_chitchat(config, identity, &transport).await?;
         let changes = handle.chitchat().lock().await.live_nodes_watcher();
         Ok(Gossip {

@@ -15,6 +15,9 @@ pub struct Simulation {
     pub network: Network,
     /// The cluster CA, which issues each member's certificate.
     pub ca: ClusterCa,
+    /// Each member's send budget (bytes per second; 0, the default: none), for the
+    /// members started after it is set.
+    pub budget_bytes_per_s: u64,
     key: ClusterKey,
     interval: Duration,
     members: Vec<Option<Gossip>>,
@@ -29,6 +32,7 @@ impl Simulation {
         Simulation {
             network: Network::default(),
             ca: ClusterCa::generate().expect("a new CA"),
+            budget_bytes_per_s: 0,
             key,
             interval,
             members: Vec::new(),
@@ -90,6 +94,7 @@ impl Simulation {
                 .collect(),
             interval: self.interval,
             phi_threshold: super::PHI_THRESHOLD,
+            budget_bytes_per_s: self.budget_bytes_per_s,
             credentials,
         };
         let link = Link::Memory(self.network.bind(Simulation::addr(i))?);
