@@ -8,7 +8,9 @@
 #           (share_artifacts = false, prewarm = "threshold");
 #   after:  the defaults (artifacts from peers, pre-warm on the projected rate).
 # Saturation is measured first: the closed-loop throughput of the "after" cluster under
-# the same mix, once it is warm (a 20 s unmeasured warm-up, then 20 s measured).
+# the same mix, once it is warm (a 20 s unmeasured warm-up, then 20 s measured). Last,
+# the reference the plateau is held to: one function alone, warm (10 s of warm-up), at
+# the plateau's rate for 60 s.
 # Usage: scripts/ramp-experiment.sh [RATE] (RATE skips the saturation run). Writes
 # .edge-ramp/.
 set -euo pipefail
@@ -38,6 +40,8 @@ for i, name in enumerate(names):
 before = 'share_artifacts = false\nprewarm = "threshold"\n'
 for label, keys in (("before", before), ("after", "")):
     open(f"{work}/{label}.toml", "w").write(f"nodes = 3\n{keys}{functions}")
+open(f"{work}/single.toml", "w").write(
+    'nodes = 3\n[[functions]]\nname = "f000"\nmodule = "modules/f000.wasm"\n')
 requests = "".join(
     f'\n[[requests]]\nname = "{name}"\npath = "/{name}"\nweight = {round(1000 / (i + 1))}\n'
     f'expect_status = 200\n' for i, name in enumerate(names))
@@ -59,5 +63,11 @@ common='target = "https://localhost"\nwarmup = "0s"\nconnections = 8\ntimeout = 
 printf "$common"'rate = 1\nramp_to = %s\n' "$rate" | cat - "$work/requests.toml" >"$work/ramp.toml"
 printf "$common"'rate = %s\n' "$((rate * 8 / 10))" | cat - "$work/requests.toml" >"$work/plateau.toml"
 compare --clusters "before=$work/before.toml" --clusters "after=$work/after.toml" \
-  --scenario "$work/ramp.toml" --then "$work/plateau.toml" --json "$work/ramp.json" \
+  --scenario "$work/ramp.toml" --then "$work/plateau.toml" --keep "$work/clusters" \
+  --json "$work/ramp.json" \
   --svg "$work/ramp.svg" | tee "$work/ramp.txt"
+echo "== reference: f000 alone, warm, at $((rate * 8 / 10))/s"
+printf "$common"'rate = %s\n[[requests]]\nname = "f000"\npath = "/f000"\nexpect_status = 200\n' \
+  "$((rate * 8 / 10))" | sed 's/warmup = "0s"/warmup = "10s"/' >"$work/single-load.toml"
+compare --clusters "single=$work/single.toml" --scenario "$work/single-load.toml" \
+  --json "$work/single.json" | tee "$work/single.txt"

@@ -5,10 +5,12 @@
 use std::fmt::Write;
 use std::io::{Read, Write as _};
 use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use anyhow::Context;
 use edge_cli::cluster::{LocalCluster, bin_dir};
 use edge_net::tls;
 use edge_shared::config::ClusterConfig;
@@ -35,10 +37,13 @@ pub struct Phase {
 }
 
 /// Runs every phase, in order, on a new cluster per variant. A run's label is its
-/// variant's, with the phase's after it when there are several.
+/// variant's, with the phase's after it when there are several. Each cluster's folder
+/// (configurations, logs, state) is `keep/LABEL` if given (emptied first), else a
+/// temporary one removed after.
 pub fn compare(
     variants: &[Variant],
     phases: &[Phase],
+    keep: Option<&Path>,
     stop: &Arc<AtomicBool>,
     progress: bool,
 ) -> anyhow::Result<Vec<(String, Report)>> {
@@ -48,11 +53,26 @@ pub fn compare(
         if stop.load(Ordering::Relaxed) {
             break;
         }
-        let dir = tempfile::tempdir()?;
+        let temporary = tempfile::tempdir()?;
+        let dir = match keep {
+            Some(keep) => {
+                let dir = keep.join(&variant.label);
+                let _ = std::fs::remove_dir_all(&dir);
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+                dir
+            }
+            None => temporary.path().to_path_buf(),
+        };
         let mut spec = variant.spec.clone();
         spec.listen = "127.0.0.1:0".parse()?;
-        eprintln!("compare: {}, {} nodes", variant.label, spec.nodes);
-        let mut cluster = LocalCluster::start(&spec, dir.path(), &bin_dir()?)?;
+        eprintln!(
+            "compare: {}, {} nodes, in {}",
+            variant.label,
+            spec.nodes,
+            dir.display()
+        );
+        let mut cluster = LocalCluster::start(&spec, &dir, &bin_dir()?)?;
         let client_tls = tls::client_config(&cluster.certs().ca, None, &[wire::ALPN_H3])?;
         for phase in phases {
             if stop.load(Ordering::Relaxed) {
@@ -135,9 +155,16 @@ fn loads(report: &Report, count: fn(&ModuleLoads) -> u64) -> String {
 /// The results side by side, one column per policy.
 pub fn table(results: &[(&str, &Report)]) -> String {
     let mut out = String::new();
+    // Every column as wide as the widest label, and a two-space gap at least.
+    let width = results
+        .iter()
+        .map(|(l, _)| l.len() + 2)
+        .max()
+        .unwrap_or(0)
+        .max(14);
     let _ = write!(out, "{:<16}", "");
     for (label, _) in results {
-        let _ = write!(out, "{label:>14}");
+        let _ = write!(out, "{label:>width$}");
     }
     out.push('\n');
     let rows: [(&str, Cell); 13] = [
@@ -161,7 +188,7 @@ pub fn table(results: &[(&str, &Report)]) -> String {
     for (name, cell) in rows {
         let _ = write!(out, "{name:<16}");
         for (_, report) in results {
-            let _ = write!(out, "{:>14}", cell(report));
+            let _ = write!(out, "{:>width$}", cell(report));
         }
         out.push('\n');
     }

@@ -149,6 +149,9 @@ struct CompareArgs {
     /// file name.
     #[arg(long, conflicts_with = "given")]
     then: Vec<PathBuf>,
+    /// Keep each started cluster's folder (configurations, logs) in DIR/LABEL.
+    #[arg(long, conflicts_with = "given")]
+    keep: Option<PathBuf>,
     /// Compare running gateways instead of starting clusters: `LABEL=ADDR`
     /// (repeatable), e.g. one cluster per policy started by hand.
     #[arg(long, value_parser = parse_labelled::<SocketAddr>)]
@@ -392,7 +395,8 @@ fn run_compare(compare_args: &CompareArgs) -> anyhow::Result<()> {
     let results = if compare_args.given.is_empty() {
         let variants = compare_args.variants()?;
         let phases = compare_args.phases()?;
-        compare::compare(&variants, &phases, &stop, !args.quiet)?
+        let keep = compare_args.keep.as_deref();
+        compare::compare(&variants, &phases, keep, &stop, !args.quiet)?
     } else {
         let scenario = args.scenario()?;
         let tls = args.tls()?;

@@ -351,16 +351,24 @@ fn compare_runs_phases_on_each_cluster_file_and_counts_its_nodes_module_loads() 
             .arg(&first)
             .arg("--then")
             .arg(&plateau)
+            .arg("--keep")
+            .arg(dir.path().join("kept"))
             .args(["--quiet", "--json"])
             .arg(&out),
     );
+    // Each cluster's folder is kept, its logs in it.
+    for label in ["shared", "alone"] {
+        let log = dir.path().join("kept").join(label).join("node-1.log");
+        assert!(log.is_file(), "{}", log.display());
+    }
     let table = String::from_utf8_lossy(&output.stdout);
+    // Labels longer than a column widen every column: two spaces before each at least.
     for row in [
         "warm %",
         "compiles",
         "fetched",
-        "shared plateau",
-        "alone first",
+        "  shared plateau",
+        "  alone first",
     ] {
         assert!(table.contains(row), "{row}: {table}");
     }

@@ -5,7 +5,7 @@
 //! | --- | --- |
 //! | `identity` | the member's [`Claims`] (role, name, HTTP/3 address, version, draining, incarnation), its certificate, and its signature over both (see [`SignedClaims`]) |
 //! | `load` | `in_flight queued slots ewma_run_us cpu_permille`, then `GATEWAY=N` for each gateway with requests here (spaces between) |
-//! | `warm.0` … `warm.f` | the warm set: 48-bit fingerprints of deployment ids, 12 hex digits each, sorted, split in 16 shards by first digit |
+//! | `warm.00` … `warm.3f` | the warm set: 48-bit fingerprints of deployment ids, 12 hex digits each, sorted, split in 64 shards by their first 6 bits |
 //! | `warming` | deployments the node is loading now, not ready yet: fingerprints as in the warm set, one value |
 //! | `engine` | a node's engine key (compiler, target, CPU features; [`crate::artifact::engine_key`]): nodes of one key can load each other's compiled artifacts |
 //!
@@ -13,7 +13,8 @@
 //! member can write only its own (the gossip agent verifies it: `edge_net::gossip`).
 //!
 //! Sharding the warm set means a deploy or an eviction re-gossips one shard, not the
-//! whole set: 3,000 warm functions make 16 values of about 2.3 KB each.
+//! whole set: 1,000 warm functions make 64 values of about 190 bytes each, and 3,000 of
+//! about 560.
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
@@ -21,8 +22,8 @@ use std::net::SocketAddr;
 
 use sha2::{Digest, Sha256};
 
-/// Number of warm-set shards (one per leading hex digit).
-pub const WARM_SHARDS: usize = 16;
+/// Number of warm-set shards (one per value of a fingerprint's first 6 bits).
+pub const WARM_SHARDS: usize = 64;
 const FINGERPRINT_HEX: usize = 12;
 
 /// What a member is.
@@ -164,13 +165,13 @@ impl WarmSet {
         self.0.is_empty()
     }
 
-    /// The 16 shard values (`warm.0` … `warm.f`).
+    /// The 64 shard values (`warm.00` … `warm.3f`).
     pub fn encode(&self) -> [String; WARM_SHARDS] {
         let mut sorted: Vec<u64> = self.0.iter().copied().collect();
         sorted.sort_unstable();
-        let mut shards: [String; WARM_SHARDS] = Default::default();
+        let mut shards: [String; WARM_SHARDS] = std::array::from_fn(|_| String::new());
         for f in sorted {
-            let shard = (f >> 44) as usize & 0xf;
+            let shard = (f >> 42) as usize & (WARM_SHARDS - 1);
             let _ = write!(shards[shard], "{f:012x}");
         }
         shards
@@ -209,7 +210,7 @@ pub const ENGINE_KEY: &str = "engine";
 
 /// The key of warm-set shard `i`.
 pub fn warm_key(i: usize) -> String {
-    format!("warm.{i:x}")
+    format!("warm.{i:02x}")
 }
 
 /// The key of a member's signed identity.
@@ -440,7 +441,21 @@ mod tests {
         let shards = set.encode();
         let total: usize = shards.iter().map(String::len).sum();
         assert_eq!(total, 3000 * FINGERPRINT_HEX);
-        assert!(shards.iter().all(|s| s.len() < 3000), "shards are balanced");
+        // Balanced: about 47 fingerprints a shard, none with twice that.
+        let mean = 3000 * FINGERPRINT_HEX / WARM_SHARDS;
+        assert!(
+            shards.iter().all(|s| s.len() < 2 * mean),
+            "shards are balanced"
+        );
+        // One more warm function changes one shard: what gossip re-sends.
+        let more = WarmSet::of(ids.iter().map(String::as_str).chain(["fn-new@v1"]));
+        let changed = more
+            .encode()
+            .iter()
+            .zip(&shards)
+            .filter(|(a, b)| a != b)
+            .count();
+        assert_eq!(changed, 1);
         let mut back = WarmSet::default();
         for s in &shards {
             back.add_shard(s);
