@@ -17,7 +17,7 @@ use crate::functions::{Function, Functions};
 use bytes::Bytes;
 use edge_net::client::read_to_end;
 use edge_shared::wire::{self, Refusal};
-use http::{Method, Request, StatusCode};
+use http::{HeaderValue, Method, Request, StatusCode};
 
 use crate::membership::Snapshot;
 use crate::nodes::ForwardError;
@@ -202,7 +202,17 @@ impl Gateway {
         node: SocketAddr,
         function: &Function,
     ) -> Result<(), DeployError> {
-        let request = || deployment_call(Method::PUT, function);
+        let holders = function.holders_for(node);
+        let request = || {
+            let mut call = deployment_call(Method::PUT, function);
+            if let Some(value) = holders
+                .as_deref()
+                .and_then(|h| HeaderValue::from_str(h).ok())
+            {
+                call.headers_mut().insert(wire::HOLDERS_HEADER, value);
+            }
+            call
+        };
         let (mut head, mut stream) = self
             .nodes
             .send(node, request(), function.manifest_body.clone())
@@ -218,6 +228,7 @@ impl Gateway {
         }
         if head.status() == StatusCode::CREATED {
             tracing::info!(%node, deployment = %function.deployment, "deployed on node");
+            function.loaded(node);
             return Ok(());
         }
         let reason = read_to_end(&mut stream).await.unwrap_or_default();

@@ -44,6 +44,33 @@ pub struct Function {
     pub precompile: bool,
     /// Its arrivals at this gateway, for the pre-warm projection.
     pub demand: std::sync::Mutex<Demand>,
+    /// Nodes this gateway has loaded it on, the latest last (at most
+    /// [`wire::MAX_HOLDERS`]): named to a node it loads on next, which may take the
+    /// compiled artifact from them before gossip shows them warm.
+    pub loaded_on: std::sync::Mutex<Vec<std::net::SocketAddr>>,
+}
+
+impl Function {
+    /// Records that it loaded on `node`.
+    pub fn loaded(&self, node: std::net::SocketAddr) {
+        let mut on = self.loaded_on.lock().unwrap_or_else(|p| p.into_inner());
+        on.retain(|&n| n != node);
+        if on.len() == wire::MAX_HOLDERS {
+            on.remove(0);
+        }
+        on.push(node);
+    }
+
+    /// The nodes it loaded on other than `node`, as a [`wire::HOLDERS_HEADER`] value.
+    pub fn holders_for(&self, node: std::net::SocketAddr) -> Option<String> {
+        let on = self.loaded_on.lock().unwrap_or_else(|p| p.into_inner());
+        let others: Vec<String> = on
+            .iter()
+            .filter(|&&n| n != node)
+            .map(ToString::to_string)
+            .collect();
+        (!others.is_empty()).then(|| others.join(","))
+    }
 }
 
 /// Why a deploy was refused; nothing changed.
@@ -124,6 +151,7 @@ impl Function {
             version,
             precompile: spec.precompile,
             demand: std::sync::Mutex::default(),
+            loaded_on: std::sync::Mutex::default(),
         })
     }
 }

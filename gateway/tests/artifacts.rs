@@ -112,6 +112,32 @@ async fn a_node_that_joins_late_takes_the_artifact_from_a_peer_and_compiles_noth
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_asked_right_after_a_deploy_takes_the_artifact_from_where_the_gateway_loaded_it() {
+    // Gossip rounds of 2 s: the home node's warm set reaches the other node seconds
+    // after the deploy, so only the gateway's word says where the artifact is.
+    let (cluster, _dir) = support::start_with(2, Vec::new(), |spec| {
+        spec.routing = RoutingPolicy::RoundRobin;
+        spec.gossip_interval_ms = 2000;
+    });
+    let admin = support::admin(&cluster);
+    let body = support::deploy_request("hello", serde_json::json!({}));
+    support::admin_call(&admin, Method::PUT, "/v1/functions/hello", Some(body), 201).await;
+    let c = client(&cluster).await;
+    for i in 0..2 {
+        until_answered_by(&cluster, &c, i).await;
+    }
+    let statuses = [
+        node_status(&cluster, 0).await,
+        node_status(&cluster, 1).await,
+    ];
+    let loads = |s: &serde_json::Value| (counter(s, "compiles"), counter(s, "fetched_artifacts"));
+    let mut seen = [loads(&statuses[0]), loads(&statuses[1])];
+    seen.sort();
+    // One compile on the home node at the deploy; the other node fetched it.
+    assert_eq!(seen, [(0, 1), (1, 0)], "{statuses:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_artifact_changed_after_it_was_signed_is_refused_and_compiled_instead() {
     let (mut cluster, _dir, c) = hello_on_one_node().await;
     // Someone with access to node-1's disk (not to its key) changes the compiled code.

@@ -352,7 +352,7 @@ impl Node {
         let started = Instant::now();
         let _warming = self.start_warming(&deployment.id);
         let fetched = self
-            .fetch_artifact(&deployment.id, &deployment.manifest.content_id)
+            .fetch_artifact(&deployment.id, &deployment.manifest.content_id, &[])
             .await;
         let cache = Arc::clone(&self.cache);
         let (name, id, limit) = (

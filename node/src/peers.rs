@@ -82,12 +82,15 @@ impl Peers {
         }
     }
 
-    /// The artifact of module `content_id` from a node where `deployment` is warm, its
-    /// seal checked; `None` when no such node has one that passes (the caller compiles).
+    /// The artifact of module `content_id` from a node where `deployment` is warm, or one
+    /// of the nodes `named` by the gateway as having loaded it (gossip may not show it
+    /// yet), its seal checked; `None` when no such node has one that passes (the caller
+    /// compiles).
     pub async fn fetch(
         &self,
         deployment: &DeploymentId,
         content_id: &ContentId,
+        named: &[SocketAddr],
     ) -> Option<Fetched> {
         let function = fingerprint(deployment.as_str());
         let mut holders: Vec<Holder> = self
@@ -100,7 +103,7 @@ impl Peers {
                     && !m.draining
                     && m.name != self.name
                     && m.engine == self.cache.engine()
-                    && m.warm.contains(function)
+                    && (m.warm.contains(function) || named.contains(&m.quic))
             })
             .map(|m| Holder {
                 down: !m.live,
@@ -245,13 +248,14 @@ impl Node {
     }
 
     /// If this node holds no compiled artifact of `content_id`, takes one from a node
-    /// where `deployment` is warm (checked, then kept as this node's own): how long that
-    /// took, or `None` if it was not needed or no peer had one that checked out (the
-    /// load then compiles).
+    /// where `deployment` is warm or from the `holders` a deploy named (checked, then
+    /// kept as this node's own): how long that took, or `None` if it was not needed or
+    /// no peer had one that checked out (the load then compiles).
     pub async fn fetch_artifact(
         &self,
         deployment: &DeploymentId,
         content_id: &ContentId,
+        holders: &[SocketAddr],
     ) -> Option<Duration> {
         let peers = self.peers.get()?;
         if self.cache.has_artifact(content_id) {
@@ -262,20 +266,33 @@ impl Node {
         if self.cache.has_artifact(content_id) {
             return None;
         }
-        let fetched = peers.fetch(deployment, content_id).await;
+        let fetched = peers.fetch(deployment, content_id, holders).await;
+        let kept = match fetched {
+            Some(Fetched {
+                seal,
+                artifact,
+                from,
+                took,
+            }) => {
+                let cache = Arc::clone(&self.cache);
+                let id = content_id.clone();
+                let kept =
+                    tokio::task::spawn_blocking(move || cache.keep_fetched(&id, &seal, &artifact))
+                        .await
+                        .map_err(|e| LoadError::Compile(e.to_string()))
+                        .and_then(|kept| kept);
+                Some((from, took, kept))
+            }
+            None => None,
+        };
+        // Only once it is on disk: a load arriving meanwhile waits on the lock above and
+        // then finds it there, rather than fetching it again.
         self.fetching.remove(content_id);
-        let fetched = fetched?;
-        let cache = Arc::clone(&self.cache);
-        let id = content_id.clone();
-        let (seal, artifact) = (fetched.seal, fetched.artifact);
-        let kept = tokio::task::spawn_blocking(move || cache.keep_fetched(&id, &seal, &artifact))
-            .await
-            .map_err(|e| LoadError::Compile(e.to_string()))
-            .and_then(|kept| kept);
+        let (from, took, kept) = kept?;
         match kept {
             Ok(()) => {
-                tracing::info!(%deployment, from = %fetched.from, ms = fetched.took.as_secs_f64() * 1e3, "artifact taken from a peer");
-                Some(fetched.took)
+                tracing::info!(%deployment, %from, ms = took.as_secs_f64() * 1e3, "artifact taken from a peer");
+                Some(took)
             }
             Err(e) => {
                 tracing::error!(%deployment, error = %e, "keeping an artifact from a peer failed");

@@ -129,7 +129,7 @@ async fn control(
     let path = req.uri().path();
     if let Some(id) = path.strip_prefix(wire::DEPLOY_PATH) {
         match *req.method() {
-            Method::PUT => deploy(node, id, stream).await,
+            Method::PUT => deploy(node, req, id, stream).await,
             Method::DELETE => {
                 let id = DeploymentId::parse(id).map_err(|e| Failure::BadRequest(e.to_string()))?;
                 if node.undeploy(&id) {
@@ -260,6 +260,7 @@ async fn read_body(stream: &mut ServerStream, limit: u64) -> Result<Bytes, Failu
 
 async fn deploy(
     node: &Arc<Node>,
+    req: &Request<()>,
     id: &str,
     stream: &mut ServerStream,
 ) -> Result<(Response<()>, Bytes), Failure> {
@@ -274,8 +275,12 @@ async fn deploy(
     }
     // An empty module: the manifest names it by content id alone.
     let module = (!module.is_empty()).then(|| body.slice(body.len() - module.len()..));
+    // Where the gateway loaded it before: askable before gossip shows them warm.
+    let holders = header(req, wire::HOLDERS_HEADER).map_or_else(Vec::new, wire::parse_holders);
     let _warming = node.start_warming(&id);
-    let fetched = node.fetch_artifact(&id, &manifest.content_id).await;
+    let fetched = node
+        .fetch_artifact(&id, &manifest.content_id, &holders)
+        .await;
     let loader = Arc::clone(node);
     let loaded = tokio::task::spawn_blocking(move || loader.deploy(manifest, module.as_deref()))
         .await

@@ -16,6 +16,23 @@ pub const NODE_HEADER: &str = "x-edge-node";
 /// Request header: the member name of the gateway that sent the request (nodes count
 /// requests per gateway in their gossiped load).
 pub const GATEWAY_HEADER: &str = "x-edge-gateway";
+/// Request header of a deploy: the HTTP/3 addresses of nodes the gateway has loaded the
+/// deployment on (comma-separated), which the node may ask for its compiled artifact
+/// before gossip shows them warm. Only a hint: an artifact is taken only as its
+/// compiling node signed it.
+pub const HOLDERS_HEADER: &str = "x-edge-artifact-holders";
+/// Most holders a deploy names (and a node reads).
+pub const MAX_HOLDERS: usize = 8;
+
+/// The holders named in a [`HOLDERS_HEADER`] value: its well-formed addresses, at most
+/// [`MAX_HOLDERS`].
+pub fn parse_holders(value: &str) -> Vec<std::net::SocketAddr> {
+    value
+        .split(',')
+        .filter_map(|a| a.trim().parse().ok())
+        .take(MAX_HOLDERS)
+        .collect()
+}
 /// Request header: the route prefix that matched (CGI `SCRIPT_NAME`), empty for a host route.
 pub const SCRIPT_NAME_HEADER: &str = "x-edge-script-name";
 /// Request header: the version of the function to reach (`7` or `v7`), any version

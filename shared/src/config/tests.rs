@@ -29,6 +29,7 @@ fn node_config_loads_with_defaults_and_relative_paths() {
     assert_eq!(cfg.gossip.key_file, dir.path().join("gossip.key"));
     assert_eq!(cfg.gossip.seeds, ["gw.local:7946"]);
     assert_eq!(cfg.gossip.interval_ms, 200);
+    assert_eq!(cfg.gossip.budget_bytes_per_s, 10_000);
     assert_eq!(cfg.network_scheduling, SchedulingPolicy::Batch);
     let normal = write(
         dir.path(),
@@ -187,6 +188,7 @@ shutdown_grace_ms = 0
 key_file = "gossip.key"
 seeds = ["127.0.0.1:7946", "7946", "gw:x"]
 interval_ms = 0
+budget_bytes_per_s = 500
 [[functions]]
 name = "hello"
 module = "hello.wasm"
@@ -209,6 +211,7 @@ module = "hello.wasm"
         "gossip.seeds[1]",
         "gossip.seeds[2]",
         "gossip.interval_ms",
+        "gossip.budget_bytes_per_s: 0 (no limit) or at least 1000",
     ] {
         assert!(text.contains(problem), "{problem} missing from: {text}");
     }
