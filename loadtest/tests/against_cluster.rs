@@ -12,11 +12,16 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn cluster(dir: &Path) -> LocalCluster {
+/// Builds the example functions (the script skips what is up to date).
+fn build_functions() {
     let built = Command::new(root().join("scripts/build-functions.sh"))
         .status()
         .unwrap();
     assert!(built.success());
+}
+
+fn cluster(dir: &Path) -> LocalCluster {
+    build_functions();
     let function = |name: &str| FunctionConfig {
         name: name.into(),
         module: root().join(format!(
@@ -235,10 +240,7 @@ fn baseline_runs_the_same_load_against_a_bare_server_and_a_bare_relay_and_report
 #[test]
 fn compare_runs_one_scenario_per_routing_policy_side_by_side() {
     let dir = tempfile::tempdir().unwrap();
-    let built = Command::new(root().join("scripts/build-functions.sh"))
-        .status()
-        .unwrap();
-    assert!(built.success());
+    build_functions();
     let cluster_file = dir.path().join("cluster.toml");
     std::fs::write(
         &cluster_file,
@@ -312,10 +314,7 @@ fn compare_also_runs_against_gateways_given_by_address() {
 #[test]
 fn compare_runs_phases_on_each_cluster_file_and_counts_its_nodes_module_loads() {
     let dir = tempfile::tempdir().unwrap();
-    let built = Command::new(root().join("scripts/build-functions.sh"))
-        .status()
-        .unwrap();
-    assert!(built.success());
+    build_functions();
     let hello = root().join("functions/target/wasm32-wasip1/release/hello.wasm");
     let mut files = Vec::new();
     for (label, share) in [("shared", true), ("alone", false)] {
