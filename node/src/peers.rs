@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
+use dashmap::DashMap;
 use edge_net::client;
 use edge_net::gossip::{Credentials, Gossip, Role, fingerprint};
 use edge_shared::artifact::SignedArtifact;
@@ -50,6 +51,12 @@ pub struct Peers {
     credentials: Credentials,
     endpoint: quinn::Endpoint,
     config: ArtifactsConfig,
+    /// Open connections, one per peer, shared by the fetches from it (a wave of
+    /// warm-ups asks one peer for many artifacts at once: one handshake, not one each);
+    /// dropped when they close.
+    connections: Arc<DashMap<SocketAddr, client::Sender>>,
+    /// Held while a connection to a peer is being opened, so only one is.
+    connecting: DashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>,
 }
 
 /// One peer that may hold an artifact.
@@ -79,6 +86,8 @@ impl Peers {
             credentials,
             endpoint,
             config,
+            connections: Arc::new(DashMap::new()),
+            connecting: DashMap::new(),
         }
     }
 
@@ -162,10 +171,23 @@ impl Peers {
     }
 
     /// Asks `holder` for the artifact: its answer's body, or `None` if it has none.
-    async fn ask(&self, holder: &Holder, content_id: &ContentId) -> anyhow::Result<Option<Bytes>> {
+    /// The open connection to `holder`, or a new one (within the connect timeout).
+    async fn connection(&self, holder: &Holder) -> anyhow::Result<client::Sender> {
+        let open = |peers: &Peers| peers.connections.get(&holder.quic).map(|s| s.clone());
+        if let Some(sender) = open(self) {
+            return Ok(sender);
+        }
+        let lock = Arc::clone(&self.connecting.entry(holder.quic).or_default());
+        let _only_one = lock.lock().await;
+        if let Some(sender) = open(self) {
+            return Ok(sender);
+        }
+        let (connections, addr) = (Arc::clone(&self.connections), holder.quic);
         let server_name = member_dns_name(&holder.name);
-        let connecting = client::connect(&self.endpoint, holder.quic, &server_name, |_| {});
-        let mut sender = tokio::time::timeout(self.config.connect_timeout(), connecting)
+        let connecting = client::connect(&self.endpoint, addr, &server_name, move |_| {
+            connections.remove(&addr);
+        });
+        let sender = tokio::time::timeout(self.config.connect_timeout(), connecting)
             .await
             .map_err(|_| {
                 anyhow::anyhow!(
@@ -173,13 +195,41 @@ impl Peers {
                     self.config.connect_timeout_ms
                 )
             })??;
+        self.connections.insert(addr, sender.clone());
+        Ok(sender)
+    }
+
+    async fn ask(&self, holder: &Holder, content_id: &ContentId) -> anyhow::Result<Option<Bytes>> {
+        let mut sender = self.connection(holder).await?;
+        let server_name = member_dns_name(&holder.name);
         let uri = format!(
             "https://{server_name}{}{content_id}?engine={}",
             wire::ARTIFACT_PATH,
             self.cache.engine()
         );
         let request = Request::get(uri).body(())?;
-        let (head, mut stream) = client::exchange(&mut sender, request, Bytes::new()).await?;
+        // The answer's head within the connect timeout too: a peer that is paused or
+        // gone keeps its connection open for a while, and must cost no more than a
+        // connection to it would.
+        let answered = tokio::time::timeout(
+            self.config.connect_timeout(),
+            client::exchange(&mut sender, request, Bytes::new()),
+        )
+        .await;
+        let (head, mut stream) = match answered {
+            Ok(Ok(answer)) => answer,
+            failed => {
+                // A connection that failed an exchange is not offered to the next fetch.
+                self.connections.remove(&holder.quic);
+                match failed {
+                    Ok(Err(e)) => return Err(e.into()),
+                    _ => anyhow::bail!(
+                        "no answer within artifacts.connect_timeout_ms ({} ms)",
+                        self.config.connect_timeout_ms
+                    ),
+                }
+            }
+        };
         if head.status() == StatusCode::NOT_FOUND {
             return Ok(None);
         }

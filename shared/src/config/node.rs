@@ -209,8 +209,9 @@ pub struct ArtifactsConfig {
     pub share: bool,
     /// Most nodes asked for one artifact before compiling it after all.
     pub max_peers: usize,
-    /// Longest the connection to one node may take, in milliseconds: a node that does
-    /// not answer (paused, partitioned) costs a cold load no more than this.
+    /// Longest the connection to one node may take, in milliseconds, and then its
+    /// answer's head (a connection, once open, is kept for the next fetches): a node
+    /// that does not answer (paused, partitioned) costs a cold load no more than this.
     pub connect_timeout_ms: u64,
     /// Longest fetching an artifact may take in all, every node asked included, in
     /// milliseconds; then the node compiles.
