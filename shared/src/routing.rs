@@ -188,39 +188,30 @@ fn least_loaded_warm(input: &Input<'_>, usable: &[usize], rng: &mut dyn Rng) -> 
             order.push(second);
         }
     }
-    // Then every other usable node. While a node is loading the function (gossiped
-    // `warming`; ready within milliseconds with an artifact from a peer), requests are
-    // not sent to it before it is ready: they queue at the function's saturated warm
-    // nodes, least loaded first, and reach the warming node only when those refuse
-    // them, or when the function is warm nowhere (then the warming node is ready
-    // soonest). Then unsaturated nodes in the function's rendezvous order (where a cold
-    // start should land), then saturated ones least loaded first (when every node is
-    // saturated, the least loaded of all goes first, never the same rendezvous
-    // favourite). With no node warming, a saturated warm node waits behind the cold
-    // ones: a spill starts a cold node rather than queueing without end.
+    // Then every other usable node: first the ones loading the function now (gossiped
+    // `warming`: ready soonest, where a cold node would start from nothing, so a request
+    // never starts a second cold start beside a warm-up), then unsaturated ones in the
+    // function's rendezvous order (where a cold start should land), then saturated ones
+    // least loaded first (when every node is saturated, the least loaded of all goes
+    // first, never the same rendezvous favourite).
     let mut rest: Vec<usize> = usable
         .iter()
         .copied()
         .filter(|i| !order.contains(i))
         .collect();
-    let warming = |i: usize| nodes[i].warming.contains(function);
-    let queue_while_warming = rest.iter().any(|&i| warming(i));
     // One hash per node, not one per comparison.
     rest.sort_by_cached_key(|&i| {
         let load = load(i);
-        let by_load = (load * 1e6) as u64;
-        if queue_while_warming && nodes[i].warm.contains(function) {
-            (0, std::cmp::Reverse(0), by_load)
-        } else if warming(i) && load < 1.0 {
-            (1, std::cmp::Reverse(0), by_load)
+        if nodes[i].warming.contains(function) && load < 1.0 {
+            (0, std::cmp::Reverse(0), (load * 1e6) as u64)
         } else if load < 1.0 {
             (
-                2,
+                1,
                 std::cmp::Reverse(rendezvous(input.function, &nodes[i])),
                 0,
             )
         } else {
-            (3, std::cmp::Reverse(0), by_load)
+            (2, std::cmp::Reverse(0), (load * 1e6) as u64)
         }
     });
     order.extend(rest);

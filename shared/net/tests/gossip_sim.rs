@@ -203,10 +203,9 @@ async fn a_member_warming_a_function_is_known_as_such_until_it_shows_warm() {
     assert!(seen.warming.contains(fingerprint("hello@1")));
     assert_eq!(seen.engine, "0123456789abcdef");
 
-    // What member 0 routes on: m1 is full (8 in flight on 4 slots), and requests queue
-    // there rather than reach m2 before it is ready; m2 is next (when m1 refuses), the
-    // cold m3 (which would start from nothing) last, and no second warm-up is asked of
-    // anyone.
+    // What member 0 routes on: m1 is full (8 in flight on 4 slots), so the warming m2
+    // comes first, before the cold m3 (which would start from nothing), and no second
+    // warm-up is asked of anyone.
     let order = |members: &[edge_net::gossip::Member]| {
         let view = ClusterView::build(members, "m0");
         let input = Input {
@@ -231,7 +230,7 @@ async fn a_member_warming_a_function_is_known_as_such_until_it_shows_warm() {
     };
     let members = sim.member(0).unwrap().members().await;
     let (names, prewarm) = order(&members);
-    assert_eq!(names, ["m1", "m2", "m3"], "{names:?}");
+    assert_eq!(names, ["m2", "m3", "m1"], "{names:?}");
     assert_eq!(prewarm, None);
 
     // Ready: the warming set empties and the warm set has it.

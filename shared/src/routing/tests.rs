@@ -233,7 +233,7 @@ fn the_next_node_is_warmed_when_the_warm_ones_fill_up() {
 }
 
 #[test]
-fn a_node_warming_the_function_gets_no_request_before_it_is_ready_while_a_warm_node_can_queue_it() {
+fn a_node_warming_the_function_waits_behind_warm_ones_and_ahead_of_cold_ones() {
     let id = "hello@0123456789abcdef";
     let mut v = view(3);
     v.nodes[0].warm = WarmSet::of([id]);
@@ -260,24 +260,14 @@ fn a_node_warming_the_function_gets_no_request_before_it_is_ready_while_a_warm_n
         order(&LeastLoadedWarm, &input(&v), &mut rng),
         [0, target, cold]
     );
-    // Once it is full, requests still queue there, not at the warming node before it
-    // is ready: the warming node comes next (when the warm one refuses), a cold node,
-    // which would start from nothing, last.
+    // Once it is full, the warming node (ready soonest) goes first; a cold node
+    // would start from nothing.
     v.nodes[0].in_flight = 4;
     assert_eq!(
         order(&LeastLoadedWarm, &input(&v), &mut rng),
-        [0, target, cold]
+        [target, cold, 0]
     );
-    // Warm nowhere (its only warm node gone): the warming node is ready soonest.
-    v.nodes[0].up = false;
-    assert_eq!(order(&LeastLoadedWarm, &input(&v), &mut rng)[0], target);
-    v.nodes[0].up = true;
-    // Once it shows warm, it takes the requests the full warm node cannot.
-    v.nodes[target].warming = WarmSet::default();
-    v.nodes[target].warm = WarmSet::of([id]);
-    assert_eq!(order(&LeastLoadedWarm, &input(&v), &mut rng)[0], target);
     // Warming another function changes nothing for this one.
-    v.nodes[target].warm = WarmSet::default();
     v.nodes[target].warming = WarmSet::of(["other@0123456789abcdef"]);
     v.nodes[0].in_flight = 3;
     assert_eq!(prewarm_target(&input(&v)), Some(target));
