@@ -424,6 +424,13 @@ impl CompareArgs {
             Ok(spec)
         };
         if !self.clusters.is_empty() {
+            // Each label names a column, a JSON key and a kept folder: one each.
+            let mut seen = std::collections::HashSet::new();
+            for (label, _) in &self.clusters {
+                let usable = !label.is_empty() && !label.contains(['/', '\\']) && label != "..";
+                anyhow::ensure!(usable, "--clusters {label:?}: a label must be a plain name");
+                anyhow::ensure!(seen.insert(label), "--clusters {label:?}: named twice");
+            }
             return self
                 .clusters
                 .iter()

@@ -387,3 +387,25 @@ fn compare_runs_phases_on_each_cluster_file_and_counts_its_nodes_module_loads() 
         assert_eq!(r["cold_starts"], 0, "{run}: {report}");
     }
 }
+
+#[test]
+fn compare_refuses_a_cluster_label_named_twice_or_not_a_plain_name() {
+    for (labels, why) in [
+        (["a", "a"], "named twice"),
+        (["a", "../b"], "a label must be a plain name"),
+    ] {
+        let mut command = edge_loadtest();
+        command.arg("compare");
+        for label in labels {
+            command.args(["--clusters", &format!("{label}=config/cluster.toml")]);
+        }
+        let output = command
+            .current_dir(root())
+            .arg("https://localhost/hello")
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert!(err.contains(why), "{err}");
+    }
+}

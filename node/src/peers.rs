@@ -170,7 +170,6 @@ impl Peers {
         Ok((seal.to_string(), body.slice(at..)))
     }
 
-    /// Asks `holder` for the artifact: its answer's body, or `None` if it has none.
     /// The open connection to `holder`, or a new one (within the connect timeout).
     async fn connection(&self, holder: &Holder) -> anyhow::Result<client::Sender> {
         let open = |peers: &Peers| peers.connections.get(&holder.quic).map(|s| s.clone());
@@ -199,6 +198,7 @@ impl Peers {
         Ok(sender)
     }
 
+    /// Asks `holder` for the artifact: its answer's body, or `None` if it has none.
     async fn ask(&self, holder: &Holder, content_id: &ContentId) -> anyhow::Result<Option<Bytes>> {
         let mut sender = self.connection(holder).await?;
         let server_name = member_dns_name(&holder.name);

@@ -372,4 +372,21 @@ mod tests {
         }
         assert_eq!(Refusal::parse("bored"), None);
     }
+
+    #[test]
+    fn a_holders_header_yields_its_well_formed_addresses_and_no_more_than_the_cap() {
+        let holders = parse_holders(" 127.0.0.1:4001,junk,[::1]:4002,,10.0.0.1,:99 ");
+        assert_eq!(
+            holders,
+            [
+                "127.0.0.1:4001".parse().unwrap(),
+                "[::1]:4002".parse().unwrap()
+            ]
+        );
+        let many: Vec<String> = (0..100)
+            .map(|p| format!("127.0.0.1:{}", 5000 + p))
+            .collect();
+        assert_eq!(parse_holders(&many.join(",")).len(), MAX_HOLDERS);
+        assert!(parse_holders("").is_empty());
+    }
 }
