@@ -105,7 +105,9 @@ pub fn load<T: ConfigFile>(file: &Path) -> Result<T, ConfigError> {
         });
     }
     let source = config::File::from(file).format(config::FileFormat::Toml);
-    load_source(source, file, file.parent().unwrap_or(Path::new(".")))
+    // A bare file name's parent is the empty path, which `std::path::absolute` refuses.
+    let folder = file.parent().filter(|p| !p.as_os_str().is_empty());
+    load_source(source, file, folder.unwrap_or(Path::new(".")))
 }
 
 /// Loads and checks configuration text named `origin` in errors, relative paths taken

@@ -236,6 +236,24 @@ fn paths_in_a_file_named_relatively_resolve_to_absolute_ones() {
     let module = &cluster.functions[0].module;
     assert!(module.is_absolute(), "{}", module.display());
     assert!(module.is_file(), "{}", module.display());
+
+    // A bare file name in the current folder (`edge up --config after.toml`).
+    let module = tempfile::Builder::new()
+        .suffix(".wasm")
+        .tempfile_in(".")
+        .unwrap();
+    let module_name = module.path().file_name().unwrap().to_str().unwrap();
+    let file = tempfile::Builder::new()
+        .suffix(".toml")
+        .tempfile_in(".")
+        .unwrap();
+    let text = format!("[[functions]]\nname = \"m\"\nmodule = \"{module_name}\"\n");
+    std::fs::write(file.path(), text).unwrap();
+    let bare = PathBuf::from(file.path().file_name().unwrap());
+    let cluster = load::<ClusterConfig>(&bare).unwrap();
+    let module = &cluster.functions[0].module;
+    assert!(module.is_absolute(), "{}", module.display());
+    assert!(module.is_file(), "{}", module.display());
 }
 
 #[test]
