@@ -6,7 +6,9 @@
 //!   request path);
 //! - `invoke/fresh_hello`: instantiate, run and drop on the request path (no pool);
 //! - `node_invoke/hello`: a warm request through `Node::invoke`: admission, worker
-//!   thread hop, pool, CGI environment and response parsing;
+//!   thread hop, pool, CGI environment and response parsing; `…_beside_1000_warm`, the
+//!   same with 1,000 other warm deployments on the node (what refilling pools costs as
+//!   they grow in number);
 //! - `cold/disk_*`: a cold start from the on-disk artifact (read, deserialize, first
 //!   instance), of `hello` and of a synthetic 1 MiB module;
 //! - `load/compile_*`: a cold start from the module bytes (cranelift + metering).
@@ -178,25 +180,40 @@ fn benches(c: &mut Criterion) {
         limits: Limits::default(),
     };
     let deployment_id = manifest.deployment_id();
-    node.deploy(manifest, Some(&wasm)).unwrap();
+    node.deploy(manifest.clone(), Some(&wasm)).unwrap();
     let deployment = node.deployment(&deployment_id).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
+    let call = || Call {
+        request: http::Request::get("https://edge-node/hello?name=bench")
+            .body(())
+            .unwrap(),
+        script_name: "/hello".into(),
+        request_id: "bench".into(),
+        body: Bytes::new(),
+        deadline: None,
+        gateway: None,
+    };
     c.bench_function("node_invoke/hello", |b| {
         b.iter(|| {
-            let call = Call {
-                request: http::Request::get("https://edge-node/hello?name=bench")
-                    .body(())
-                    .unwrap(),
-                script_name: "/hello".into(),
-                request_id: "bench".into(),
-                body: Bytes::new(),
-                deadline: None,
-                gateway: None,
-            };
-            let answer = runtime.block_on(node.invoke(&deployment, call)).unwrap();
+            let answer = runtime.block_on(node.invoke(&deployment, call())).unwrap();
+            assert_eq!(answer.head.status, http::StatusCode::OK);
+        })
+    });
+    // The same beside 1,000 other warm deployments, each with its pool on the worker.
+    for i in 0..1_000 {
+        let mut other = manifest.clone();
+        other.name = format!("other{i}");
+        other.routes = vec![Route::Path(format!("/other{i}"))];
+        node.deploy(other, None).unwrap();
+    }
+    // The worker fills the new pools before the first measured request.
+    std::thread::sleep(Duration::from_secs(2));
+    c.bench_function("node_invoke/hello_beside_1000_warm", |b| {
+        b.iter(|| {
+            let answer = runtime.block_on(node.invoke(&deployment, call())).unwrap();
             assert_eq!(answer.head.status, http::StatusCode::OK);
         })
     });

@@ -10,6 +10,7 @@
 //! idle for the pool's TTL has its instances dropped (scale to zero), while its compiled
 //! module stays warm in the module cache.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
@@ -163,13 +164,42 @@ struct Local {
     pool: Weak<InstancePool>,
     ready: Vec<(Prepared, u64)>,
     broken: bool,
+    /// In [`ReadyInstances::due`].
+    due: bool,
+}
+
+/// Identifies a pool on a worker thread: its address, which stays its own while the
+/// thread holds a [`Weak`] to it.
+type PoolKey = usize;
+
+fn key(pool: &Arc<InstancePool>) -> PoolKey {
+    Arc::as_ptr(pool) as PoolKey
 }
 
 /// The ready instances a worker thread holds, by pool, with their memory reserved
 /// from the node's budget.
+///
+/// Refilling costs the same whatever the number of pools: a pool that served a request
+/// (or was announced) is due for a look, and every pool is looked at once per
+/// [`SCAN_EVERY`] for the targets that moved on their own (a peak passing, the TTL).
 pub struct ReadyInstances {
     admitter: Arc<Admitter<DeploymentId>>,
-    pools: Vec<Local>,
+    pools: HashMap<PoolKey, Local>,
+    /// Pools to look at, in turn.
+    due: VecDeque<PoolKey>,
+    last_scan: Instant,
+}
+
+/// How often a worker looks at all its pools.
+pub const SCAN_EVERY: Duration = Duration::from_secs(1);
+
+/// What one look at a pool did.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    /// Made, dropped or forgot something.
+    Worked,
+    /// Nothing to do there.
+    Idle,
 }
 
 impl ReadyInstances {
@@ -177,28 +207,17 @@ impl ReadyInstances {
     pub fn new(admitter: Arc<Admitter<DeploymentId>>) -> ReadyInstances {
         ReadyInstances {
             admitter,
-            pools: Vec::new(),
+            pools: HashMap::new(),
+            due: VecDeque::new(),
+            last_scan: Instant::now(),
         }
     }
 
     /// A ready instance of `pool`, if this thread holds one; its reservation is handed
-    /// back. Either way the pool is known here from now on, and refilled when idle.
+    /// back. Either way the pool is known here from now on, and due for a refill.
     pub fn take(&mut self, pool: &Arc<InstancePool>) -> Option<Prepared> {
-        let local = match self
-            .pools
-            .iter()
-            .position(|l| l.pool.as_ptr() == Arc::as_ptr(pool))
-        {
-            Some(i) => &mut self.pools[i],
-            None => {
-                self.pools.push(Local {
-                    pool: Arc::downgrade(pool),
-                    ready: Vec::new(),
-                    broken: false,
-                });
-                self.pools.last_mut().expect("just pushed")
-            }
-        };
+        let key = self.know(pool);
+        let local = self.pools.get_mut(&key).expect("known now");
         match local.ready.pop() {
             Some((prepared, bytes)) => {
                 self.admitter.release_idle(bytes);
@@ -213,71 +232,105 @@ impl ReadyInstances {
         }
     }
 
-    /// Knows `pool` from now on (to fill it when idle).
+    /// Knows `pool` from now on, and looks at it next time it is idle.
     pub fn register(&mut self, pool: &Arc<InstancePool>) {
-        if !self
-            .pools
-            .iter()
-            .any(|l| l.pool.as_ptr() == Arc::as_ptr(pool))
-        {
-            self.pools.push(Local {
-                pool: Arc::downgrade(pool),
-                ready: Vec::new(),
-                broken: false,
-            });
-        }
+        self.know(pool);
     }
 
-    /// Does one step towards every pool's target: makes one instance, drops one over
-    /// the target, or forgets a pool whose deployment turned cold. False when there is
+    /// Knows `pool` and makes it due; its key.
+    fn know(&mut self, pool: &Arc<InstancePool>) -> PoolKey {
+        let key = key(pool);
+        let local = self.pools.entry(key).or_insert_with(|| Local {
+            pool: Arc::downgrade(pool),
+            ready: Vec::new(),
+            broken: false,
+            due: false,
+        });
+        if !local.due {
+            local.due = true;
+            self.due.push_back(key);
+        }
+        key
+    }
+
+    /// Does one step towards the pools' targets: makes one instance, drops one over the
+    /// target, or forgets a pool whose deployment turned cold. False when there is
     /// nothing to do. Blocks: the worker calls it only when it has no request to run.
     pub fn refill_one(&mut self) -> bool {
-        for i in 0..self.pools.len() {
-            let local = &mut self.pools[i];
-            let Some(pool) = local.pool.upgrade() else {
-                let gone = self.pools.swap_remove(i);
-                for (spent, bytes) in gone.ready {
-                    drop(spent);
-                    self.admitter.release_idle(bytes);
+        if self.last_scan.elapsed() >= SCAN_EVERY {
+            self.last_scan = Instant::now();
+            for (key, local) in &mut self.pools {
+                if !local.due {
+                    local.due = true;
+                    self.due.push_back(*key);
                 }
+            }
+        }
+        while let Some(key) = self.due.pop_front() {
+            let (step, still_due) = self.step(key);
+            if still_due {
+                self.due.push_back(key);
+            } else if let Some(local) = self.pools.get_mut(&key) {
+                local.due = false;
+            }
+            if step == Step::Worked {
                 return true;
-            };
-            let target = pool.per_worker_target();
-            if local.ready.len() > target {
-                if let Some((spent, bytes)) = local.ready.pop() {
-                    drop(spent);
-                    self.admitter.release_idle(bytes);
-                    pool.ready.fetch_sub(1, Ordering::Relaxed);
-                }
-                return true;
             }
-            if local.ready.len() == target || local.broken {
-                continue;
-            }
-            let prepared = match invoke::prepare(&pool.runnable) {
-                Ok(prepared) => prepared,
-                Err(e) => {
-                    tracing::warn!(deployment = %pool.deployment, error = %e, "cannot pre-instantiate");
-                    local.broken = true;
-                    continue;
-                }
-            };
-            let bytes = prepared.memory_bytes();
-            if !self.admitter.reserve_idle(bytes) {
-                continue;
-            }
-            local.ready.push((prepared, bytes));
-            pool.ready.fetch_add(1, Ordering::Relaxed);
-            pool.stats.refills.fetch_add(1, Ordering::Relaxed);
-            return true;
         }
         false
+    }
+
+    /// Pools waiting for a look.
+    #[cfg(test)]
+    fn due_count(&self) -> usize {
+        self.due.len()
+    }
+
+    /// One step for one pool, and whether it is still due after it.
+    fn step(&mut self, key: PoolKey) -> (Step, bool) {
+        let local = self.pools.get_mut(&key).expect("a due pool is known");
+        let Some(pool) = local.pool.upgrade() else {
+            let gone = self.pools.remove(&key).expect("known");
+            for (spent, bytes) in gone.ready {
+                drop(spent);
+                self.admitter.release_idle(bytes);
+            }
+            return (Step::Worked, false);
+        };
+        let target = pool.per_worker_target();
+        if local.ready.len() > target {
+            if let Some((spent, bytes)) = local.ready.pop() {
+                drop(spent);
+                self.admitter.release_idle(bytes);
+                pool.ready.fetch_sub(1, Ordering::Relaxed);
+            }
+            return (Step::Worked, local.ready.len() > target);
+        }
+        if local.ready.len() == target || local.broken {
+            return (Step::Idle, false);
+        }
+        let prepared = match invoke::prepare(&pool.runnable) {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                tracing::warn!(deployment = %pool.deployment, error = %e, "cannot pre-instantiate");
+                local.broken = true;
+                return (Step::Idle, false);
+            }
+        };
+        let bytes = prepared.memory_bytes();
+        if !self.admitter.reserve_idle(bytes) {
+            return (Step::Idle, false);
+        }
+        local.ready.push((prepared, bytes));
+        pool.ready.fetch_add(1, Ordering::Relaxed);
+        pool.stats.refills.fetch_add(1, Ordering::Relaxed);
+        (Step::Worked, local.ready.len() < target)
     }
 }
 
 impl Drop for ReadyInstances {
     fn drop(&mut self) {
-        for local in self.pools.drain(..) {
+        for (_, local) in self.pools.drain() {
             for (spent, bytes) in local.ready {
                 drop(spent);
                 self.admitter.release_idle(bytes);
@@ -317,6 +370,70 @@ mod tests {
         // Traffic again.
         sizer.record(3, s(200));
         assert_eq!(sizer.target(s(200)), 3);
+    }
+
+    /// `count` pools of one small module, each wanting one instance per worker.
+    fn pools(count: usize) -> Vec<Arc<InstancePool>> {
+        use crate::runtime::{cache::ModuleCache, memories::MemoryPool};
+        use edge_shared::manifest::ContentId;
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ModuleCache::open(dir.path(), 64 << 20, 1000, MemoryPool::new(0, 0)).unwrap();
+        let wasm =
+            wasmer::wat2wasm(b"(module (memory (export \"memory\") 1) (func (export \"_start\")))")
+                .unwrap()
+                .into_owned();
+        let id = ContentId::of(&wasm);
+        cache.store_blob(&id, &wasm).unwrap();
+        let runnable = cache.load("f", &id, 16).unwrap().runnable;
+        (0..count)
+            .map(|i| {
+                let deployment = DeploymentId::parse(&format!("f{i}@{i:016x}")).unwrap();
+                let sizer = PoolSizer::new(1, Duration::from_secs(60), Instant::now());
+                Arc::new(InstancePool::new(deployment, runnable.clone(), sizer, 1))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_worker_refills_what_served_without_looking_at_every_pool() {
+        let pools = pools(200);
+        let mut ready = ReadyInstances::new(Admitter::new(1, 1 << 30));
+        for pool in &pools {
+            ready.register(pool);
+        }
+        let mut steps = 0;
+        while ready.refill_one() {
+            steps += 1;
+        }
+        assert_eq!(steps, 200, "one instance made per pool");
+        assert!(pools.iter().all(|p| p.ready() == 1));
+
+        // A request takes pool 7's instance: refilling it is one step, and then the
+        // worker has nothing to look at (not the 199 pools still full).
+        assert!(ready.take(&pools[7]).is_some());
+        assert_eq!(ready.due_count(), 1);
+        assert!(ready.refill_one());
+        assert_eq!(pools[7].ready(), 1);
+        assert_eq!(ready.due_count(), 0);
+        assert!(!ready.refill_one());
+
+        // A miss counts, and is refilled the same way.
+        assert!(ready.take(&pools[9]).is_some());
+        assert!(ready.take(&pools[9]).is_none());
+        assert_eq!(pools[9].stats.misses.load(Ordering::Relaxed), 1);
+        assert!(ready.refill_one());
+        assert!(!ready.refill_one());
+        assert_eq!(pools[9].ready(), 1);
+
+        // A pool whose deployment went away is forgotten at the next look.
+        drop(pools);
+        std::thread::sleep(SCAN_EVERY);
+        let mut steps = 0;
+        while ready.refill_one() {
+            steps += 1;
+        }
+        assert_eq!(steps, 200, "every pool forgotten with its instance");
+        assert_eq!(ready.pools.len(), 0);
     }
 
     #[test]

@@ -8,7 +8,6 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use edge_shared::config::SchedulingPolicy;
@@ -16,13 +15,9 @@ use edge_shared::manifest::DeploymentId;
 use tokio::sync::oneshot;
 
 use crate::admission::Admitter;
-use crate::pool::{InstancePool, ReadyInstances};
+use crate::pool::{InstancePool, ReadyInstances, SCAN_EVERY};
 
 type Job = Box<dyn FnOnce(&mut ReadyInstances) + Send>;
-
-/// How long an idle worker sleeps before it looks at its pools again (how idle pools
-/// get emptied).
-const IDLE_CHECK: Duration = Duration::from_secs(1);
 
 /// The job panicked (a bug in the host, never the guest's doing).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -131,7 +126,7 @@ impl WorkerPool {
 
 /// A worker's loop: jobs first; when none waits, the pools announced to it, then one
 /// step of refilling; when there is nothing to refill either, sleep until a job comes or
-/// [`IDLE_CHECK`] passes.
+/// [`SCAN_EVERY`] passes (when it looks at all its pools: how idle ones get emptied).
 fn work(queue: &Receiver<Job>, pools: &Receiver<Arc<InstancePool>>, mut ready: ReadyInstances) {
     loop {
         match queue.try_recv() {
@@ -149,7 +144,7 @@ fn work(queue: &Receiver<Job>, pools: &Receiver<Arc<InstancePool>>, mut ready: R
         if ready.refill_one() {
             continue;
         }
-        match queue.recv_timeout(IDLE_CHECK) {
+        match queue.recv_timeout(SCAN_EVERY) {
             Ok(job) => job(&mut ready),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
