@@ -1,7 +1,9 @@
 //! Compiled artifacts travel between nodes, over real processes: a node that joins late
 //! takes a warm function's artifact from the node that compiled it instead of compiling
-//! it; an artifact changed after it was signed is refused and compiled instead; and a
-//! node's certificate reaches another node's artifacts and nothing else there.
+//! it; a holder that stalls for a moment (as a node short of CPU does) is waited for
+//! rather than compiled around; an artifact changed after it was signed is refused and
+//! compiled instead; and a node's certificate reaches another node's artifacts and
+//! nothing else there.
 
 mod support;
 
@@ -180,6 +182,81 @@ async fn as_node(cluster: &LocalCluster, i: usize, as_node: &str) -> H3Client {
     H3Client::connect(cluster.node_addrs()[i], wire::NODE_SERVER_NAME, tls)
         .await
         .unwrap()
+}
+
+/// An HTTP/3 client to node `i` presenting the gateway's member certificate.
+async fn as_gateway(cluster: &LocalCluster, i: usize) -> H3Client {
+    let certs = cluster.certs();
+    let identity = edge_net::tls::Identity {
+        cert: &certs.member_cert,
+        key: &certs.member_key,
+    };
+    let tls = edge_net::tls::client_config(&certs.ca, Some(identity), &[wire::ALPN_H3]).unwrap();
+    H3Client::connect(cluster.node_addrs()[i], wire::NODE_SERVER_NAME, tls)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_that_stalls_as_under_load_still_hands_over_the_artifact_and_nothing_compiles() {
+    let (cluster, _dir) =
+        support::start_with(2, vec![function("hello", Limits::default())], |_| {});
+    // Placement compiled hello on its home node, and only there.
+    let statuses = [
+        node_status(&cluster, 0).await,
+        node_status(&cluster, 1).await,
+    ];
+    let home = statuses
+        .iter()
+        .position(|s| counter(s, "compiles") == 1)
+        .unwrap_or_else(|| panic!("no home node compiled hello: {statuses:?}"));
+    let other = 1 - home;
+    assert_eq!(counter(&statuses[other], "compiles"), 0, "{statuses:?}");
+
+    // The home node stalls for 700 ms, as a node short of CPU does: longer than
+    // artifacts.ask_next_after_ms (250), well within fetch_timeout_ms (2000). Meanwhile
+    // the gateway deploys hello on the other node, naming the home node as holder.
+    let wasm = std::fs::read(support::example("hello")).unwrap();
+    let manifest = edge_shared::manifest::FunctionManifest {
+        name: "hello".into(),
+        content_id: edge_shared::manifest::ContentId::of(&wasm),
+        routes: Vec::new(),
+        env: Default::default(),
+        secrets: Default::default(),
+        limits: Limits::default(),
+    };
+    let deploy = Request::put(format!(
+        "https://{}{}{}",
+        wire::NODE_SERVER_NAME,
+        wire::DEPLOY_PATH,
+        manifest.deployment_id()
+    ))
+    .header(wire::HOLDERS_HEADER, cluster.node_addrs()[home].to_string())
+    .body(())
+    .unwrap();
+    let gateway = as_gateway(&cluster, other).await;
+    assert!(cluster.signal_node(home, "STOP"));
+    let resume = async {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert!(cluster.signal_node(home, "CONT"));
+    };
+    let body = Bytes::from(wire::encode_deploy_body(&manifest, &wasm));
+    let (reply, ()) = tokio::join!(gateway.send(deploy, body), resume);
+    let reply = reply.unwrap();
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    let answer: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(answer["source"], "peer", "{answer}");
+    let status = node_status(&cluster, other).await;
+    let loads = (
+        counter(&status, "compiles"),
+        counter(&status, "fetched_artifacts"),
+    );
+    assert_eq!(
+        loads,
+        (0, 1),
+        "{status}\n{}",
+        cluster.log(&format!("node-{}", other + 1))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -26,6 +26,8 @@ use edge_shared::config::ArtifactsConfig;
 use edge_shared::gossip::member_dns_name;
 use edge_shared::manifest::{ContentId, DeploymentId};
 use edge_shared::wire;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use http::{Request, StatusCode};
 
 use crate::Node;
@@ -126,39 +128,67 @@ impl Peers {
         // joined holds nobody alive yet: it asks the others all the same, each under the
         // fetch timeout.
         holders.sort_by_key(|h| (h.down, h.load));
+        let started = Instant::now();
         let deadline = tokio::time::Instant::now() + self.config.fetch_timeout();
-        for holder in holders.iter().take(self.config.max_peers) {
-            let started = Instant::now();
-            let asked = tokio::time::timeout_at(deadline, self.ask(holder, content_id)).await;
-            let body = match asked {
-                Ok(Ok(Some(body))) => body,
-                Ok(Ok(None)) => continue,
-                Ok(Err(e)) => {
-                    tracing::warn!(peer = %holder.name, error = %e, "fetching an artifact failed");
-                    continue;
+        let ask_next_after = self.config.ask_next_after();
+        let mut queue = 0..holders.len().min(self.config.max_peers);
+        let ask = |i: usize| {
+            let holder = &holders[i];
+            async move { (holder, self.ask(holder, content_id).await) }
+        };
+        let mut asking = FuturesUnordered::new();
+        asking.push(ask(queue.next()?));
+        let mut next_at = tokio::time::Instant::now() + ask_next_after;
+        // Hedged: a holder slow to answer is not given up on, the next one is asked as
+        // well, and the first good answer is taken. Under load, a peer that answers late
+        // still costs far less than a compile on cores that are short already.
+        loop {
+            let more = !queue.is_empty();
+            tokio::select! {
+                Some((holder, answer)) = asking.next() => {
+                    match answer {
+                        Ok(Some(body)) => match self.check(&body, content_id) {
+                            Ok((seal, artifact)) => {
+                                return Some(Fetched {
+                                    seal,
+                                    artifact,
+                                    from: holder.name.clone(),
+                                    took: started.elapsed(),
+                                });
+                            }
+                            Err(reason) => {
+                                tracing::warn!(peer = %holder.name, %content_id, reason, "artifact from a peer refused: not loaded");
+                                let refused = &self.cache.stats().refused_fetches;
+                                refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
+                        },
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(peer = %holder.name, error = %e, "fetching an artifact failed");
+                        }
+                    }
+                    // That one is done without an artifact: the next is asked now.
+                    match queue.next() {
+                        Some(next) => {
+                            asking.push(ask(next));
+                            next_at = tokio::time::Instant::now() + ask_next_after;
+                        }
+                        None if asking.is_empty() => return None,
+                        None => {}
+                    }
                 }
-                Err(_) => {
-                    tracing::warn!(peer = %holder.name, timeout_ms = self.config.fetch_timeout_ms, "fetching an artifact ran out of artifacts.fetch_timeout_ms: compiling");
-                    break;
+                () = tokio::time::sleep_until(next_at), if more => {
+                    let next = queue.next().expect("more holders");
+                    tracing::debug!(peer = %holders[next].name, "no answer yet: asking another peer as well");
+                    asking.push(ask(next));
+                    next_at = tokio::time::Instant::now() + ask_next_after;
                 }
-            };
-            match self.check(&body, content_id) {
-                Ok((seal, artifact)) => {
-                    return Some(Fetched {
-                        seal,
-                        artifact,
-                        from: holder.name.clone(),
-                        took: started.elapsed(),
-                    });
-                }
-                Err(reason) => {
-                    tracing::warn!(peer = %holder.name, %content_id, reason, "artifact from a peer refused: not loaded");
-                    let refused = &self.cache.stats().refused_fetches;
-                    refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                () = tokio::time::sleep_until(deadline) => {
+                    tracing::warn!(timeout_ms = self.config.fetch_timeout_ms, "fetching an artifact ran out of artifacts.fetch_timeout_ms: compiling");
+                    return None;
                 }
             }
         }
-        None
     }
 
     /// The seal and bytes of an artifact's answer, if the seal holds for them.
@@ -170,7 +200,7 @@ impl Peers {
         Ok((seal.to_string(), body.slice(at..)))
     }
 
-    /// The open connection to `holder`, or a new one (within the connect timeout).
+    /// The open connection to `holder`, or a new one.
     async fn connection(&self, holder: &Holder) -> anyhow::Result<client::Sender> {
         let open = |peers: &Peers| peers.connections.get(&holder.quic).map(|s| s.clone());
         if let Some(sender) = open(self) {
@@ -183,17 +213,11 @@ impl Peers {
         }
         let (connections, addr) = (Arc::clone(&self.connections), holder.quic);
         let server_name = member_dns_name(&holder.name);
-        let connecting = client::connect(&self.endpoint, addr, &server_name, move |_| {
+        // Bounded by the fetch's deadline, which drops it.
+        let sender = client::connect(&self.endpoint, addr, &server_name, move |_| {
             connections.remove(&addr);
-        });
-        let sender = tokio::time::timeout(self.config.connect_timeout(), connecting)
-            .await
-            .map_err(|_| {
-                anyhow::anyhow!(
-                    "no connection within artifacts.connect_timeout_ms ({} ms)",
-                    self.config.connect_timeout_ms
-                )
-            })??;
+        })
+        .await?;
         self.connections.insert(addr, sender.clone());
         Ok(sender)
     }
@@ -208,26 +232,12 @@ impl Peers {
             self.cache.engine()
         );
         let request = Request::get(uri).body(())?;
-        // The answer's head within the connect timeout too: a peer that is paused or
-        // gone keeps its connection open for a while, and must cost no more than a
-        // connection to it would.
-        let answered = tokio::time::timeout(
-            self.config.connect_timeout(),
-            client::exchange(&mut sender, request, Bytes::new()),
-        )
-        .await;
-        let (head, mut stream) = match answered {
-            Ok(Ok(answer)) => answer,
-            failed => {
+        let (head, mut stream) = match client::exchange(&mut sender, request, Bytes::new()).await {
+            Ok(answer) => answer,
+            Err(e) => {
                 // A connection that failed an exchange is not offered to the next fetch.
                 self.connections.remove(&holder.quic);
-                match failed {
-                    Ok(Err(e)) => return Err(e.into()),
-                    _ => anyhow::bail!(
-                        "no answer within artifacts.connect_timeout_ms ({} ms)",
-                        self.config.connect_timeout_ms
-                    ),
-                }
+                return Err(e.into());
             }
         };
         if head.status() == StatusCode::NOT_FOUND {

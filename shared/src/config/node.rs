@@ -209,10 +209,11 @@ pub struct ArtifactsConfig {
     pub share: bool,
     /// Most nodes asked for one artifact before compiling it after all.
     pub max_peers: usize,
-    /// Longest the connection to one node may take, in milliseconds, and then its
-    /// answer's head (a connection, once open, is kept for the next fetches): a node
-    /// that does not answer (paused, partitioned) costs a cold load no more than this.
-    pub connect_timeout_ms: u64,
+    /// How long one node may take to start answering (its connection included), in
+    /// milliseconds, before the next is asked as well; the first answer is taken. A
+    /// node that does not answer (paused, partitioned) delays a load by this, and a
+    /// node slow under load is not given up on before `fetch_timeout_ms`.
+    pub ask_next_after_ms: u64,
     /// Longest fetching an artifact may take in all, every node asked included, in
     /// milliseconds; then the node compiles.
     pub fetch_timeout_ms: u64,
@@ -226,7 +227,7 @@ impl Default for ArtifactsConfig {
         ArtifactsConfig {
             share: true,
             max_peers: 3,
-            connect_timeout_ms: 250,
+            ask_next_after_ms: 250,
             fetch_timeout_ms: 2_000,
             max_artifact_mib: 64,
         }
@@ -238,8 +239,8 @@ impl ArtifactsConfig {
         if !(1..=16).contains(&self.max_peers) {
             problems.push("artifacts.max_peers: from 1 to 16".into());
         }
-        if !(10..=10_000).contains(&self.connect_timeout_ms) {
-            problems.push("artifacts.connect_timeout_ms: from 10 to 10000".into());
+        if !(10..=10_000).contains(&self.ask_next_after_ms) {
+            problems.push("artifacts.ask_next_after_ms: from 10 to 10000".into());
         }
         if !(10..=60_000).contains(&self.fetch_timeout_ms) {
             problems.push("artifacts.fetch_timeout_ms: from 10 to 60000".into());
@@ -254,9 +255,9 @@ impl ArtifactsConfig {
         std::time::Duration::from_millis(self.fetch_timeout_ms)
     }
 
-    /// [`ArtifactsConfig::connect_timeout_ms`].
-    pub fn connect_timeout(&self) -> std::time::Duration {
-        std::time::Duration::from_millis(self.connect_timeout_ms)
+    /// [`ArtifactsConfig::ask_next_after_ms`].
+    pub fn ask_next_after(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.ask_next_after_ms)
     }
 }
 

@@ -109,12 +109,12 @@ fn the_artifact_sharing_keys_are_bounded_and_named() {
     let file = write(
         dir.path(),
         "node.toml",
-        "[artifacts]\nmax_peers = 0\nconnect_timeout_ms = 0\nfetch_timeout_ms = 1\nmax_artifact_mib = 4096\n",
+        "[artifacts]\nmax_peers = 0\nask_next_after_ms = 0\nfetch_timeout_ms = 1\nmax_artifact_mib = 4096\n",
     );
     let text = load::<NodeConfig>(&file).unwrap_err().to_string();
     for key in [
         "artifacts.max_peers: from 1 to 16",
-        "artifacts.connect_timeout_ms: from 10",
+        "artifacts.ask_next_after_ms: from 10",
         "artifacts.fetch_timeout_ms: from 10",
         "artifacts.max_artifact_mib: from 1 to 1024",
     ] {
