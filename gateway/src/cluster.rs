@@ -197,11 +197,50 @@ impl Gateway {
     /// the module only if the node does not hold it, so a module crosses the wire once
     /// per node however many versions and rollbacks share it. The node checks the
     /// module's hash either way.
+    ///
+    /// One at a time per node and function: many requests meeting the same cold node at
+    /// once (the first seconds of a step in load) wait for the one deploy under way and
+    /// take its success, instead of each sending its own. If it failed (or its request
+    /// gave up), the next of them deploys.
     pub(crate) async fn deploy(
         &self,
         node: SocketAddr,
         function: &Function,
     ) -> Result<(), DeployError> {
+        let key = (node, function.key);
+        loop {
+            let under_way = {
+                let mut deploys = self.deploys.lock().unwrap_or_else(|p| p.into_inner());
+                match deploys.get(&key) {
+                    Some(watch) => Err(watch.clone()),
+                    None => {
+                        let (done, watch) = tokio::sync::watch::channel(None);
+                        deploys.insert(key, watch);
+                        Ok(done)
+                    }
+                }
+            };
+            match under_way {
+                Ok(done) => {
+                    let leading = Leading { gateway: self, key };
+                    let result = self.deploy_now(node, function).await;
+                    // Gone before the news: a waiter told of a failure deploys anew.
+                    drop(leading);
+                    done.send_replace(Some(result.is_ok()));
+                    return result;
+                }
+                Err(mut watch) => {
+                    if let Ok(done) = watch.wait_for(Option::is_some).await
+                        && *done == Some(true)
+                    {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    async fn deploy_now(&self, node: SocketAddr, function: &Function) -> Result<(), DeployError> {
         let holders = function.holders_for(node);
         let request = || {
             let mut call = deployment_call(Method::PUT, function);
@@ -270,6 +309,24 @@ impl Gateway {
                 false
             }
         }
+    }
+}
+
+/// The deploy under way for a (node, deployment fingerprint): its entry goes when it
+/// ends, however it ends.
+struct Leading<'a> {
+    gateway: &'a Gateway,
+    key: (SocketAddr, u64),
+}
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        let mut deploys = self
+            .gateway
+            .deploys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        deploys.remove(&self.key);
     }
 }
 

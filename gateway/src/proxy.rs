@@ -4,7 +4,7 @@
 //! `server-timing`). Every answer the gateway makes itself comes from
 //! [`Gateway::error_response`].
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex};
@@ -150,6 +150,9 @@ pub struct Gateway {
     pub(crate) retired_queue: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Arc<Function>>>>,
     /// (node, deployment fingerprint) pairs being warmed now (asked for once).
     pub(crate) warming: Mutex<HashSet<(SocketAddr, u64)>>,
+    /// Deploys on their way to a node, by (node, deployment fingerprint): a request that
+    /// meets one waits for it (see [`Gateway::deploy`]).
+    pub(crate) deploys: Mutex<HashMap<(SocketAddr, u64), DeployWatch>>,
     alt_svc: HeaderValue,
     /// Its Prometheus metrics.
     pub(crate) metrics: GatewayMetrics,
@@ -157,6 +160,9 @@ pub struct Gateway {
     pub(crate) port: u16,
     body_budget: BodyBudget,
 }
+
+/// Tells of a deploy on its way: `Some(true)` once it succeeded, `Some(false)` if not.
+pub(crate) type DeployWatch = tokio::sync::watch::Receiver<Option<bool>>;
 
 /// A function to warm on a node ahead of need.
 pub(crate) type WarmUp = (SocketAddr, Arc<Function>);
@@ -192,6 +198,7 @@ impl Gateway {
             retired,
             retired_queue: Mutex::new(Some(retired_queue)),
             warming: Mutex::default(),
+            deploys: Mutex::default(),
             membership: Membership::default(),
             placed: AtomicBool::new(false),
             rng: Mutex::new(SplitMix64(u64::from_le_bytes(seed))),

@@ -1,7 +1,8 @@
 //! Compiled artifacts travel between nodes, over real processes: a node that joins late
 //! takes a warm function's artifact from the node that compiled it instead of compiling
 //! it; a holder that stalls for a moment (as a node short of CPU does) is waited for
-//! rather than compiled around; an artifact changed after it was signed is refused and
+//! rather than compiled around; requests that meet a cold node together deploy there
+//! once; an artifact changed after it was signed is refused and
 //! compiled instead; and a node's certificate reaches another node's artifacts and
 //! nothing else there.
 
@@ -182,6 +183,40 @@ async fn as_node(cluster: &LocalCluster, i: usize, as_node: &str) -> H3Client {
     H3Client::connect(cluster.node_addrs()[i], wire::NODE_SERVER_NAME, tls)
         .await
         .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_that_meet_a_cold_node_together_deploy_there_once() {
+    let (cluster, _dir) =
+        support::start_with(2, vec![function("hello", Limits::default())], |spec| {
+            spec.routing = RoutingPolicy::RoundRobin;
+        });
+    let statuses = [
+        node_status(&cluster, 0).await,
+        node_status(&cluster, 1).await,
+    ];
+    let cold = statuses
+        .iter()
+        .position(|s| counter(s, "compiles") == 0)
+        .unwrap_or_else(|| panic!("hello was placed on both nodes: {statuses:?}"));
+    let deployed_there = || {
+        let line = format!("deployed on node node={}", cluster.node_addrs()[cold]);
+        cluster.log("gateway").matches(&line).count()
+    };
+    assert_eq!(deployed_there(), 0);
+
+    // 32 requests at once, half of them to the cold node (round robin): the first to
+    // find hello missing there deploys it, the others wait for that deploy.
+    let c = std::sync::Arc::new(client(&cluster).await);
+    let mut requests = tokio::task::JoinSet::new();
+    for _ in 0..32 {
+        let (c, at) = (std::sync::Arc::clone(&c), url(&cluster, "/hello"));
+        requests.spawn(async move { c.get(&at).await.unwrap().status });
+    }
+    while let Some(status) = requests.join_next().await {
+        assert_eq!(status.unwrap(), StatusCode::OK);
+    }
+    assert_eq!(deployed_there(), 1, "{}", cluster.log("gateway"));
 }
 
 /// An HTTP/3 client to node `i` presenting the gateway's member certificate.
