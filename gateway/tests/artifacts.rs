@@ -8,7 +8,7 @@
 
 mod support;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -173,16 +173,8 @@ async fn an_artifact_changed_after_it_was_signed_is_refused_and_compiled_instead
 
 /// An HTTP/3 client to node `i` presenting node `as_node`'s certificate.
 async fn as_node(cluster: &LocalCluster, i: usize, as_node: &str) -> H3Client {
-    let certs = cluster.certs();
-    let own = certs.node(as_node).unwrap();
-    let identity = edge_net::tls::Identity {
-        cert: &own.cert,
-        key: &own.key,
-    };
-    let tls = edge_net::tls::client_config(&certs.ca, Some(identity), &[wire::ALPN_H3]).unwrap();
-    H3Client::connect(cluster.node_addrs()[i], wire::NODE_SERVER_NAME, tls)
-        .await
-        .unwrap()
+    let own = cluster.certs().node(as_node).unwrap();
+    presenting(cluster, i, &own.cert, &own.key).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -219,21 +211,24 @@ async fn requests_that_meet_a_cold_node_together_deploy_there_once() {
     assert_eq!(deployed_there(), 1, "{}", cluster.log("gateway"));
 }
 
-/// An HTTP/3 client to node `i` presenting the gateway's member certificate.
-async fn as_gateway(cluster: &LocalCluster, i: usize) -> H3Client {
-    let certs = cluster.certs();
-    let identity = edge_net::tls::Identity {
-        cert: &certs.member_cert,
-        key: &certs.member_key,
-    };
-    let tls = edge_net::tls::client_config(&certs.ca, Some(identity), &[wire::ALPN_H3]).unwrap();
+/// An HTTP/3 client to node `i` presenting the certificate `cert` (key `key`).
+async fn presenting(cluster: &LocalCluster, i: usize, cert: &Path, key: &Path) -> H3Client {
+    let identity = edge_net::tls::Identity { cert, key };
+    let ca = &cluster.certs().ca;
+    let tls = edge_net::tls::client_config(ca, Some(identity), &[wire::ALPN_H3]).unwrap();
     H3Client::connect(cluster.node_addrs()[i], wire::NODE_SERVER_NAME, tls)
         .await
         .unwrap()
 }
 
+/// An HTTP/3 client to node `i` presenting the gateway's member certificate.
+async fn as_gateway(cluster: &LocalCluster, i: usize) -> H3Client {
+    let certs = cluster.certs();
+    presenting(cluster, i, &certs.member_cert, &certs.member_key).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_holder_that_stalls_as_under_load_still_hands_over_the_artifact_and_nothing_compiles() {
+async fn a_holder_that_stalls_as_under_load_still_hands_over_the_artifact() {
     let (cluster, _dir) =
         support::start_with(2, vec![function("hello", Limits::default())], |_| {});
     // Placement compiled hello on its home node, and only there.
@@ -248,34 +243,45 @@ async fn a_holder_that_stalls_as_under_load_still_hands_over_the_artifact_and_no
     let other = 1 - home;
     assert_eq!(counter(&statuses[other], "compiles"), 0, "{statuses:?}");
 
-    // The home node stalls for 700 ms, as a node short of CPU does: longer than
-    // artifacts.ask_next_after_ms (250), well within fetch_timeout_ms (2000). Meanwhile
-    // the gateway deploys hello on the other node, naming the home node as holder.
-    let wasm = std::fs::read(support::example("hello")).unwrap();
-    let manifest = edge_shared::manifest::FunctionManifest {
-        name: "hello".into(),
-        content_id: edge_shared::manifest::ContentId::of(&wasm),
-        routes: Vec::new(),
-        env: Default::default(),
-        secrets: Default::default(),
-        limits: Limits::default(),
+    // The gateway deploys on the other node, naming the home node as holder: first echo,
+    // which the home node lacks (the other compiles it, its connection to the home node
+    // open from then on), then hello while the home node stalls for 700 ms, as a node
+    // short of CPU does: longer than artifacts.ask_next_after_ms (250), well within
+    // fetch_timeout_ms (2000).
+    let deploy = |name: &str| {
+        let wasm = std::fs::read(support::example(name)).unwrap();
+        let manifest = edge_shared::manifest::FunctionManifest {
+            name: name.into(),
+            content_id: edge_shared::manifest::ContentId::of(&wasm),
+            routes: Vec::new(),
+            env: Default::default(),
+            secrets: Default::default(),
+            limits: Limits::default(),
+        };
+        let request = Request::put(format!(
+            "https://{}{}{}",
+            wire::NODE_SERVER_NAME,
+            wire::DEPLOY_PATH,
+            manifest.deployment_id()
+        ))
+        .header(wire::HOLDERS_HEADER, cluster.node_addrs()[home].to_string())
+        .body(())
+        .unwrap();
+        (
+            request,
+            Bytes::from(wire::encode_deploy_body(&manifest, &wasm)),
+        )
     };
-    let deploy = Request::put(format!(
-        "https://{}{}{}",
-        wire::NODE_SERVER_NAME,
-        wire::DEPLOY_PATH,
-        manifest.deployment_id()
-    ))
-    .header(wire::HOLDERS_HEADER, cluster.node_addrs()[home].to_string())
-    .body(())
-    .unwrap();
     let gateway = as_gateway(&cluster, other).await;
+    let (request, body) = deploy("echo");
+    let reply = gateway.send(request, body).await.unwrap();
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    let (deploy, body) = deploy("hello");
     assert!(cluster.signal_node(home, "STOP"));
     let resume = async {
         tokio::time::sleep(Duration::from_millis(700)).await;
         assert!(cluster.signal_node(home, "CONT"));
     };
-    let body = Bytes::from(wire::encode_deploy_body(&manifest, &wasm));
     let (reply, ()) = tokio::join!(gateway.send(deploy, body), resume);
     let reply = reply.unwrap();
     assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
@@ -286,9 +292,10 @@ async fn a_holder_that_stalls_as_under_load_still_hands_over_the_artifact_and_no
         counter(&status, "compiles"),
         counter(&status, "fetched_artifacts"),
     );
+    // echo compiled, hello fetched.
     assert_eq!(
         loads,
-        (0, 1),
+        (1, 1),
         "{status}\n{}",
         cluster.log(&format!("node-{}", other + 1))
     );

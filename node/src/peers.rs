@@ -213,11 +213,19 @@ impl Peers {
         }
         let (connections, addr) = (Arc::clone(&self.connections), holder.quic);
         let server_name = member_dns_name(&holder.name);
-        // Bounded by the fetch's deadline, which drops it.
-        let sender = client::connect(&self.endpoint, addr, &server_name, move |_| {
+        let connecting = client::connect(&self.endpoint, addr, &server_name, move |_| {
             connections.remove(&addr);
-        })
-        .await?;
+        });
+        // A node that completes no handshake in this time is taken as paused or gone
+        // (one that answers late on an open connection is only slow, and is waited for).
+        let sender = tokio::time::timeout(self.config.ask_next_after(), connecting)
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "no connection within artifacts.ask_next_after_ms ({} ms)",
+                    self.config.ask_next_after_ms
+                )
+            })??;
         self.connections.insert(addr, sender.clone());
         Ok(sender)
     }

@@ -209,10 +209,10 @@ pub struct ArtifactsConfig {
     pub share: bool,
     /// Most nodes asked for one artifact before compiling it after all.
     pub max_peers: usize,
-    /// How long one node may take to start answering (its connection included), in
-    /// milliseconds, before the next is asked as well; the first answer is taken. A
-    /// node that does not answer (paused, partitioned) delays a load by this, and a
-    /// node slow under load is not given up on before `fetch_timeout_ms`.
+    /// How long one node may take to start answering, in milliseconds, before the next
+    /// is asked as well; the first answer is taken. A node that completes no connection
+    /// in this time (paused, partitioned) is given up; one that answers late on an open
+    /// connection (slow under load) is not, before `fetch_timeout_ms`.
     pub ask_next_after_ms: u64,
     /// Longest fetching an artifact may take in all, every node asked included, in
     /// milliseconds; then the node compiles.
