@@ -177,20 +177,31 @@ async fn as_node(cluster: &LocalCluster, i: usize, as_node: &str) -> H3Client {
     presenting(cluster, i, &own.cert, &own.key).await
 }
 
+/// Two nodes under `routing`, `hello` placed (compiled) on its home node only; which
+/// node that is.
+async fn hello_placed_on_one_of_two(
+    routing: RoutingPolicy,
+) -> (LocalCluster, tempfile::TempDir, usize) {
+    let (cluster, dir) =
+        support::start_with(2, vec![function("hello", Limits::default())], |spec| {
+            spec.routing = routing;
+        });
+    let compiles = [
+        counter(&node_status(&cluster, 0).await, "compiles"),
+        counter(&node_status(&cluster, 1).await, "compiles"),
+    ];
+    let home = match compiles {
+        [1, 0] => 0,
+        [0, 1] => 1,
+        _ => panic!("hello not placed on one node alone: compiles {compiles:?}"),
+    };
+    (cluster, dir, home)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_that_meet_a_cold_node_together_deploy_there_once() {
-    let (cluster, _dir) =
-        support::start_with(2, vec![function("hello", Limits::default())], |spec| {
-            spec.routing = RoutingPolicy::RoundRobin;
-        });
-    let statuses = [
-        node_status(&cluster, 0).await,
-        node_status(&cluster, 1).await,
-    ];
-    let cold = statuses
-        .iter()
-        .position(|s| counter(s, "compiles") == 0)
-        .unwrap_or_else(|| panic!("hello was placed on both nodes: {statuses:?}"));
+    let (cluster, _dir, home) = hello_placed_on_one_of_two(RoutingPolicy::RoundRobin).await;
+    let cold = 1 - home;
     let deployed_there = || {
         let line = format!("deployed on node node={}", cluster.node_addrs()[cold]);
         cluster.log("gateway").matches(&line).count()
@@ -229,19 +240,8 @@ async fn as_gateway(cluster: &LocalCluster, i: usize) -> H3Client {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_holder_that_stalls_as_under_load_still_hands_over_the_artifact() {
-    let (cluster, _dir) =
-        support::start_with(2, vec![function("hello", Limits::default())], |_| {});
-    // Placement compiled hello on its home node, and only there.
-    let statuses = [
-        node_status(&cluster, 0).await,
-        node_status(&cluster, 1).await,
-    ];
-    let home = statuses
-        .iter()
-        .position(|s| counter(s, "compiles") == 1)
-        .unwrap_or_else(|| panic!("no home node compiled hello: {statuses:?}"));
+    let (cluster, _dir, home) = hello_placed_on_one_of_two(RoutingPolicy::LeastLoadedWarm).await;
     let other = 1 - home;
-    assert_eq!(counter(&statuses[other], "compiles"), 0, "{statuses:?}");
 
     // The gateway deploys on the other node, naming the home node as holder: first echo,
     // which the home node lacks (the other compiles it, its connection to the home node
