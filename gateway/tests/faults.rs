@@ -11,15 +11,16 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use edge_cli::cluster::LocalCluster;
+use edge_cli::cluster::scrape_metrics;
 use edge_shared::manifest::Limits;
-use support::load::{Load, Row, Target, Watch, busiest_node, scrape_tcp};
+use support::load::{Load, Row, Target, Watch, busiest_node};
 use support::{function, start, url};
 
 /// The node (0-based) that answered the most requests so far: the one whose loss the
 /// load feels.
 fn busiest(cluster: &LocalCluster) -> usize {
     busiest_node(
-        &scrape_tcp(cluster.gateway_metrics_addrs().unwrap()[0]).unwrap(),
+        &scrape_metrics(cluster.gateway_metrics_addrs().unwrap()[0]).unwrap(),
         3,
     )
 }
@@ -40,7 +41,7 @@ fn load(cluster: &LocalCluster, seconds: u64) -> Load {
 fn cluster() -> (LocalCluster, tempfile::TempDir, Watch) {
     let (cluster, dir) = start(3, vec![function("hello", Limits::default())]);
     let at = cluster.gateway_metrics_addrs().unwrap()[0];
-    let watch = Watch::start(move || scrape_tcp(at));
+    let watch = Watch::start(move || scrape_metrics(at));
     watch.wait_usable(3, Duration::from_secs(20));
     (cluster, dir, watch)
 }
@@ -145,7 +146,7 @@ fn a_gateway_killed_under_load_while_a_second_serves_loses_no_request() {
     };
     // The second gateway's view, which outlives the first.
     let at = cluster.gateway_metrics_addrs().unwrap()[1];
-    let watch = Watch::start(move || scrape_tcp(at));
+    let watch = Watch::start(move || scrape_metrics(at));
     watch.wait_usable(3, Duration::from_secs(30));
     let target = Target {
         url: url(&cluster, "/hello"),

@@ -3,8 +3,6 @@
 //! side, with the module loads (compiles, artifacts fetched) its nodes counted.
 
 use std::fmt::Write;
-use std::io::{Read, Write as _};
-use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -101,20 +99,9 @@ fn module_loads(cluster: &LocalCluster) -> ModuleLoads {
     let addrs = cluster.node_metrics_addrs().unwrap_or_default();
     addrs
         .into_iter()
-        .filter_map(scrape)
+        .filter_map(edge_cli::cluster::scrape_metrics)
         .map(|text| ModuleLoads::of_metrics(&text))
         .fold(ModuleLoads::default(), ModuleLoads::plus)
-}
-
-/// `GET /metrics` at `at` over plain TCP (`metrics_listen` speaks HTTP/1.1).
-fn scrape(at: SocketAddr) -> Option<String> {
-    let mut tcp = TcpStream::connect_timeout(&at, Duration::from_secs(2)).ok()?;
-    tcp.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: edge\r\nConnection: close\r\n\r\n")
-        .ok()?;
-    let mut text = String::new();
-    tcp.read_to_string(&mut text).ok()?;
-    Some(text)
 }
 
 /// Runs `scenario` once against each given gateway (`label`, address), for clusters

@@ -2,7 +2,6 @@
 //! background (in a network namespace if asked), the gateway's usable nodes and retries
 //! sampled every 50 ms, and the row each fault prints for RELIABILITY.md.
 
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -31,17 +30,6 @@ pub fn metric(text: &str, name: &str) -> Option<u64> {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse::<f64>().ok())
         .map(|v| v as u64)
-}
-
-/// `GET /metrics` at `at`, over a plain TCP connection.
-pub fn scrape_tcp(at: SocketAddr) -> Option<String> {
-    let mut tcp = std::net::TcpStream::connect_timeout(&at, Duration::from_secs(1)).ok()?;
-    tcp.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: edge\r\nConnection: close\r\n\r\n")
-        .ok()?;
-    let mut text = String::new();
-    tcp.read_to_string(&mut text).ok()?;
-    Some(text)
 }
 
 /// The requests node `i` (0-based) answered, as the gateway's metrics `text` say.

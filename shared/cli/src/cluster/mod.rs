@@ -503,3 +503,17 @@ pub fn bin_dir() -> anyhow::Result<PathBuf> {
         exe.display()
     )
 }
+
+/// `GET /metrics` at a member's metrics address `at`, over plain TCP (`metrics_listen`
+/// speaks HTTP/1.1): the whole answer, head included; `None` if it cannot be had within
+/// a second to connect and two to read.
+pub fn scrape_metrics(at: SocketAddr) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut tcp = std::net::TcpStream::connect_timeout(&at, Duration::from_secs(1)).ok()?;
+    tcp.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: edge\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    tcp.read_to_string(&mut text).ok()?;
+    Some(text)
+}
