@@ -395,37 +395,6 @@ async fn a_node_certificate_reaches_a_peers_artifacts_and_nothing_else() {
     assert!(refused, "the public certificate fetched an artifact");
 }
 
-/// A module of about `bytes` of wasm that compiles slowly: a chain of functions of
-/// arithmetic (what `node/benches/hot_path.rs` measures as its 1 MiB module).
-fn big_module(bytes: usize) -> Vec<u8> {
-    let body = "local.get 0 i32.const 7 i32.mul i32.const 3 i32.add local.tee 0 \
-                i32.const 13 i32.rem_u local.get 0 i32.xor local.set 0 ";
-    let functions = bytes / 232;
-    // A CGI answer, so that a call of it is a 200.
-    let mut text = String::from(
-        "(module (import \"wasi_snapshot_preview1\" \"fd_write\" \
-         (func $w (param i32 i32 i32 i32) (result i32)))\n(memory (export \"memory\") 1)\n",
-    );
-    for i in 0..functions {
-        let next = if i + 1 < functions {
-            format!("local.get 0 call $f{}", i + 1)
-        } else {
-            "local.get 0".to_string()
-        };
-        text.push_str(&format!(
-            "(func $f{i} (param i32) (result i32) {} {next})\n",
-            body.repeat(12)
-        ));
-    }
-    text.push_str(
-        "(data (i32.const 16) \"Content-Type: text/plain\\n\\nbig\\n\") \
-         (func (export \"_start\") i32.const 1 call $f0 drop \
-         (i32.store (i32.const 0) (i32.const 16)) (i32.store (i32.const 4) (i32.const 30)) \
-         (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))",
-    );
-    wat::parse_str(&text).unwrap()
-}
-
 /// The `ms=` figure of the first line of `log` that contains `what`.
 fn logged_ms(log: &str, what: &str) -> f64 {
     let line = log
@@ -451,7 +420,7 @@ fn logged_ms(log: &str, what: &str) -> f64 {
 async fn spill_timings() {
     use base64::Engine as _;
     let (mut cluster, _dir, c) = hello_on_one_node().await;
-    let wasm = big_module(1 << 20);
+    let wasm = wat::parse_str(edge_shared::synthetic::module_wat(1 << 20, Some("big"))).unwrap();
     let body = serde_json::json!({
         "module": base64::engine::general_purpose::STANDARD.encode(&wasm),
     });

@@ -58,29 +58,6 @@ fn cgi_env() -> Vec<(String, String)> {
     .collect()
 }
 
-/// A valid function module of about `bytes` bytes of code: many small functions that
-/// `_start` calls in a chain, importing nothing (a stand-in for a big real guest).
-fn synthetic_module(bytes: usize) -> Vec<u8> {
-    let body = "local.get 0 i32.const 7 i32.mul i32.const 3 i32.add local.tee 0 \
-                i32.const 13 i32.rem_u local.get 0 i32.xor local.set 0 ";
-    let per_function = 232;
-    let functions = bytes / per_function;
-    let mut wat = String::from("(module (memory (export \"memory\") 1)\n");
-    for i in 0..functions {
-        let next = if i + 1 < functions {
-            format!("local.get 0 call $f{}", i + 1)
-        } else {
-            "local.get 0".to_string()
-        };
-        wat.push_str(&format!(
-            "(func $f{i} (param i32) (result i32) {} {next})\n",
-            body.repeat(12)
-        ));
-    }
-    wat.push_str("(func (export \"_start\") i32.const 1 call $f0 drop))");
-    wasmer::wat2wasm(wat.as_bytes()).unwrap().into_owned()
-}
-
 /// The node's default pool of spare linear memories.
 fn memories() -> Arc<MemoryPool> {
     let pool = NodeConfig::default().instance_pool;
@@ -220,7 +197,9 @@ fn benches(c: &mut Criterion) {
 
     // A cold start from disk, as after a restart or an eviction: an empty in-memory
     // cache, the artifact on disk, read + deserialize + the first instance.
-    let big = synthetic_module(1 << 20);
+    let big = wasmer::wat2wasm(edge_shared::synthetic::module_wat(1 << 20, None).as_bytes())
+        .unwrap()
+        .into_owned();
     for (name, module) in [("hello", &wasm), ("1mib", &big)] {
         let id = ContentId::of(module);
         let dir = tempfile::tempdir().unwrap();

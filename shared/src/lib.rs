@@ -36,6 +36,7 @@ pub mod manifest;
 pub mod module_check;
 pub mod routes;
 pub mod routing;
+pub mod synthetic;
 pub mod trace;
 pub mod usage;
 pub mod view;
