@@ -373,6 +373,14 @@ impl Registry for Shared {
         self.change_runs(name, |runs| runs.record(run)).await
     }
 
+    /// One key read, not a listing: listing the bucket's keys can wait out the whole
+    /// timeout when a key is written meanwhile (nats-server 2.9, nats-server#3481), and
+    /// a schedule writes its runs every tick.
+    async fn runs_of(&self, name: &str) -> Result<Runs, RegistryError> {
+        let (runs, _) = self.timed(self.read::<Runs>(&runs_key(name))).await?;
+        Ok(runs.unwrap_or_default())
+    }
+
     async fn runs(&self) -> Result<BTreeMap<String, Runs>, RegistryError> {
         self.timed(async {
             let mut keys = self.kv.keys().await.map_err(of)?;

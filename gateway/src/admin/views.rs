@@ -1,10 +1,12 @@
 //! What the admin API shows of functions: the registry's records with the routes,
 //! URLs and warm nodes this gateway sees, secrets by name only, and schedules' runs.
 
+use std::collections::BTreeMap;
+
 use edge_shared::manifest::Route;
 
 use super::Admin;
-use crate::registry::{FunctionRecord, RunRecord, Share};
+use crate::registry::{FunctionRecord, RunRecord, Runs, Share};
 use crate::schedule::Schedule;
 
 /// A function as the admin API shows it.
@@ -48,10 +50,30 @@ struct ScheduleView {
 
 impl Admin {
     /// The functions (or the one named), as the registry and the cluster have them.
+    /// One function's view reads its own records only (no listing of the registry).
     pub(super) async fn views(&self, only: Option<&str>) -> Result<Vec<FunctionView>, String> {
-        let records: Vec<FunctionRecord> =
-            self.registry.functions().await.map_err(|e| e.to_string())?;
-        let runs = self.registry.runs().await.map_err(|e| e.to_string())?;
+        let (records, runs): (Vec<FunctionRecord>, BTreeMap<String, Runs>) = match only {
+            None => (
+                self.registry.functions().await.map_err(|e| e.to_string())?,
+                self.registry.runs().await.map_err(|e| e.to_string())?,
+            ),
+            Some(name) => {
+                let record = self
+                    .registry
+                    .function(name)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let runs = self
+                    .registry
+                    .runs_of(name)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                (
+                    record.into_iter().collect(),
+                    BTreeMap::from([(name.to_string(), runs)]),
+                )
+            }
+        };
         let served = self.gateway.functions();
         let snapshot = self.gateway.membership.snapshot();
         let now = crate::registry::now_ms();

@@ -138,6 +138,11 @@ pub trait Registry: Send + Sync {
 
     /// The schedule runs of each function that had any, by name.
     async fn runs(&self) -> Result<BTreeMap<String, Runs>, RegistryError>;
+
+    /// The schedule runs of function `name` (none yet: the default).
+    async fn runs_of(&self, name: &str) -> Result<Runs, RegistryError> {
+        Ok(self.runs().await?.remove(name).unwrap_or_default())
+    }
 }
 
 /// Now, in Unix milliseconds.
