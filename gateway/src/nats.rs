@@ -140,6 +140,36 @@ impl Shared {
             })?
     }
 
+    /// The names of the keys that start with `prefix` (the prefix taken off).
+    ///
+    /// Listing a bucket's keys can stall until it gives up when a key is written
+    /// meanwhile (nats-server 2.9, nats-server#3481; schedules write their runs every
+    /// tick), where a listing started again a moment later completes. So each try gets a
+    /// third of the timeout, and a stalled one is started again, up to three tries.
+    async fn names_under(&self, prefix: &str) -> Result<Vec<String>, RegistryError> {
+        const TRIES: u32 = 3;
+        for _ in 0..TRIES {
+            let listing = async {
+                let mut keys = self.kv.keys().await.map_err(of)?;
+                let mut names = Vec::new();
+                while let Some(key) = keys.next().await {
+                    let key = key.map_err(of)?;
+                    if let Some(name) = key.strip_prefix(prefix) {
+                        names.push(name.to_string());
+                    }
+                }
+                Ok(names)
+            };
+            if let Ok(listed) = tokio::time::timeout(self.timeout / TRIES, listing).await {
+                return listed;
+            }
+        }
+        Err(RegistryError::Storage(format!(
+            "nats: listing the keys stalled {TRIES} times within {:?}",
+            self.timeout
+        )))
+    }
+
     /// The value under `key` and its revision (0: none).
     async fn read<T: serde::de::DeserializeOwned>(
         &self,
@@ -284,16 +314,9 @@ impl Registry for Shared {
     }
 
     async fn functions(&self) -> Result<Vec<FunctionRecord>, RegistryError> {
+        let mut names = self.names_under("fn.").await?;
+        names.sort();
         self.timed(async {
-            let mut keys = self.kv.keys().await.map_err(of)?;
-            let mut names = Vec::new();
-            while let Some(key) = keys.next().await {
-                let key = key.map_err(of)?;
-                if let Some(name) = key.strip_prefix("fn.") {
-                    names.push(name.to_string());
-                }
-            }
-            names.sort();
             let mut records = Vec::new();
             for name in names {
                 if let (Some(record), _) = self.read::<FunctionRecord>(&function_key(&name)).await?
@@ -382,15 +405,12 @@ impl Registry for Shared {
     }
 
     async fn runs(&self) -> Result<BTreeMap<String, Runs>, RegistryError> {
+        let names = self.names_under("runs.").await?;
         self.timed(async {
-            let mut keys = self.kv.keys().await.map_err(of)?;
             let mut all = BTreeMap::new();
-            while let Some(key) = keys.next().await {
-                let key = key.map_err(of)?;
-                if let Some(name) = key.strip_prefix("runs.")
-                    && let (Some(runs), _) = self.read::<Runs>(&key).await?
-                {
-                    all.insert(name.to_string(), runs);
+            for name in names {
+                if let (Some(runs), _) = self.read::<Runs>(&runs_key(&name)).await? {
+                    all.insert(name, runs);
                 }
             }
             Ok(all)

@@ -276,6 +276,18 @@ async fn a_scheduled_function_fires_once_per_tick_across_two_gateways() {
         schedule["next_ms"].as_u64().unwrap() > ms(ended) - 2000,
         "{view}"
     );
+    // The list of every function, which lists the registry's keys while the schedule
+    // keeps writing its runs (a listing that stalls is started again), at either gateway.
+    for admin in &g.admins {
+        let all = admin_call(admin, Method::GET, "/v1/functions", None, 200).await;
+        let tick = all
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == "tick")
+            .unwrap_or_else(|| panic!("{all}"));
+        assert!(tick["schedule"]["runs"].as_u64().unwrap() >= ticks.len() as u64 - 1);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
