@@ -169,7 +169,9 @@ pub struct RegistryConfig {
     /// Prefix of the JetStream bucket names (`PREFIX-functions`, `PREFIX-modules`):
     /// letters, digits, `-` and `_`.
     pub bucket: String,
-    /// Longest a call to NATS may take, in milliseconds.
+    /// Longest a call to NATS may take, in milliseconds. A listing of the bucket's keys
+    /// gets a third of it per try, up to three tries (a listing stalls when a key is
+    /// written meanwhile).
     pub timeout_ms: u64,
     /// How often every record is read again (`nats` only), in milliseconds: a change the
     /// watch missed, or could not serve when it came, is served by then.
