@@ -276,6 +276,16 @@ async fn a_scheduled_function_fires_once_per_tick_across_two_gateways() {
         schedule["next_ms"].as_u64().unwrap() > ms(ended) - 2000,
         "{view}"
     );
+    // A name no function can have is not found, whatever the call: it never becomes a
+    // registry key (NATS refuses `*`, `>` and `%` in keys).
+    for hostile in ["a*b", "%3E", "..", "TICK", "a%20b"] {
+        let path = format!("/v1/functions/{hostile}");
+        admin_call(&g.admins[0], Method::GET, &path, None, 404).await;
+        admin_call(&g.admins[0], Method::DELETE, &path, None, 404).await;
+        let traffic = serde_json::json!({ "traffic": [{ "version": 1, "percent": 100 }] });
+        let path = format!("/v1/functions/{hostile}/traffic");
+        admin_call(&g.admins[1], Method::PUT, &path, Some(traffic), 404).await;
+    }
     // The list of every function, which lists the registry's keys while the schedule
     // keeps writing its runs (a listing that stalls is started again), at either gateway.
     for admin in &g.admins {

@@ -227,6 +227,12 @@ fn is_env_name(key: &str) -> bool {
         && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
+/// Whether `name` can name a function: `[a-z0-9-]`, 1 to 63 characters, not starting
+/// with `-` (what a deploy accepts).
+pub fn is_function_name(name: &str) -> bool {
+    check_name(name).is_ok()
+}
+
 fn check_name(name: &str) -> Result<(), ManifestError> {
     let ok = !name.is_empty()
         && name.len() <= 63

@@ -40,7 +40,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use bytes::Bytes;
 use edge_net::lifecycle::Shutdown;
-use edge_shared::manifest::{Limits, Route, Secrets};
+use edge_shared::manifest::{Limits, Route, Secrets, is_function_name};
 use http::{HeaderValue, Method, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -277,6 +277,12 @@ impl Admin {
             return error(StatusCode::NOT_FOUND, "no such admin call");
         };
         let (name, call) = rest.split_once('/').unwrap_or((rest, ""));
+        // A name no function can have is found nowhere, and never becomes a registry key
+        // (NATS refuses `*`, `>` or `%` in one); a deploy under it says why it is refused.
+        let deploying = call.is_empty() && method == Method::PUT;
+        if !deploying && !is_function_name(name) {
+            return error(StatusCode::NOT_FOUND, &format!("no function {name:?}"));
+        }
         let body = request.into_body();
         match (call, method) {
             ("", Method::GET) => match self.views(Some(name)).await {
