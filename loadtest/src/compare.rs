@@ -154,7 +154,7 @@ pub fn table(results: &[(&str, &Report)]) -> String {
         let _ = write!(out, "{label:>width$}");
     }
     out.push('\n');
-    let rows: [(&str, Cell); 13] = [
+    let rows: [(&str, Cell); 15] = [
         ("req/s", |r| format!("{:.0}", r.throughput)),
         ("answered", |r| r.answered.to_string()),
         ("p50 ms", |r| format!("{:.3}", r.latency.p50_ms)),
@@ -169,7 +169,9 @@ pub fn table(results: &[(&str, &Report)]) -> String {
         }),
         ("compiles", |r| loads(r, |l| l.compiles)),
         ("fetched", |r| loads(r, |l| l.fetched)),
+        ("cluster p99 ms", |r| format!("{:.3}", r.in_cluster.p99_ms)),
         ("queue p99 ms", |r| format!("{:.3}", r.queue.p99_ms)),
+        ("run p99 ms", |r| format!("{:.3}", r.run.p99_ms)),
         ("errors", |r| r.errors.values().sum::<u64>().to_string()),
     ];
     for (name, cell) in rows {

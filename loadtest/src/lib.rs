@@ -6,7 +6,8 @@
 //! - [`mod@run`]: drives it over quinn + h3, latency counted from each request's scheduled
 //!   time in open loop (coordinated omission corrected);
 //! - [`tally`]: HdrHistogram percentiles overall, per request and per second; answers by
-//!   status and node; errors by kind; cold starts and queue time from `server-timing`;
+//!   status and node; errors by kind; cold starts, and the time spent in the cluster, a
+//!   node's queue and the guest from `server-timing`;
 //! - [`svg`]: plots; [`baseline`]: the bare quinn + h3 server every figure can be put
 //!   against; [`compare`]: one scenario under each routing policy; [`cpu`]: a server's
 //!   CPU time by thread group.

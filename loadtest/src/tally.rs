@@ -1,6 +1,7 @@
 //! What a run observed ([`Tally`]) and its summary ([`Report`]): latency percentiles in
 //! HdrHistograms, overall, per request kind and per second; answers by status class and
-//! by node; errors by kind; cold starts and queue time read from `server-timing`.
+//! by node; errors by kind; cold starts, and where the time went (the gateway's total, the
+//! node's queue, the guest's run) read from `server-timing`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -86,7 +87,9 @@ pub struct Tally {
     latency: Histogram<u64>,
     by_request: BTreeMap<String, Histogram<u64>>,
     per_second: Vec<Histogram<u64>>,
+    in_cluster: Histogram<u64>,
     queue: Histogram<u64>,
+    run: Histogram<u64>,
     by_status: BTreeMap<String, u64>,
     by_node: BTreeMap<String, u64>,
     errors: BTreeMap<String, u64>,
@@ -106,7 +109,9 @@ impl Tally {
             latency: histogram(),
             by_request: BTreeMap::new(),
             per_second: Vec::new(),
+            in_cluster: histogram(),
             queue: histogram(),
+            run: histogram(),
             by_status: BTreeMap::new(),
             by_node: BTreeMap::new(),
             errors: BTreeMap::new(),
@@ -147,8 +152,14 @@ impl Tally {
                 .iter()
                 .any(|m| timing.get_ms(m).is_some_and(|ms| ms > 0.0));
             self.cold_starts += u64::from(cold);
-            if let Some(ms) = timing.get_ms("queue") {
-                record(&mut self.queue, Duration::from_secs_f64(ms.max(0.0) / 1e3));
+            for (metric, histogram) in [
+                ("total", &mut self.in_cluster),
+                ("queue", &mut self.queue),
+                ("run", &mut self.run),
+            ] {
+                if let Some(ms) = timing.get_ms(metric) {
+                    record(histogram, Duration::from_secs_f64(ms.max(0.0) / 1e3));
+                }
             }
         }
     }
@@ -202,7 +213,9 @@ impl Tally {
                 .iter()
                 .map(|&q| (q * 100.0, ms(self.latency.value_at_quantile(q))))
                 .collect(),
+            in_cluster: Percentiles::of(&self.in_cluster),
             queue: Percentiles::of(&self.queue),
+            run: Percentiles::of(&self.run),
             cold_starts: self.cold_starts,
             failovers: 0,
             by_status: self.by_status.clone(),
@@ -271,8 +284,13 @@ pub struct Report {
     pub per_second: Vec<Percentiles>,
     /// (percentile, latency ms) pairs of the whole run, for plots.
     pub spectrum: Vec<(f64, f64)>,
+    /// Time answers spent in the cluster, as the gateway measured it (`server-timing:
+    /// total`): what is left of the latency is the client's and the network's.
+    pub in_cluster: Percentiles,
     /// Time answers waited in a node's queue (`server-timing: queue`).
     pub queue: Percentiles,
+    /// Time the guest ran (`server-timing: run`).
+    pub run: Percentiles,
     /// Answers that included a cold start (`server-timing`: `cold` or `deploy` above 0).
     pub cold_starts: u64,
     /// Answers by status class (`2xx`, ...).
@@ -366,7 +384,9 @@ impl std::fmt::Display for Report {
                 row(f, &format!("  {name}"), p)?;
             }
         }
+        row(f, "in the cluster", &self.in_cluster)?;
         row(f, "node queue", &self.queue)?;
+        row(f, "guest run", &self.run)?;
         writeln!(f, "cold starts {}", self.cold_starts)?;
         writeln!(f, "status     {:?}", self.by_status)?;
         writeln!(f, "nodes      {:?}", self.by_node)?;
@@ -406,7 +426,7 @@ mod tests {
         let mut refused = answer("fib", 1000, 503);
         refused.node = Some("node-2");
         refused.refused = Some("overloaded");
-        refused.timing = Some("cold;dur=0, queue;dur=250.0");
+        refused.timing = Some("cold;dur=0, queue;dur=250.0, run;dur=0.5, total;dur=900");
         t.answer(&refused);
         t.error(ErrorKind::Timeout);
         let r = t.report(Duration::from_secs(2));
@@ -437,6 +457,9 @@ mod tests {
         assert_eq!(r.errors["refused"], 1);
         assert_eq!(r.cold_starts, 0);
         assert!((r.queue.p50_ms - 250.0).abs() < 0.5);
+        assert!((r.run.p50_ms - 0.5).abs() < 0.01);
+        assert!((r.in_cluster.p50_ms - 900.0).abs() < 1.0);
+        assert_eq!((r.queue.count, r.run.count, r.in_cluster.count), (1, 1, 1));
         // Completion times spread over the first two seconds.
         assert_eq!(r.per_second.len(), 2);
         assert_eq!(r.per_second[0].count, 100);

@@ -154,7 +154,15 @@ expect_status = 200
         &cluster,
     );
     let table = String::from_utf8_lossy(&output.stdout);
-    for row in ["hello", "echo", "missing", "cold starts", "node queue"] {
+    for row in [
+        "hello",
+        "echo",
+        "missing",
+        "cold starts",
+        "in the cluster",
+        "node queue",
+        "guest run",
+    ] {
         assert!(table.contains(row), "{row} missing from:\n{table}");
     }
     let report = &json(&out)["target"];
@@ -166,6 +174,13 @@ expect_status = 200
     // The 404s are answers, counted as unexpected.
     assert_eq!(report["by_status"]["4xx"], 80, "{report}");
     assert_eq!(report["errors"]["unexpected-status"], 80, "{report}");
+    // Where the time went, from `server-timing`: the 320 answers a guest made ran on a
+    // node; the gateway timed those at least.
+    assert_eq!(report["run"]["count"], 320, "{report}");
+    assert_eq!(report["queue"]["count"], 320, "{report}");
+    let in_cluster = report["in_cluster"]["count"].as_u64().unwrap();
+    assert!((320..=400).contains(&in_cluster), "{report}");
+    assert!(report["run"]["p50_ms"].as_f64().unwrap() > 0.0, "{report}");
     // By completion time: the last answers may land just after the second second.
     let seconds = report["per_second"].as_array().unwrap().len();
     assert!((2..=3).contains(&seconds), "{report}");
