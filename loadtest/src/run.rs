@@ -83,9 +83,10 @@ struct Run {
     failovers: AtomicU64,
 }
 
-/// One client's way to the cluster: a connection to each gateway, its own first.
+/// One client's way to the cluster: a connection to each gateway (and its address),
+/// its own first.
 #[derive(Clone)]
-struct Route(Vec<Sender>);
+struct Route(Vec<(std::net::SocketAddr, Sender)>);
 
 impl Run {
     fn tally(&self) -> MutexGuard<'_, Tally> {
@@ -107,18 +108,23 @@ impl Run {
     /// in the measured part).
     async fn exchange(&self, route: &mut Route, which: usize, due: Instant) {
         let spec = &self.requests[which];
-        let lost = |o: &Result<Result<_, ErrorKind>, _>| {
-            matches!(o, Ok(Err(ErrorKind::Connect | ErrorKind::Stream)))
-        };
-        let (first, others) = route.0.split_first_mut().expect("a connection");
+        let lost = |o: &Result<Result<_, Failure>, _>| matches!(o, Ok(Err(f)) if matches!(f.kind, ErrorKind::Connect | ErrorKind::Stream));
+        let ((gateway, first), others) = route.0.split_first_mut().expect("a connection");
         let mut outcome = tokio::time::timeout(self.timeout, send(first, spec)).await;
+        // What each gateway tried said, for the report's example of a lost request.
+        let mut tried = Vec::new();
         // Its gateway lost: an idempotent request goes to the next one, within the
         // same timeout.
         if spec.method.is_idempotent() {
-            for sender in others {
+            let mut gateway = *gateway;
+            for (next, sender) in others {
                 if !lost(&outcome) {
                     break;
                 }
+                if let Ok(Err(failure)) = &outcome {
+                    tried.push(format!("{gateway}: {failure}"));
+                }
+                gateway = *next;
                 if due >= self.measure_from {
                     self.failovers.fetch_add(1, Ordering::Relaxed);
                 }
@@ -145,31 +151,59 @@ impl Run {
                     expected: spec.expect.is_none_or(|s| s == head.status()),
                 });
             }
-            Ok(Err(kind)) => tally.error(kind),
-            Err(_) => tally.error(ErrorKind::Timeout),
+            Ok(Err(failure)) => {
+                tried.push(failure.to_string());
+                tally.lost(failure.kind, &tried.join("; then "));
+            }
+            Err(_) => {
+                tried.push(format!("no answer within {:?}", self.timeout));
+                tally.lost(ErrorKind::Timeout, &tried.join("; then "));
+            }
         }
     }
 }
 
+/// Why one exchange got no answer: its kind, and what the client library said.
+#[derive(Debug)]
+struct Failure {
+    kind: ErrorKind,
+    reason: String,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.kind.as_str(), self.reason)
+    }
+}
+
 /// Sends one request and reads its whole answer.
-async fn send(sender: &mut Sender, spec: &RequestSpec) -> Result<http::Response<()>, ErrorKind> {
+async fn send(sender: &mut Sender, spec: &RequestSpec) -> Result<http::Response<()>, Failure> {
     let mut request = http::Request::new(());
     *request.method_mut() = spec.method.clone();
     *request.uri_mut() = spec.uri.clone();
     *request.headers_mut() = spec.headers.clone();
     let (head, mut stream) = client::exchange(sender, request, spec.body.clone())
         .await
-        .map_err(|e| {
-            if e.sent {
+        .map_err(|e| Failure {
+            kind: if e.sent {
                 ErrorKind::Stream
             } else {
                 ErrorKind::Connect
-            }
+            },
+            reason: e.reason,
         })?;
-    while let Some(mut chunk) = stream.recv_data().await.map_err(|_| ErrorKind::Stream)? {
-        chunk.advance(chunk.remaining());
+    loop {
+        match stream.recv_data().await {
+            Ok(Some(mut chunk)) => chunk.advance(chunk.remaining()),
+            Ok(None) => return Ok(head),
+            Err(e) => {
+                return Err(Failure {
+                    kind: ErrorKind::Stream,
+                    reason: format!("reading the body: {e}"),
+                });
+            }
+        }
     }
-    Ok(head)
 }
 
 /// Whether `addr` may be loaded: a loopback address, or a private IPv4 address on a
@@ -239,7 +273,8 @@ pub async fn run(
         let mut route = Vec::new();
         for k in 0..gateways.len() {
             let gateway = gateways[(c + k) % gateways.len()];
-            route.push(client::connect(&endpoint, gateway, &scenario.server_name, |_| {}).await?);
+            let sender = client::connect(&endpoint, gateway, &scenario.server_name, |_| {}).await?;
+            route.push((gateway, sender));
         }
         senders.push(Route(route));
         endpoints.push(endpoint);

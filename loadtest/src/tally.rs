@@ -93,6 +93,7 @@ pub struct Tally {
     by_status: BTreeMap<String, u64>,
     by_node: BTreeMap<String, u64>,
     errors: BTreeMap<String, u64>,
+    lost_examples: BTreeMap<String, String>,
     cold_starts: u64,
 }
 
@@ -115,6 +116,7 @@ impl Tally {
             by_status: BTreeMap::new(),
             by_node: BTreeMap::new(),
             errors: BTreeMap::new(),
+            lost_examples: BTreeMap::new(),
             cold_starts: 0,
         }
     }
@@ -169,6 +171,15 @@ impl Tally {
         *self.errors.entry(kind.as_str().to_string()).or_default() += 1;
     }
 
+    /// Records a request that got no answer at all, and why (what each gateway tried
+    /// said): the first reason of each kind is kept for the report.
+    pub fn lost(&mut self, kind: ErrorKind, why: &str) {
+        self.error(kind);
+        self.lost_examples
+            .entry(kind.as_str().to_string())
+            .or_insert_with(|| why.to_string());
+    }
+
     /// Answers recorded.
     pub fn answered(&self) -> u64 {
         self.latency.len()
@@ -221,6 +232,7 @@ impl Tally {
             by_status: self.by_status.clone(),
             by_node: self.by_node.clone(),
             errors: self.errors.clone(),
+            lost_examples: self.lost_examples.clone(),
             generator_cpu_seconds: 0.0,
             target_cpu: None,
             module_loads: None,
@@ -299,6 +311,9 @@ pub struct Report {
     pub by_node: BTreeMap<String, u64>,
     /// Errors by kind.
     pub errors: BTreeMap<String, u64>,
+    /// The first request lost of each error kind that had no answer (connect, stream,
+    /// timeout): what each gateway it was sent to said.
+    pub lost_examples: BTreeMap<String, String>,
     /// CPU time the load generator itself used over the measured window, in seconds.
     pub generator_cpu_seconds: f64,
     /// CPU time the process of [`crate::Scenario::cpu_of`] used over the same window,
@@ -391,6 +406,9 @@ impl std::fmt::Display for Report {
         writeln!(f, "status     {:?}", self.by_status)?;
         writeln!(f, "nodes      {:?}", self.by_node)?;
         writeln!(f, "errors     {:?}", self.errors)?;
+        for (kind, why) in &self.lost_examples {
+            writeln!(f, "  first {kind}: {why}")?;
+        }
         write!(
             f,
             "generator  {:.2} s of CPU ({:.2} cores)",
@@ -428,7 +446,7 @@ mod tests {
         refused.refused = Some("overloaded");
         refused.timing = Some("cold;dur=0, queue;dur=250.0, run;dur=0.5, total;dur=900");
         t.answer(&refused);
-        t.error(ErrorKind::Timeout);
+        t.lost(ErrorKind::Timeout, "no answer within 1s");
         let r = t.report(Duration::from_secs(2));
         assert_eq!((r.requests, r.answered), (102, 101));
         assert!((r.throughput - 50.5).abs() < 1e-9);
@@ -454,6 +472,8 @@ mod tests {
         assert_eq!(r.by_status["5xx"], 1);
         assert_eq!(r.by_node["node-2"], 1);
         assert_eq!(r.errors["timeout"], 1);
+        assert_eq!(r.lost_examples["timeout"], "no answer within 1s");
+        assert!(!r.lost_examples.contains_key("refused"));
         assert_eq!(r.errors["refused"], 1);
         assert_eq!(r.cold_starts, 0);
         assert!((r.queue.p50_ms - 250.0).abs() < 0.5);

@@ -192,8 +192,8 @@ impl Load {
         let requests = report["requests"].as_u64().unwrap();
         let ok = report["by_status"]["2xx"].as_u64().unwrap_or(0);
         eprintln!(
-            "load: by node {}, latency {}, errors {}",
-            report["by_node"], report["latency"], report["errors"]
+            "load: by node {}, latency {}, errors {}, first lost {}",
+            report["by_node"], report["latency"], report["errors"], report["lost_examples"]
         );
         let latency = |p: &str| report["latency"][p].as_f64().unwrap_or(0.0);
         let failovers = report["failovers"].as_u64().unwrap_or(0);
