@@ -14,6 +14,7 @@ use edge_shared::config::{GatewayConfig, LimitDefaults};
 use edge_shared::limits::EffectiveLimits;
 use edge_shared::manifest::{ContentId, DeploymentId, FunctionManifest};
 use edge_shared::module_check::check_module;
+use edge_shared::retry_budget::RetryBudget;
 use edge_shared::routes::{RouteTable, default_routes};
 use edge_shared::wire;
 
@@ -48,6 +49,8 @@ pub struct Function {
     /// [`wire::MAX_HOLDERS`]): named to a node it loads on next, which may take the
     /// compiled artifact from them before gossip shows them warm.
     pub loaded_on: std::sync::Mutex<Vec<std::net::SocketAddr>>,
+    /// How many of its requests refused for overload may still go to another node.
+    pub retry_budget: RetryBudget,
 }
 
 impl Function {
@@ -152,6 +155,7 @@ impl Function {
             precompile: spec.precompile,
             demand: std::sync::Mutex::default(),
             loaded_on: std::sync::Mutex::default(),
+            retry_budget: RetryBudget::new(&config.retry_budget),
         })
     }
 }

@@ -45,6 +45,7 @@ pub struct GatewayMetrics {
     duration: Family<FunctionLabels, Histogram, fn() -> Histogram>,
     in_flight: Gauge,
     retries: Counter,
+    retries_over_budget: Counter,
 }
 
 impl Default for GatewayMetrics {
@@ -54,6 +55,7 @@ impl Default for GatewayMetrics {
             duration: Family::new_with_constructor(request_buckets as fn() -> Histogram),
             in_flight: Gauge::default(),
             retries: Counter::default(),
+            retries_over_budget: Counter::default(),
         }
     }
 }
@@ -83,6 +85,11 @@ pub fn registry(gateway: &Arc<Gateway>) -> Registry {
         "retries",
         "Requests sent again to another node after one failed, refused or timed out",
         metrics.retries.clone(),
+    );
+    edge.register(
+        "retries_over_budget",
+        "Requests refused as overloaded and answered so, not sent to another node: their function's retry budget was spent",
+        metrics.retries_over_budget.clone(),
     );
     registry.register_collector(Box::new(GatewayCollector(Arc::downgrade(gateway))));
     registry
@@ -124,6 +131,11 @@ impl GatewayMetrics {
     /// Counts a request sent again to another node.
     pub fn retried(&self) {
         self.retries.inc();
+    }
+
+    /// Counts a refusal for overload answered as it is: the retry budget was spent.
+    pub fn retry_over_budget(&self) {
+        self.retries_over_budget.inc();
     }
 
     /// Counts a request as in flight until the guard drops.

@@ -353,9 +353,18 @@ impl Gateway {
                                     if refusal != Refusal::NotFound {
                                         refused = Some((head, stream));
                                     }
-                                    Outcome::Refused(refusal)
+                                    if refusal == Refusal::Overloaded
+                                        && attempts.has_next_node()
+                                        && !function.retry_budget.spend()
+                                    {
+                                        self.metrics.retry_over_budget();
+                                        Outcome::RefusedOverBudget
+                                    } else {
+                                        Outcome::Refused(refusal)
+                                    }
                                 }
                                 None => {
+                                    function.retry_budget.answered();
                                     answered = Some((head, stream));
                                     Outcome::Answered
                                 }

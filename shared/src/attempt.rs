@@ -9,6 +9,8 @@
 //!   request once more;
 //! - a refusal before the function started (`overloaded`, `draining`) or a node that
 //!   could not be reached moves the request to the next node: nothing ran there;
+//!   `overloaded` only while the function's [`crate::retry_budget`] allows, else that
+//!   refusal is the answer;
 //! - an exchange that broke after the request may have reached the node is retried only
 //!   for idempotent methods;
 //! - no answer within the gateway's timeout is final: the function may still be running;
@@ -42,6 +44,8 @@ pub enum Outcome {
     Answered,
     /// The node refused before the function started.
     Refused(Refusal),
+    /// The node refused as `overloaded`, and the function's retry budget is spent.
+    RefusedOverBudget,
     /// No connection: nothing was sent.
     Unreachable,
     /// The request may have reached the node, then the exchange failed.
@@ -103,6 +107,11 @@ impl Attempts {
         self.current
     }
 
+    /// Whether a node is left to try after the current one.
+    pub fn has_next_node(&self) -> bool {
+        self.at + 1 < self.order.len()
+    }
+
     /// Takes in what the current step did and returns the next one.
     pub fn next(&mut self, outcome: Outcome) -> Step {
         self.current = match (self.current, outcome) {
@@ -114,6 +123,10 @@ impl Attempts {
             (Step::Send(_), Outcome::Refused(_)) => {
                 self.refusal_kept = true;
                 self.move_on()
+            }
+            (Step::Send(_), Outcome::RefusedOverBudget) => {
+                self.refusal_kept = true;
+                self.give_up()
             }
             (Step::Send(_), Outcome::Unreachable) => self.move_on(),
             (Step::Send(_), Outcome::Broken) if self.idempotent => self.move_on(),
@@ -190,6 +203,30 @@ mod tests {
         assert_eq!(
             run(&[0, 1, 2], false, &[draining, overloaded, overloaded]),
             [Send(0), Send(1), Send(2), AnswerRefusal]
+        );
+    }
+
+    #[test]
+    fn an_overload_refusal_past_the_budget_is_the_answer_at_once() {
+        assert_eq!(
+            run(&[0, 1, 2], true, &[RefusedOverBudget]),
+            [Send(0), AnswerRefusal]
+        );
+        let mut attempts = Attempts::new(vec![0, 1], true);
+        assert!(attempts.has_next_node());
+        attempts.next(Refused(Refusal::Overloaded));
+        assert!(
+            !attempts.has_next_node(),
+            "the last node: no retry to spend on"
+        );
+        // Retried once while the budget held, then not.
+        assert_eq!(
+            run(
+                &[0, 1, 2],
+                true,
+                &[Refused(Refusal::Overloaded), RefusedOverBudget]
+            ),
+            [Send(0), Send(1), AnswerRefusal]
         );
     }
 

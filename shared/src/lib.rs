@@ -22,7 +22,8 @@
 //! configuration files, checked field by field, every error naming its file and key;
 //! [`fuzz`], what the fuzz targets check of each input taken from strangers; [`usage`],
 //! what a node's usage meter reports; [`trace`], W3C trace context; [`artifact`], the seal of a
-//! compiled artifact one node hands another.
+//! compiled artifact one node hands another; [`retry_budget`], how many refusals for
+//! overload a gateway sends on to another node.
 
 pub mod admission;
 pub mod artifact;
@@ -34,6 +35,7 @@ pub mod gossip;
 pub mod limits;
 pub mod manifest;
 pub mod module_check;
+pub mod retry_budget;
 pub mod routes;
 pub mod routing;
 pub mod synthetic;

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     ConfigFile, FunctionConfig, GossipConfig, IngressConfig, LogFormat, Prewarm, RegistryKind,
-    RoutingPolicy, resolve,
+    RetryBudgetConfig, RoutingPolicy, resolve,
 };
 
 /// `edge up`'s cluster file: how many nodes, where users connect, which functions.
@@ -57,6 +57,9 @@ pub struct ClusterConfig {
     pub unrouted_grace_ms: u64,
     /// The gateways' `request_timeout_ms`.
     pub request_timeout_ms: u64,
+    /// The gateways' `[retry_budget]`: how many refusals for overload go on to another
+    /// node.
+    pub retry_budget: RetryBudgetConfig,
     /// With `registry = "nats"`: how often each gateway reads every record again, in
     /// ms (its `registry.resync_ms`).
     pub registry_resync_ms: u64,
@@ -104,6 +107,7 @@ impl Default for ClusterConfig {
             gateways: 1,
             unrouted_grace_ms: 60_000,
             request_timeout_ms: 30_000,
+            retry_budget: RetryBudgetConfig::default(),
             registry: RegistryKind::Embedded,
             registry_resync_ms: 30_000,
             log_filter: "info".into(),
@@ -137,6 +141,7 @@ impl ConfigFile for ClusterConfig {
             problems.push("nodes: from 1 to 64".into());
         }
         self.ingress.problems(&mut problems);
+        self.retry_budget.problems(&mut problems);
         super::check_log_filter(&mut problems, &self.log_filter);
         if !self.hosts.is_empty() && self.hosts.len() != self.nodes + 1 {
             problems.push(format!(

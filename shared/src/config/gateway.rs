@@ -45,6 +45,8 @@ pub struct GatewayConfig {
     pub metrics_listen: SocketAddr,
     /// Longest the gateway waits for a node's answer, in ms.
     pub request_timeout_ms: u64,
+    /// `[retry_budget]`: how many requests refused for overload go on to another node.
+    pub retry_budget: RetryBudgetConfig,
     /// How the gateway picks a node for each request.
     pub routing: RoutingPolicy,
     /// When the gateway warms a function on one more node ahead of need:
@@ -101,6 +103,7 @@ impl Default for GatewayConfig {
             status_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9480)),
             request_timeout_ms: 30_000,
+            retry_budget: RetryBudgetConfig::default(),
             routing: RoutingPolicy::LeastLoadedWarm,
             prewarm: Prewarm::Projected,
             max_request_body_bytes: 16 << 20,
@@ -142,6 +145,40 @@ impl Default for AdminConfig {
             token_file: PathBuf::new(),
             max_tails: 4,
             tail_lines_per_second: 100,
+        }
+    }
+}
+
+/// `[retry_budget]`: a request a node refused as `overloaded` goes on to another node
+/// only while its function's budget holds a token (per function, at each gateway).
+/// Tokens start full; a retry spends one, and every answer earns back
+/// `1 / answers_per_retry` of one. Past the budget the refusal is the answer: `503` with
+/// `Retry-After`, at once, rather than one more queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryBudgetConfig {
+    /// Most tokens a function holds: refusals retried in a row before answers must earn
+    /// more. 0 = never retry a refusal for overload.
+    pub burst: u32,
+    /// Answers that earn one retry: under lasting overload, retries stay near one for
+    /// this many answers.
+    pub answers_per_retry: u32,
+}
+
+impl RetryBudgetConfig {
+    /// What is wrong with it, each naming its key, added to `problems`.
+    pub fn problems(&self, problems: &mut Vec<String>) {
+        if self.answers_per_retry == 0 {
+            problems.push("retry_budget.answers_per_retry: must be greater than zero".into());
+        }
+    }
+}
+
+impl Default for RetryBudgetConfig {
+    fn default() -> RetryBudgetConfig {
+        RetryBudgetConfig {
+            burst: 20,
+            answers_per_retry: 10,
         }
     }
 }
@@ -256,6 +293,7 @@ impl ConfigFile for GatewayConfig {
         if self.request_timeout_ms == 0 {
             problems.push("request_timeout_ms: must be greater than zero".into());
         }
+        self.retry_budget.problems(&mut problems);
         check_grace(&mut problems, self.shutdown_grace_ms);
         if !self.name.is_empty()
             && !self

@@ -23,7 +23,7 @@ mod node;
 mod tests;
 
 pub use cluster::{ClusterConfig, Host};
-pub use gateway::{AdminConfig, GatewayConfig, RegistryConfig, RegistryKind};
+pub use gateway::{AdminConfig, GatewayConfig, RegistryConfig, RegistryKind, RetryBudgetConfig};
 pub use ingress::IngressConfig;
 pub use node::{ArtifactsConfig, InstancePoolConfig, NodeConfig};
 

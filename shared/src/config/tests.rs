@@ -184,6 +184,8 @@ cluster_ca = "ca.pem"
 cluster_cert = "m.pem"
 cluster_key = "m.key"
 shutdown_grace_ms = 0
+[retry_budget]
+answers_per_retry = 0
 [gossip]
 key_file = "gossip.key"
 seeds = ["127.0.0.1:7946", "7946", "gw:x"]
@@ -212,6 +214,7 @@ module = "hello.wasm"
         "gossip.seeds[2]",
         "gossip.interval_ms",
         "gossip.budget_bytes_per_s: 0 (no limit) or at least 1000",
+        "retry_budget.answers_per_retry: must be greater than zero",
     ] {
         assert!(text.contains(problem), "{problem} missing from: {text}");
     }

@@ -208,6 +208,7 @@ impl LocalCluster {
             registry,
             unrouted_grace_ms: spec.unrouted_grace_ms,
             request_timeout_ms: spec.request_timeout_ms,
+            retry_budget: spec.retry_budget,
             log_filter: spec.log_filter.clone(),
             log_format: spec.log_format,
             ingress: spec.ingress.clone(),
