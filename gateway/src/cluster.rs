@@ -12,6 +12,7 @@ use edge_net::gossip::{Gossip, LoadReport, WarmSet};
 use edge_net::lifecycle::Shutdown;
 use edge_shared::config::Prewarm;
 use edge_shared::routing;
+use edge_shared::view::Departure;
 
 use crate::functions::{Function, Functions};
 use bytes::Bytes;
@@ -82,6 +83,9 @@ impl Gateway {
             let changes = self.membership.update(&gossip.members().await, &self.name);
             for (node, name, why) in changes.left {
                 tracing::warn!(%node, %name, why = why.as_str(), "node left the request path");
+                if why == Departure::Down {
+                    self.nodes.abandon(node);
+                }
             }
             for node in changes.joined {
                 tracing::info!(%node, "node joined the request path");

@@ -20,6 +20,10 @@ use http::{Request, Response};
 /// Longest a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Why the gateway closed a connection to a node gossip holds down (H3_NO_ERROR: the
+/// node did nothing wrong that the gateway knows of).
+const NODE_DOWN: quinn::VarInt = quinn::VarInt::from_u32(0x100);
+
 /// Why a request did not get a response from a node.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
@@ -55,7 +59,15 @@ impl ForwardError {
 
 #[derive(Default)]
 struct Connections {
-    by_node: HashMap<SocketAddr, (Sender, u64)>,
+    by_node: HashMap<SocketAddr, Pooled>,
+    generation: u64,
+}
+
+/// One node's connection: what opens requests on it, the QUIC connection (to give it
+/// up), and which connection attempt made it.
+struct Pooled {
+    sender: Sender,
+    quic: quinn::Connection,
     generation: u64,
 }
 
@@ -104,14 +116,14 @@ impl NodePool {
             if pool
                 .by_node
                 .get(&node)
-                .is_some_and(|(_, g)| *g == generation)
+                .is_some_and(|pooled| pooled.generation == generation)
             {
                 pool.by_node.remove(&node);
             }
         };
         let connecting = client::connect(&self.endpoint, node, NODE_SERVER_NAME, on_close);
-        let sender = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
-            Ok(Ok(sender)) => sender,
+        let (sender, quic) = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+            Ok(Ok(connected)) => connected,
             Ok(Err(e)) => {
                 return Err(ForwardError::Unreachable {
                     node,
@@ -125,9 +137,12 @@ impl NodePool {
                 });
             }
         };
-        self.lock()
-            .by_node
-            .insert(node, (sender.clone(), generation));
+        let pooled = Pooled {
+            sender: sender.clone(),
+            quic,
+            generation,
+        };
+        self.lock().by_node.insert(node, pooled);
         Ok(sender)
     }
 
@@ -135,18 +150,23 @@ impl NodePool {
     ///
     /// A pooled connection can turn out dead (the node restarted, say): then, if nothing
     /// was sent or the method is idempotent, the request goes once more over a new
-    /// connection before the node counts as failed.
+    /// connection before the node counts as failed. Not when the connection is lost
+    /// (no packet for the idle timeout through pings, or given up for a node gossip
+    /// holds down): the node is gone or cut off, and the request goes on to another
+    /// node now rather than wait out a connect timeout here first.
     pub async fn send(
         &self,
         node: SocketAddr,
         request: Request<()>,
         body: Bytes,
     ) -> Result<(Response<()>, ClientStream), ForwardError> {
-        let pooled = self.lock().by_node.get(&node).map(|(s, _)| s.clone());
+        let pooled = self.lock().by_node.get(&node).map(|p| p.sender.clone());
         if let Some(mut sender) = pooled {
             match client::exchange(&mut sender, copy_head(&request), body.clone()).await {
                 Ok(answer) => return Ok(answer),
-                Err(e) if e.connection && (!e.sent || request.method().is_idempotent()) => {
+                Err(e)
+                    if e.connection && !e.lost && (!e.sent || request.method().is_idempotent()) =>
+                {
                     tracing::debug!(%node, reason = %e, "pooled connection failed, reconnecting");
                     self.lock().by_node.remove(&node);
                 }
@@ -175,6 +195,15 @@ impl NodePool {
                 node,
                 reason: e.reason,
             }
+        }
+    }
+
+    /// Gives up the connection to `node`, which gossip holds down: requests in flight
+    /// there fail now (an idempotent one goes on to another node) instead of waiting
+    /// out the connection's idle timeout.
+    pub fn abandon(&self, node: SocketAddr) {
+        if let Some(pooled) = self.lock().by_node.remove(&node) {
+            pooled.quic.close(NODE_DOWN, b"node held down by gossip");
         }
     }
 

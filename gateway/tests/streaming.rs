@@ -33,7 +33,7 @@ async fn a_long_answer_reaches_the_user_while_the_function_still_writes_it() {
     let tls = client::trusting(&cluster.certs().ca).unwrap();
     let addr = cluster.gateway_addr();
     let endpoint = quic::client(quic::any_local(addr), tls, &quic::CLIENT).unwrap();
-    let mut sender = client::connect(&endpoint, addr, "localhost", |_| {})
+    let (mut sender, _) = client::connect(&endpoint, addr, "localhost", |_| {})
         .await
         .unwrap();
 

@@ -101,7 +101,7 @@ impl Handler for Relay {
 async fn relay_to(upstream: SocketAddr, ca: &Path) -> anyhow::Result<Relay> {
     let tls = tls::client_config(ca, None, &[wire::ALPN_H3])?;
     let endpoint = quic::client(quic::any_local(upstream), tls, &quic::NODE_POOL)?;
-    let upstream = client::connect(&endpoint, upstream, "localhost", |_| {}).await?;
+    let (upstream, _) = client::connect(&endpoint, upstream, "localhost", |_| {}).await?;
     Ok(Relay { upstream })
 }
 

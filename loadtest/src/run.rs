@@ -273,7 +273,8 @@ pub async fn run(
         let mut route = Vec::new();
         for k in 0..gateways.len() {
             let gateway = gateways[(c + k) % gateways.len()];
-            let sender = client::connect(&endpoint, gateway, &scenario.server_name, |_| {}).await?;
+            let (sender, _) =
+                client::connect(&endpoint, gateway, &scenario.server_name, |_| {}).await?;
             route.push((gateway, sender));
         }
         senders.push(Route(route));

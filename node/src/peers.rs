@@ -218,7 +218,7 @@ impl Peers {
         });
         // A node that completes no handshake in this time is taken as paused or gone
         // (one that answers late on an open connection is only slow, and is waited for).
-        let sender = tokio::time::timeout(self.config.ask_next_after(), connecting)
+        let (sender, _) = tokio::time::timeout(self.config.ask_next_after(), connecting)
             .await
             .map_err(|_| {
                 anyhow::anyhow!(

@@ -40,23 +40,24 @@ pub type Sender = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
 
 /// Opens an HTTP/3 connection to `addr` on `endpoint`, checking its certificate for
 /// `server_name`; the connection's driver runs in a task of its own until it closes, and
-/// `on_close` is called with the reason then.
+/// `on_close` is called with the reason then. Returns what opens requests on it, and
+/// the QUIC connection (to close it).
 pub async fn connect(
     endpoint: &quinn::Endpoint,
     addr: SocketAddr,
     server_name: &str,
     on_close: impl FnOnce(String) + Send + 'static,
-) -> anyhow::Result<Sender> {
+) -> anyhow::Result<(Sender, quinn::Connection)> {
     let conn = endpoint
         .connect(addr, server_name)?
         .await
         .with_context(|| format!("QUIC connection to {addr}"))?;
-    let (mut driver, sender) = h3::client::new(h3_quinn::Connection::new(conn)).await?;
+    let (mut driver, sender) = h3::client::new(h3_quinn::Connection::new(conn.clone())).await?;
     tokio::spawn(async move {
         let closed = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
         on_close(closed.to_string());
     });
-    Ok(sender)
+    Ok((sender, conn))
 }
 
 /// How one exchange failed.
@@ -65,6 +66,11 @@ pub async fn connect(
 pub struct ExchangeError {
     /// The connection itself failed, not just this stream.
     pub connection: bool,
+    /// The connection is lost for good: the peer sent nothing for the idle timeout
+    /// (through pings, when the transport sends them), so it is gone or cut off rather
+    /// than restarted, or this side gave the connection up. Connecting to the peer again
+    /// at once is no use.
+    pub lost: bool,
     /// The request may have reached the server.
     pub sent: bool,
     /// What happened.
@@ -80,11 +86,32 @@ pub async fn exchange(
 ) -> Result<(http::Response<()>, ClientStream), ExchangeError> {
     let is_connection =
         |e: &h3::error::StreamError| matches!(e, h3::error::StreamError::ConnectionError { .. });
+    // The variants are `non_exhaustive`: matched with `{ .. }`.
+    let is_lost = |e: &h3::error::StreamError| {
+        use h3::error::{ConnectionError, StreamError};
+        let StreamError::ConnectionError { 0: connection, .. } = e else {
+            return false;
+        };
+        match connection {
+            ConnectionError::Timeout { .. } => true,
+            ConnectionError::Remote {
+                0: h3::quic::ConnectionErrorIncoming::Undefined(quic),
+                ..
+            } => {
+                matches!(
+                    quic.downcast_ref::<quinn::ConnectionError>(),
+                    Some(quinn::ConnectionError::LocallyClosed)
+                )
+            }
+            _ => false,
+        }
+    };
     let mut stream = sender
         .send_request(request)
         .await
         .map_err(|e| ExchangeError {
             connection: is_connection(&e),
+            lost: is_lost(&e),
             sent: false,
             reason: e.to_string(),
         })?;
@@ -103,6 +130,7 @@ pub async fn exchange(
             let error = sent.err().unwrap_or(e);
             Err(ExchangeError {
                 connection: is_connection(&error),
+                lost: is_lost(&error),
                 sent: true,
                 reason: error.to_string(),
             })
@@ -133,7 +161,7 @@ impl H3Client {
         tls: rustls::ClientConfig,
     ) -> anyhow::Result<H3Client> {
         let endpoint = quic::client(quic::any_local(addr), tls, &quic::CLIENT)?;
-        let sender = connect(&endpoint, addr, server_name, |_| {}).await?;
+        let (sender, _) = connect(&endpoint, addr, server_name, |_| {}).await?;
         Ok(H3Client { endpoint, sender })
     }
 

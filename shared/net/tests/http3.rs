@@ -1,19 +1,21 @@
-//! Header fields survive QPACK both ways over a real HTTP/3 connection: the request's
-//! through the client's encoder and the server's decoder, the answer's the other way.
-//! Every field is a literal, so each goes through the Huffman coder (the vendored h3's
-//! fast encoder, vendor/README.md) and back through h3's decoder.
+//! HTTP/3 between edge's client and server over real connections. Header fields survive
+//! QPACK both ways: the request's through the client's encoder and the server's decoder,
+//! the answer's the other way. Every field is a literal, so each goes through the
+//! Huffman coder (the vendored h3's fast encoder, vendor/README.md) and back through
+//! h3's decoder. And a connection lost fails its requests as `lost`, one the server
+//! closed does not.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use edge_net::client::H3Client;
+use edge_net::client::{self, H3Client};
 use edge_net::http3::{self, Handler, Peer, ServerStream};
 use edge_net::lifecycle::{InFlight, Shutdown};
 use edge_net::pki::{ClusterCa, Usage};
 use edge_net::{quic, tls};
 use http::{HeaderMap, HeaderName, HeaderValue, Request};
 
-/// Answers with the request's own `x-*` header fields.
+/// Answers with the request's own `x-*` header fields; `/hang` only after 30 s.
 struct Echo;
 
 impl Handler for Echo {
@@ -23,6 +25,9 @@ impl Handler for Echo {
         request: http::Request<()>,
         mut stream: ServerStream,
     ) {
+        if request.uri().path() == "/hang" {
+            tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+        }
         let mut response = http::Response::builder().status(200);
         for (name, value) in request.headers() {
             if name.as_str().starts_with("x-") {
@@ -67,9 +72,14 @@ fn fields() -> HeaderMap {
     fields
 }
 
-/// An echoing HTTP/3 server on loopback, under a member's limits; its CA's file, and
-/// the folder that holds it.
-async fn serve_echo() -> (std::net::SocketAddr, std::path::PathBuf, tempfile::TempDir) {
+/// An echoing HTTP/3 server on loopback, under a member's limits; its CA's file, the
+/// folder that holds it, and its endpoint.
+async fn serve_echo() -> (
+    std::net::SocketAddr,
+    std::path::PathBuf,
+    tempfile::TempDir,
+    quinn::Endpoint,
+) {
     let dir = tempfile::tempdir().unwrap();
     let ca = ClusterCa::generate().unwrap();
     let server = ca.issue(vec!["localhost".into()], Usage::Server).unwrap();
@@ -89,6 +99,7 @@ async fn serve_echo() -> (std::net::SocketAddr, std::path::PathBuf, tempfile::Te
     let config = tls::server_config(identity, None, &[b"h3"], true).unwrap();
     let endpoint = quic::server("127.0.0.1:0".parse().unwrap(), config, &quic::USERS).unwrap();
     let addr = endpoint.local_addr().unwrap();
+    let serving = endpoint.clone();
     let (stop, stopping) = Shutdown::manual();
     // About 46 KB of fields: past a user's limit, inside a member's.
     let limits = http3::Limits::MEMBERS;
@@ -105,12 +116,12 @@ async fn serve_echo() -> (std::net::SocketAddr, std::path::PathBuf, tempfile::Te
         .await
     });
     let [ca, ..] = paths;
-    (addr, ca, dir)
+    (addr, ca, dir, serving)
 }
 
 #[tokio::test]
 async fn header_fields_of_every_byte_round_trip_through_qpack() {
-    let (addr, ca, _dir) = serve_echo().await;
+    let (addr, ca, _dir, _) = serve_echo().await;
     let client_tls = tls::client_config(&ca, None, &[b"h3"]).unwrap();
     let client = H3Client::connect(addr, "localhost", client_tls)
         .await
@@ -141,7 +152,7 @@ async fn header_fields_of_every_byte_round_trip_through_qpack() {
 /// QPACK_DECOMPRESSION_FAILED, and the server goes on serving everyone else.
 #[tokio::test]
 async fn a_malformed_huffman_string_closes_its_connection_and_no_other() {
-    let (addr, ca, _dir) = serve_echo().await;
+    let (addr, ca, _dir, _) = serve_echo().await;
     for name in [
         &[0b1001_1000, 0b1000_1101][..], // "gc" padded with 01101
         &[0xff],                         // 8 bits of padding
@@ -195,4 +206,53 @@ async fn a_malformed_huffman_string_closes_its_connection_and_no_other() {
         .unwrap();
     assert_eq!(reply.headers.get("x-still").unwrap(), "served");
     client.close().await;
+}
+
+/// What a request to `/hang` on a new connection to `addr` fails with once `end` has
+/// ended the connection (here or at the server).
+async fn hung_request_after(
+    addr: std::net::SocketAddr,
+    ca: &std::path::Path,
+    end: impl FnOnce(quinn::Connection),
+) -> client::ExchangeError {
+    let endpoint = quic::client(
+        quic::any_local(addr),
+        tls::client_config(ca, None, &[b"h3"]).unwrap(),
+        &quic::CLIENT,
+    )
+    .unwrap();
+    let (mut sender, connection) = client::connect(&endpoint, addr, "localhost", |_| {})
+        .await
+        .unwrap();
+    let hang = Request::get(format!("https://localhost:{}/hang", addr.port()))
+        .body(())
+        .unwrap();
+    let pending =
+        tokio::spawn(async move { client::exchange(&mut sender, hang, Bytes::new()).await });
+    end(connection);
+    match tokio::time::timeout(std::time::Duration::from_secs(10), pending).await {
+        Ok(joined) => joined.unwrap().err().expect("no answer from /hang"),
+        Err(_) => panic!("the request outlived its connection"),
+    }
+}
+
+/// The gateway sends a request whose node connection was lost on to another node at
+/// once, and reconnects to the same node first only when the node closed it (a node
+/// that restarted): the two must tell apart.
+#[tokio::test]
+async fn a_connection_given_up_here_fails_its_requests_as_lost_and_one_closed_there_not() {
+    let (addr, ca, _dir, server) = serve_echo().await;
+    let given_up = hung_request_after(addr, &ca, |connection| {
+        connection.close(quinn::VarInt::from_u32(0x100), b"node held down")
+    })
+    .await;
+    assert!(given_up.connection && given_up.lost, "{given_up:?}");
+    let closed_there = hung_request_after(addr, &ca, move |_| {
+        server.close(quinn::VarInt::from_u32(0x100), b"restarting")
+    })
+    .await;
+    assert!(
+        closed_there.connection && !closed_there.lost,
+        "{closed_there:?}"
+    );
 }
