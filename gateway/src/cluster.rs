@@ -83,8 +83,8 @@ impl Gateway {
             let changes = self.membership.update(&gossip.members().await, &self.name);
             for (node, name, why) in changes.left {
                 tracing::warn!(%node, %name, why = why.as_str(), "node left the request path");
-                if why == Departure::Down {
-                    self.nodes.abandon(node);
+                if why == Departure::Down && self.nodes.abandon(node) {
+                    self.metrics.connection_given_up();
                 }
             }
             for node in changes.joined {

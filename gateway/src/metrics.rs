@@ -46,6 +46,7 @@ pub struct GatewayMetrics {
     in_flight: Gauge,
     retries: Counter,
     retries_over_budget: Counter,
+    connections_given_up: Counter,
 }
 
 impl Default for GatewayMetrics {
@@ -56,6 +57,7 @@ impl Default for GatewayMetrics {
             in_flight: Gauge::default(),
             retries: Counter::default(),
             retries_over_budget: Counter::default(),
+            connections_given_up: Counter::default(),
         }
     }
 }
@@ -90,6 +92,11 @@ pub fn registry(gateway: &Arc<Gateway>) -> Registry {
         "retries_over_budget",
         "Requests refused as overloaded and answered so, not sent to another node: their function's retry budget was spent",
         metrics.retries_over_budget.clone(),
+    );
+    edge.register(
+        "node_connections_given_up",
+        "Connections to nodes given up when gossip held the node down: requests in flight there went on to another node",
+        metrics.connections_given_up.clone(),
     );
     registry.register_collector(Box::new(GatewayCollector(Arc::downgrade(gateway))));
     registry
@@ -136,6 +143,11 @@ impl GatewayMetrics {
     /// Counts a refusal for overload answered as it is: the retry budget was spent.
     pub fn retry_over_budget(&self) {
         self.retries_over_budget.inc();
+    }
+
+    /// Counts a connection to a node given up because gossip held the node down.
+    pub fn connection_given_up(&self) {
+        self.connections_given_up.inc();
     }
 
     /// Counts a request as in flight until the guard drops.

@@ -45,14 +45,28 @@ pub enum ForwardError {
         /// Why.
         reason: String,
     },
+    /// The gateway gave the node's connection up, because gossip holds the node down,
+    /// while the request was on it: it goes on to another node rather than wait for a
+    /// new connection to a node that is likely dead.
+    #[error("node {node} held down by gossip")]
+    GivenUp {
+        /// The node.
+        node: SocketAddr,
+        /// Whether the request may have reached it.
+        sent: bool,
+    },
 }
 
 impl ForwardError {
     /// What it means for the attempt sequence.
     pub fn outcome(&self) -> Outcome {
         match self {
-            ForwardError::Unreachable { .. } => Outcome::Unreachable,
-            ForwardError::Broken { .. } => Outcome::Broken,
+            ForwardError::Unreachable { .. } | ForwardError::GivenUp { sent: false, .. } => {
+                Outcome::Unreachable
+            }
+            ForwardError::Broken { .. } | ForwardError::GivenUp { sent: true, .. } => {
+                Outcome::Broken
+            }
         }
     }
 }
@@ -150,10 +164,10 @@ impl NodePool {
     ///
     /// A pooled connection can turn out dead (the node restarted, say): then, if nothing
     /// was sent or the method is idempotent, the request goes once more over a new
-    /// connection before the node counts as failed. Not when the connection is lost
-    /// (no packet for the idle timeout through pings, or given up for a node gossip
-    /// holds down): the node is gone or cut off, and the request goes on to another
-    /// node now rather than wait out a connect timeout here first.
+    /// connection before the node counts as failed. Not when the gateway gave the
+    /// connection up because gossip holds the node down ([`ForwardError::GivenUp`]):
+    /// the caller decides whether another node takes the request or this one is tried
+    /// again ([`NodePool::abandon`] left no connection to it, so the next send makes one).
     pub async fn send(
         &self,
         node: SocketAddr,
@@ -164,9 +178,10 @@ impl NodePool {
         if let Some(mut sender) = pooled {
             match client::exchange(&mut sender, copy_head(&request), body.clone()).await {
                 Ok(answer) => return Ok(answer),
-                Err(e)
-                    if e.connection && !e.lost && (!e.sent || request.method().is_idempotent()) =>
-                {
+                Err(e) if e.lost => {
+                    return Err(ForwardError::GivenUp { node, sent: e.sent });
+                }
+                Err(e) if e.connection && (!e.sent || request.method().is_idempotent()) => {
                     tracing::debug!(%node, reason = %e, "pooled connection failed, reconnecting");
                     self.lock().by_node.remove(&node);
                 }
@@ -200,11 +215,13 @@ impl NodePool {
 
     /// Gives up the connection to `node`, which gossip holds down: requests in flight
     /// there fail now (an idempotent one goes on to another node) instead of waiting
-    /// out the connection's idle timeout.
-    pub fn abandon(&self, node: SocketAddr) {
-        if let Some(pooled) = self.lock().by_node.remove(&node) {
-            pooled.quic.close(NODE_DOWN, b"node held down by gossip");
-        }
+    /// out the connection's idle timeout. Whether there was one.
+    pub fn abandon(&self, node: SocketAddr) -> bool {
+        let Some(pooled) = self.lock().by_node.remove(&node) else {
+            return false;
+        };
+        pooled.quic.close(NODE_DOWN, b"node held down by gossip");
+        true
     }
 
     /// Closes every connection and waits (at most `within`) until nodes have been told.

@@ -1,6 +1,7 @@
 //! What the gateway does when a node cannot or will not answer: a refusal moves the
-//! request to another node, and a request that may have run is never sent twice unless
-//! its method is idempotent. Real processes on loopback; round robin, so that which node
+//! request to another node, a request in flight on a node gossip holds down goes on to
+//! another node, and a request that may have run is never sent twice unless its method
+//! is idempotent. Real processes on loopback; round robin, so that which node
 //! a request tries first follows from its place in the sequence.
 
 mod support;
@@ -11,7 +12,7 @@ use bytes::Bytes;
 use edge_shared::config::RoutingPolicy;
 use edge_shared::manifest::Limits;
 use http::{Request, StatusCode};
-use support::{client, function, node_status, running, start_with, url};
+use support::{client, function, node_status, running, scrape_at, start_with, url};
 
 /// `sleep` one at a time per node and never queued: a second request on a busy node is
 /// refused at once (`503 x-edge-refused: overloaded`).
@@ -106,4 +107,28 @@ async fn a_post_is_not_retried_when_its_node_dies_mid_request() {
     // The rest of the cluster serves on.
     let r = c.get(&url(&cluster, "/hello")).await.unwrap();
     assert_eq!(r.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_on_a_node_gossip_holds_down_goes_on_to_another_node() {
+    let (cluster, _dir) = start_with(2, vec![function("sleep", Limits::default())], |spec| {
+        spec.routing = RoutingPolicy::RoundRobin;
+    });
+    let c = std::sync::Arc::new(client(&cluster).await);
+    let get = {
+        let (c, url) = (std::sync::Arc::clone(&c), url(&cluster, "/sleep?ms=1000"));
+        tokio::spawn(async move { c.get(&url).await.unwrap() })
+    };
+    let busy = busy_node(&cluster).await;
+    // Stopped, it answers nothing, its connection stays open, and gossip soon holds it
+    // down: the gateway gives its connection up, and the request runs on the other node.
+    assert!(cluster.signal_node(busy, "STOP"));
+    let r = get.await.unwrap();
+    assert!(cluster.signal_node(busy, "CONT"));
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let other = format!("node-{}", 2 - busy);
+    assert_eq!(r.header("x-edge-node"), Some(other.as_str()));
+    let gateway = scrape_at(cluster.gateway_metrics_addrs().unwrap()[0]).await;
+    let given_up = gateway.get("edge_gateway_node_connections_given_up_total{}");
+    assert!(given_up.is_some_and(|&n| n >= 1.0), "{gateway:?}");
 }

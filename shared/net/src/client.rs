@@ -66,10 +66,10 @@ pub async fn connect(
 pub struct ExchangeError {
     /// The connection itself failed, not just this stream.
     pub connection: bool,
-    /// The connection is lost for good: the peer sent nothing for the idle timeout
-    /// (through pings, when the transport sends them), so it is gone or cut off rather
-    /// than restarted, or this side gave the connection up. Connecting to the peer again
-    /// at once is no use.
+    /// This side gave the connection up (the gateway does for a node gossip holds
+    /// down): connecting to the peer again at once is no use. A connection that went
+    /// silent for its idle timeout is not lost in this sense: the peer may have
+    /// restarted, and a new connection finds it.
     pub lost: bool,
     /// The request may have reached the server.
     pub sent: bool,
@@ -89,22 +89,21 @@ pub async fn exchange(
     // The variants are `non_exhaustive`: matched with `{ .. }`.
     let is_lost = |e: &h3::error::StreamError| {
         use h3::error::{ConnectionError, StreamError};
-        let StreamError::ConnectionError { 0: connection, .. } = e else {
+        let StreamError::ConnectionError {
+            0:
+                ConnectionError::Remote {
+                    0: h3::quic::ConnectionErrorIncoming::Undefined(quic),
+                    ..
+                },
+            ..
+        } = e
+        else {
             return false;
         };
-        match connection {
-            ConnectionError::Timeout { .. } => true,
-            ConnectionError::Remote {
-                0: h3::quic::ConnectionErrorIncoming::Undefined(quic),
-                ..
-            } => {
-                matches!(
-                    quic.downcast_ref::<quinn::ConnectionError>(),
-                    Some(quinn::ConnectionError::LocallyClosed)
-                )
-            }
-            _ => false,
-        }
+        matches!(
+            quic.downcast_ref::<quinn::ConnectionError>(),
+            Some(quinn::ConnectionError::LocallyClosed)
+        )
     };
     let mut stream = sender
         .send_request(request)

@@ -2,8 +2,8 @@
 //! QPACK both ways: the request's through the client's encoder and the server's decoder,
 //! the answer's the other way. Every field is a literal, so each goes through the
 //! Huffman coder (the vendored h3's fast encoder, vendor/README.md) and back through
-//! h3's decoder. And a connection lost fails its requests as `lost`, one the server
-//! closed does not.
+//! h3's decoder. And a connection given up here fails its requests as `lost`, one the
+//! server closed does not.
 
 use std::sync::Arc;
 
@@ -236,9 +236,9 @@ async fn hung_request_after(
     }
 }
 
-/// The gateway sends a request whose node connection was lost on to another node at
-/// once, and reconnects to the same node first only when the node closed it (a node
-/// that restarted): the two must tell apart.
+/// The gateway sends a request whose node connection it gave up (gossip holds the node
+/// down) on to another node at once, and reconnects to the same node first when the
+/// node closed it (a node that restarted): the two must tell apart.
 #[tokio::test]
 async fn a_connection_given_up_here_fails_its_requests_as_lost_and_one_closed_there_not() {
     let (addr, ca, _dir, server) = serve_echo().await;
