@@ -8,26 +8,17 @@ mod support;
 
 use std::sync::Arc;
 
+use edge_net::client::H3Client;
 use edge_shared::manifest::Limits;
 use http::StatusCode;
 use support::{client, function, scrape_at, start, start_with, url};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_burst_over_capacity_gets_503_overloaded_and_the_admitted_succeed() {
-    // One node, two slots; fib may queue two requests and waits up to the gateway's 30 s timeout.
-    let limits = Limits {
-        queue_depth: Some(2),
-        queue_timeout_ms: Some(30_000),
-        ..Limits::default()
-    };
-    let (cluster, _dir) = start(1, vec![function("fib", limits)]);
-    let c = Arc::new(client(&cluster).await);
-    let fib = url(&cluster, "/fib?n=30");
-    assert_eq!(c.get(&fib).await.unwrap().status, StatusCode::OK);
-
-    let burst: Vec<_> = (0..20)
+/// Sends `n` requests for `fib` (`/fib?n=30`) at once: how many were answered (with
+/// fib(30)) and how many refused for overload (with `Retry-After`).
+async fn fib_burst(c: &Arc<H3Client>, fib: &str, n: usize) -> (u32, u32) {
+    let burst: Vec<_> = (0..n)
         .map(|_| {
-            let (c, fib) = (Arc::clone(&c), fib.clone());
+            let (c, fib) = (Arc::clone(c), fib.to_string());
             tokio::spawn(async move { c.get(&fib).await.unwrap() })
         })
         .collect();
@@ -48,6 +39,23 @@ async fn a_burst_over_capacity_gets_503_overloaded_and_the_admitted_succeed() {
             other => panic!("unexpected {other}: {:?}", String::from_utf8_lossy(&r.body)),
         }
     }
+    (ok, refused)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_over_capacity_gets_503_overloaded_and_the_admitted_succeed() {
+    // One node, two slots; fib may queue two requests and waits up to the gateway's 30 s timeout.
+    let limits = Limits {
+        queue_depth: Some(2),
+        queue_timeout_ms: Some(30_000),
+        ..Limits::default()
+    };
+    let (cluster, _dir) = start(1, vec![function("fib", limits)]);
+    let c = Arc::new(client(&cluster).await);
+    let fib = url(&cluster, "/fib?n=30");
+    assert_eq!(c.get(&fib).await.unwrap().status, StatusCode::OK);
+
+    let (ok, refused) = fib_burst(&c, &fib, 20).await;
     assert!(ok >= 4, "{ok} served");
     assert!(refused >= 10, "{refused} refused");
     // Each refusal is counted by its reason in the node's metrics.
@@ -123,25 +131,7 @@ async fn refusals_for_overload_go_to_another_node_only_within_the_retry_budget()
     let fib = url(&cluster, "/fib?n=30");
     assert_eq!(c.get(&fib).await.unwrap().status, StatusCode::OK);
 
-    let burst: Vec<_> = (0..40)
-        .map(|_| {
-            let (c, fib) = (Arc::clone(&c), fib.clone());
-            tokio::spawn(async move { c.get(&fib).await.unwrap() })
-        })
-        .collect();
-    let (mut ok, mut refused) = (0, 0);
-    for task in burst {
-        let r = task.await.unwrap();
-        match r.status {
-            StatusCode::OK => ok += 1,
-            StatusCode::SERVICE_UNAVAILABLE => {
-                assert_eq!(r.header("x-edge-refused"), Some("overloaded"));
-                assert!(r.header("retry-after").is_some());
-                refused += 1;
-            }
-            other => panic!("unexpected {other}: {:?}", String::from_utf8_lossy(&r.body)),
-        }
-    }
+    let (ok, refused) = fib_burst(&c, &fib, 40).await;
     assert!(ok >= 2 && refused >= 20, "{ok} served, {refused} refused");
     let gateway = scrape_at(cluster.gateway_metrics_addrs().unwrap()[0]).await;
     let retries = gateway["edge_gateway_retries_total{}"];
