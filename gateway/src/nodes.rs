@@ -61,12 +61,9 @@ impl ForwardError {
     /// What it means for the attempt sequence.
     pub fn outcome(&self) -> Outcome {
         match self {
-            ForwardError::Unreachable { .. } | ForwardError::GivenUp { sent: false, .. } => {
-                Outcome::Unreachable
-            }
-            ForwardError::Broken { .. } | ForwardError::GivenUp { sent: true, .. } => {
-                Outcome::Broken
-            }
+            ForwardError::Unreachable { .. } => Outcome::Unreachable,
+            ForwardError::Broken { .. } => Outcome::Broken,
+            ForwardError::GivenUp { sent, .. } => Outcome::GivenUp { sent: *sent },
         }
     }
 }
@@ -166,8 +163,9 @@ impl NodePool {
     /// was sent or the method is idempotent, the request goes once more over a new
     /// connection before the node counts as failed. Not when the gateway gave the
     /// connection up because gossip holds the node down ([`ForwardError::GivenUp`]):
-    /// the caller decides whether another node takes the request or this one is tried
-    /// again ([`NodePool::abandon`] left no connection to it, so the next send makes one).
+    /// the attempt sequence decides whether another node takes the request or this one
+    /// is tried again ([`NodePool::abandon`] left no connection to it, so the next send
+    /// makes one).
     pub async fn send(
         &self,
         node: SocketAddr,

@@ -325,7 +325,6 @@ impl Gateway {
         // after it), so that routing sees requests waiting on a cold start.
         let mut on_node: Option<(usize, InFlight<'_>)> = None;
         let mut sent_to = None;
-        let mut sent_again = false;
         loop {
             let step = attempts.step();
             if let Step::Send(i) = step {
@@ -372,17 +371,6 @@ impl Gateway {
                             }
                         }
                         Err(SendError::TimedOut) => Outcome::TimedOut,
-                        // Its connection given up under it (gossip holds the node down),
-                        // and no other node left to try: this one once more, on a new
-                        // connection, in case it is back (a node that restarted).
-                        Err(SendError::Forward(ForwardError::GivenUp { sent, .. }))
-                            if !attempts.has_next_node()
-                                && !sent_again
-                                && (!sent || request.method().is_idempotent()) =>
-                        {
-                            sent_again = true;
-                            continue;
-                        }
                         Err(SendError::Forward(e)) => {
                             tracing::warn!(%request_id, trace_id = %trace.context.trace_id_hex(), error = %e, "forwarding failed");
                             if matches!(e, ForwardError::Unreachable { .. }) {

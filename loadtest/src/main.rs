@@ -18,7 +18,8 @@ use edge_shared::wire;
 
 /// Loads URL(s) over HTTP/3 and reports latency percentiles, throughput, errors, cold
 /// starts, and where the time went (cluster, node queue, guest run). Closed loop by
-/// default (`--connections` × `--streams` in flight), open loop with `--rate`. Ctrl-C stops early and reports what was measured.
+/// default (`--connections` × `--streams` in flight), open loop with `--rate`. Ctrl-C
+/// stops early and reports what was measured.
 #[derive(Parser)]
 #[command(version, args_conflicts_with_subcommands = true)]
 struct Cli {

@@ -108,7 +108,11 @@ impl Run {
     /// in the measured part).
     async fn exchange(&self, route: &mut Route, which: usize, due: Instant) {
         let spec = &self.requests[which];
-        let lost = |o: &Result<Result<_, Failure>, _>| matches!(o, Ok(Err(f)) if matches!(f.kind, ErrorKind::Connect | ErrorKind::Stream));
+        // Lost with its gateway: no connection, or the stream broke.
+        let lost = |o: &Result<Result<_, Failure>, _>| match o {
+            Ok(Err(failure)) => matches!(failure.kind, ErrorKind::Connect | ErrorKind::Stream),
+            _ => false,
+        };
         let ((gateway, first), others) = route.0.split_first_mut().expect("a connection");
         let mut outcome = tokio::time::timeout(self.timeout, send(first, spec)).await;
         // What each gateway tried said, for the report's example of a lost request.

@@ -13,6 +13,9 @@
 //!   refusal is the answer;
 //! - an exchange that broke after the request may have reached the node is retried only
 //!   for idempotent methods;
+//! - a request whose connection the gateway gave up (gossip holds the node down) goes
+//!   to the next node on the same terms, or, when none is left, to the same node once
+//!   more on a new connection (it may have restarted);
 //! - no answer within the gateway's timeout is final: the function may still be running;
 //! - when every node tried refused, the last refusal is the answer (its `Retry-After`
 //!   tells the user when to come back).
@@ -50,6 +53,12 @@ pub enum Outcome {
     Unreachable,
     /// The request may have reached the node, then the exchange failed.
     Broken,
+    /// The gateway gave the node's connection up while the request was on it, because
+    /// gossip holds the node down; `sent`: the request may have reached it.
+    GivenUp {
+        /// The request may have reached the node.
+        sent: bool,
+    },
     /// No answer within the gateway's request timeout.
     TimedOut,
     /// The function was deployed on the node.
@@ -80,6 +89,9 @@ pub struct Attempts {
     deployed_here: bool,
     /// A node refused and its answer is kept.
     refusal_kept: bool,
+    /// The request went to the current node once more after its connection was given
+    /// up.
+    resent_here: bool,
     current: Step,
 }
 
@@ -98,6 +110,7 @@ impl Attempts {
             idempotent,
             deployed_here: false,
             refusal_kept: false,
+            resent_here: false,
             current,
         }
     }
@@ -131,6 +144,16 @@ impl Attempts {
             (Step::Send(_), Outcome::Unreachable) => self.move_on(),
             (Step::Send(_), Outcome::Broken) if self.idempotent => self.move_on(),
             (Step::Send(_), Outcome::Broken) => self.give_up(),
+            (Step::Send(_), Outcome::GivenUp { sent }) if sent && !self.idempotent => {
+                self.give_up()
+            }
+            (Step::Send(node), Outcome::GivenUp { .. })
+                if !self.has_next_node() && !self.resent_here =>
+            {
+                self.resent_here = true;
+                Step::Send(node)
+            }
+            (Step::Send(_), Outcome::GivenUp { .. }) => self.move_on(),
             (Step::Send(_), Outcome::TimedOut) => Step::Fail(Failure::TimedOut),
             (Step::Deploy(node), Outcome::Deployed) => {
                 self.deployed_here = true;
@@ -138,9 +161,13 @@ impl Attempts {
             }
             (Step::Deploy(_), Outcome::DeployRefused) => Step::Fail(Failure::DeployFailed),
             // A deploy that could not reach its node, or broke: nothing ran there.
-            (Step::Deploy(_), Outcome::Unreachable | Outcome::Broken | Outcome::TimedOut) => {
-                self.move_on()
-            }
+            (
+                Step::Deploy(_),
+                Outcome::Unreachable
+                | Outcome::Broken
+                | Outcome::GivenUp { .. }
+                | Outcome::TimedOut,
+            ) => self.move_on(),
             (done, _) => done,
         };
         self.current
@@ -150,6 +177,7 @@ impl Attempts {
     fn move_on(&mut self) -> Step {
         self.at += 1;
         self.deployed_here = false;
+        self.resent_here = false;
         match self.order.get(self.at) {
             Some(&node) => Step::Send(node),
             None => self.give_up(),
@@ -227,6 +255,30 @@ mod tests {
                 &[Refused(Refusal::Overloaded), RefusedOverBudget]
             ),
             [Send(0), Send(1), AnswerRefusal]
+        );
+    }
+
+    #[test]
+    fn a_connection_given_up_moves_on_or_tries_the_last_node_once_more() {
+        let given_up = GivenUp { sent: true };
+        assert_eq!(
+            run(&[0, 1], true, &[given_up, Answered]),
+            [Send(0), Send(1), Answer]
+        );
+        // The last node: once more (a new connection finds it if it restarted), then no.
+        assert_eq!(
+            run(&[0, 1], true, &[given_up, given_up, given_up]),
+            [Send(0), Send(1), Send(1), Fail(Failure::NoNode)]
+        );
+        // Never sent twice when it may have run and is not idempotent; nothing sent is
+        // another matter.
+        assert_eq!(
+            run(&[0, 1], false, &[given_up]),
+            [Send(0), Fail(Failure::NoNode)]
+        );
+        assert_eq!(
+            run(&[0], false, &[GivenUp { sent: false }, Answered]),
+            [Send(0), Send(0), Answer]
         );
     }
 
