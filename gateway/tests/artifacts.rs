@@ -238,6 +238,75 @@ async fn as_gateway(cluster: &LocalCluster, i: usize) -> H3Client {
     presenting(cluster, i, &certs.member_cert, &certs.member_key).await
 }
 
+/// The deploy of example `name` a gateway sends a node, naming node `holder` as where it
+/// was loaded before.
+fn deploy_naming(cluster: &LocalCluster, name: &str, holder: usize) -> (Request<()>, Bytes) {
+    let wasm = std::fs::read(support::example(name)).unwrap();
+    let manifest = edge_shared::manifest::FunctionManifest {
+        name: name.into(),
+        content_id: edge_shared::manifest::ContentId::of(&wasm),
+        routes: Vec::new(),
+        env: Default::default(),
+        secrets: Default::default(),
+        limits: Limits::default(),
+    };
+    let request = Request::put(format!(
+        "https://{}{}{}",
+        wire::NODE_SERVER_NAME,
+        wire::DEPLOY_PATH,
+        manifest.deployment_id()
+    ))
+    .header(
+        wire::HOLDERS_HEADER,
+        cluster.node_addrs()[holder].to_string(),
+    )
+    .body(())
+    .unwrap();
+    (
+        request,
+        Bytes::from(wire::encode_deploy_body(&manifest, &wasm)),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loads_that_wait_on_a_fetch_from_a_paused_holder_compile_without_asking_it_again() {
+    let (cluster, _dir, home) = hello_placed_on_one_of_two(RoutingPolicy::LeastLoadedWarm).await;
+    let other = 1 - home;
+    let failed_asks = || {
+        let log = cluster.log(&format!("node-{}", other + 1));
+        log.matches("fetching an artifact failed").count()
+    };
+
+    // Two loads of hello on the other node at once (as when a deploy and a request meet
+    // there) while its only holder is paused, as a node that died is before gossip
+    // says so: the first asks the holder, the second waits for that answer.
+    assert!(cluster.signal_node(home, "STOP"));
+    let gateway = as_gateway(&cluster, other).await;
+    let ((first, body), (second, _)) = (
+        deploy_naming(&cluster, "hello", home),
+        deploy_naming(&cluster, "hello", home),
+    );
+    let (a, b) = tokio::join!(
+        gateway.send(first, body.clone()),
+        gateway.send(second, body)
+    );
+    assert!(cluster.signal_node(home, "CONT"));
+    for reply in [a.unwrap(), b.unwrap()] {
+        assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    }
+    let status = node_status(&cluster, other).await;
+    assert_eq!(counter(&status, "compiles"), 1, "{status}");
+    assert_eq!(counter(&status, "fetched_artifacts"), 0, "{status}");
+    // The holder was asked once: the second load compiled rather than wait out the
+    // paused holder a second time.
+    assert_eq!(
+        failed_asks(),
+        1,
+        "{}",
+        cluster.log(&format!("node-{}", other + 1))
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_holder_that_stalls_as_under_load_still_hands_over_the_artifact() {
     let (cluster, _dir, home) = hello_placed_on_one_of_two(RoutingPolicy::LeastLoadedWarm).await;
@@ -248,30 +317,7 @@ async fn a_holder_that_stalls_as_under_load_still_hands_over_the_artifact() {
     // open from then on), then hello while the home node stalls for 700 ms, as a node
     // short of CPU does: longer than artifacts.ask_next_after_ms (250), well within
     // fetch_timeout_ms (2000).
-    let deploy = |name: &str| {
-        let wasm = std::fs::read(support::example(name)).unwrap();
-        let manifest = edge_shared::manifest::FunctionManifest {
-            name: name.into(),
-            content_id: edge_shared::manifest::ContentId::of(&wasm),
-            routes: Vec::new(),
-            env: Default::default(),
-            secrets: Default::default(),
-            limits: Limits::default(),
-        };
-        let request = Request::put(format!(
-            "https://{}{}{}",
-            wire::NODE_SERVER_NAME,
-            wire::DEPLOY_PATH,
-            manifest.deployment_id()
-        ))
-        .header(wire::HOLDERS_HEADER, cluster.node_addrs()[home].to_string())
-        .body(())
-        .unwrap();
-        (
-            request,
-            Bytes::from(wire::encode_deploy_body(&manifest, &wasm)),
-        )
-    };
+    let deploy = |name: &str| deploy_naming(&cluster, name, home);
     let gateway = as_gateway(&cluster, other).await;
     let (request, body) = deploy("echo");
     let reply = gateway.send(request, body).await.unwrap();

@@ -21,7 +21,7 @@ use crate::call::{Answer, Call, Failure, JobResult, Streaming};
 use crate::cgi::{self, CgiRequest};
 use crate::deployment::{self, DeployError, Deployment, micros};
 use crate::metrics::NodeMetrics;
-use crate::peers::Peers;
+use crate::peers::{FetchOutcome, Peers};
 use crate::pool::{InstancePool, PoolSizer};
 use crate::runtime::cache::{LoadError, Loaded, ModuleCache, Source};
 use crate::runtime::guest_log::{LogContext, Tail};
@@ -68,8 +68,9 @@ pub struct Node {
     /// with `artifacts.share` on).
     pub(crate) peers: OnceLock<Peers>,
     /// Held while a module's artifact is asked of peers, so that concurrent loads of it
-    /// (a deploy and a request, say) ask once.
-    pub(crate) fetching: DashMap<ContentId, Arc<tokio::sync::Mutex<()>>>,
+    /// (a deploy and a request, say) ask once: the value says the peers were asked and
+    /// none had one, and the loads that waited take that answer rather than ask again.
+    pub(crate) fetching: DashMap<ContentId, Arc<tokio::sync::Mutex<FetchOutcome>>>,
 }
 
 impl Node {

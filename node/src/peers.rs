@@ -330,8 +330,15 @@ impl Node {
             return None;
         }
         let lock = Arc::clone(&self.fetching.entry(content_id.clone()).or_default());
-        let _fetching = lock.lock().await;
+        let mut outcome = lock.lock().await;
         if self.cache.has_artifact(content_id) {
+            return None;
+        }
+        if *outcome == FetchOutcome::NoneHad {
+            // The fetch this load waited for asked every holder: asking the same ones
+            // again (a paused holder costs its whole timeout each time) only delays the
+            // compile.
+            tracing::debug!(%deployment, "no peer had the artifact moments ago: compiling");
             return None;
         }
         let fetched = peers.fetch(deployment, content_id, holders).await;
@@ -354,7 +361,11 @@ impl Node {
             None => None,
         };
         // Only once it is on disk: a load arriving meanwhile waits on the lock above and
-        // then finds it there, rather than fetching it again.
+        // then finds it there, or finds that no peer had one, rather than fetching again.
+        // A load arriving after this asks the peers anew.
+        if !matches!(kept, Some((_, _, Ok(())))) {
+            *outcome = FetchOutcome::NoneHad;
+        }
         self.fetching.remove(content_id);
         let (from, took, kept) = kept?;
         match kept {
@@ -368,6 +379,16 @@ impl Node {
             }
         }
     }
+}
+
+/// What the last fetch of a module's artifact under one lock found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FetchOutcome {
+    /// Not asked yet.
+    #[default]
+    NotAsked,
+    /// No peer had one that checked out, or keeping it failed: the loads compile.
+    NoneHad,
 }
 
 /// A deployment loading: in the node's `warming` set while alive.
