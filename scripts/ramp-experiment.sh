@@ -4,8 +4,8 @@
 # cold but each function compiled on its home node at start; an open-loop ramp from 1
 # request/s to saturation over 60 s, then 60 s at 80% of saturation. In one
 # `edge-loadtest compare` run, each cluster started fresh in turn:
-#   before: nodes compile what they run, pre-warm on the warm nodes' load now
-#           (share_artifacts = false, prewarm = "threshold");
+#   before: nodes compile what they run, pre-warm on the warm nodes' load now, no
+#           spare (share_artifacts = false, prewarm = "threshold", min_warm_nodes = 1);
 #   after:  the defaults (artifacts from peers, pre-warm on the projected rate).
 # Saturation is measured first: the closed-loop throughput of the "after" cluster under
 # the same mix, once it is warm (a 20 s unmeasured warm-up, then 20 s measured). Last,
@@ -37,7 +37,7 @@ functions = ""
 for i, name in enumerate(names):
     open(f"{work}/modules/{name}.wasm", "wb").write(hello + custom_section(i))
     functions += f'\n[[functions]]\nname = "{name}"\nmodule = "modules/{name}.wasm"\n'
-before = 'share_artifacts = false\nprewarm = "threshold"\n'
+before = 'share_artifacts = false\nprewarm = "threshold"\nmin_warm_nodes = 1\n'
 for label, keys in (("before", before), ("after", "")):
     open(f"{work}/{label}.toml", "w").write(f"nodes = 3\n{keys}{functions}")
 open(f"{work}/single.toml", "w").write(

@@ -381,6 +381,7 @@ impl Gateway {
             recently_failed: &failed,
             sequence: self.next_node.fetch_add(1, Ordering::Relaxed),
             growth,
+            min_warm: self.config.min_warm_nodes,
         };
         let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
         let mut decision = routing::decide(self.config.routing, &input, &mut *rng);

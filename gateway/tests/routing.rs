@@ -9,9 +9,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use edge_cli::cluster::{self, LocalCluster};
+use edge_net::client::Reply;
 use edge_net::gossip::ClusterKey;
 use edge_shared::config::{ClusterConfig, RoutingPolicy};
 use edge_shared::manifest::Limits;
+use edge_shared::wire::ServerTiming;
 use http::StatusCode;
 use support::{client, function, url};
 
@@ -26,6 +28,8 @@ fn fib_cluster(
         node_worker_threads: worker_threads,
         listen: "127.0.0.1:0".parse().unwrap(),
         routing: policy,
+        // Warm on its home alone until load spreads it (no spare).
+        min_warm_nodes: 1,
         functions: vec![function("fib", Limits::default())],
         ..ClusterConfig::default()
     };
@@ -147,6 +151,66 @@ async fn a_node_killed_under_load_leaves_the_rotation_and_no_get_fails() {
     })
     .await;
     assert!(out, "gateway log: {}", cluster.log("gateway"));
+}
+
+/// Whether an answer met a cold start on its path: a deploy by the gateway or a load on
+/// the node (their `server-timing` phases).
+fn met_a_cold_start(reply: &Reply) -> bool {
+    let timing = ServerTiming::parse(reply.header("server-timing").unwrap_or_default());
+    ["cold", "deploy"]
+        .iter()
+        .any(|phase| timing.get_ms(phase).is_some_and(|ms| ms > 0.0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_in_use_is_kept_warm_on_a_spare_and_losing_its_node_starts_nothing_cold() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = ClusterConfig {
+        nodes: 3,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        functions: vec![function("hello", Limits::default())],
+        ..ClusterConfig::default()
+    };
+    assert_eq!(spec.min_warm_nodes, 2, "the default");
+    let mut cluster = LocalCluster::start(&spec, dir.path(), &cluster::bin_dir().unwrap()).unwrap();
+    let c = client(&cluster).await;
+    let hello = url(&cluster, "/hello");
+
+    // A light load, one request at a time: far from loading its node, yet hello is
+    // warmed on a second one, and least-loaded-warm spreads over both. Nothing after the
+    // first request waits on a cold start: the spare is warmed off the request path.
+    let mut by_node = BTreeMap::new();
+    let mut first = None;
+    for i in 0..500 {
+        let r = c.get(&hello).await.unwrap();
+        assert_eq!(r.status, StatusCode::OK);
+        let node = r.header("x-edge-node").unwrap().to_string();
+        assert!(i == 0 || !met_a_cold_start(&r), "request {i} on {node}");
+        first.get_or_insert_with(|| node.clone());
+        *by_node.entry(node).or_insert(0) += 1;
+        if by_node.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(by_node.len(), 2, "no spare took requests: {by_node:?}");
+
+    // Its first node dies. What follows is answered by the warm spare: no request meets
+    // a cold start, as each would on a survivor with no spare.
+    let home = first.unwrap();
+    let i: usize = home.trim_start_matches("node-").parse().unwrap();
+    cluster.kill_node(i - 1);
+    for n in 0..20 {
+        let r = c.get(&hello).await.unwrap();
+        assert_eq!(r.status, StatusCode::OK);
+        let node = r.header("x-edge-node").unwrap();
+        assert_ne!(node, home);
+        assert!(
+            !met_a_cold_start(&r),
+            "request {n} after the kill met a cold start on {node}: {:?}",
+            r.header("server-timing")
+        );
+    }
 }
 
 /// Which node answered each of `n` sequential GETs of `path`.

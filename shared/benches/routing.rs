@@ -80,6 +80,7 @@ fn benches(c: &mut Criterion) {
                     recently_failed: &failed,
                     sequence: 0,
                     growth: 1.0,
+                    min_warm: 1,
                 };
                 let mut rng = SplitMix64(function);
                 routing::decide(RoutingPolicy::LeastLoadedWarm, &input, &mut rng)

@@ -58,6 +58,9 @@ pub struct Input<'a> {
     /// The function's arrival rate one warm-up ahead over its rate now
     /// ([`crate::demand::Demand::growth`]); 1 when unknown.
     pub growth: f64,
+    /// Nodes a function that takes requests is kept warm on, load or not (the gateway's
+    /// `min_warm_nodes`): fewer, and the next is warmed ([`prewarm_target`]).
+    pub min_warm: usize,
 }
 
 /// A routing policy: ranks the usable nodes for one request. Pure: all it may use is its
@@ -221,24 +224,30 @@ fn least_loaded_warm(input: &Input<'_>, usable: &[usize], rng: &mut dyn Rng) -> 
 /// Estimated load of the function's warm nodes from which the next node is warmed.
 pub const PREWARM_AT: f64 = 0.5;
 
-/// The node to warm the function on ahead of need: when every usable node where it is
-/// warm is loaded past [`PREWARM_AT`] once its load is scaled by the function's projected
-/// growth ([`Input::growth`]: a rising rate asks early, a falling one holds back), the
-/// first cold usable node in its rendezvous order (where its next cold start would land
-/// anyway). `None` while a warm node has
-/// room, when nothing is warm yet (the first request warms it), while a node is warming
-/// it already (one at a time), or when no cold node is left.
+/// The node to warm the function on ahead of need, the first cold usable node in its
+/// rendezvous order (where its next cold start would land anyway):
+///
+/// - while it is warm on fewer usable nodes than [`Input::min_warm`], whatever their
+///   load: a spare, so that losing a node leaves a warm one to take its requests at
+///   once, rather than every survivor starting cold;
+/// - when every usable node where it is warm is loaded past [`PREWARM_AT`] once its load
+///   is scaled by the function's projected growth ([`Input::growth`]: a rising rate asks
+///   early, a falling one holds back).
+///
+/// `None` otherwise, when nothing is warm yet (the first request warms it), while a node
+/// is warming it already (one at a time), or when no cold node is left.
 pub fn prewarm_target(input: &Input<'_>) -> Option<usize> {
     let nodes = &input.view.nodes;
     let usable: Vec<usize> = (0..nodes.len()).filter(|&i| nodes[i].usable()).collect();
     let function = input.function;
     let is_warm = |i: usize| nodes[i].warm.contains(function);
     let warm: Vec<usize> = usable.iter().copied().filter(|&i| is_warm(i)).collect();
-    // Cheapest test first: most requests find a warm node with room.
+    // Cheapest test first: most requests find enough warm nodes, one with room.
     if warm.is_empty()
-        || warm
-            .iter()
-            .any(|&i| estimated_load(&nodes[i], input.own_in_flight[i]) * input.growth < PREWARM_AT)
+        || (warm.len() >= input.min_warm
+            && warm.iter().any(|&i| {
+                estimated_load(&nodes[i], input.own_in_flight[i]) * input.growth < PREWARM_AT
+            }))
         || usable.iter().any(|&i| nodes[i].warming.contains(function))
     {
         return None;

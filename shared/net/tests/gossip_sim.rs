@@ -215,6 +215,7 @@ async fn a_member_warming_a_function_is_known_as_such_until_it_shows_warm() {
             recently_failed: &vec![false; view.nodes.len()],
             sequence: 0,
             growth: 1.0,
+            min_warm: 1,
         };
         let decision = routing::decide(
             edge_shared::config::RoutingPolicy::LeastLoadedWarm,

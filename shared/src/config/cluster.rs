@@ -42,6 +42,9 @@ pub struct ClusterConfig {
     pub gossip_interval_ms: u64,
     /// The gateways' `prewarm`: when a function's next node is warmed before it is needed.
     pub prewarm: Prewarm,
+    /// The gateways' `min_warm_nodes`: nodes a function that takes requests is kept warm
+    /// on, however light its load.
+    pub min_warm_nodes: usize,
     /// The nodes' `artifacts.share`: whether nodes hand compiled artifacts to each other
     /// (`false`: each compiles what it runs, as before artifacts travelled).
     pub share_artifacts: bool,
@@ -101,6 +104,7 @@ impl Default for ClusterConfig {
             routing: RoutingPolicy::LeastLoadedWarm,
             gossip_interval_ms: GossipConfig::default().interval_ms,
             prewarm: Prewarm::Projected,
+            min_warm_nodes: 2,
             share_artifacts: true,
             ingress: IngressConfig::default(),
             functions: Vec::new(),
@@ -142,6 +146,7 @@ impl ConfigFile for ClusterConfig {
         }
         self.ingress.problems(&mut problems);
         self.retry_budget.problems(&mut problems);
+        super::gateway::check_min_warm_nodes(&mut problems, self.min_warm_nodes);
         super::check_log_filter(&mut problems, &self.log_filter);
         if !self.hosts.is_empty() && self.hosts.len() != self.nodes + 1 {
             problems.push(format!(

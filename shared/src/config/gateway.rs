@@ -53,6 +53,12 @@ pub struct GatewayConfig {
     /// `projected` (default: on the warm nodes' load scaled by the function's projected
     /// arrival rate), `threshold` (on their load now), or `off`.
     pub prewarm: Prewarm,
+    /// Nodes a function that takes requests is kept warm on, however light its load
+    /// (default 2; least-loaded-warm with `prewarm` on): with fewer, the gateway warms it
+    /// on the next node in its rendezvous order, so that losing a node leaves a warm one
+    /// to take its requests at once instead of every survivor starting cold. 1: only on
+    /// load. A function idle past the nodes' TTL scales to zero all the same.
+    pub min_warm_nodes: usize,
     /// Largest request body the gateway accepts for any function, in bytes: a
     /// function's own limit may be lower, never higher.
     pub max_request_body_bytes: u64,
@@ -106,6 +112,7 @@ impl Default for GatewayConfig {
             retry_budget: RetryBudgetConfig::default(),
             routing: RoutingPolicy::LeastLoadedWarm,
             prewarm: Prewarm::Projected,
+            min_warm_nodes: 2,
             max_request_body_bytes: 16 << 20,
             ingress: IngressConfig::default(),
             admin: AdminConfig::default(),
@@ -146,6 +153,14 @@ impl Default for AdminConfig {
             max_tails: 4,
             tail_lines_per_second: 100,
         }
+    }
+}
+
+/// Adds a problem if `min_warm_nodes` is 0 (a function that takes requests is warm on
+/// one node at least).
+pub(crate) fn check_min_warm_nodes(problems: &mut Vec<String>, min_warm_nodes: usize) {
+    if min_warm_nodes == 0 {
+        problems.push("min_warm_nodes: at least 1".into());
     }
 }
 
@@ -294,6 +309,7 @@ impl ConfigFile for GatewayConfig {
             problems.push("request_timeout_ms: must be greater than zero".into());
         }
         self.retry_budget.problems(&mut problems);
+        check_min_warm_nodes(&mut problems, self.min_warm_nodes);
         check_grace(&mut problems, self.shutdown_grace_ms);
         if !self.name.is_empty()
             && !self

@@ -184,6 +184,7 @@ cluster_ca = "ca.pem"
 cluster_cert = "m.pem"
 cluster_key = "m.key"
 shutdown_grace_ms = 0
+min_warm_nodes = 0
 [retry_budget]
 answers_per_retry = 0
 [gossip]
@@ -215,6 +216,7 @@ module = "hello.wasm"
         "gossip.interval_ms",
         "gossip.budget_bytes_per_s: 0 (no limit) or at least 1000",
         "retry_budget.answers_per_retry: must be greater than zero",
+        "min_warm_nodes: at least 1",
     ] {
         assert!(text.contains(problem), "{problem} missing from: {text}");
     }

@@ -56,6 +56,7 @@ fn pick(
             recently_failed: &[],
             sequence: seq,
             growth: 1.0,
+            min_warm: 1,
         },
         rng,
     )[0]
@@ -87,6 +88,7 @@ fn never_picks_a_down_or_draining_node_first_and_lists_every_node() {
                     recently_failed: &[],
                     sequence: seq,
                     growth: 1.0,
+                    min_warm: 1,
                 },
                 &mut rng,
             );
@@ -155,6 +157,7 @@ fn prefers_warm_nodes_and_sends_cold_starts_to_the_same_node() {
                     recently_failed: &[],
                     sequence: 0,
                     growth: 1.0,
+                    min_warm: 1,
                 },
                 &mut rng,
             )[0]
@@ -212,6 +215,7 @@ fn the_next_node_is_warmed_when_the_warm_ones_fill_up() {
             recently_failed: &[],
             sequence: 0,
             growth: 1.0,
+            min_warm: 1,
         })
     };
     // Room on the warm node (1 of 4 slots): nothing to do.
@@ -246,6 +250,7 @@ fn a_node_warming_the_function_waits_behind_warm_ones_and_ahead_of_cold_ones() {
             recently_failed: &[],
             sequence: 0,
             growth: 1.0,
+            min_warm: 1,
         }
     }
     let target = prewarm_target(&input(&v)).unwrap();
@@ -274,6 +279,45 @@ fn a_node_warming_the_function_waits_behind_warm_ones_and_ahead_of_cold_ones() {
 }
 
 #[test]
+fn a_function_warm_on_fewer_nodes_than_min_warm_gets_a_spare_however_light_its_load() {
+    let id = "hello@0123456789abcdef";
+    let mut v = view(3);
+    v.nodes[0].warm = WarmSet::of([id]);
+    let target = |v: &ClusterView, min_warm: usize| {
+        prewarm_target(&Input {
+            view: v,
+            function: fingerprint(id),
+            own_in_flight: &[0; 3],
+            recently_failed: &[],
+            sequence: 0,
+            growth: 1.0,
+            min_warm,
+        })
+    };
+    // Idle, warm on one node: a spare with min_warm 2, nothing with 1.
+    assert_eq!(target(&v, 1), None);
+    let spare = target(&v, 2).unwrap();
+    assert_ne!(spare, 0);
+    // The spare is where load would have put it: the rendezvous choice.
+    v.nodes[0].in_flight = 2;
+    assert_eq!(target(&v, 1), Some(spare));
+    v.nodes[0].in_flight = 0;
+    // One warm-up at a time.
+    v.nodes[spare].warming = WarmSet::of([id]);
+    assert_eq!(target(&v, 2), None);
+    // Warm on two: nothing more with 2, a third with 3.
+    v.nodes[spare].warming = WarmSet::default();
+    v.nodes[spare].warm = WarmSet::of([id]);
+    assert_eq!(target(&v, 2), None);
+    assert_eq!(target(&v, 3), Some(3 - spare));
+    // A warm node gossip holds down does not count: its spare is warmed.
+    v.nodes[spare].up = false;
+    assert_eq!(target(&v, 2), Some(3 - spare));
+    // Never a first warm-up: a function nobody called stays cold.
+    assert_eq!(target(&view(3), 2), None);
+}
+
+#[test]
 fn a_rising_rate_warms_the_next_node_early_and_a_falling_one_holds_back() {
     let mut v = view(3);
     v.nodes[0].warm = WarmSet::of(["hello@0123456789abcdef"]);
@@ -285,6 +329,7 @@ fn a_rising_rate_warms_the_next_node_early_and_a_falling_one_holds_back() {
             recently_failed: &[],
             sequence: 0,
             growth,
+            min_warm: 1,
         })
     };
     // A quarter busy: nothing while steady, a warm-up when the rate is set to
@@ -311,6 +356,7 @@ fn only_least_loaded_warm_asks_for_a_prewarm_and_recent_failures_go_last() {
         recently_failed: &[true, false, false],
         sequence: 0,
         growth: 1.0,
+        min_warm: 1,
     };
     let mut rng = SplitMix64(11);
     let llw = decide(RoutingPolicy::LeastLoadedWarm, &input, &mut rng);

@@ -214,6 +214,7 @@ impl LocalCluster {
             ingress: spec.ingress.clone(),
             routing: spec.routing,
             prewarm: spec.prewarm,
+            min_warm_nodes: spec.min_warm_nodes,
             functions: spec.functions.clone(),
             ..GatewayConfig::default()
         };
