@@ -23,14 +23,9 @@ module = "$root/functions/target/wasm32-wasip1/release/hello.wasm"
 name = "stream"
 module = "$root/functions/target/wasm32-wasip1/release/stream.wasm"
 TOML
-"$bin/edge" up --config "$dir/cluster.toml" --dir "$dir/edge" >"$dir/up.log" 2>&1 &
-up=$!
+source "$root/scripts/edge-up.sh"
 trap 'kill $up 2>/dev/null; wait $up 2>/dev/null; rm -rf "$dir"' EXIT
-for _ in $(seq 1 600); do
-  grep -qs 'users connect to' "$dir/up.log" && break
-  sleep 0.1
-done
-addr=$(grep -o 'users connect to https://[^ ]*' "$dir/up.log" | cut -d/ -f3)
+edge_up "$bin" "$dir/cluster.toml" "$dir/edge"
 # Until the node has both functions deployed.
 for _ in $(seq 1 600); do
   [ "$(grep -c 'deployment=' "$dir/edge/node-1.log" 2>/dev/null)" -ge 2 ] && break

@@ -23,17 +23,11 @@ bin=$(cargo metadata --format-version 1 --no-deps |
 work=.edge-ramp/warm-mix
 rm -rf "$work"
 mkdir -p "$work"
-"$bin/edge" up --config .edge-ramp/after.toml --dir "$work/cluster" >"$work/up.log" 2>&1 &
-up=$!
+source scripts/edge-up.sh
 trap 'kill -INT $up 2>/dev/null; wait $up 2>/dev/null || true' EXIT
-for _ in $(seq 1 120); do
-  grep -q "Ctrl-C" "$work/up.log" && break
-  sleep 1
-done
-grep -q "Ctrl-C" "$work/up.log" || { cat "$work/up.log" >&2; exit 1; }
-gateway=$(cat "$work/cluster/gateway.addr")
+edge_up "$bin" .edge-ramp/after.toml "$work/cluster"
 run() {
-  "$bin/edge-loadtest" --scenario "$1" --connect "$gateway" \
+  "$bin/edge-loadtest" --scenario "$1" --connect "$addr" \
     --ca "$work/cluster/certs/ca.pem" --quiet "${@:2}"
 }
 scenario() { # NAME LOAD-KEYS: the file of one load of `mix` or `single`
