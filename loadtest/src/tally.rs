@@ -150,10 +150,7 @@ impl Tally {
             self.error(ErrorKind::UnexpectedStatus);
         }
         if let Some(timing) = answer.timing.map(ServerTiming::parse) {
-            let cold = ["cold", "deploy"]
-                .iter()
-                .any(|m| timing.get_ms(m).is_some_and(|ms| ms > 0.0));
-            self.cold_starts += u64::from(cold);
+            self.cold_starts += u64::from(timing.met_a_cold_start());
             for (metric, histogram) in [
                 ("total", &mut self.in_cluster),
                 ("queue", &mut self.queue),

@@ -252,6 +252,14 @@ impl ServerTiming {
             .map(|(_, d)| *d)
     }
 
+    /// Whether the answer met a cold start on its path: a deploy by the gateway or a
+    /// load on the node (`deploy` or `cold` above 0).
+    pub fn met_a_cold_start(&self) -> bool {
+        ["cold", "deploy"]
+            .iter()
+            .any(|phase| self.get_ms(phase).is_some_and(|ms| ms > 0.0))
+    }
+
     /// The header value.
     pub fn header_value(&self) -> String {
         let mut out = String::with_capacity(24 * self.entries.len());
@@ -320,6 +328,11 @@ mod tests {
         assert_eq!(parsed.get_ms("run"), Some(2.0));
         assert_eq!(parsed.get_ms("cold"), None);
         assert_eq!(ServerTiming::parse("junk, a;dur=x").get_ms("a"), None);
+        // A cold start is a deploy or a load above 0; a warm answer reports both at 0.
+        assert!(!parsed.met_a_cold_start());
+        assert!(!ServerTiming::parse("deploy;dur=0.000, cold;dur=0.000").met_a_cold_start());
+        assert!(ServerTiming::parse("deploy;dur=0.000, cold;dur=12.5").met_a_cold_start());
+        assert!(ServerTiming::parse("deploy;dur=576.3").met_a_cold_start());
         // Rounded to the microsecond; appended after a value already begun.
         let mut t = ServerTiming::default();
         t.push("total", Duration::from_nanos(12_345_678));
